@@ -1,0 +1,23 @@
+"""esdistill: turn a BM25 → cross-encoder Elasticsearch pipeline into one bi-encoder served by kNN.
+
+Stages, one module each: :mod:`~esdistill.indexing` (index), :mod:`~esdistill.candidates`,
+:mod:`~esdistill.teacher` (score, fit), :mod:`~esdistill.train`, :mod:`~esdistill.deploy`,
+:mod:`~esdistill.evaluate`; :mod:`~esdistill.pipeline` chains them; :mod:`~esdistill.cli` is the CLI.
+"""
+
+from .config import ES_VERSION, RunConfig, build_config, load_config
+from .errors import ClusterError, ConfigError, EsdistillError, InputError, ModelError
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # keep `import esdistill` light: torch loads only when the pipeline is used
+    if name == "Project":
+        from .pipeline import Project
+
+        return Project
+    raise AttributeError(name)
+
+
+__all__ = ["ES_VERSION", "RunConfig", "build_config", "load_config", "Project", "EsdistillError", "InputError",
+           "ConfigError", "ClusterError", "ModelError"]

@@ -1,0 +1,42 @@
+"""Stage outputs cached under a key of their inputs, so a rerun skips finished work.
+
+Each stage writes into ``<workdir>/<stage>/<key>/`` where ``key`` hashes everything the output depends on
+(dataset fingerprint, index, model, parameters, upstream keys). ``done.json`` is written last: a folder without
+it is an interrupted run, whose partial files (chunks, checkpoints) the stage may resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import fingerprint
+
+
+class StageCache:
+    def __init__(self, workdir: Path, stage: str, inputs: dict[str, Any]):
+        self.stage = stage
+        self.inputs = inputs
+        self.key = fingerprint(inputs)
+        self.dir = Path(workdir) / stage / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "done.json").exists()
+
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.dir / "done.json").read_text())
+
+    def finish(self, **info: Any) -> dict[str, Any]:
+        record = {"stage": self.stage, "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "inputs": self.inputs, **info}
+        tmp = self.dir / "done.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.replace(self.dir / "done.json")
+        return record
+
+    def path(self, name: str) -> Path:
+        return self.dir / name

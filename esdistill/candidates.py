@@ -1,0 +1,64 @@
+"""``candidates`` stage: BM25 top-k from Elasticsearch for every training query, batched with ``_msearch``.
+
+Output: ``candidates.parquet`` with columns ``qid, docid, rank (1-based), bm25``. Every query appears in the
+stage's report: queries with no hit at all are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from elasticsearch import Elasticsearch
+
+from .errors import ClusterError
+
+
+def bm25_query(text: str, fields: list[str]) -> dict[str, Any]:
+    """The BM25 query every system in esdistill uses: ``multi_match`` best_fields, as BEIR's ES baseline."""
+    return {"multi_match": {"query": text, "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
+
+
+def bm25_body(text: str, fields: list[str], k: int) -> dict[str, Any]:
+    return {"query": bm25_query(text, fields), "size": k, "_source": False, "track_total_hits": False}
+
+
+def msearch_bm25(
+    client: Elasticsearch, index: str, queries: dict[str, str], fields: list[str], k: int, batch_size: int = 64,
+    progress=None,
+) -> dict[str, list[tuple[str, float]]]:
+    """qid -> [(docid, score), ...] best first, for every query in ``queries``."""
+    qids = list(queries)
+    out: dict[str, list[tuple[str, float]]] = {}
+    task = progress.add_task("candidates (BM25 _msearch)", total=len(qids)) if progress else None
+    for start in range(0, len(qids), batch_size):
+        batch = qids[start : start + batch_size]
+        searches: list[dict] = []
+        for qid in batch:
+            searches += [{"index": index}, bm25_body(queries[qid], fields, k)]
+        resp = client.msearch(searches=searches).body
+        for qid, r in zip(batch, resp["responses"], strict=True):
+            if "error" in r:
+                raise ClusterError(f"BM25 search for query {qid!r} failed: {r['error']}")
+            out[qid] = [(h["_id"], float(h["_score"])) for h in r["hits"]["hits"]]
+        if progress:
+            progress.advance(task, len(batch))
+    return out
+
+
+def to_frame(results: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:
+    rows = [(qid, d, r, s) for qid, hits in results.items() for r, (d, s) in enumerate(hits, 1)]
+    return pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25"])
+
+
+def run_candidates(client, index, queries, fields, k, batch_size, cache, progress=None) -> dict[str, Any]:
+    """Compute (or reuse) the candidates of ``queries``; returns the stage's info record."""
+    if cache.done:
+        return {**cache.info(), "cached": True}
+    results = msearch_bm25(client, index, queries, fields, k, batch_size, progress)
+    frame = to_frame(results)
+    frame.to_parquet(cache.path("candidates.parquet"), index=False)
+    empty = [q for q, hits in results.items() if not hits]
+    return cache.finish(
+        queries=len(queries), pairs=len(frame), queries_without_hits=len(empty), output="candidates.parquet"
+    )

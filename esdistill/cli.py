@@ -1,0 +1,164 @@
+"""``esdistill`` — a thin typer CLI over :mod:`esdistill.pipeline`.
+
+Every option has an environment-variable default (``ESDISTILL_CONFIG``, ``ESDISTILL_PROFILE``; cluster
+settings are ``ESDISTILL_ES_*``). Errors the user can fix are printed as one message with a hint, exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .config import LocalClusterSettings, load_config
+from .errors import EsdistillError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(help="Distill BM25 → cross-encoder into one bi-encoder served by kNN from Elasticsearch.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+cluster_app = typer.Typer(help="The local Elasticsearch test build (no Docker needed).", no_args_is_help=True)
+teacher_app = typer.Typer(help="Score candidates with the teacher; `teacher fit` trains one from judgments.",
+                          invoke_without_command=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(teacher_app, name="teacher")
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ESDISTILL_CONFIG", help="TOML config file")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", envvar="ESDISTILL_PROFILE",
+                                                help="quick | full (default: the config's, else quick)")]
+
+
+def friendly(fn):
+    """Print :class:`EsdistillError` as a message, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EsdistillError as e:
+            console.print(f"[bold red]error:[/] {e.message}")
+            if e.hint:
+                console.print(f"[yellow]hint:[/] {e.hint}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted — rerun the same command to resume from the cache[/]")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _project(config: Path, profile: str | None):
+    from .pipeline import Project
+
+    return Project(load_config(config, profile), console=console)
+
+
+# ------------------------------------------------------------------------------------------------ cluster
+@cluster_app.command("start")
+@friendly
+def cluster_start(timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 180.0):
+    """Download (once), configure and start a single-node Elasticsearch on loopback."""
+    from .cluster import LocalCluster
+
+    lc = LocalCluster()
+    with console.status(f"starting Elasticsearch {lc.s.version} on {lc.s.url} …"):
+        st = lc.start(timeout=timeout)
+    console.print(f"Elasticsearch {st.version} is up at {st.url} (pid {st.pid}, health {st.health}); home {st.home}")
+
+
+@cluster_app.command("stop")
+@friendly
+def cluster_stop():
+    """Stop the local Elasticsearch."""
+    from .cluster import LocalCluster
+
+    console.print("stopped" if LocalCluster().stop() else "not running")
+
+
+@cluster_app.command("status")
+@friendly
+def cluster_status():
+    """Is the local Elasticsearch running? Exit code 0 if so, 1 if not."""
+    from .cluster import LocalCluster
+
+    st = LocalCluster().status()
+    console.print(f"{'running' if st.running else 'not running'}: {st.url} version {st.version} "
+                  f"pid {st.pid} health {st.health} home {st.home}")
+    raise typer.Exit(0 if st.running else 1)
+
+
+# ------------------------------------------------------------------------------------------------- stages
+@app.command()
+@friendly
+def index(config: ConfigOpt, profile: ProfileOpt = None):
+    """Create the BM25 index from mappings/ and bulk-index the corpus (counts verified)."""
+    _project(config, profile).index()
+
+
+@app.command()
+@friendly
+def candidates(config: ConfigOpt, profile: ProfileOpt = None):
+    """BM25 top-k for every training query (_msearch)."""
+    _project(config, profile).candidates()
+
+
+@teacher_app.callback()
+@friendly
+def teacher(ctx: typer.Context, config: ConfigOpt = None, profile: ProfileOpt = None):
+    """Score every (query, candidate) with the cross-encoder (raw logits, Parquet)."""
+    if ctx.invoked_subcommand is None:
+        if config is None:
+            raise EsdistillError("missing --config", hint="esdistill teacher --config FILE")
+        _project(config, profile).teacher()
+
+
+@teacher_app.command("fit")
+@friendly
+def teacher_fit(config: ConfigOpt, profile: ProfileOpt = None):
+    """Fine-tune cross-encoder teachers from judgments, cross-fitted in k folds."""
+    _project(config, profile).teacher_fit()
+
+
+@app.command()
+@friendly
+def train(config: ConfigOpt, profile: ProfileOpt = None):
+    """Distill the teacher into the student bi-encoder."""
+    _project(config, profile).train()
+
+
+@app.command()
+@friendly
+def deploy(config: ConfigOpt, profile: ProfileOpt = None):
+    """Embed the corpus with the student into a new dense_vector index; move the alias onto it."""
+    _project(config, profile).deploy()
+
+
+@app.command()
+@friendly
+def evaluate(config: ConfigOpt, profile: ProfileOpt = None):
+    """BM25, pipeline, student and hybrid on the test queries: quality and latency side by side."""
+    _project(config, profile).evaluate()
+
+
+@app.command()
+@friendly
+def run(config: ConfigOpt, profile: ProfileOpt = None,
+        start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True):
+    """Every stage, from one config file (finished stages are cache hits)."""
+    project = _project(config, profile)
+    if start_cluster and not project.cfg.cluster_settings().url:
+        from .cluster import LocalCluster
+
+        lc = LocalCluster(LocalClusterSettings())
+        if not lc.status().running:
+            with console.status("starting the local Elasticsearch …"):
+                lc.start()
+    project.run()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

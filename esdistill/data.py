@@ -1,0 +1,303 @@
+"""Data in: BEIR folders, query files, qrels, and documents that already live in an index.
+
+Every loader reads line by line and fails with :class:`InputError` naming the file and the line when a line is
+malformed. Nothing is dropped silently: judgments that name unknown ids are reported as warnings with counts
+(:class:`LoadReport`), and empty documents are counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import tarfile
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance grade
+
+
+@dataclass
+class Doc:
+    id: str
+    title: str
+    text: str
+
+    @property
+    def full_text(self) -> str:
+        """What the models read: title and body, joined as BEIR does."""
+        return f"{self.title} {self.text}".strip() if self.title else self.text
+
+
+@dataclass
+class LoadReport:
+    """What a loader kept and what it had to leave out, so counts in equal counts out plus the losses."""
+
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        warnings.warn(message, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------ JSONL
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line; a bad line raises with file and line."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    with fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(
+                        f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})",
+                        hint="each line must be one JSON object; fix or remove that line",
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"{path}:{lineno + 1}: not UTF-8 ({e.reason} at byte {e.start} of the line)",
+                hint="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+            ) from None
+
+
+def _field(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise InputError(f"{path}:{lineno}: missing field {key!r}", hint=f"every line needs {key!r}")
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InputError(f"{path}:{lineno}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- corpus
+def load_corpus(path: Path, report: LoadReport | None = None) -> dict[str, Doc]:
+    """BEIR ``corpus.jsonl``: ``_id``, ``title`` (optional), ``text``. Duplicate ids are an error."""
+    report = report or LoadReport()
+    corpus: dict[str, Doc] = {}
+    empty = 0
+    for lineno, obj in iter_jsonl(path):
+        doc = Doc(_field(obj, "_id", path, lineno), _field(obj, "title", path, lineno, False),
+                  _field(obj, "text", path, lineno, False))
+        if doc.id in corpus:
+            raise InputError(f"{path}:{lineno}: duplicate document id {doc.id!r}", hint="ids must be unique")
+        if not doc.full_text.strip():
+            empty += 1
+        corpus[doc.id] = doc
+    if not corpus:
+        raise InputError(f"{path}: no documents")
+    if empty:
+        report.warn(f"{path}: {empty} documents have no title and no text (kept; they can only match by id)")
+    return corpus
+
+
+# ---------------------------------------------------------------------------------------------- queries
+def load_queries(path: Path) -> dict[str, str]:
+    """Queries from JSONL (``_id``/``text``, as BEIR) or plain text (one per line, id = line number).
+
+    The format is decided by the file's first non-blank character. Blank queries are an error (they would be
+    silently unanswerable); duplicate ids are an error.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+    except FileNotFoundError:
+        raise InputError(f"queries file not found: {path}") from None
+    except UnicodeDecodeError:
+        head = ""  # iter_jsonl / the text reader below report the exact line
+    queries: dict[str, str] = {}
+    if head.startswith("{"):
+        for lineno, obj in iter_jsonl(path):
+            qid = _field(obj, "_id", path, lineno) if "_id" in obj else _field(obj, "id", path, lineno)
+            text = _field(obj, "text", path, lineno) if "text" in obj else _field(obj, "query", path, lineno)
+            _add_query(queries, qid, text, path, lineno)
+    else:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if line.strip():
+                        _add_query(queries, str(lineno), line.strip(), path, lineno)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: not UTF-8 ({e.reason})", hint="re-encode the file as UTF-8") from None
+    if not queries:
+        raise InputError(f"{path}: no queries")
+    return queries
+
+
+def _add_query(queries: dict[str, str], qid: str, text: str, path: Path, lineno: int) -> None:
+    if not text.strip():
+        raise InputError(f"{path}:{lineno}: query {qid!r} has empty text", hint="remove the line or fill it")
+    if qid in queries:
+        raise InputError(f"{path}:{lineno}: duplicate query id {qid!r}")
+    queries[qid] = text.strip()
+
+
+# ------------------------------------------------------------------------------------------------ qrels
+def load_qrels(path: Path) -> Qrels:
+    """BEIR qrels TSV (``query-id  corpus-id  score``, header optional) or TREC (``qid 0 docid grade``)."""
+    qrels: Qrels = {}
+    try:
+        fh = open(path, encoding="utf-8", newline="")
+    except FileNotFoundError:
+        raise InputError(f"qrels file not found: {path}") from None
+    with fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else " "), 1):
+            row = [c for c in row if c != ""]
+            if not row:
+                continue
+            if lineno == 1 and not row[-1].lstrip("-").isdigit():
+                continue  # header
+            if len(row) == 4:
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                raise InputError(f"{path}:{lineno}: expected 3 columns (query-id, corpus-id, score), got {len(row)}")
+            try:
+                grade = int(float(row[2]))
+            except ValueError:
+                raise InputError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
+            qrels.setdefault(row[0], {})[row[1]] = grade
+    return qrels
+
+
+def check_qrels(qrels: Qrels, queries: dict[str, str], doc_ids, where: str, report: LoadReport) -> Qrels:
+    """Keep judgments whose query and document exist; warn with counts about the rest."""
+    unknown_q = [q for q in qrels if q not in queries]
+    kept: Qrels = {}
+    unknown_d = 0
+    for qid, docs in qrels.items():
+        if qid not in queries:
+            continue
+        good = {d: g for d, g in docs.items() if d in doc_ids}
+        unknown_d += len(docs) - len(good)
+        if good:
+            kept[qid] = good
+    if unknown_q:
+        report.warn(f"{where}: {len(unknown_q)} judged query ids are not in the queries file (e.g. {unknown_q[0]!r})"
+                    f"; their {sum(len(qrels[q]) for q in unknown_q)} judgments are not used")
+    if unknown_d:
+        report.warn(f"{where}: {unknown_d} judgments name documents that are not in the corpus; not used")
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------- BEIR
+def resolve_beir(path: Path, cache_dir: Path) -> Path:
+    """A BEIR folder, or a ``.tar.xz``/``.tar.gz`` of one unpacked (once) under ``cache_dir``."""
+    if path.is_dir():
+        return path
+    if not path.exists():
+        raise InputError(f"BEIR dataset not found: {path}", hint="point data.beir at a folder or a .tar.xz")
+    if not tarfile.is_tarfile(path):
+        raise InputError(f"{path}: neither a folder nor a tar archive")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    target = cache_dir / f"{path.name.split('.')[0]}-{digest}"
+    if not (target / "corpus.jsonl").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path) as tf:
+            tf.extractall(target, filter="data")
+        inner = [p for p in target.iterdir() if p.is_dir()]
+        if not (target / "corpus.jsonl").exists() and len(inner) == 1:
+            for p in inner[0].iterdir():
+                p.rename(target / p.name)
+    return target
+
+
+@dataclass
+class Dataset:
+    """Everything one run reads: corpus (or where to find it), train and test queries, judgments."""
+
+    name: str
+    corpus: dict[str, Doc] | None  # None when documents live in an existing index
+    train_queries: dict[str, str]
+    train_qrels: Qrels
+    test_queries: dict[str, str]
+    test_qrels: Qrels
+    fingerprint: str
+    report: LoadReport
+
+
+def subset(ids: Iterable[str], n: int | None, salt: str = "") -> list[str]:
+    """A deterministic pseudo-random subset of ``n`` ids (all of them, sorted, if ``n`` is None)."""
+    ids = sorted(ids)
+    if n is None or n >= len(ids):
+        return ids
+    return sorted(ids, key=lambda i: hashlib.sha1(f"{salt}{i}".encode()).hexdigest())[:n]
+
+
+def file_digest(*paths: Path | None) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        if p is not None and Path(p).is_file():
+            h.update(Path(p).read_bytes())
+        h.update(str(p).encode() if p is None else b"|")
+    return h.hexdigest()[:16]
+
+
+def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
+    """Build a :class:`Dataset` from a :class:`~esdistill.config.DataConfig`.
+
+    ``doc_exists(ids) -> set`` answers which document ids exist when the corpus lives in an index. Train and
+    test queries must not overlap: a test query in training would make every number in the report a lie.
+    """
+    report = LoadReport()
+    if cfg.beir is not None:
+        root = resolve_beir(Path(cfg.beir), cache_dir)
+        for need in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.train_split}.tsv"):
+            if not (root / need).exists():
+                raise InputError(f"BEIR folder {root} has no {need}", hint="a BEIR folder holds corpus.jsonl, "
+                                 "queries.jsonl and qrels/<split>.tsv")
+        corpus = load_corpus(root / "corpus.jsonl", report)
+        queries = load_queries(root / "queries.jsonl")
+        qrels_tr = load_qrels(root / "qrels" / f"{cfg.train_split}.tsv")
+        test_path = root / "qrels" / f"{cfg.test_split}.tsv"
+        qrels_te = load_qrels(test_path) if test_path.exists() else {}
+        train_q = {q: queries[q] for q in qrels_tr if q in queries}
+        test_q = {q: queries[q] for q in qrels_te if q in queries}
+        qrels_tr = check_qrels(qrels_tr, queries, corpus, f"{root}/qrels/{cfg.train_split}.tsv", report)
+        qrels_te = check_qrels(qrels_te, queries, corpus, str(test_path), report)
+        digest = file_digest(root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{cfg.train_split}.tsv",
+                             test_path)
+    else:
+        corpus = None
+        train_q = load_queries(Path(cfg.train_queries))
+        test_q = load_queries(Path(cfg.test_queries)) if cfg.test_queries else {}
+        qrels_tr = load_qrels(Path(cfg.train_qrels)) if cfg.train_qrels else {}
+        qrels_te = load_qrels(Path(cfg.test_qrels)) if cfg.test_qrels else {}
+        judged = {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
+        existing = doc_exists(judged) if (doc_exists and judged) else judged
+        qrels_tr = check_qrels(qrels_tr, train_q, existing, str(cfg.train_qrels), report)
+        qrels_te = check_qrels(qrels_te, test_q, existing, str(cfg.test_qrels), report)
+        digest = file_digest(cfg.train_queries, cfg.train_qrels, cfg.test_queries, cfg.test_qrels)
+
+    overlap = set(train_q) & set(test_q)
+    if overlap:
+        raise InputError(f"{len(overlap)} query ids are both train and test queries (e.g. {sorted(overlap)[0]!r})",
+                         hint="test queries must never be used for training; split them apart")
+    train_q = {q: train_q[q] for q in subset(train_q, cfg.max_train_queries, "train")}
+    test_q = {q: test_q[q] for q in subset(test_q, cfg.max_test_queries, "test")}
+    qrels_tr = {q: d for q, d in qrels_tr.items() if q in train_q}
+    qrels_te = {q: d for q, d in qrels_te.items() if q in test_q}
+    if corpus is not None and cfg.max_corpus_docs:
+        keep = set(list(corpus)[: cfg.max_corpus_docs])
+        keep |= {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
+        corpus = {i: d for i, d in corpus.items() if i in keep}
+    params = [cfg.max_train_queries, cfg.max_test_queries, cfg.max_corpus_docs, cfg.text_fields, cfg.index]
+    from .config import fingerprint
+
+    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, fingerprint([digest, params]), report)

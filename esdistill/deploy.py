@@ -1,0 +1,132 @@
+"""``deploy`` stage: a new index with a ``dense_vector`` field, the corpus embedded by the student (client-side).
+
+The index body comes from ``mappings/dense_index.json``; dims are read from the model, similarity is
+``dot_product`` for a model that outputs unit vectors (esdistill's students do) and ``cosine`` otherwise, and
+``index_options`` are explicit. Each deploy writes a versioned index ``<alias>-<key>`` and points the alias at it
+once the count is verified, so searches never see a half-built index. Re-running resumes: only documents not
+yet in the index are embedded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+from elasticsearch import Elasticsearch
+from elasticsearch import exceptions as es_exc
+
+from .config import DeployConfig
+from .data import Doc
+from .errors import ModelError
+from .indexing import (
+    bulk_index,
+    create_index,
+    drop_own_index,
+    existing_ids,
+    index_meta,
+    load_mapping,
+    verify_count,
+)
+from .models import embedding_info
+
+VECTOR_FIELD = "embedding"
+
+
+def dense_body(dims: int, normalized: bool, cfg: DeployConfig) -> dict[str, Any]:
+    """The dense index: ``title`` and ``text`` (BM25-searchable, so it can serve hybrid alone) and the vector."""
+    body = load_mapping("dense_index.json")
+    vec = body["mappings"]["properties"][VECTOR_FIELD]
+    vec["dims"] = dims
+    vec["similarity"] = "dot_product" if normalized else "cosine"
+    opts: dict[str, Any] = {"type": cfg.index_type}
+    if "hnsw" in cfg.index_type:
+        opts.update(m=cfg.m, ef_construction=cfg.ef_construction)
+    vec["index_options"] = opts
+    return body
+
+
+def index_dims(client: Elasticsearch, index: str, field: str = VECTOR_FIELD) -> int | None:
+    """The dims of ``field`` in ``index`` (an alias works too); None if there is no such field."""
+    try:
+        resp = client.indices.get_mapping(index=index).body
+    except es_exc.NotFoundError:
+        return None
+    for mapping in resp.values():
+        spec = mapping.get("mappings", {}).get("properties", {}).get(field)
+        if spec and spec.get("type") == "dense_vector":
+            return int(spec["dims"])
+    return None
+
+
+def check_dims(client: Elasticsearch, index: str, model_dims: int, field: str = VECTOR_FIELD) -> None:
+    """Refuse to pair a model with an index whose vectors have another size, naming both numbers."""
+    have = index_dims(client, index, field)
+    if have is not None and have != model_dims:
+        raise ModelError(
+            f"index {index!r} field {field!r} holds {have}-dim vectors but the model makes {model_dims}-dim vectors",
+            hint="deploy the model into a new index (esdistill deploy) or use the model that built this index",
+        )
+
+
+def _batches(it: Iterable[Doc], n: int) -> Iterator[list[Doc]]:
+    it = iter(it)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def point_alias(client: Elasticsearch, alias: str, index: str) -> list[str]:
+    """Move ``alias`` to ``index`` in one atomic request; returns the indices it left."""
+    try:
+        old = list(client.indices.get_alias(name=alias).body)
+    except es_exc.NotFoundError:
+        old = []
+    actions = [{"remove": {"index": i, "alias": alias}} for i in old if i != index]
+    actions.append({"add": {"index": index, "alias": alias}})
+    client.indices.update_aliases(actions=actions)
+    return [i for i in old if i != index]
+
+
+def deploy_student(
+    client: Elasticsearch,
+    model,
+    docs: Iterable[Doc],
+    total: int,
+    alias: str,
+    key: str,
+    cfg: DeployConfig,
+    meta: dict[str, Any],
+    progress=None,
+) -> dict[str, Any]:
+    """Embed ``docs`` into ``<alias>-<key>`` and move ``alias`` onto it once all ``total`` are in."""
+    index = f"{alias}-{key[:10]}"
+    dims, normalized = embedding_info(model)
+    existing = index_meta(client, index)
+    if existing and existing.get("key") == key:
+        check_dims(client, index, dims)
+        have = existing_ids(client, index)
+    else:
+        drop_own_index(client, index)
+        create_index(client, index, dense_body(dims, normalized, cfg),
+                     {"key": key, "docs": total, "dims": dims, **meta})
+        have = set()
+    todo_total = total - len(have)
+    task = progress.add_task(f"deploy: embed + index {index}", total=todo_total) if progress else None
+    sent, errors = 0, []
+
+    def actions():
+        nonlocal sent
+        for batch in _batches((d for d in docs if d.id not in have), cfg.batch_size):
+            vecs = model.encode([d.full_text for d in batch], batch_size=cfg.encode_batch_size,
+                                normalize_embeddings=normalized, show_progress_bar=False, convert_to_numpy=True)
+            for d, v in zip(batch, vecs, strict=True):
+                yield {"_id": d.id, "_source": {"title": d.title, "text": d.text, VECTOR_FIELD: v.tolist()}}
+            sent += len(batch)
+
+    ok, errors = bulk_index(client, index, actions(), chunk_size=cfg.batch_size,
+                            on_progress=(lambda n: progress.advance(task, n)) if progress else None)
+    verify_count(client, index, total, errors)
+    left = point_alias(client, alias, index)
+    return {"index": index, "alias": alias, "docs": total, "embedded_now": sent, "dims": dims,
+            "similarity": "dot_product" if normalized else "cosine", "index_options": cfg.index_type,
+            "alias_left": left}

@@ -1,0 +1,124 @@
+"""``evaluate`` stage: every system on the TEST queries, side by side — quality, latency, share of gain.
+
+Metrics are computed by ranx (NDCG@10, Recall@100, MRR@10; trec_eval definitions) with paired t-tests against
+BM25. Latency is measured one query at a time, after one untimed warm-up query per system: the client's wall
+time (encoding, reranking and the HTTP round trip included) and Elasticsearch's ``took``, p50 and p95.
+The report is a Markdown table plus a JSON file with every number, per-query metrics included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Qrels
+
+METRICS = ["ndcg@10", "recall@100", "mrr@10"]
+LABELS = {"bm25": "BM25", "pipeline": "pipeline (BM25 → teacher)", "student": "student (kNN)",
+          "hybrid": "hybrid (student + BM25, RRF)"}
+
+
+def run_system(system, queries: dict[str, str], progress=None) -> dict[str, Any]:
+    """Answer every query with ``system``: the run (qid -> {docid: score}) and per-query latencies."""
+    qids = sorted(queries)
+    if qids:
+        system.search(queries[qids[0]])  # warm-up: model load, JIT, caches
+    run: dict[str, dict[str, float]] = {}
+    wall, took, extra = [], [], {}
+    task = progress.add_task(f"evaluate: {system.name}", total=len(qids)) if progress else None
+    for qid in qids:
+        res = system.search(queries[qid])
+        run[qid] = {d: s for d, s in res.hits}
+        wall.append(res.wall_ms)
+        took.append(res.took_ms)
+        for k, v in res.extra.items():
+            extra.setdefault(k, []).append(v)
+        if progress:
+            progress.advance(task)
+    return {"run": run, "wall_ms": wall, "took_ms": took, "extra_ms": extra}
+
+
+def metrics(qrels: Qrels, run: dict[str, dict[str, float]], per_query: bool = False) -> dict[str, Any]:
+    """ranx metrics of ``run``; queries without any hit count as zero (ranx would drop them)."""
+    from ranx import Qrels as RQ
+    from ranx import Run as RR
+    from ranx import evaluate as r_eval
+
+    full = {q: (run.get(q) or {"__none__": 0.0}) for q in qrels}
+    out = r_eval(RQ(qrels), RR(full), METRICS, return_mean=not per_query)
+    if per_query:
+        return {m: [float(x) for x in v] for m, v in out.items()}
+    return {m: float(v) for m, v in out.items()}
+
+
+def significance(qrels: Qrels, runs: dict[str, dict], baseline: str) -> dict[str, dict[str, float]]:
+    """Paired Student t-test p-values of every system against ``baseline`` (ranx ``compare``)."""
+    from ranx import Qrels as RQ
+    from ranx import Run as RR
+    from ranx import compare
+
+    if baseline not in runs or len(runs) < 2 or len(qrels) < 2:
+        return {}
+    rr = [RR({q: (runs[n].get(q) or {"__none__": 0.0}) for q in qrels}, name=n) for n in runs]
+    rep = compare(RQ(qrels), rr, METRICS, stat_test="student").to_dict()
+    return {n: {m: float(p) for m, p in rep[n]["comparisons"].get(baseline, {}).items()} for n in runs if n != baseline}
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize(qrels: Qrels, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every number of the report: per-system metrics, latency percentiles, share of the pipeline's gain."""
+    runs = {n: r["run"] for n, r in results.items()}
+    systems = {}
+    for name, r in results.items():
+        m = metrics(qrels, r["run"])
+        systems[name] = {
+            **m,
+            "latency_ms": {"p50": pct(r["wall_ms"], 50), "p95": pct(r["wall_ms"], 95), "mean": float(np.mean(r["wall_ms"]))},
+            "took_ms": {"p50": pct(r["took_ms"], 50), "p95": pct(r["took_ms"], 95)},
+            "extra_ms": {k: {"p50": pct(v, 50), "p95": pct(v, 95)} for k, v in r["extra_ms"].items()},
+            "per_query": {"qids": sorted(qrels), **metrics(qrels, r["run"], per_query=True)},
+        }
+    if "bm25" in systems and "pipeline" in systems:
+        base, top = systems["bm25"]["ndcg@10"], systems["pipeline"]["ndcg@10"]
+        for s in systems.values():
+            s["share_of_gain"] = (s["ndcg@10"] - base) / (top - base) if top != base else float("nan")
+    return {"systems": systems, "p_vs_bm25": significance(qrels, runs, "bm25"),
+            "p_vs_pipeline": significance(qrels, runs, "pipeline"), "queries": len(qrels)}
+
+
+def markdown(summary: dict[str, Any], title: str = "") -> str:
+    """The side-by-side table: quality, latency, share of the pipeline's NDCG@10 gain over BM25."""
+    lines = [f"## {title}" if title else "", "",
+             "| system | NDCG@10 | Recall@100 | MRR@10 | share of pipeline gain | p50 ms | p95 ms | ES took p50 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    pv = summary.get("p_vs_bm25", {})
+    for name, s in summary["systems"].items():
+        star = "†" if pv.get(name, {}).get("ndcg@10", 1.0) < 0.05 else ""
+        share = s.get("share_of_gain")
+        share_s = "—" if share is None or name in ("bm25",) or np.isnan(share) else f"{share * 100:.0f}%"
+        lines.append(
+            f"| {LABELS.get(name, name)} | {s['ndcg@10']:.3f}{star} | {s['recall@100']:.3f} | {s['mrr@10']:.3f} | "
+            f"{share_s} | {s['latency_ms']['p50']:.1f} | {s['latency_ms']['p95']:.1f} | {s['took_ms']['p50']:.1f} |"
+        )
+    lines += ["", f"{summary['queries']} test queries. † NDCG@10 differs from BM25 at p < 0.05 (paired t-test, ranx). "
+              "Latency: one query at a time, client wall time incl. query encoding / reranking."]
+    return "\n".join(lines).strip() + "\n"
+
+
+def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict[str, Any]) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "report.md"
+    js = out_dir / "report.json"
+    body = markdown(summary, title)
+    if extra.get("stage_seconds"):
+        body += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
+            f"| {k} | {v:.1f} |\n" for k, v in extra["stage_seconds"].items())
+    md.write_text(body)
+    js.write_text(json.dumps({**extra, **summary}, indent=2, default=str))
+    return md, js

@@ -1,0 +1,189 @@
+"""``index`` stage: create the BM25 index from ``mappings/`` and bulk-index the corpus.
+
+Also the shared index plumbing the other stages use: loading mapping files, bulk-indexing with
+elasticsearch-py's ``streaming_bulk`` (retries with backoff on 429), verifying counts, and reading documents
+back from an existing index.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import Elasticsearch, helpers
+from elasticsearch import exceptions as es_exc
+
+from .data import Doc
+from .errors import ClusterError
+
+MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+
+
+def load_mapping(name: str) -> dict[str, Any]:
+    """A JSON body from ``mappings/`` (a fresh copy each call)."""
+    path = MAPPINGS_DIR / name
+    try:
+        return copy.deepcopy(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ClusterError(f"mapping file missing: {path}", hint="reinstall esdistill from a full checkout") from None
+
+
+def index_meta(client: Elasticsearch, index: str) -> dict[str, Any] | None:
+    """The ``_meta.esdistill`` of ``index``; ``{}`` when it exists without ours, None when it does not exist."""
+    try:
+        resp = client.indices.get_mapping(index=index).body
+    except es_exc.NotFoundError:
+        return None
+    (mapping,) = resp.values()
+    return mapping.get("mappings", {}).get("_meta", {}).get("esdistill", {})
+
+
+def count(client: Elasticsearch, index: str) -> int:
+    client.indices.refresh(index=index)
+    return int(client.count(index=index).body["count"])
+
+
+def create_index(client: Elasticsearch, index: str, body: dict[str, Any], meta: dict[str, Any]) -> None:
+    body = copy.deepcopy(body)
+    body["mappings"]["_meta"] = {"esdistill": meta}
+    try:
+        client.indices.create(index=index, **body)
+    except es_exc.BadRequestError as e:
+        raise ClusterError(f"Elasticsearch refused to create index {index!r}: {e.message} {e.info}") from None
+
+
+def drop_own_index(client: Elasticsearch, index: str) -> None:
+    """Delete ``index`` only if esdistill made it (its ``_meta`` says so); refuse to touch anyone else's."""
+    meta = index_meta(client, index)
+    if meta is None:
+        return
+    if not meta:
+        raise ClusterError(
+            f"index {index!r} exists and was not created by esdistill; refusing to overwrite it",
+            hint="choose another name in [index] name / [deploy] name, or delete it yourself",
+        )
+    client.indices.delete(index=index)
+
+
+def bulk_index(
+    client: Elasticsearch,
+    index: str,
+    actions: Iterable[dict[str, Any]],
+    chunk_size: int = 500,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[int, list[dict]]:
+    """Index ``actions`` (each with ``_id`` and ``_source``) with retries on 429; returns (ok, errors)."""
+    ok, errors = 0, []
+    stream = helpers.streaming_bulk(
+        client,
+        ({"_index": index, **a} for a in actions),
+        chunk_size=chunk_size,
+        max_retries=8,
+        initial_backoff=1,
+        max_backoff=60,
+        raise_on_error=False,
+        raise_on_exception=False,
+    )
+    for success, item in stream:
+        if success:
+            ok += 1
+        else:
+            errors.append(item)
+        if on_progress:
+            on_progress(1)
+    return ok, errors
+
+
+def verify_count(client: Elasticsearch, index: str, expected: int, errors: list[dict]) -> int:
+    """Refresh and check that ``index`` holds ``expected`` documents; raise with the first failures if not."""
+    got = count(client, index)
+    if got != expected or errors:
+        sample = "; ".join(json.dumps(e)[:300] for e in errors[:3])
+        raise ClusterError(
+            f"index {index!r} holds {got} documents, expected {expected} ({len(errors)} bulk failures: {sample})",
+            hint="rerun the stage: it resumes and fills in what is missing",
+        )
+    return got
+
+
+def existing_ids(client: Elasticsearch, index: str) -> set[str]:
+    """All document ids in ``index`` (a scan without sources)."""
+    return {h["_id"] for h in helpers.scan(client, index=index, query={"query": {"match_all": {}}}, _source=False)}
+
+
+def bm25_source(doc: Doc) -> dict[str, str]:
+    return {"title": doc.title, "text": doc.text}
+
+
+def build_bm25_index(
+    client: Elasticsearch,
+    index: str,
+    corpus: dict[str, Doc],
+    key: str,
+    chunk_size: int = 500,
+    progress=None,
+) -> dict[str, Any]:
+    """Create ``index`` from ``mappings/bm25_index.json`` and index ``corpus`` into it; idempotent by ``key``.
+
+    An index that already carries this ``key`` and the full count is reused as is (cache hit). One with the
+    same key and fewer documents is resumed: only missing ids are sent. Otherwise it is rebuilt.
+    """
+    meta = index_meta(client, index)
+    resumed = False
+    if meta and meta.get("key") == key:
+        have = existing_ids(client, index)
+        if len(have) == len(corpus) and have == set(corpus):
+            return {"index": index, "docs": len(corpus), "cached": True}
+        todo = [d for i, d in corpus.items() if i not in have]
+        resumed = True
+    else:
+        drop_own_index(client, index)
+        create_index(client, index, load_mapping("bm25_index.json"), {"key": key, "docs": len(corpus)})
+        todo = list(corpus.values())
+    task = progress.add_task(f"index {index}", total=len(todo)) if progress else None
+    ok, errors = bulk_index(
+        client,
+        index,
+        ({"_id": d.id, "_source": bm25_source(d)} for d in todo),
+        chunk_size=chunk_size,
+        on_progress=(lambda n: progress.advance(task, n)) if progress else None,
+    )
+    verify_count(client, index, len(corpus), errors)
+    return {"index": index, "docs": len(corpus), "indexed": ok, "resumed": resumed, "cached": False}
+
+
+def fetch_docs(client: Elasticsearch, index: str, ids: Iterable[str], text_fields: list[str]) -> dict[str, Doc]:
+    """Documents by id from an existing index (``mget`` in batches). Missing ids are simply absent."""
+    ids = list(dict.fromkeys(ids))
+    out: dict[str, Doc] = {}
+    for start in range(0, len(ids), 1000):
+        resp = client.mget(index=index, ids=ids[start : start + 1000], source=text_fields).body
+        for d in resp["docs"]:
+            if d.get("found"):
+                out[d["_id"]] = doc_from_source(d["_id"], d.get("_source", {}), text_fields)
+    return out
+
+
+def iter_index_docs(client: Elasticsearch, index: str, text_fields: list[str]) -> Iterator[Doc]:
+    for hit in helpers.scan(client, index=index, query={"query": {"match_all": {}}}, _source=text_fields):
+        yield doc_from_source(hit["_id"], hit.get("_source", {}), text_fields)
+
+
+def doc_from_source(doc_id: str, source: dict, text_fields: list[str]) -> Doc:
+    """A Doc from an index's ``_source``: the first text field is the title when there are several."""
+    values = [_flatten(source, f) for f in text_fields]
+    if len(values) > 1:
+        return Doc(doc_id, values[0], " ".join(v for v in values[1:] if v))
+    return Doc(doc_id, "", values[0] if values else "")
+
+
+def _flatten(source: dict, dotted: str) -> str:
+    value: Any = source
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value if v is not None)
+    return "" if value is None else str(value)

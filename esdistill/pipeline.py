@@ -1,0 +1,340 @@
+"""The whole loop as a Python API: :class:`Project` runs each stage with its cache key, or all of them.
+
+    from esdistill import Project, load_config
+    project = Project(load_config("examples/scifact.toml"))
+    report = project.run()            # index → candidates → teacher (fit) → train → deploy → evaluate
+
+Each stage method returns the stage's info record (``cached: True`` when nothing had to be done). Keys chain:
+a stage's key includes its upstream stage's key, so changing an early parameter recomputes what follows.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import candidates as cand_mod
+from . import evaluate as eval_mod
+from . import search as search_mod
+from .cache import StageCache
+from .cluster import connect
+from .config import RunConfig, fingerprint
+from .data import Dataset, Doc, load_dataset
+from .deploy import check_dims, deploy_student
+from .errors import InputError
+from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, iter_index_docs
+from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
+from .teacher import assign_scorers, fit_teacher, score_candidates
+from .train import train_student
+
+
+def make_progress(console: Console | None = None) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+class Project:
+    """One configured run: the client, the dataset, and every stage."""
+
+    def __init__(self, cfg: RunConfig, console: Console | None = None, client=None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self._client = client
+        self.workdir = Path(cfg.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.stage_seconds: dict[str, float] = {}
+        self.progress: Progress | None = None
+
+    # -- shared state ---------------------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = connect(self.cfg.cluster_settings())
+        return self._client
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        doc_exists = None
+        if self.cfg.data.index:
+            def doc_exists(ids):
+                return set(fetch_docs(self.client, self.cfg.data.index, ids, self.cfg.data.text_fields))
+        ds = load_dataset(self.cfg.data, self.workdir / "datasets", doc_exists)
+        if not ds.train_queries:
+            raise InputError("no training queries", hint="check data.train_split / data.train_queries")
+        return ds
+
+    @property
+    def text_fields(self) -> list[str]:
+        return ["title", "text"] if self.cfg.data.beir else self.cfg.data.text_fields
+
+    def docs(self, ids: list[str]) -> dict[str, Doc]:
+        """Texts of documents by id, from the corpus file or the user's index."""
+        if self.dataset.corpus is not None:
+            return {i: self.dataset.corpus[i] for i in ids if i in self.dataset.corpus}
+        return fetch_docs(self.client, self.cfg.data.index, ids, self.text_fields)
+
+    def log(self, msg: str) -> None:
+        self.console.print(msg)
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        self.console.rule(f"[bold cyan]{name}")
+        owns = self.progress is None
+        if owns:
+            self.progress = make_progress(self.console)
+            self.progress.start()
+        try:
+            yield
+        finally:
+            if owns:
+                self.progress.stop()
+                self.progress = None
+            self.stage_seconds[name] = time.perf_counter() - t0
+
+    def _cache(self, stage: str, inputs: dict[str, Any]) -> StageCache:
+        return StageCache(self.workdir, stage, inputs)
+
+    # -- stages -------------------------------------------------------------------------------------------
+    @property
+    def index_key(self) -> str:
+        if self.cfg.data.index:
+            return fingerprint({"user_index": self.cfg.data.index})
+        return fingerprint({"data": self.dataset.fingerprint, "mapping": (MAPPINGS_DIR / "bm25_index.json").read_text()})
+
+    def index(self) -> dict[str, Any]:
+        """Create and fill the BM25 index (skipped when the data is an existing index)."""
+        with self.stage("index"):
+            if self.cfg.data.index:
+                n = self.client.count(index=self.cfg.data.index).body["count"]
+                info = {"index": self.cfg.data.index, "docs": n, "cached": True, "user_index": True}
+            else:
+                info = build_bm25_index(self.client, self.cfg.bm25_index, self.dataset.corpus, self.index_key,
+                                        self.cfg.index.chunk_size, self.progress)
+            self.log(f"index {info['index']}: {info['docs']} documents" + (" (cached)" if info.get("cached") else ""))
+            return info
+
+    def _candidates_cache(self) -> StageCache:
+        return self._cache("candidates", {
+            "index": self.cfg.bm25_index, "index_key": self.index_key, "fields": self.text_fields,
+            "queries": fingerprint(self.dataset.train_queries), "k": self.cfg.candidates.k})
+
+    def candidates(self) -> dict[str, Any]:
+        """BM25 top-k of every training query."""
+        with self.stage("candidates"):
+            cache = self._candidates_cache()
+            info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.dataset.train_queries,
+                                           self.text_fields, self.cfg.candidates.k, self.cfg.candidates.batch_size,
+                                           cache, self.progress)
+            self.log(f"candidates: {info['pairs']} pairs for {info['queries']} queries"
+                     + (f", {info['queries_without_hits']} queries without any hit" if info["queries_without_hits"] else "")
+                     + (" (cached)" if info.get("cached") else ""))
+            return info
+
+    def candidates_frame(self) -> pd.DataFrame:
+        cache = self._candidates_cache()
+        if not cache.done:
+            self.candidates()
+        return pd.read_parquet(cache.path("candidates.parquet"))
+
+    def _fit_cache(self) -> StageCache:
+        return self._cache("teacher-fit", {
+            "candidates": self._candidates_cache().key, "qrels": fingerprint(self.dataset.train_qrels),
+            "fit": self.cfg.teacher.fit.model_dump(), "base": model_fingerprint(self.cfg.teacher.fit.base_model)})
+
+    def teacher_fit(self) -> dict[str, Any]:
+        """Cross-fit cross-encoder teachers from the train judgments."""
+        frame = self.candidates_frame()
+        with self.stage("teacher fit"):
+            info = fit_teacher(self.cfg.teacher.fit, self.dataset.train_queries, self.dataset.train_qrels, frame,
+                               self.docs, self._fit_cache(), self.log)
+            self.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
+                     "judged queries" + (" (cached)" if info.get("cached") else ""))
+            return info
+
+    def teacher_model(self) -> str:
+        """The reranker of the pipeline: the user's, or the full fitted model."""
+        if self.cfg.teacher.model:
+            return self.cfg.teacher.model
+        cache = self._fit_cache()
+        info = cache.info() if cache.done else self.teacher_fit()
+        return info["models"]["full"]
+
+    def teacher_pairs(self) -> pd.DataFrame:
+        """Candidates to label (top ``depth``) plus every judged positive BM25 missed, so it gets a score too."""
+        frame = self.candidates_frame()
+        depth = self.cfg.teacher.depth or self.cfg.candidates.k
+        frame = frame[frame["rank"] <= depth].assign(source="bm25")
+        have = set(zip(frame.qid, frame.docid, strict=True))
+        corpus_ids = set(self.docs([d for docs in self.dataset.train_qrels.values() for d in docs]))
+        extra = [(q, d, 0, float("nan"), "judged") for q, docs in self.dataset.train_qrels.items()
+                 for d, g in docs.items() if g > 0 and (q, d) not in have and d in corpus_ids]
+        extra_df = pd.DataFrame(extra, columns=["qid", "docid", "rank", "bm25", "source"])
+        return pd.concat([frame, extra_df], ignore_index=True) if extra else frame
+
+    def _teacher_cache(self) -> StageCache:
+        scorer = (model_fingerprint(self.cfg.teacher.model) if self.cfg.teacher.model else self._fit_cache().key)
+        return self._cache("teacher", {
+            "candidates": self._candidates_cache().key, "qrels": fingerprint(self.dataset.train_qrels),
+            "scorer": scorer, "max_length": self.cfg.teacher.max_length, "depth": self.cfg.teacher.depth})
+
+    def teacher(self) -> dict[str, Any]:
+        """Score every candidate pair with the teacher (fitting it first when none is given)."""
+        fit_info = None
+        if not self.cfg.teacher.model:
+            cache = self._fit_cache()
+            fit_info = cache.info() if cache.done else self.teacher_fit()
+        pairs = self.teacher_pairs()
+        with self.stage("teacher"):
+            scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
+            info = score_candidates(pairs, self.dataset.train_queries, self.docs, scorers, self._teacher_cache(),
+                                    self.cfg.teacher.max_length, self.cfg.teacher.batch_size, progress=self.progress)
+            self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info.get("cached") else
+                                                                  f" ({info['scored_now']} now)"))
+            return info
+
+    def scores_frame(self) -> pd.DataFrame:
+        cache = self._teacher_cache()
+        if not cache.done:
+            self.teacher()
+        return pd.read_parquet(cache.path("scores.parquet"))
+
+    def _train_cache(self) -> StageCache:
+        return self._cache("train", {"teacher_key": self._teacher_cache().key, "train": self.cfg.train.model_dump(),
+                                     "base": model_fingerprint(self.cfg.train.base_model)})
+
+    def train(self) -> dict[str, Any]:
+        """Distill the teacher's scores into the student bi-encoder."""
+        scores = self.scores_frame()
+        with self.stage("train"):
+            info = train_student(self.cfg.train, scores, self.dataset.train_queries, self.dataset.train_qrels,
+                                 self.docs, self._train_cache(), self.log)
+            if info.get("dev_before"):
+                b = info["dev_before"].get("dev_cosine_ndcg@10")
+                a = info["dev_after"].get("dev_cosine_ndcg@10")
+                if a is not None and b is not None:
+                    self.log(f"train: dev NDCG@10 {b:.3f} → {a:.3f}; teacher agreement (Spearman) "
+                             f"{info['agreement_before'].get('spearman', float('nan')):.3f} → "
+                             f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
+            return info
+
+    def student_path(self) -> str:
+        cache = self._train_cache()
+        return (cache.info() if cache.done else self.train())["model"]
+
+    def _deploy_key(self) -> str:
+        return fingerprint({"student": self._train_cache().key, "data": self.index_key,
+                            "deploy": self.cfg.deploy.model_dump()})
+
+    def deploy(self) -> dict[str, Any]:
+        """Embed the corpus with the student into a new dense index and point the alias at it."""
+        path = self.student_path()
+        with self.stage("deploy"):
+            model = load_bi_encoder(path, max_length=self.cfg.deploy.max_length or self.cfg.train.max_length)
+            if self.dataset.corpus is not None:
+                docs, total = self.dataset.corpus.values(), len(self.dataset.corpus)
+            else:
+                docs = iter_index_docs(self.client, self.cfg.data.index, self.text_fields)
+                total = self.client.count(index=self.cfg.data.index).body["count"]
+            meta = {"model": path, "teacher": self._teacher_cache().key, "dataset": self.cfg.data.name}
+            info = deploy_student(self.client, model, docs, total, self.cfg.dense_alias, self._deploy_key(),
+                                  self.cfg.deploy, meta, self.progress)
+            self.log(f"deploy: {info['docs']} documents in {info['index']} ({info['dims']} dims, "
+                     f"{info['similarity']}, {info['index_options']}); alias {info['alias']} → {info['index']}")
+            return info
+
+    def _eval_cache(self) -> StageCache:
+        ev = self.cfg.evaluate.model_dump()
+        ev.pop("systems")
+        return self._cache("evaluate", {"deploy": self._deploy_key(), "index": self.index_key,
+                                        "teacher": self._teacher_cache().key, "queries": fingerprint(self.dataset.test_queries),
+                                        "qrels": fingerprint(self.dataset.test_qrels), "evaluate": ev,
+                                        "teacher_max_length": self.cfg.teacher.max_length})
+
+    def systems(self) -> dict[str, Callable[[], Any]]:
+        """Builders of each system to evaluate (models load only when a system runs)."""
+        ev, c = self.cfg.evaluate, self.client
+        dense = self.cfg.dense_alias
+
+        def student_model():
+            m = load_bi_encoder(self.student_path(), max_length=self.cfg.train.max_length)
+            check_dims(c, dense, embedding_info(m)[0])
+            return m
+
+        return {
+            "bm25": lambda: search_mod.BM25(c, self.cfg.bm25_index, self.text_fields, ev.k),
+            "pipeline": lambda: search_mod.Pipeline(
+                c, self.cfg.bm25_index, self.text_fields,
+                load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
+                ev.rerank_depth, ev.k, self.cfg.teacher.batch_size),
+            "student": lambda: search_mod.Student(c, dense, student_model(), ev.k, ev.num_candidates),
+            "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields, dense, student_model(),
+                                                ev.k, ev.num_candidates, ev.rrf_k),
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Run every system over the test queries and write the side-by-side report."""
+        ds = self.dataset
+        if not ds.test_qrels:
+            raise InputError("evaluate needs test queries with judgments",
+                             hint="BEIR: qrels/<test_split>.tsv; own data: data.test_queries and data.test_qrels")
+        queries = {q: ds.test_queries[q] for q in ds.test_qrels}
+        if "student" in self.cfg.evaluate.systems or "hybrid" in self.cfg.evaluate.systems:
+            self.student_path()
+            if not self.client.indices.exists_alias(name=self.cfg.dense_alias):
+                self.deploy()
+        cache = self._eval_cache()
+        builders = self.systems()
+        results = {}
+        with self.stage("evaluate"):
+            for name in self.cfg.evaluate.systems:
+                f = cache.path(f"system-{name}.json")
+                if f.exists():
+                    results[name] = json.loads(f.read_text())
+                    continue
+                results[name] = eval_mod.run_system(builders[name](), queries, self.progress)
+                f.write_text(json.dumps(results[name]))
+            summary = eval_mod.summarize(ds.test_qrels, results)
+        extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "config": json.loads(self.cfg.model_dump_json()),
+                 "stage_seconds": self.stage_seconds, "environment": environment(), "evaluate_key": cache.key}
+        out = self.workdir / "reports" / f"{self.cfg.data.name}-{self.cfg.profile}-{cache.key[:8]}"
+        md, js = eval_mod.write_report(summary, out, f"{self.cfg.data.name} — {self.cfg.profile} profile", extra)
+        print(md.read_text(), flush=True)  # the table goes to stdout; progress and logs to stderr
+        self.log(f"report: {md} and {js}")
+        return {"markdown": str(md), "json": str(js), "summary": summary}
+
+    def run(self) -> dict[str, Any]:
+        """All stages in order; finished stages are cache hits."""
+        self.index()
+        self.candidates()
+        if not self.cfg.teacher.model:
+            self.teacher_fit()
+        self.teacher()
+        self.train()
+        self.deploy()
+        return self.evaluate()
+
+
+def environment() -> dict[str, Any]:
+    import os
+
+    import elasticsearch
+    import sentence_transformers
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "sentence_transformers": sentence_transformers.__version__, "transformers": transformers.__version__,
+            "elasticsearch_client": elasticsearch.__versionstr__, "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "machine": platform.machine(), "system": platform.system()}

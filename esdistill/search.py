@@ -1,0 +1,145 @@
+"""The query path: one user query answered by each system, timed.
+
+Systems, as small strategy classes sharing one interface (``search(text) -> Result``):
+
+* :class:`BM25` — ``multi_match`` on the BM25 index.
+* :class:`Pipeline` — BM25 top-``depth`` with their texts, rescored by the cross-encoder teacher; documents
+  below ``depth`` keep their BM25 order after the rescored ones.
+* :class:`Student` — the query encoded client-side, top-level ``knn`` on the dense index.
+* :class:`Hybrid` — BM25 and student kNN in ONE ``_msearch`` round trip, fused client-side by reciprocal
+  rank fusion (no license needed; Elasticsearch's own RRF retriever is a paid feature).
+
+``wall_ms`` is the client's wall time including query encoding / reranking; ``took_ms`` is Elasticsearch's own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+from .candidates import bm25_body
+from .data import Doc
+from .deploy import VECTOR_FIELD
+from .errors import ClusterError
+from .indexing import doc_from_source
+
+
+@dataclass
+class Result:
+    hits: list[tuple[str, float]]
+    wall_ms: float
+    took_ms: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def rrf(rankings: list[list[str]], k: int = 60, size: int | None = None) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of 1 / (k + rank(d)), rank from 1."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, 1):
+            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    fused = sorted(scores.items(), key=lambda x: (-x[1], x[0]))
+    return fused[:size] if size else fused
+
+
+def knn_body(vector: list[float], k: int, num_candidates: int, filter: dict | None = None) -> dict[str, Any]:
+    knn: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": vector, "k": k, "num_candidates": num_candidates}
+    if filter:
+        knn["filter"] = filter
+    return {"knn": knn, "size": k, "_source": False}
+
+
+def _hits(resp: dict) -> list[tuple[str, float]]:
+    if "error" in resp:
+        raise ClusterError(f"search failed: {resp['error']}")
+    return [(h["_id"], float(h["_score"])) for h in resp["hits"]["hits"]]
+
+
+class BM25:
+    name = "bm25"
+
+    def __init__(self, client: Elasticsearch, index: str, fields: list[str], k: int = 100):
+        self.client, self.index, self.fields, self.k = client, index, fields, k
+
+    def search(self, text: str) -> Result:
+        t0 = time.perf_counter()
+        resp = self.client.search(index=self.index, **bm25_body(text, self.fields, self.k)).body
+        return Result(_hits(resp), (time.perf_counter() - t0) * 1e3, float(resp["took"]))
+
+
+class Pipeline:
+    """BM25 → cross-encoder: the good, slow system the student replaces."""
+
+    name = "pipeline"
+
+    def __init__(self, client, index: str, fields: list[str], reranker, depth: int = 100, k: int = 100,
+                 batch_size: int = 64):
+        self.client, self.index, self.fields = client, index, fields
+        self.reranker, self.depth, self.k, self.batch_size = reranker, depth, k, batch_size
+
+    def search(self, text: str) -> Result:
+        import torch
+
+        t0 = time.perf_counter()
+        body = bm25_body(text, self.fields, max(self.k, self.depth))
+        body["_source"] = self.fields
+        resp = self.client.search(index=self.index, **body).body
+        raw = resp["hits"]["hits"]
+        head = raw[: self.depth]
+        docs: list[Doc] = [doc_from_source(h["_id"], h.get("_source", {}), self.fields) for h in head]
+        t1 = time.perf_counter()
+        scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
+                                        activation_fn=torch.nn.Identity(), show_progress_bar=False)
+                  if docs else [])
+        rerank_ms = (time.perf_counter() - t1) * 1e3
+        top = sorted(zip((d.id for d in docs), (float(s) for s in scores), strict=True), key=lambda x: -x[1])
+        floor = min((s for _, s in top), default=0.0)
+        tail = [(h["_id"], floor - i - 1.0) for i, h in enumerate(raw[self.depth : self.k])]
+        hits = (top + tail)[: self.k]
+        return Result(hits, (time.perf_counter() - t0) * 1e3, float(resp["took"]), {"rerank_ms": rerank_ms})
+
+
+class Student:
+    name = "student"
+
+    def __init__(self, client, index: str, model, k: int = 100, num_candidates: int = 200):
+        self.client, self.index, self.model, self.k, self.num_candidates = client, index, model, k, num_candidates
+
+    def encode(self, text: str) -> list[float]:
+        return self.model.encode(text, normalize_embeddings=True, show_progress_bar=False).tolist()
+
+    def search(self, text: str) -> Result:
+        t0 = time.perf_counter()
+        vec = self.encode(text)
+        t1 = time.perf_counter()
+        resp = self.client.search(index=self.index, **knn_body(vec, self.k, self.num_candidates)).body
+        return Result(_hits(resp), (time.perf_counter() - t0) * 1e3, float(resp["took"]),
+                      {"encode_ms": (t1 - t0) * 1e3})
+
+
+class Hybrid:
+    """Student kNN + BM25 in one ``_msearch``, fused by RRF on the client."""
+
+    name = "hybrid"
+
+    def __init__(self, client, bm25_index: str, fields: list[str], dense_index: str, model, k: int = 100,
+                 num_candidates: int = 200, rrf_k: int = 60):
+        self.client, self.bm25_index, self.fields, self.dense_index = client, bm25_index, fields, dense_index
+        self.student = Student(client, dense_index, model, k, num_candidates)
+        self.k, self.num_candidates, self.rrf_k = k, num_candidates, rrf_k
+
+    def search(self, text: str) -> Result:
+        t0 = time.perf_counter()
+        vec = self.student.encode(text)
+        t1 = time.perf_counter()
+        resp = self.client.msearch(searches=[
+            {"index": self.bm25_index}, bm25_body(text, self.fields, self.k),
+            {"index": self.dense_index}, knn_body(vec, self.k, self.num_candidates),
+        ]).body
+        lexical, dense = (_hits(r) for r in resp["responses"])
+        fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
+        took = float(resp.get("took", max(r["took"] for r in resp["responses"])))
+        return Result(fused, (time.perf_counter() - t0) * 1e3, took, {"encode_ms": (t1 - t0) * 1e3})

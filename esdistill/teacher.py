@@ -1,0 +1,183 @@
+"""``teacher`` stage: the pipeline's relevance judgments P(d|q) as cross-encoder scores.
+
+Two parts:
+
+* :func:`fit_teacher` (``esdistill teacher fit``) fine-tunes a cross-encoder from judgments (qrels) with
+  BM25-mined negatives, starting from a BERT-style body. It *cross-fits*: the judged queries are split into k
+  folds, fold model *f* is fit on the other k-1 folds and labels only fold *f*. A teacher that labels queries it
+  was fit on overfits and gives near one-hot labels. A ``full`` model fit on all judged queries labels unjudged
+  queries (a query log) and serves as the pipeline's reranker at evaluation — it never sees test queries.
+* :func:`score_candidates` scores every (query, candidate) pair with the assigned model and stores raw logits in
+  ``scores.parquet``. It works in chunks of queries written as they finish, so an interrupted run resumes, and
+  a finished one is a cache hit that scores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .cache import StageCache
+from .config import TeacherFitConfig
+from .data import Doc, Qrels
+from .models import load_cross_encoder
+
+FULL = "full"
+
+
+def fold_of(qid: str, folds: int) -> int:
+    """The fold a query belongs to: stable across runs and machines."""
+    return int(hashlib.sha1(qid.encode()).hexdigest(), 16) % folds
+
+
+def fit_pairs(
+    qids: list[str],
+    queries: dict[str, str],
+    qrels: Qrels,
+    candidates: pd.DataFrame,
+    docs: Callable[[list[str]], dict[str, Doc]],
+    negatives: int,
+    negative_depth: int,
+    seed: int,
+) -> pd.DataFrame:
+    """(query, document, label) rows: every judged positive, plus ``negatives`` BM25 negatives per positive."""
+    rng = random.Random(seed)
+    by_q = {q: g.sort_values("rank")["docid"].tolist() for q, g in candidates[candidates.qid.isin(qids)].groupby("qid")}
+    rows: list[tuple[str, str, float]] = []
+    for qid in qids:
+        pos = [d for d, g in qrels.get(qid, {}).items() if g > 0]
+        if not pos:
+            continue
+        pool = [d for d in by_q.get(qid, [])[:negative_depth] if d not in qrels.get(qid, {})]
+        for p in pos:
+            rows.append((qid, p, 1.0))
+            for n in rng.sample(pool, min(negatives, len(pool))):
+                rows.append((qid, n, 0.0))
+    frame = pd.DataFrame(rows, columns=["qid", "docid", "label"])
+    texts = docs(frame.docid.unique().tolist())
+    frame["query"] = frame.qid.map(queries)
+    frame["document"] = frame.docid.map(lambda d: texts[d].full_text if d in texts else None)
+    missing = frame.document.isna().sum()
+    if missing:
+        raise ValueError(f"{missing} training pairs name documents that could not be read")
+    return frame
+
+
+def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) -> None:
+    from datasets import Dataset as HFDataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    model = load_cross_encoder(cfg.base_model, max_length=cfg.max_length, num_labels=1)
+    data = HFDataset.from_pandas(frame[["query", "document", "label"]].sample(frac=1.0, random_state=cfg.seed),
+                                 preserve_index=False)
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=0.1,
+        seed=cfg.seed,
+        save_strategy="no",
+        logging_steps=50,
+        report_to="none",
+        dataloader_drop_last=False,
+    )
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=BinaryCrossEntropyLoss(model))
+    trainer.train()
+    model.save_pretrained(str(out))
+
+
+def fit_teacher(
+    cfg: TeacherFitConfig,
+    queries: dict[str, str],
+    qrels: Qrels,
+    candidates: pd.DataFrame,
+    docs: Callable[[list[str]], dict[str, Doc]],
+    cache: StageCache,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fit ``cfg.folds`` fold models and one full model; each finished model is kept, so a rerun resumes."""
+    if cache.done:
+        return {**cache.info(), "cached": True}
+    judged = sorted(q for q in queries if any(g > 0 for g in qrels.get(q, {}).values()))
+    if len(judged) < cfg.folds:
+        raise ValueError(f"teacher fit needs at least {cfg.folds} judged queries, got {len(judged)}")
+    folds = {q: fold_of(q, cfg.folds) for q in judged}
+    plan = [(str(f), [q for q in judged if folds[q] != f]) for f in range(cfg.folds)] + [(FULL, judged)]
+    models = {}
+    for name, fit_q in plan:
+        out = cache.path(f"model-{name}")
+        if not (out / "config.json").exists():
+            pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed)
+            log(f"teacher fit [{name}]: {len(fit_q)} queries, {len(pairs)} pairs")
+            _train_cross_encoder(pairs, cfg, out)
+        models[name] = str(out)
+    return cache.finish(models=models, folds={q: f for q, f in folds.items()}, judged_queries=len(judged))
+
+
+def assign_scorers(qids: list[str], fit_info: dict[str, Any] | None, model: str | None) -> dict[str, str]:
+    """Which model labels each query: its held-out fold model, the full model for unjudged queries, or the
+    user's ready reranker for all."""
+    if fit_info is None:
+        assert model is not None
+        return {q: model for q in qids}
+    models, folds = fit_info["models"], fit_info["folds"]
+    return {q: models[str(folds[q])] if q in folds else models[FULL] for q in qids}
+
+
+def score_candidates(
+    candidates: pd.DataFrame,
+    queries: dict[str, str],
+    docs: Callable[[list[str]], dict[str, Doc]],
+    scorers: dict[str, str],
+    cache: StageCache,
+    max_length: int,
+    batch_size: int,
+    chunk_queries: int = 32,
+    progress=None,
+) -> dict[str, Any]:
+    """Score every candidate pair with its query's scorer; raw logits in ``scores.parquet``."""
+    if cache.done:
+        return {**cache.info(), "cached": True}
+    import torch
+
+    parts = cache.path("parts")
+    parts.mkdir(exist_ok=True)
+    qids = sorted(candidates.qid.unique())
+    by_model: dict[str, list[str]] = {}
+    for q in qids:
+        by_model.setdefault(scorers[q], []).append(q)
+    task = progress.add_task("teacher scoring", total=len(candidates)) if progress else None
+    scored_now = 0
+    for m_idx, (model_name, m_qids) in enumerate(sorted(by_model.items())):
+        model = None
+        for c_idx in range(0, len(m_qids), chunk_queries):
+            part = parts / f"m{m_idx:02d}-{c_idx // chunk_queries:05d}.parquet"
+            chunk = candidates[candidates.qid.isin(m_qids[c_idx : c_idx + chunk_queries])]
+            if part.exists():
+                if progress:
+                    progress.advance(task, len(chunk))
+                continue
+            if model is None:
+                model = load_cross_encoder(model_name, max_length=max_length)
+            texts = docs(chunk.docid.unique().tolist())
+            pairs = [(queries[q], texts[d].full_text) for q, d in zip(chunk.qid, chunk.docid, strict=True)]
+            logits = model.predict(pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(),
+                                   show_progress_bar=False, convert_to_numpy=True)
+            out = chunk.assign(teacher=logits.reshape(-1).astype("float32"), scorer=model_name)
+            out.to_parquet(part.with_suffix(".tmp"), index=False)
+            part.with_suffix(".tmp").replace(part)
+            scored_now += len(chunk)
+            if progress:
+                progress.advance(task, len(chunk))
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("*.parquet"))], ignore_index=True)
+    if len(frame) != len(candidates):
+        raise RuntimeError(f"teacher scored {len(frame)} pairs, expected {len(candidates)}")
+    frame.to_parquet(cache.path("scores.parquet"), index=False)
+    return cache.finish(pairs=len(frame), queries=len(qids), scored_now=scored_now, output="scores.parquet")

@@ -1,0 +1,224 @@
+"""``train`` stage: distill the teacher's scores into a sentence-transformers bi-encoder (the student).
+
+Examples are built per query from the teacher's ranking of its candidates: the positive is a judged relevant
+document where one is known (``use_judged_positives``), else the teacher's top document; ``negatives`` more are
+drawn from the teacher's ranks 2..``negative_depth``. Losses (sentence-transformers):
+
+* ``margin_mse`` (default) — :class:`MarginMSELoss`: the student's score margins pos-neg_i regress onto the
+  teacher's logit margins.
+* ``kl`` — :class:`DistillKLDivLoss`: listwise KL between softmax(teacher) and softmax(student) over the list.
+
+The student scores with ``score_scale * cosine`` so its margins live on the teacher's logit scale. A held-out
+dev slice of the training queries (never trained on) is evaluated before and after training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cache import StageCache
+from .config import TrainConfig
+from .data import Doc, Qrels
+from .models import embedding_info, load_bi_encoder
+
+
+def split_dev(qids: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(train, dev): a stable hash split, so the dev slice never changes between runs."""
+    def u(q: str) -> float:
+        return int(hashlib.sha1(f"dev:{q}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    dev = sorted(q for q in qids if u(q) < fraction)
+    return sorted(set(qids) - set(dev)), dev
+
+
+def build_examples(
+    scores: pd.DataFrame,
+    qids: list[str],
+    qrels: Qrels,
+    cfg: TrainConfig,
+) -> list[tuple[str, str, list[str], list[float]]]:
+    """(qid, positive, [negatives], [teacher(pos), teacher(neg_1), ...]) per training example."""
+    rng = random.Random(cfg.seed)
+    out = []
+    grouped = {q: g.sort_values("teacher", ascending=False) for q, g in scores[scores.qid.isin(qids)].groupby("qid")}
+    for qid in qids:
+        g = grouped.get(qid)
+        if g is None or len(g) < 2:
+            continue
+        ranked = list(zip(g.docid, g.teacher, strict=True))
+        judged = {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
+        positives = [(d, s) for d, s in ranked if d in judged] if cfg.use_judged_positives else []
+        if not positives:
+            positives = [ranked[0]]
+        depth = cfg.negative_depth or len(ranked)
+        pool = [(d, s) for d, s in ranked[1:depth] if d not in judged and d != positives[0][0]]
+        if not pool:
+            continue
+        for pos, pos_score in positives:
+            negs = rng.sample(pool, min(cfg.negatives, len(pool)))
+            while len(negs) < cfg.negatives:  # fixed width: pad by repeating (a short list, rare)
+                negs.append(rng.choice(pool))
+            out.append((qid, pos, [d for d, _ in negs], [float(pos_score)] + [float(s) for _, s in negs]))
+    return out
+
+
+def to_hf_dataset(examples, queries: dict[str, str], texts: dict[str, Doc], loss: str):
+    from datasets import Dataset as HFDataset
+
+    n = len(examples[0][2])
+    cols: dict[str, list] = {"query": [], "positive": [], **{f"negative_{i}": [] for i in range(n)}, "label": []}
+    for qid, pos, negs, t in examples:
+        cols["query"].append(queries[qid])
+        cols["positive"].append(texts[pos].full_text)
+        for i, d in enumerate(negs):
+            cols[f"negative_{i}"].append(texts[d].full_text)
+        cols["label"].append([t[0] - x for x in t[1:]] if loss == "margin_mse" else t)
+    return HFDataset.from_dict(cols)
+
+
+class ScaledCosine:
+    """``scale * cos(a, b)`` pairwise: the student's score on the teacher's logit scale."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+        self.__name__ = f"scaled_cosine_{scale:g}"
+
+    def __call__(self, a, b):
+        import torch.nn.functional as F
+
+        return self.scale * (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+
+def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc]) -> dict:
+    """How closely the student's ranking of each query's candidates follows the teacher's.
+
+    Returns mean per-query Spearman correlation and pairwise ordering accuracy (pairs whose teacher scores
+    differ). Used to show that training moves the student toward its teacher.
+    """
+    from scipy.stats import spearmanr
+
+    rhos, acc = [], []
+    for qid, g in scores.groupby("qid"):
+        if len(g) < 3:
+            continue
+        q = model.encode([queries[qid]], normalize_embeddings=True, show_progress_bar=False)
+        d = model.encode([texts[x].full_text for x in g.docid], normalize_embeddings=True, show_progress_bar=False)
+        s = (d @ q[0]).astype(float)
+        t = g.teacher.to_numpy(dtype=float)
+        rho = spearmanr(s, t).statistic
+        if not np.isnan(rho):
+            rhos.append(rho)
+        diff_t = np.sign(t[:, None] - t[None, :])
+        diff_s = np.sign(s[:, None] - s[None, :])
+        mask = diff_t != 0
+        acc.append(float((diff_t[mask] == diff_s[mask]).mean()))
+    return {"spearman": float(np.mean(rhos)) if rhos else float("nan"), "pair_accuracy": float(np.mean(acc)),
+            "queries": len(acc)}
+
+
+def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, texts: dict[str, Doc]):
+    """IR evaluator on the dev slice over the documents its queries' candidates cover.
+
+    Relevance: the judgments where known, else the teacher's top document (agreement with the pipeline).
+    """
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+    sub = scores[scores.qid.isin(dev)]
+    if sub.empty:
+        return None
+    relevant = {}
+    for qid, g in sub.groupby("qid"):
+        judged = {d for d, grade in qrels.get(qid, {}).items() if grade > 0 and d in texts}
+        relevant[qid] = judged or {g.sort_values("teacher", ascending=False).docid.iloc[0]}
+    corpus = {d: texts[d].full_text for d in sub.docid.unique()}
+    for docs in relevant.values():
+        corpus.update({d: texts[d].full_text for d in docs})
+    return InformationRetrievalEvaluator(
+        queries={q: queries[q] for q in relevant}, corpus=corpus, relevant_docs=relevant, name="dev",
+        ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10],
+        show_progress_bar=False,
+    )
+
+
+def train_student(
+    cfg: TrainConfig,
+    scores: pd.DataFrame,
+    queries: dict[str, str],
+    qrels: Qrels,
+    docs: Callable[[list[str]], dict[str, Doc]],
+    cache: StageCache,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume."""
+    if cache.done:
+        return {**cache.info(), "cached": True}
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss
+    from sentence_transformers.models import Normalize
+
+    qids = sorted(scores.qid.unique())
+    train_q, dev_q = split_dev(qids, cfg.dev_fraction)
+    examples = build_examples(scores, train_q, qrels, cfg)
+    if not examples:
+        raise ValueError("no training examples: every query needs at least two scored candidates")
+    needed = {d for _, p, negs, _ in examples for d in [p, *negs]} | set(scores[scores.qid.isin(dev_q)].docid)
+    needed |= {d for q in dev_q for d in qrels.get(q, {})}
+    texts = docs(sorted(needed))
+    data = to_hf_dataset(examples, queries, texts, cfg.loss)
+
+    model = load_bi_encoder(cfg.base_model, max_length=cfg.max_length)
+    _, normalized = embedding_info(model)
+    if not normalized:
+        model.append(Normalize())  # unit vectors: dot_product in Elasticsearch == the cosine trained here
+    sim = ScaledCosine(cfg.score_scale)
+    loss = (MarginMSELoss(model, similarity_fct=sim) if cfg.loss == "margin_mse"
+            else DistillKLDivLoss(model, similarity_fct=sim, temperature=cfg.temperature))
+    evaluator = dev_evaluator(dev_q, queries, qrels, scores, texts)
+    before = evaluator(model) if evaluator else {}
+    dev_scores = scores[scores.qid.isin(dev_q)]
+    agree_before = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) else {}
+
+    ckpt = cache.path("checkpoints")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=0.1,
+        seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=100,
+        save_total_limit=1,
+        logging_steps=25,
+        report_to="none",
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    resume = any(ckpt.glob("checkpoint-*")) if ckpt.exists() else False
+    log(f"train: {len(examples)} examples from {len(train_q)} queries, dev {len(dev_q)} queries, "
+        f"loss {cfg.loss}" + (" (resuming from checkpoint)" if resume else ""))
+    trainer.train(resume_from_checkpoint=resume or None)
+
+    after = evaluator(model) if evaluator else {}
+    agree_after = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) else {}
+    out = cache.path("model")
+    model.save(str(out))
+    dims, _ = embedding_info(model)
+    meta = {"base_model": cfg.base_model, "loss": cfg.loss, "max_length": cfg.max_length, "dims": dims,
+            "normalized": True, "teacher_key": cache.inputs.get("teacher_key"), "train_key": cache.key}
+    (out / "esdistill.json").write_text(json.dumps(meta, indent=2))
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return cache.finish(
+        model=str(out), examples=len(examples), train_queries=len(train_q), dev_queries=len(dev_q),
+        dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
+        agreement_before=agree_before, agreement_after=agree_after,
+    )

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: the SciFact demo, all stages, against the configured cluster (ESDISTILL_ES_URL) or a local
+# Elasticsearch test build started for it. PROFILE=full for the full profile. Reruns resume from the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+if [ -z "${ESDISTILL_ES_URL:-}" ]; then
+  .venv/bin/esdistill cluster start
+fi
+exec .venv/bin/esdistill run --config examples/scifact.toml --profile "${PROFILE:-quick}"

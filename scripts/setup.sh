@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Everything esdistill needs on a fresh Debian-like machine: a JDK >= 21 and Maven (for the local
+# Elasticsearch test build), and the Python environment in .venv. Idempotent: a second run checks and exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_java21() {
+  for home in "${ESDISTILL_LOCAL_JAVA_HOME:-}" "${ES_JAVA_HOME:-}" /usr/lib/jvm/*; do
+    [ -n "$home" ] && [ -x "$home/bin/java" ] || continue
+    v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release" 2>/dev/null || true)
+    [ "${v:-0}" -ge 21 ] && return 0
+  done
+  return 1
+}
+
+apt_install() {
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+  else
+    echo "please install: $*" >&2; return 1
+  fi
+}
+
+if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs neither Java nor Maven here
+  if ! have_java21; then
+    echo "setup: no JDK >= 21 found; installing one" >&2
+    apt_install openjdk-21-jdk-headless || apt_install openjdk-25-jdk-headless || apt_install temurin-21-jdk
+  fi
+  command -v mvn >/dev/null || apt_install maven
+  command -v runuser >/dev/null || apt_install util-linux
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "esdistill needs Python >= 3.11"'
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.esdistill-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e ".[test]"
+  touch "$stamp"
+fi
+echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/esdistill --help >/dev/null && echo esdistill ready))" >&2

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite against a real Elasticsearch: tests/conftest.py starts the local test build on port 9250
+# (ESDISTILL_TEST_ES_PORT) when none is running there, and stops it again at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+exec .venv/bin/python -m pytest "$@"
