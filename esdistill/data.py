@@ -7,7 +7,6 @@ malformed. Nothing is dropped silently: judgments that name unknown ids are repo
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tarfile
@@ -45,33 +44,38 @@ class LoadReport:
 
 
 # ------------------------------------------------------------------------------------------------ JSONL
+def iter_lines(path: Path, what: str = "file") -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)``; each line is decoded on its own so a bad byte is reported on its line."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield lineno, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise InputError(
+                    f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line)",
+                    hint="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+                ) from None
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line raises with file and line."""
-    try:
-        fh = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"file not found: {path}") from None
-    with fh:
-        lineno = 0
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
         try:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(
-                        f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})",
-                        hint="each line must be one JSON object; fix or remove that line",
-                    ) from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except UnicodeDecodeError as e:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
             raise InputError(
-                f"{path}:{lineno + 1}: not UTF-8 ({e.reason} at byte {e.start} of the line)",
-                hint="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+                f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})",
+                hint="each line must be one JSON object; fix or remove that line",
             ) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _field(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -115,13 +119,11 @@ def load_queries(path: Path) -> dict[str, str]:
     The format is decided by the file's first non-blank character. Blank queries are an error (they would be
     silently unanswerable); duplicate ids are an error.
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            head = fh.read(4096).lstrip()
-    except FileNotFoundError:
-        raise InputError(f"queries file not found: {path}") from None
-    except UnicodeDecodeError:
-        head = ""  # iter_jsonl / the text reader below report the exact line
+    head = ""
+    for _, line in iter_lines(path, "queries file"):
+        if line.strip():
+            head = line.lstrip()
+            break
     queries: dict[str, str] = {}
     if head.startswith("{"):
         for lineno, obj in iter_jsonl(path):
@@ -129,13 +131,9 @@ def load_queries(path: Path) -> dict[str, str]:
             text = _field(obj, "text", path, lineno) if "text" in obj else _field(obj, "query", path, lineno)
             _add_query(queries, qid, text, path, lineno)
     else:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        _add_query(queries, str(lineno), line.strip(), path, lineno)
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: not UTF-8 ({e.reason})", hint="re-encode the file as UTF-8") from None
+        for lineno, line in iter_lines(path, "queries file"):
+            if line.strip():
+                _add_query(queries, str(lineno), line.strip(), path, lineno)
     if not queries:
         raise InputError(f"{path}: no queries")
     return queries
@@ -153,26 +151,22 @@ def _add_query(queries: dict[str, str], qid: str, text: str, path: Path, lineno:
 def load_qrels(path: Path) -> Qrels:
     """BEIR qrels TSV (``query-id  corpus-id  score``, header optional) or TREC (``qid 0 docid grade``)."""
     qrels: Qrels = {}
-    try:
-        fh = open(path, encoding="utf-8", newline="")
-    except FileNotFoundError:
-        raise InputError(f"qrels file not found: {path}") from None
-    with fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else " "), 1):
-            row = [c for c in row if c != ""]
-            if not row:
-                continue
-            if lineno == 1 and not row[-1].lstrip("-").isdigit():
-                continue  # header
-            if len(row) == 4:
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise InputError(f"{path}:{lineno}: expected 3 columns (query-id, corpus-id, score), got {len(row)}")
-            try:
-                grade = int(float(row[2]))
-            except ValueError:
-                raise InputError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
-            qrels.setdefault(row[0], {})[row[1]] = grade
+    for lineno, line in iter_lines(path, "qrels file"):
+        row = line.split("\t") if "\t" in line else line.split()
+        row = [c.strip() for c in row if c.strip() != ""]
+        if not row:
+            continue
+        if lineno == 1 and len(row) in (3, 4) and not row[-1].lstrip("-").replace(".", "", 1).isdigit():
+            continue  # header
+        if len(row) == 4:
+            row = [row[0], row[2], row[3]]
+        if len(row) != 3:
+            raise InputError(f"{path}:{lineno}: expected 3 columns (query-id, corpus-id, score), got {len(row)}")
+        try:
+            grade = int(float(row[2]))
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
+        qrels.setdefault(row[0], {})[row[1]] = grade
     return qrels
 
 

@@ -91,10 +91,18 @@ def load_cross_encoder(name: str, max_length: int | None = None, device: str | N
         raise _wrap("cross-encoder", name, target, exc) from exc
 
 
+def st_modules(*names: str):
+    """sentence-transformers module classes by name, from where this version keeps them (5.7 moved them)."""
+    try:
+        from sentence_transformers.sentence_transformer import modules as mod
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers import models as mod
+    return tuple(getattr(mod, n) for n in names)
+
+
 def embedding_info(model) -> tuple[int, bool]:
     """(dims, normalized): whether the model ends in a Normalize module (unit vectors → ``dot_product``)."""
-    from sentence_transformers.models import Normalize
-
+    (Normalize,) = st_modules("Normalize")
     get_dims = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dims = get_dims()
     normalized = any(isinstance(m, Normalize) for m in model)

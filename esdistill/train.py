@@ -27,7 +27,7 @@ import pandas as pd
 from .cache import StageCache
 from .config import TrainConfig
 from .data import Doc, Qrels
-from .models import embedding_info, load_bi_encoder
+from .models import embedding_info, load_bi_encoder, st_modules
 
 
 def split_dev(qids: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -162,7 +162,7 @@ def train_student(
         return {**cache.info(), "cached": True}
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss
-    from sentence_transformers.models import Normalize
+    (Normalize,) = st_modules("Normalize")
 
     qids = sorted(scores.qid.unique())
     train_q, dev_q = split_dev(qids, cfg.dev_fraction)

@@ -1,0 +1,101 @@
+"""Loaders: good input loads with exact counts; bad input names the file and line."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esdistill.config import build_config
+from esdistill.data import LoadReport, check_qrels, load_corpus, load_dataset, load_qrels, load_queries, subset
+from esdistill.errors import InputError
+
+from .conftest import SCIFACT
+
+
+def test_scifact_counts_match_beir(tmp_path):
+    cfg = build_config({"data": {"name": "s", "beir": str(SCIFACT)}}, profile="full")
+    ds = load_dataset(cfg.data, tmp_path)
+    assert len(ds.corpus) == 5183
+    assert len(ds.train_queries) == 809 and len(ds.test_queries) == 300
+    assert sum(len(d) for d in ds.train_qrels.values()) == 919
+    assert sum(len(d) for d in ds.test_qrels.values()) == 339
+    assert not set(ds.train_queries) & set(ds.test_queries)
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "corpus.jsonl"
+    p.write_text('{"_id": "a", "text": "x"}\n\n{"_id": "b", "text": \n')
+    with pytest.raises(InputError, match=r"corpus\.jsonl:3: not valid JSON"):
+        load_corpus(p)
+
+
+def test_wrong_encoding_names_line(tmp_path):
+    p = tmp_path / "corpus.jsonl"
+    p.write_bytes(b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"corpus\.jsonl:2: not UTF-8"):
+        load_corpus(p)
+
+
+def test_missing_field_and_duplicate_ids(tmp_path):
+    p = tmp_path / "corpus.jsonl"
+    p.write_text('{"text": "no id"}\n')
+    with pytest.raises(InputError, match=r":1: missing field '_id'"):
+        load_corpus(p)
+    p.write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
+    with pytest.raises(InputError, match=r":2: duplicate document id 'a'"):
+        load_corpus(p)
+
+
+def test_queries_plain_text_and_jsonl(tmp_path):
+    plain = tmp_path / "q.txt"
+    plain.write_text("first query\n\nsecond query\n")
+    assert load_queries(plain) == {"1": "first query", "3": "second query"}
+    js = tmp_path / "q.jsonl"
+    js.write_text('{"_id": "q1", "text": "hello"}\n{"_id": "q2", "text": "  "}\n')
+    with pytest.raises(InputError, match=r"q\.jsonl:2: query 'q2' has empty text"):
+        load_queries(js)
+
+
+def test_qrels_with_unknown_ids_warn_with_counts(tmp_path):
+    p = tmp_path / "test.tsv"
+    p.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tzz\t1\nq9\td1\t1\nq9\td2\t1\n")
+    report = LoadReport()
+    with pytest.warns(UserWarning):
+        kept = check_qrels(load_qrels(p), {"q1": "x"}, {"d1", "d2"}, str(p), report)
+    assert kept == {"q1": {"d1": 1}}
+    assert any("1 judged query ids" in w and "2 judgments" in w for w in report.warnings)
+    assert any("1 judgments name documents" in w for w in report.warnings)
+
+
+def test_qrels_bad_row(tmp_path):
+    p = tmp_path / "x.tsv"
+    p.write_text("q1\td1\n")
+    with pytest.raises(InputError, match=r"x\.tsv:1: expected 3 columns"):
+        load_qrels(p)
+
+
+def test_train_test_overlap_refused(tmp_path):
+    (tmp_path / "tr.txt").write_text("same query\n")
+    (tmp_path / "te.txt").write_text("other\n")
+    cfg = build_config({"data": {"name": "u", "index": "x", "train_queries": str(tmp_path / "tr.txt"),
+                                 "test_queries": str(tmp_path / "te.txt")}})
+    with pytest.raises(InputError, match="both train and test"):
+        load_dataset(cfg.data, tmp_path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=8),
+                       st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=30)
+                       .filter(lambda s: s.strip()), min_size=1, max_size=20))
+def test_queries_jsonl_roundtrip(tmp_path_factory, queries):
+    p = tmp_path_factory.mktemp("q") / "q.jsonl"
+    p.write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()), encoding="utf-8")
+    assert load_queries(p) == {k: v.strip() for k, v in queries.items()}
+
+
+def test_subset_is_deterministic_and_sized():
+    ids = [str(i) for i in range(100)]
+    a, b = subset(ids, 10, "x"), subset(list(reversed(ids)), 10, "x")
+    assert a == b and len(a) == 10 and set(a) <= set(ids)
+    assert subset(ids, None) == sorted(ids)

@@ -1,0 +1,44 @@
+"""``deploy``: the dense index on the real cluster with the real MiniLM; kNN finds a doc by its own vector."""
+
+import pytest
+
+from esdistill.config import DeployConfig
+from esdistill.data import Doc
+from esdistill.deploy import check_dims, deploy_student, index_dims
+from esdistill.errors import ModelError
+from esdistill.models import load_bi_encoder
+from esdistill.search import knn_body
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    return load_bi_encoder(minilm_path, max_length=64)
+
+
+def test_deploy_and_knn_returns_own_vector_first(es, index_name, minilm):
+    docs = [Doc(f"d{i}", f"Title {i}", t) for i, t in enumerate(
+        ["Vitamin D deficiency and bone density", "Neural networks for protein folding",
+         "Aspirin lowers the risk of heart attack", "Antibiotic resistance in hospital bacteria",
+         "Sleep deprivation impairs memory", "Exercise improves insulin sensitivity",
+         "Gut microbiome and obesity", "Coffee consumption and liver disease"] * 3)]
+    for i, d in enumerate(docs):
+        d.text = f"{d.text} (variant {i})"
+    info = deploy_student(es, minilm, docs, len(docs), alias=index_name, key="abc123", cfg=DeployConfig(),
+                          meta={"model": "minilm"})
+    assert info["docs"] == len(docs) and info["dims"] == 384 and info["similarity"] == "dot_product"
+    assert es.indices.get_alias(name=index_name).body.keys() == {info["index"]}
+    vectors = minilm.encode([d.full_text for d in docs[:5]], normalize_embeddings=True)
+    for d, vec in zip(docs[:5], vectors, strict=True):
+        resp = es.search(index=index_name, **knn_body(vec.tolist(), k=3, num_candidates=50)).body
+        assert resp["hits"]["hits"][0]["_id"] == d.id
+        assert resp["hits"]["hits"][0]["_score"] > 0.999  # dot_product score (1 + cos) / 2 of itself
+    # rerun with the same key: nothing is embedded again
+    again = deploy_student(es, minilm, docs, len(docs), alias=index_name, key="abc123", cfg=DeployConfig(), meta={})
+    assert again["embedded_now"] == 0
+
+
+def test_dims_mismatch_is_refused_with_both_numbers(es, index_name):
+    es.indices.create(index=index_name, mappings={"properties": {"embedding": {"type": "dense_vector", "dims": 8}}})
+    assert index_dims(es, index_name) == 8
+    with pytest.raises(ModelError, match=r"holds 8-dim vectors but the model makes 384-dim"):
+        check_dims(es, index_name, 384)

@@ -1,0 +1,50 @@
+"""Metrics equal a hand computation; RRF equals ranx's; the report shows share of gain."""
+
+import math
+
+import pytest
+
+from esdistill.evaluate import markdown, metrics, summarize
+from esdistill.search import rrf
+
+
+def test_metrics_equal_hand_computation():
+    qrels = {"q1": {"a": 1, "c": 1}, "q2": {"x": 1}}
+    run = {"q1": {"b": 3.0, "a": 2.0, "c": 1.0}, "q2": {"y": 2.0, "z": 1.0}}
+    m = metrics(qrels, run)
+    dcg = 1 / math.log2(3) + 1 / math.log2(4)
+    idcg = 1 + 1 / math.log2(3)
+    assert m["ndcg@10"] == pytest.approx((dcg / idcg + 0.0) / 2)
+    assert m["mrr@10"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@100"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_query_without_hits_counts_as_zero():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    assert metrics(qrels, {"q1": {"a": 1.0}})["ndcg@10"] == pytest.approx(0.5)
+
+
+def test_rrf_matches_ranx_fusion():
+    from ranx import Run, fuse
+
+    r1 = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    r2 = {"q": {"c": 9.0, "d": 8.0, "a": 7.0}}
+    ours = rrf([["a", "b", "c"], ["c", "d", "a"]], k=60)
+    theirs = fuse([Run(r1), Run(r2)], method="rrf", params={"k": 60}).to_dict()["q"]
+    assert [d for d, _ in ours] == sorted(theirs, key=lambda d: (-theirs[d], d))
+    for d, s in ours:
+        assert s == pytest.approx(theirs[d])
+
+
+def test_summary_share_of_gain_and_table():
+    qrels = {f"q{i}": {"a": 1} for i in range(4)}
+    def res(rank_of_a):
+        run = {q: {d: -i for i, d in enumerate(["x"] * 0 + [f"z{j}" for j in range(rank_of_a)] + ["a"])} for q in qrels}
+        return {"run": run, "wall_ms": [1.0, 2.0, 3.0, 4.0], "took_ms": [1, 1, 1, 1], "extra_ms": {}}
+    s = summarize(qrels, {"bm25": res(3), "pipeline": res(0), "student": res(1)})
+    sys = s["systems"]
+    assert sys["pipeline"]["ndcg@10"] == pytest.approx(1.0)
+    expected = (sys["student"]["ndcg@10"] - sys["bm25"]["ndcg@10"]) / (1.0 - sys["bm25"]["ndcg@10"])
+    assert sys["student"]["share_of_gain"] == pytest.approx(expected)
+    table = markdown(s, "t")
+    assert "| student (kNN) |" in table and f"{expected * 100:.0f}%" in table

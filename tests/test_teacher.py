@@ -1,0 +1,59 @@
+"""``teacher`` stage: cross-fitting, cache hits, resume from chunks, raw logits."""
+
+import pandas as pd
+
+from esdistill.teacher import FULL, assign_scorers, fold_of
+
+
+def test_second_teacher_run_scores_nothing(tiny_project):
+    project, _ = tiny_project
+    info = project.teacher()
+    assert info["cached"] is True
+    cache = project._teacher_cache()
+    # an interrupted run (no done.json, all chunk files present) resumes and scores nothing new
+    (cache.dir / "done.json").unlink()
+    info = project.teacher()
+    assert info["scored_now"] == 0 and info["pairs"] == len(pd.read_parquet(cache.path("scores.parquet")))
+
+
+def test_every_candidate_and_judged_positive_is_scored(tiny_project):
+    project, _ = tiny_project
+    scores = project.scores_frame()
+    cands = project.candidates_frame()
+    have = set(zip(scores.qid, scores.docid, strict=True))
+    assert set(zip(cands.qid, cands.docid, strict=True)) <= have
+    for q, docs in project.dataset.train_qrels.items():
+        assert all((q, d) in have for d, g in docs.items() if g > 0)
+    assert scores.teacher.notna().all()
+    # raw logits (not sigmoid probabilities): recompute a few pairs directly with their scorer
+    import torch
+
+    from esdistill.models import load_cross_encoder
+
+    row = scores.iloc[:3]
+    model = load_cross_encoder(row.scorer.iloc[0], max_length=project.cfg.teacher.max_length)
+    texts = project.docs(list(row.docid))
+    pairs = [(project.dataset.train_queries[q], texts[d].full_text) for q, d in zip(row.qid, row.docid, strict=True)]
+    logits = model.predict(pairs, activation_fn=torch.nn.Identity())
+    same = row[row.scorer == row.scorer.iloc[0]]
+    assert abs(float(logits[0]) - float(same.teacher.iloc[0])) < 1e-4
+    assert abs(float(torch.sigmoid(torch.tensor(logits[0]))) - float(same.teacher.iloc[0])) > 1e-3
+
+
+def test_cross_fit_no_query_is_labelled_by_a_model_fit_on_it(tiny_project):
+    project, _ = tiny_project
+    info = project._fit_cache().info()
+    folds, models = info["folds"], info["models"]
+    k = project.cfg.teacher.fit.folds
+    assert set(models) == {*map(str, range(k)), FULL}
+    scores = project.scores_frame()
+    for qid, scorer in scores.groupby("qid").scorer.first().items():
+        if qid in folds:
+            assert fold_of(qid, k) == folds[qid]
+            assert scorer == models[str(folds[qid])]  # the held-out fold's model, never FULL
+        else:
+            assert scorer == models[FULL]
+
+
+def test_assign_scorers_with_a_ready_reranker():
+    assert assign_scorers(["a", "b"], None, "my/reranker") == {"a": "my/reranker", "b": "my/reranker"}

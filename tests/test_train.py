@@ -1,0 +1,52 @@
+"""``train``: a short distillation run with the real MiniLM moves the student toward its teacher."""
+
+import pandas as pd
+
+from esdistill.cache import StageCache
+from esdistill.config import TrainConfig
+from esdistill.data import Doc
+from esdistill.models import load_bi_encoder
+from esdistill.train import build_examples, split_dev, teacher_agreement, train_student
+
+
+def synthetic(n_q=6, n_d=8):
+    """Queries whose teacher prefers an arbitrary (not lexical) order the base model cannot know."""
+    topics = ["malaria vaccine trial", "statin therapy cholesterol", "tumour suppressor p53", "gut bacteria diet",
+              "stem cell regeneration", "air pollution asthma"]
+    docs, rows, queries = {}, [], {}
+    for qi in range(n_q):
+        queries[f"q{qi}"] = topics[qi]
+        for di in range(n_d):
+            did = f"q{qi}d{di}"
+            docs[did] = Doc(did, "", f"study {di} on {topics[qi]} with cohort {di * 7} and outcome {di % 3}")
+            rows.append((f"q{qi}", did, di + 1, 0.0, float((di * 5) % n_d)))  # teacher order ≠ doc order
+    return queries, docs, pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25", "teacher"])
+
+
+def test_examples_use_judged_positive_and_teacher_negatives():
+    queries, docs, scores = synthetic()
+    cfg = TrainConfig(negatives=3)
+    ex = build_examples(scores, ["q0"], {"q0": {"q0d2": 1}}, cfg)
+    assert len(ex) == 1 and ex[0][1] == "q0d2" and len(ex[0][2]) == 3 and "q0d2" not in ex[0][2]
+    ex = build_examples(scores, ["q1"], {}, cfg)
+    top = scores[scores.qid == "q1"].sort_values("teacher").docid.iloc[-1]
+    assert ex[0][1] == top  # no judgment: the teacher's top document is the positive
+
+
+def test_split_dev_is_stable():
+    q = [f"q{i}" for i in range(200)]
+    tr, dev = split_dev(q, 0.1)
+    assert not set(tr) & set(dev) and len(tr) + len(dev) == 200 and 5 < len(dev) < 40
+    assert split_dev(list(reversed(q)), 0.1) == (tr, dev)
+
+
+def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path):
+    queries, docs, scores = synthetic()
+    cfg = TrainConfig(base_model=minilm_path, negatives=7, epochs=6, learning_rate=1e-4, batch_size=8,
+                      max_length=48, dev_fraction=0.0, use_judged_positives=False)
+    before = teacher_agreement(load_bi_encoder(minilm_path, 48), scores, queries, docs)
+    cache = StageCache(tmp_path, "train", {"t": 1})
+    info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids}, cache, log=lambda m: None)
+    after = teacher_agreement(load_bi_encoder(info["model"], 48), scores, queries, docs)
+    assert after["spearman"] > before["spearman"] + 0.1, (before, after)
+    assert after["pair_accuracy"] > before["pair_accuracy"]
