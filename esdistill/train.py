@@ -202,7 +202,10 @@ def train_student(
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
     resume = any(ckpt.glob("checkpoint-*")) if ckpt.exists() else False
-    log(f"train: {len(examples)} examples from {len(train_q)} queries, dev {len(dev_q)} queries, "
+    skipped = len(set(train_q) - {q for q, *_ in examples})
+    if skipped:
+        log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
+    log(f"train: {len(examples)} examples from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
         f"loss {cfg.loss}" + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=resume or None)
 
@@ -217,8 +220,10 @@ def train_student(
     import shutil
 
     shutil.rmtree(ckpt, ignore_errors=True)
+    used = {q for q, *_ in examples}
     return cache.finish(
         model=str(out), examples=len(examples), train_queries=len(train_q), dev_queries=len(dev_q),
+        queries_without_examples=len(set(train_q) - used),
         dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
         agreement_before=agree_before, agreement_after=agree_after,
     )

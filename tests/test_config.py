@@ -45,3 +45,16 @@ def test_secrets_are_not_printed():
     settings = cfg.cluster_settings()
     assert "SEKRET" not in repr(settings) and "SEKRET" not in str(settings.model_dump())
     assert settings.api_key.get_secret_value() == "SEKRET"
+
+
+def test_cli_config_error_is_one_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nname = "s"\nbeir = "x"\n[candidates]\nk = "many"\n')
+    proc = subprocess.run([sys.executable, "-m", "esdistill", "candidates", "-c", str(p)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert "candidates.k" in proc.stderr and "'many'" in proc.stderr
+    assert "Traceback" not in proc.stderr
