@@ -160,5 +160,29 @@ def run(config: ConfigOpt, profile: ProfileOpt = None,
     project.run()
 
 
+@app.command()
+@friendly
+def search(query: Annotated[str, typer.Argument(help="the user's query")], config: ConfigOpt,
+           profile: ProfileOpt = None,
+           system: Annotated[str, typer.Option(help="bm25 | student | hybrid | pipeline")] = "student",
+           size: Annotated[int, typer.Option(help="hits to show")] = 10):
+    """Answer one query with one system against the deployed indices; prints hits and timings."""
+    from rich.table import Table
+
+    project = _project(config, profile)
+    builders = project.systems()
+    if system not in builders:
+        raise EsdistillError(f"unknown system {system!r}", hint=f"one of {', '.join(builders)}")
+    res = builders[system]().search(query)
+    docs = project.docs([d for d, _ in res.hits[:size]])
+    table = Table(title=f"{system}: {query!r} — {res.wall_ms:.1f} ms wall, {res.took_ms:.0f} ms in Elasticsearch")
+    for col in ("#", "id", "score", "title / text"):
+        table.add_column(col)
+    for i, (d, score) in enumerate(res.hits[:size], 1):
+        doc = docs.get(d)
+        table.add_row(str(i), d, f"{score:.4f}", (doc.full_text[:100] if doc else ""))
+    Console().print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -199,8 +199,11 @@ def train_student(
         save_total_limit=1,
         logging_steps=25,
         report_to="none",
+        # the dev slice is also evaluated at each epoch's end when there are several epochs
+        eval_strategy="epoch" if evaluator is not None and cfg.epochs > 1 else "no",
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss,
+                                         evaluator=evaluator if cfg.epochs > 1 else None)
     resume = any(ckpt.glob("checkpoint-*")) if ckpt.exists() else False
     skipped = len(set(train_q) - {q for q, *_ in examples})
     if skipped:
