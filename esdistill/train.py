@@ -161,7 +161,10 @@ def train_student(
     if cache.done:
         return {**cache.info(), "cached": True}
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss
+    try:
+        from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss, MarginMSELoss
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss
     (Normalize,) = st_modules("Normalize")
 
     qids = sorted(scores.qid.unique())

@@ -1,0 +1,36 @@
+"""Every JSON body in mappings/ is accepted by the real cluster and reads back as sent."""
+
+import pytest
+
+from esdistill.config import DeployConfig
+from esdistill.deploy import dense_body
+from esdistill.indexing import MAPPINGS_DIR, load_mapping
+
+BODIES = sorted(p.name for p in MAPPINGS_DIR.glob("*.json"))
+
+
+def test_every_mapping_file_is_covered():
+    assert BODIES == ["bm25_index.json", "dense_index.json"]
+
+
+@pytest.mark.parametrize("name", BODIES)
+def test_mapping_is_accepted_and_reads_back(es, index_name, name):
+    body = load_mapping(name)
+    es.indices.create(index=index_name, **body)
+    got = es.indices.get_mapping(index=index_name).body[index_name]["mappings"]
+    for field, spec in body["mappings"]["properties"].items():
+        assert got["properties"][field]["type"] == spec["type"]
+    settings = es.indices.get_settings(index=index_name).body[index_name]["settings"]["index"]
+    assert settings["analysis"]["analyzer"]["esdistill_text"]["stopwords"] == "_english_"
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "int8_hnsw", "bbq_hnsw", "flat"])
+def test_dense_body_index_options_are_accepted(es, index_name, index_type):
+    body = dense_body(384, True, DeployConfig(index_type=index_type, m=24, ef_construction=64))
+    es.indices.create(index=index_name, **body)
+    vec = es.indices.get_mapping(index=index_name).body[index_name]["mappings"]["properties"]["embedding"]
+    assert vec["dims"] == 384 and vec["similarity"] == "dot_product"
+    assert vec["index_options"]["type"] == index_type
+    if "hnsw" in index_type:
+        assert vec["index_options"]["m"] == 24 and vec["index_options"]["ef_construction"] == 64
+
