@@ -169,6 +169,7 @@ class DeployConfig(_Strict):
     batch_size: int = Field(256, ge=1, description="documents embedded per bulk request")
     encode_batch_size: int = Field(32, ge=1)
     max_length: int | None = Field(None, ge=16, description="default: the student's training max_length")
+    keep_versions: int = Field(2, ge=1, description="versioned indices kept behind the alias (for rollback)")
 
 
 class EvaluateConfig(_Strict):
@@ -176,6 +177,7 @@ class EvaluateConfig(_Strict):
     k: int = Field(100, ge=10, description="documents retrieved per query and system")
     num_candidates: int = Field(200, ge=10, description="kNN candidates per shard")
     rrf_k: int = Field(60, ge=1, description="hybrid: reciprocal rank fusion constant")
+    oversample: float | None = Field(None, ge=1.0, description="kNN rescore_vector oversampling (quantized indices)")
     systems: list[Literal["bm25", "pipeline", "student", "hybrid"]] = Field(
         default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"]
     )

@@ -18,7 +18,7 @@ from elasticsearch import exceptions as es_exc
 
 from .config import DeployConfig
 from .data import Doc
-from .errors import ModelError
+from .errors import ClusterError, ModelError
 from .indexing import (
     bulk_index,
     create_index,
@@ -87,6 +87,47 @@ def point_alias(client: Elasticsearch, alias: str, index: str) -> list[str]:
     return [i for i in old if i != index]
 
 
+def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
+    """esdistill's versions behind ``alias``, oldest first: name, creation time, doc count, whether live."""
+    try:
+        live = set(client.indices.get_alias(name=alias).body)
+    except es_exc.NotFoundError:
+        live = set()
+    try:
+        settings = client.indices.get_settings(index=f"{alias}-*", name="index.creation_date").body
+    except es_exc.NotFoundError:
+        return []
+    out = []
+    for name, s in settings.items():
+        meta = index_meta(client, name)
+        if meta:  # only indices esdistill made
+            out.append({"index": name, "created": int(s["settings"]["index"]["creation_date"]),
+                        "live": name in live, "key": meta.get("key"), "model": meta.get("model")})
+    return sorted(out, key=lambda v: (v["created"], v["index"]))
+
+
+def rollback(client: Elasticsearch, alias: str) -> tuple[str, str]:
+    """Point ``alias`` back at the version deployed before the live one; returns (from, to)."""
+    vs = versions(client, alias)
+    live = [i for i, v in enumerate(vs) if v["live"]]
+    if not live:
+        raise ClusterError(f"alias {alias!r} points at no esdistill index; nothing to roll back")
+    if live[-1] == 0:
+        raise ClusterError(f"{vs[0]['index']} is the oldest version kept behind {alias!r}; nothing to roll back to")
+    cur, prev = vs[live[-1]]["index"], vs[live[-1] - 1]["index"]
+    point_alias(client, alias, prev)
+    return cur, prev
+
+
+def prune(client: Elasticsearch, alias: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` versions; the live one is never deleted."""
+    vs = versions(client, alias)
+    doomed = [v["index"] for v in vs[: max(0, len(vs) - keep)] if not v["live"]]
+    for name in doomed:
+        client.indices.delete(index=name)
+    return doomed
+
+
 def deploy_student(
     client: Elasticsearch,
     model,
@@ -125,8 +166,9 @@ def deploy_student(
 
     ok, errors = bulk_index(client, index, actions(), chunk_size=cfg.batch_size,
                             on_progress=(lambda n: progress.advance(task, n)) if progress else None)
-    verify_count(client, index, total, errors)
+    verify_count(client, index, total, errors)  # raises before the alias moves: a failed deploy never serves
     left = point_alias(client, alias, index)
-    return {"index": index, "alias": alias, "docs": total, "embedded_now": sent, "dims": dims,
+    pruned = prune(client, alias, cfg.keep_versions)
+    return {"pruned": pruned, "index": index, "alias": alias, "docs": total, "embedded_now": sent, "dims": dims,
             "similarity": "dot_product" if normalized else "cosine", "index_options": cfg.index_type,
             "alias_left": left}

@@ -234,7 +234,8 @@ class Project:
 
     def _deploy_key(self) -> str:
         return fingerprint({"student": self._train_cache().key, "data": self.index_key,
-                            "deploy": self.cfg.deploy.model_dump()})
+                            "deploy": self.cfg.deploy.model_dump(exclude={"keep_versions", "batch_size",
+                                                                          "encode_batch_size"})})
 
     def deploy(self) -> dict[str, Any]:
         """Embed the corpus with the student into a new dense index and point the alias at it."""
@@ -277,9 +278,10 @@ class Project:
                 c, self.cfg.bm25_index, self.text_fields,
                 load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size),
-            "student": lambda: search_mod.Student(c, dense, student_model(), ev.k, ev.num_candidates),
+            "student": lambda: search_mod.Student(c, dense, student_model(), ev.k, ev.num_candidates,
+                                                  oversample=ev.oversample),
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields, dense, student_model(),
-                                                ev.k, ev.num_candidates, ev.rrf_k),
+                                                ev.k, ev.num_candidates, ev.rrf_k, oversample=ev.oversample),
         }
 
     def evaluate(self) -> dict[str, Any]:

@@ -45,10 +45,16 @@ def rrf(rankings: list[list[str]], k: int = 60, size: int | None = None) -> list
     return fused[:size] if size else fused
 
 
-def knn_body(vector: list[float], k: int, num_candidates: int, filter: dict | None = None) -> dict[str, Any]:
-    knn: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": vector, "k": k, "num_candidates": num_candidates}
+def knn_body(vector: list[float], k: int, num_candidates: int, filter: dict | None = None,
+             oversample: float | None = None) -> dict[str, Any]:
+    """Top-level ``knn`` search. ``filter`` is any query (applied during the kNN search, not after);
+    ``oversample`` re-ranks ``k * oversample`` quantized hits with the full-precision vectors (int8/bbq)."""
+    knn: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": vector, "k": k,
+                           "num_candidates": max(num_candidates, k)}
     if filter:
         knn["filter"] = filter
+    if oversample:
+        knn["rescore_vector"] = {"oversample": oversample}
     return {"knn": knn, "size": k, "_source": False}
 
 
@@ -105,8 +111,13 @@ class Pipeline:
 class Student:
     name = "student"
 
-    def __init__(self, client, index: str, model, k: int = 100, num_candidates: int = 200):
+    def __init__(self, client, index: str, model, k: int = 100, num_candidates: int = 200,
+                 filter: dict | None = None, oversample: float | None = None):
         self.client, self.index, self.model, self.k, self.num_candidates = client, index, model, k, num_candidates
+        self.filter, self.oversample = filter, oversample
+
+    def body(self, vector: list[float]) -> dict[str, Any]:
+        return knn_body(vector, self.k, self.num_candidates, self.filter, self.oversample)
 
     def encode(self, text: str) -> list[float]:
         return self.model.encode(text, normalize_embeddings=True, show_progress_bar=False).tolist()
@@ -115,7 +126,7 @@ class Student:
         t0 = time.perf_counter()
         vec = self.encode(text)
         t1 = time.perf_counter()
-        resp = self.client.search(index=self.index, **knn_body(vec, self.k, self.num_candidates)).body
+        resp = self.client.search(index=self.index, **self.body(vec)).body
         return Result(_hits(resp), (time.perf_counter() - t0) * 1e3, float(resp["took"]),
                       {"encode_ms": (t1 - t0) * 1e3})
 
@@ -126,9 +137,9 @@ class Hybrid:
     name = "hybrid"
 
     def __init__(self, client, bm25_index: str, fields: list[str], dense_index: str, model, k: int = 100,
-                 num_candidates: int = 200, rrf_k: int = 60):
+                 num_candidates: int = 200, rrf_k: int = 60, oversample: float | None = None):
         self.client, self.bm25_index, self.fields, self.dense_index = client, bm25_index, fields, dense_index
-        self.student = Student(client, dense_index, model, k, num_candidates)
+        self.student = Student(client, dense_index, model, k, num_candidates, oversample=oversample)
         self.k, self.num_candidates, self.rrf_k = k, num_candidates, rrf_k
 
     def search(self, text: str) -> Result:
@@ -137,7 +148,7 @@ class Hybrid:
         t1 = time.perf_counter()
         resp = self.client.msearch(searches=[
             {"index": self.bm25_index}, bm25_body(text, self.fields, self.k),
-            {"index": self.dense_index}, knn_body(vec, self.k, self.num_candidates),
+            {"index": self.dense_index}, self.student.body(vec),
         ]).body
         lexical, dense = (_hits(r) for r in resp["responses"])
         fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
