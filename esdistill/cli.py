@@ -139,6 +139,28 @@ def deploy(config: ConfigOpt, profile: ProfileOpt = None):
 
 @app.command()
 @friendly
+def rollback(config: ConfigOpt, profile: ProfileOpt = None):
+    """Point the student alias back at the previously deployed index version."""
+    from .deploy import rollback as do_rollback
+
+    project = _project(config, profile)
+    frm, to = do_rollback(project.client, project.cfg.dense_alias)
+    console.print(f"alias {project.cfg.dense_alias}: {frm} → {to}")
+
+
+@app.command()
+@friendly
+def versions(config: ConfigOpt, profile: ProfileOpt = None):
+    """List the deployed index versions behind the student alias (oldest first)."""
+    from .deploy import versions as list_versions
+
+    project = _project(config, profile)
+    for v in list_versions(project.client, project.cfg.dense_alias):
+        console.print(f"{'*' if v['live'] else ' '} {v['index']}  created {v['created']}  model {v['model']}")
+
+
+@app.command()
+@friendly
 def evaluate(config: ConfigOpt, profile: ProfileOpt = None):
     """BM25, pipeline, student and hybrid on the test queries: quality and latency side by side."""
     _project(config, profile).evaluate()

@@ -81,19 +81,25 @@ def bulk_index(
         client,
         ({"_index": index, **a} for a in actions),
         chunk_size=chunk_size,
-        max_retries=8,
+        max_retries=8,  # 429 (bulk queue full) items are retried with exponential backoff
         initial_backoff=1,
         max_backoff=60,
         raise_on_error=False,
-        raise_on_exception=False,
+        raise_on_exception=True,
     )
-    for success, item in stream:
-        if success:
-            ok += 1
-        else:
-            errors.append(item)
-        if on_progress:
-            on_progress(1)
+    try:
+        for success, item in stream:
+            if success:
+                ok += 1
+            else:
+                errors.append(item)
+            if on_progress:
+                on_progress(1)
+    except (es_exc.ConnectionError, es_exc.ConnectionTimeout) as e:
+        raise ClusterError(
+            f"lost Elasticsearch while bulk-indexing into {index!r} after {ok} documents were confirmed ({e})",
+            hint="bring the cluster back and rerun the same command: it resumes and sends only what is missing",
+        ) from None
     return ok, errors
 
 
