@@ -27,6 +27,9 @@ teacher_app = typer.Typer(help="Score candidates with the teacher; `teacher fit`
                           invoke_without_command=True)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(teacher_app, name="teacher")
+kibana_app = typer.Typer(help="Kibana saved objects: the relevance dashboard over the results index.",
+                         no_args_is_help=True)
+app.add_typer(kibana_app, name="kibana")
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="ESDISTILL_CONFIG", help="TOML config file")]
@@ -204,6 +207,22 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
         doc = docs.get(d)
         table.add_row(str(i), d, f"{score:.4f}", (doc.full_text[:100] if doc else ""))
     Console().print(table)
+
+
+@kibana_app.command("import")
+@friendly
+def kibana_import(url: Annotated[str, typer.Option(envvar="ESDISTILL_KIBANA_URL", help="Kibana base URL")] =
+                  "http://localhost:5601"):
+    """Import the data view and dashboard (kibana/esdistill.ndjson); credentials from ESDISTILL_ES_*."""
+    from .config import ClusterSettings
+    from .results import SAVED_OBJECTS, import_saved_objects
+
+    s = ClusterSettings()
+    res = import_saved_objects(url, SAVED_OBJECTS, username=s.username,
+                               password=s.password.get_secret_value() if s.password else None,
+                               api_key=s.api_key.get_secret_value() if s.api_key else None)
+    console.print(f"imported {res.get('successCount', 0)} saved objects into {url}; "
+                  "open Dashboards → 'esdistill relevance'")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -14,6 +14,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import candidates as cand_mod
 from . import evaluate as eval_mod
+from . import results as results_mod
 from . import search as search_mod
 from .cache import StageCache
 from .cluster import connect
@@ -313,7 +315,18 @@ class Project:
         md, js = eval_mod.write_report(summary, out, f"{self.cfg.data.name} — {self.cfg.profile} profile", extra)
         print(md.read_text(), flush=True)  # the table goes to stdout; progress and logs to stderr
         self.log(f"report: {md} and {js}")
+        written = self.write_results(summary, results, queries, cache.key)
+        self.log(f"results: {written} documents in index {results_mod.RESULTS_INDEX} (Kibana dashboards read it)")
         return {"markdown": str(md), "json": str(js), "summary": summary}
+
+    def write_results(self, summary, results, queries, evaluate_key: str) -> int:
+        """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
+        now = datetime.now(timezone.utc)
+        meta = {"run_id": f"{evaluate_key[:8]}-{now:%Y%m%dT%H%M%S}", "evaluate_key": evaluate_key,
+                "dataset": self.cfg.data.name, "profile": self.cfg.profile,
+                "model_id": self.student_path() if {"student", "hybrid"} & set(results) else None,
+                "teacher_id": self.cfg.teacher.model or f"fit:{self._fit_cache().key}", "timestamp": now}
+        return results_mod.write_results(self.client, results_mod.result_docs(summary, results, queries, meta))
 
     def run(self) -> dict[str, Any]:
         """All stages in order; finished stages are cache hits."""

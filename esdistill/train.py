@@ -129,7 +129,10 @@ def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, t
 
     Relevance: the judgments where known, else the teacher's top document (agreement with the pipeline).
     """
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    try:
+        from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers.evaluation import InformationRetrievalEvaluator
 
     sub = scores[scores.qid.isin(dev)]
     if sub.empty:

@@ -36,3 +36,14 @@ def test_rerun_is_all_cache_hits(tiny_project):
     assert project.teacher()["cached"] is True
     assert project.train()["cached"] is True
     assert project.deploy()["embedded_now"] == 0
+
+
+def test_evaluate_writes_results_for_kibana(tiny_project, es):
+    from esdistill.results import RESULTS_INDEX
+
+    project, report = tiny_project
+    key = project._eval_cache().key
+    es.indices.refresh(index=RESULTS_INDEX)
+    n_q = len(project.dataset.test_qrels)
+    got = es.count(index=RESULTS_INDEX, query={"term": {"evaluate_key": key}}).body["count"]
+    assert got == 4 * n_q + 4  # one doc per (system, query) and one per system
