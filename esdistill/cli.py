@@ -209,6 +209,18 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
     Console().print(table)
 
 
+@app.command()
+@friendly
+def sweep(config: ConfigOpt, profile: ProfileOpt = None,
+          index_types: Annotated[str, typer.Option(help="comma-separated index_options types")] =
+          "hnsw,int8_hnsw,bbq_hnsw",
+          num_candidates: Annotated[str, typer.Option(help="comma-separated values")] = "10,20,50,100,200",
+          oversample: Annotated[float | None, typer.Option(help="rescore_vector oversample for quantized types")] = None):
+    """Vector index settings: recall@10 of approximate kNN vs exact search, and latency, on the test queries."""
+    _project(config, profile).sweep([t.strip() for t in index_types.split(",")],
+                                    [int(n) for n in num_candidates.split(",")], oversample)
+
+
 @kibana_app.command("import")
 @friendly
 def kibana_import(url: Annotated[str, typer.Option(envvar="ESDISTILL_KIBANA_URL", help="Kibana base URL")] =

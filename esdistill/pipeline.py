@@ -319,6 +319,44 @@ class Project:
         self.log(f"results: {written} documents in index {results_mod.RESULTS_INDEX} (Kibana dashboards read it)")
         return {"markdown": str(md), "json": str(js), "summary": summary}
 
+    def sweep(self, index_types: list[str], num_candidates: list[int], oversample: float | None = None,
+              k: int = 10) -> dict[str, Any]:
+        """Recall@k of approximate kNN vs exact and latency, per index type and num_candidates (test queries)."""
+        import numpy as np
+
+        from .sweep import sweep as run_sweep
+        from .sweep import sweep_markdown
+
+        path = self.student_path()
+        cache = self._cache("sweep-vectors", {"student": self._train_cache().key, "data": self.index_key,
+                                              "queries": fingerprint(self.dataset.test_queries)})
+        model = load_bi_encoder(path, max_length=self.cfg.deploy.max_length or self.cfg.train.max_length)
+        with self.stage("sweep"):
+            if not cache.done:
+                docs = (list(self.dataset.corpus.values()) if self.dataset.corpus is not None
+                        else list(iter_index_docs(self.client, self.cfg.data.index, self.text_fields)))
+                vecs = model.encode([d.full_text for d in docs], batch_size=self.cfg.deploy.encode_batch_size,
+                                    normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True)
+                np.save(cache.path("docs.npy"), vecs.astype("float32"))
+                cache.path("ids.txt").write_text("\n".join(d.id for d in docs))
+                cache.finish(docs=len(docs))
+            doc_vecs = np.load(cache.path("docs.npy"))
+            ids = cache.path("ids.txt").read_text().split("\n")
+            qids = sorted(self.dataset.test_queries)
+            q_vecs = model.encode([self.dataset.test_queries[q] for q in qids], normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
+            rows = run_sweep(self.client, ids, doc_vecs, q_vecs, self.cfg.dense_alias, index_types, num_candidates,
+                             k=k, oversample=oversample, m=self.cfg.deploy.m,
+                             ef_construction=self.cfg.deploy.ef_construction, progress=self.progress)
+        md = sweep_markdown(rows, k)
+        out = self.workdir / "reports" / f"{self.cfg.data.name}-sweep-{cache.key[:8]}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.md").write_text(md)
+        (out / "sweep.json").write_text(json.dumps({"rows": rows, "queries": len(qids), "docs": len(ids),
+                                                    "environment": environment()}, indent=2))
+        print(md, flush=True)
+        return {"rows": rows, "markdown": str(out / "sweep.md")}
+
     def write_results(self, summary, results, queries, evaluate_key: str) -> int:
         """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
         now = datetime.now(timezone.utc)
