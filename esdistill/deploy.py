@@ -153,11 +153,15 @@ def deploy_student(
         have = set()
     todo_total = total - len(have)
     task = progress.add_task(f"deploy: embed + index {index}", total=todo_total) if progress else None
-    sent, errors = 0, []
+    sent, truncated, errors = 0, 0, []
+    max_tokens = model.max_seq_length
 
     def actions():
-        nonlocal sent
+        nonlocal sent, truncated
         for batch in _batches((d for d in docs if d.id not in have), cfg.batch_size):
+            lengths = model.tokenizer([d.full_text for d in batch], add_special_tokens=True, truncation=False,
+                                      return_length=True, verbose=False)["length"]
+            truncated += sum(n > max_tokens for n in lengths)
             vecs = model.encode([d.full_text for d in batch], batch_size=cfg.encode_batch_size,
                                 normalize_embeddings=normalized, show_progress_bar=False, convert_to_numpy=True)
             for d, v in zip(batch, vecs, strict=True):
@@ -169,6 +173,7 @@ def deploy_student(
     verify_count(client, index, total, errors)  # raises before the alias moves: a failed deploy never serves
     left = point_alias(client, alias, index)
     pruned = prune(client, alias, cfg.keep_versions)
-    return {"pruned": pruned, "index": index, "alias": alias, "docs": total, "embedded_now": sent, "dims": dims,
+    return {"index": index, "alias": alias, "docs": total, "embedded_now": sent, "dims": dims, "pruned": pruned,
+            "truncated_docs": truncated, "max_tokens": max_tokens,
             "similarity": "dot_product" if normalized else "cosine", "index_options": cfg.index_type,
             "alias_left": left}

@@ -254,6 +254,9 @@ class Project:
                                   self.cfg.deploy, meta, self.progress)
             self.log(f"deploy: {info['docs']} documents in {info['index']} ({info['dims']} dims, "
                      f"{info['similarity']}, {info['index_options']}); alias {info['alias']} → {info['index']}")
+            if info["truncated_docs"]:
+                self.log(f"deploy: {info['truncated_docs']} of {info['embedded_now']} documents embedded now are longer "
+                         f"than {info['max_tokens']} tokens and were truncated (deploy.max_length raises the limit)")
             return info
 
     def _eval_cache(self) -> StageCache:

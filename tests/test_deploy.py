@@ -26,6 +26,7 @@ def test_deploy_and_knn_returns_own_vector_first(es, index_name, minilm):
     info = deploy_student(es, minilm, docs, len(docs), alias=index_name, key="abc123", cfg=DeployConfig(),
                           meta={"model": "minilm"})
     assert info["docs"] == len(docs) and info["dims"] == 384 and info["similarity"] == "dot_product"
+    assert info["truncated_docs"] == 0 and info["max_tokens"] == 64
     assert es.indices.get_alias(name=index_name).body.keys() == {info["index"]}
     vectors = minilm.encode([d.full_text for d in docs[:5]], normalize_embeddings=True)
     for d, vec in zip(docs[:5], vectors, strict=True):
@@ -42,3 +43,9 @@ def test_dims_mismatch_is_refused_with_both_numbers(es, index_name):
     assert index_dims(es, index_name) == 8
     with pytest.raises(ModelError, match=r"holds 8-dim vectors but the model makes 384-dim"):
         check_dims(es, index_name, 384)
+
+
+def test_long_documents_are_truncated_and_counted(es, index_name, minilm):
+    docs = [Doc("short", "", "a short text"), Doc("long", "", "word " * 500), Doc("long2", "", "cell " * 70)]
+    info = deploy_student(es, minilm, docs, 3, alias=index_name, key="trunc1", cfg=DeployConfig(), meta={})
+    assert info["truncated_docs"] == 2 and info["docs"] == 3
