@@ -221,6 +221,16 @@ def sweep(config: ConfigOpt, profile: ProfileOpt = None,
                                     [int(n) for n in num_candidates.split(",")], oversample)
 
 
+@app.command()
+@friendly
+def export(config: ConfigOpt, profile: ProfileOpt = None,
+           upload: Annotated[bool, typer.Option(help="upload to the cluster with eland (needs ML)")] = False,
+           start: Annotated[bool, typer.Option(help="start the deployment after upload")] = False,
+           replace: Annotated[bool, typer.Option(help="replace a model with the same id")] = False):
+    """Trace the student to TorchScript with eland and verify it; --upload puts it into the cluster."""
+    _project(config, profile).export(upload, start, replace)
+
+
 @kibana_app.command("import")
 @friendly
 def kibana_import(url: Annotated[str, typer.Option(envvar="ESDISTILL_KIBANA_URL", help="Kibana base URL")] =

@@ -383,3 +383,55 @@ def verify_traced(export: ElandExport, model_dir: str, texts: list[str]) -> floa
                          f"{norms.min():.4f}..{norms.max():.4f})", hint="trace the student again with this module")
     cos = (got * want).sum(axis=1) / np.maximum(norms * np.linalg.norm(want, axis=1), 1e-12)
     return float(cos.min())
+
+
+# -------------------------------------------------------------------------------------------------- upload
+def require_ml(client, url: str = "the cluster") -> dict:
+    """``GET _ml/info`` or a clear refusal: the local test build has no ML, the docker stack has."""
+    from elasticsearch import exceptions as es_exc
+
+    try:
+        return client.ml.info().body
+    except (es_exc.BadRequestError, es_exc.NotFoundError, es_exc.ApiError) as e:
+        raise ClusterError(
+            f"{url} has no machine learning ({getattr(e, 'message', e)}); a trained model cannot be uploaded there",
+            hint="use the full stack in docker/ (ML under a trial license) or an Elastic cluster with ML nodes",
+        ) from None
+
+
+def upload(client, export: ElandExport, start: bool = False, replace: bool = False) -> dict:
+    """Upload a traced export with eland (config, chunked definition, vocabulary); optionally start it.
+
+    The cluster's version is gated against eland's first, and ML must be available. An existing model with the
+    same id is refused unless ``replace``.
+    """
+    from eland.ml.pytorch import PyTorchModel
+
+    nodes = client.nodes.info(filter_path="nodes.*.version").body.get("nodes", {})
+    version = min((n["version"] for n in nodes.values()), default=ES_VERSION)
+    check_eland_cluster_version(version)
+    require_ml(client)
+    model = PyTorchModel(client, export.model_id)
+    existing = client.options(ignore_status=404).ml.get_trained_models(model_id=export.model_id).body
+    if existing.get("count"):
+        if not replace:
+            raise ClusterError(f"a trained model {export.model_id!r} already exists",
+                               hint="pass --replace, or deploy under another name")
+        client.options(ignore_status=[404, 409]).ml.stop_trained_model_deployment(model_id=export.model_id, force=True)
+        model.delete()
+    model.import_model(model_path=str(export.model_path), config_path=str(export.config_path),
+                       vocab_path=str(export.vocab_path))
+    if start:
+        model.start()
+    return {"model_id": export.model_id, "started": start, "cluster_version": version}
+
+
+def embed_pipeline_body(model_id: str) -> dict:
+    """``mappings/embed_pipeline.json`` with the model id filled in: the ingest pipeline for in-cluster embedding."""
+    from .indexing import load_mapping
+
+    body = load_mapping("embed_pipeline.json")
+    for proc in body["processors"]:
+        if "inference" in proc:
+            proc["inference"]["model_id"] = model_id
+    return body

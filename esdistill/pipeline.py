@@ -360,6 +360,29 @@ class Project:
         print(md, flush=True)
         return {"rows": rows, "markdown": str(out / "sweep.md")}
 
+    def export(self, upload: bool = False, start: bool = False, replace: bool = False) -> dict[str, Any]:
+        """Trace the student with eland, verify it against sentence-transformers; optionally upload it."""
+        from . import eland_export as ex
+
+        path = self.student_path()
+        cache = self._cache("export", {"student": self._train_cache().key})
+        with self.stage("export"):
+            name = f"esdistill-{self.cfg.data.name}-{self._train_cache().key[:8]}"
+            export = ex.trace_student(path, cache.dir, self.cfg.deploy.max_length or self.cfg.train.max_length,
+                                      name=name)
+            sample = [d.full_text for d in list(self.docs(sorted(self.scores_frame().docid.unique())[:16]).values())]
+            sample += list(self.dataset.train_queries.values())[:4]
+            cos = ex.verify_traced(export, path, sample)
+            self.log(f"export: {export.model_id} traced to {export.model_path} ({export.dims} dims, "
+                     f"max {export.max_length} tokens); min cosine vs sentence-transformers {cos:.6f}")
+            info = {"model_id": export.model_id, "folder": str(cache.dir), "min_cosine": cos}
+            if upload:
+                info.update(ex.upload(self.client, export, start=start, replace=replace))
+                self.client.ingest.put_pipeline(id=f"{export.model_id}-embed", **ex.embed_pipeline_body(export.model_id))
+                self.log(f"export: uploaded {export.model_id}" + (" and started it" if start else "")
+                         + f"; ingest pipeline {export.model_id}-embed")
+            return info
+
     def write_results(self, summary, results, queries, evaluate_key: str) -> int:
         """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
         now = datetime.now(timezone.utc)

@@ -58,6 +58,15 @@ def knn_body(vector: list[float], k: int, num_candidates: int, filter: dict | No
     return {"knn": knn, "size": k, "_source": False}
 
 
+def knn_builder_body(text: str, model_id: str, k: int, num_candidates: int, filter: dict | None = None) -> dict:
+    """kNN whose query vector Elasticsearch computes itself with the uploaded student (needs an ML node)."""
+    knn: dict[str, Any] = {"field": VECTOR_FIELD, "k": k, "num_candidates": max(num_candidates, k),
+                           "query_vector_builder": {"text_embedding": {"model_id": model_id, "model_text": text}}}
+    if filter:
+        knn["filter"] = filter
+    return {"knn": knn, "size": k, "_source": False}
+
+
 def _hits(resp: dict) -> list[tuple[str, float]]:
     if "error" in resp:
         raise ClusterError(f"search failed: {resp['error']}")
