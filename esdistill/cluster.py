@@ -41,19 +41,28 @@ def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elas
     :class:`ClusterError` naming the URL (never the secret) and how to fix it.
     """
     settings = settings or ClusterSettings()
-    url = settings.url or LocalClusterSettings().url
+    url = settings.url or (f"cloud id {settings.cloud_id.split(':')[0]}" if settings.cloud_id
+                           else LocalClusterSettings().url)
     kwargs: dict = {"request_timeout": settings.request_timeout, "retry_on_timeout": True, "max_retries": 3}
     if settings.api_key:
         kwargs["api_key"] = settings.api_key.get_secret_value()
     elif settings.username:
         kwargs["basic_auth"] = (settings.username, settings.password.get_secret_value() if settings.password else "")
     if settings.ca_certs:
+        if not Path(settings.ca_certs).is_file():
+            raise ClusterError(f"CA certificate file not found: {settings.ca_certs}",
+                               hint="check ESDISTILL_ES_CA_CERTS (or [cluster] ca_certs)")
         kwargs["ca_certs"] = str(settings.ca_certs)
-    if url.startswith("https"):
+    if settings.ca_fingerprint:
+        kwargs["ssl_assert_fingerprint"] = settings.ca_fingerprint.replace(":", "").lower()
+    if url.startswith("https") or settings.cloud_id:
         kwargs["verify_certs"] = settings.verify_certs
-    client = Elasticsearch(url, **kwargs)
+    if settings.cloud_id:
+        client = Elasticsearch(cloud_id=settings.cloud_id, **kwargs)
+    else:
+        client = Elasticsearch(url, **kwargs)
     if check:
-        check_health(client, url, local=settings.url is None)
+        check_health(client, url, local=settings.url is None and not settings.cloud_id)
     return client
 
 
@@ -66,6 +75,11 @@ def check_health(client: Elasticsearch, url: str, local: bool = False) -> dict:
     )
     try:
         health = client.cluster.health(wait_for_status="yellow", timeout="30s").body
+    except es_exc.SSLError:
+        raise ClusterError(
+            f"TLS verification failed for {url}: the server's certificate is not trusted",
+            hint="set ESDISTILL_ES_CA_CERTS to the cluster's CA file, or ESDISTILL_ES_CA_FINGERPRINT to its SHA-256",
+        ) from None
     except es_exc.ConnectionError:
         raise ClusterError(f"cannot reach Elasticsearch at {url}", hint=how) from None
     except es_exc.AuthenticationException:
@@ -189,18 +203,68 @@ class LocalCluster:
                     f"transport.port: {self.s.port + 100}",
                     f"path.data: {self.node / 'data'}",
                     f"path.logs: {self.node / 'logs'}",
-                    "xpack.security.enabled: false",
+                    *self._security_settings(),
                     "cluster.routing.allocation.disk.threshold_enabled: false",
                     "action.destructive_requires_name: false",
                     "",
                 ]
             )
         )
+        if self.s.security:
+            self._make_certs(conf / "certs")
+            for name in ("users", "users_roles", "roles.yml", "role_mapping.yml"):
+                src, dst = self.dist / "config" / name, conf / name
+                if not dst.exists():
+                    shutil.copy(src, dst) if src.exists() else dst.touch()
         user = self._run_user()
         if user:
             pw = pwd.getpwnam(user)
             for path in [self.node, *self.node.rglob("*")]:
                 os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _security_settings(self) -> list[str]:
+        if not self.s.security:
+            return ["xpack.security.enabled: false"]
+        return ["xpack.security.enabled: true", "xpack.security.http.ssl.enabled: true",
+                "xpack.security.http.ssl.key: certs/node.key", "xpack.security.http.ssl.certificate: certs/node.crt",
+                "xpack.security.http.ssl.certificate_authorities: certs/ca.crt",
+                "xpack.security.transport.ssl.enabled: false", "xpack.security.authc.realms.file.file1.order: 0"]
+
+    def _make_certs(self, certs: Path) -> None:
+        """A CA and a node certificate for 127.0.0.1/localhost (openssl), made once per node folder."""
+        if (certs / "node.crt").exists():
+            return
+        certs.mkdir(exist_ok=True)
+
+        def ssl(*args: str) -> None:
+            proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=certs)
+            if proc.returncode:
+                raise ClusterError(f"openssl {args[0]} failed: {proc.stderr[-500:]}", hint="install openssl")
+
+        ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=esdistill-local-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")
+        (certs / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "node.key", "-out", "node.csr")
+        ssl("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "3650",
+            "-extfile", "san.ext", "-out", "node-only.crt")
+        # the server sends its chain (node + CA), so clients may pin the CA by fingerprint
+        (certs / "node.crt").write_text((certs / "node-only.crt").read_text() + (certs / "ca.crt").read_text())
+
+    def _add_user(self, env: dict) -> None:
+        """The file-realm superuser the client logs in as (password from the settings, never printed)."""
+        users = self.node / "config" / "users"
+        if users.exists() and f"{self.s.username}:" in users.read_text():
+            return
+        cmd = [str(self.dist / "bin" / "elasticsearch-users"), "useradd", self.s.username, "-p",
+               self.s.password.get_secret_value(), "-r", "superuser"]
+        run_user = self._run_user()
+        if run_user:
+            keep = ("ES_JAVA_HOME", "ES_PATH_CONF")
+            cmd = ["runuser", "-u", run_user, "--", "env", *(f"{k}={env[k]}" for k in keep), *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise ClusterError(f"could not create the local user {self.s.username!r}: {proc.stdout[-300:]}"
+                               f"{proc.stderr[-300:]}".replace(self.s.password.get_secret_value(), "***"))
 
     # -- life cycle -----------------------------------------------------------------------------------
     def _pid(self) -> int | None:
@@ -216,8 +280,19 @@ class LocalCluster:
             pass
         return pid
 
+    def client_settings(self) -> ClusterSettings:
+        """How to connect to this local node (with its CA and user when it runs with security)."""
+        if not self.s.security:
+            return ClusterSettings(url=self.s.url)
+        return ClusterSettings(url=self.s.url, username=self.s.username, password=self.s.password,
+                               ca_certs=self.node / "config" / "certs" / "ca.crt")
+
     def _health(self, timeout: float = 2.0) -> str | None:
-        client = Elasticsearch(self.s.url, request_timeout=timeout, max_retries=0)
+        kw = {}
+        if self.s.security:
+            cs = self.client_settings()
+            kw = {"basic_auth": (cs.username, cs.password.get_secret_value()), "ca_certs": str(cs.ca_certs)}
+        client = Elasticsearch(self.s.url, request_timeout=timeout, max_retries=0, **kw)
         try:
             return client.cluster.health().body["status"]
         except Exception:
@@ -251,6 +326,8 @@ class LocalCluster:
         )
         env.pop("JAVA_HOME", None)
         env.pop("ES_JAVA_OPTS", None)
+        if self.s.security:
+            self._add_user(env)
         cmd = [str(self.dist / "bin" / "elasticsearch"), "-d", "-p", str(self.pidfile)]
         user = self._run_user()
         if user:

@@ -45,6 +45,8 @@ class ClusterSettings(BaseSettings):
     username: str | None = None
     password: SecretStr | None = None
     ca_certs: Path | None = None
+    ca_fingerprint: str | None = Field(None, description="SHA-256 fingerprint of the CA (instead of ca_certs)")
+    cloud_id: str | None = Field(None, description="Elastic Cloud deployment id (instead of url)")
     verify_certs: bool = True
     request_timeout: float = 120.0
 
@@ -61,6 +63,9 @@ class LocalClusterSettings(BaseSettings):
     user: str = Field("esdistill", description="system user that runs Elasticsearch when started as root")
     java_home: Path | None = Field(None, description="JDK >= 21; default: ES_JAVA_HOME or a JDK found on disk")
     zip: Path | None = Field(None, description="a downloaded elasticsearch-<version>.zip to use instead of Maven")
+    security: bool = Field(False, description="TLS on HTTP and a file-realm user (the test build has x-pack security)")
+    username: str = "esdistill"
+    password: SecretStr = SecretStr("esdistill-local")
 
     def resolved_home(self) -> Path:
         if self.home:
@@ -72,7 +77,7 @@ class LocalClusterSettings(BaseSettings):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.security else 'http'}://127.0.0.1:{self.port}"
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -1,0 +1,85 @@
+"""A secured Elasticsearch (TLS on HTTP + a file-realm user) from the test build's x-pack security:
+right credentials work, wrong ones fail clearly, and a planted secret never appears in any output."""
+
+import hashlib
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from esdistill.cluster import LocalCluster, connect
+from esdistill.config import ClusterSettings, LocalClusterSettings
+from esdistill.errors import ClusterError
+
+from .conftest import SCIFACT
+
+PORT = int(os.environ.get("ESDISTILL_TEST_SECURE_PORT", "9280"))
+SECRET = "planted-Secret-7f3a9c"
+
+
+@pytest.fixture(scope="module")
+def secure():
+    lc = LocalCluster(LocalClusterSettings(port=PORT, heap="512m", security=True, password=SecretStr(SECRET)))
+    lc.start()
+    yield lc
+    lc.stop()
+
+
+def test_right_credentials_and_ca_work(secure):
+    cs = secure.client_settings()
+    assert cs.url.startswith("https://")
+    client = connect(cs)
+    assert client.cluster.health().body["status"] in ("green", "yellow")
+    who = client.security.authenticate().body
+    assert who["username"] == "esdistill" and "superuser" in who["roles"]
+
+
+def test_ca_fingerprint_instead_of_ca_file(secure):
+    pem = (secure.node / "config" / "certs" / "ca.crt").read_text()
+    fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+    cs = secure.client_settings().model_copy(update={"ca_certs": None, "ca_fingerprint": fingerprint})
+    assert connect(cs).cluster.health().body["status"] in ("green", "yellow")
+
+
+def test_wrong_password_fails_with_a_clear_message(secure):
+    cs = secure.client_settings().model_copy(update={"password": SecretStr("wrong-" + SECRET)})
+    with pytest.raises(ClusterError, match=r"refused the credentials \(401\)") as e:
+        connect(cs)
+    assert SECRET not in str(e.value)
+
+
+def test_untrusted_certificate_fails_with_a_clear_message(secure):
+    cs = secure.client_settings().model_copy(update={"ca_certs": None})
+    with pytest.raises(ClusterError, match="TLS verification failed") as e:
+        connect(cs)
+    assert "CA_CERTS" in str(e.value)
+
+
+def test_secret_never_appears_in_any_output(secure, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'workdir = "{tmp_path / "work"}"\n[data]\nname = "sec"\nbeir = "{SCIFACT}"\n'
+                   "max_train_queries = 5\nmax_test_queries = 3\nmax_corpus_docs = 40\n[candidates]\nk = 5\n")
+    env = dict(os.environ, ESDISTILL_ES_URL=secure.s.url, ESDISTILL_ES_USERNAME="esdistill",
+               ESDISTILL_ES_PASSWORD=SECRET, ESDISTILL_ES_CA_CERTS=str(secure.node / "config/certs/ca.crt"))
+    outputs = []
+    for stage in ("index", "candidates"):
+        proc = subprocess.run([sys.executable, "-m", "esdistill", stage, "-c", str(cfg)], capture_output=True,
+                              text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs += [proc.stdout, proc.stderr]
+    # and a failing run, whose error message is the most likely place for a leak
+    bad = dict(env, ESDISTILL_ES_PASSWORD=SECRET + "x")
+    proc = subprocess.run([sys.executable, "-m", "esdistill", "index", "-c", str(cfg)], capture_output=True,
+                          text=True, env=bad)
+    assert proc.returncode == 2 and "401" in proc.stderr
+    outputs += [proc.stdout, proc.stderr]
+    for text in outputs:
+        assert SECRET not in text
+    files = [p for p in Path(tmp_path / "work").rglob("*") if p.is_file()]
+    assert files  # the stages did write their caches
+    for p in files:
+        assert SECRET.encode() not in p.read_bytes(), p
