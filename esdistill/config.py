@@ -156,6 +156,7 @@ class TrainConfig(_Strict):
     negatives: int = Field(8, ge=1, description="teacher-ranked negatives per query")
     negative_depth: int | None = Field(None, ge=2, description="negatives come from teacher ranks 2..depth")
     use_judged_positives: bool = Field(True, description="a judged relevant doc is the positive where known")
+    judged_loss: bool = Field(True, description="also train MNRL on judged (query, positive, hard negative) triplets")
     score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
     temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
     epochs: float = Field(3.0, gt=0)

@@ -70,6 +70,17 @@ def build_examples(
     return out
 
 
+def judged_triplets(examples, qrels: Qrels, seed: int) -> list[tuple[str, str, str]]:
+    """(qid, judged positive, one hard negative from the teacher's pool) for every judged positive in
+    ``examples`` — the supervised half of the student's loss, next to the teacher's soft labels."""
+    rng = random.Random(seed + 1)
+    out = []
+    for qid, pos, negs, _ in examples:
+        if qrels.get(qid, {}).get(pos, 0) > 0:
+            out.append((qid, pos, rng.choice(negs)))
+    return out
+
+
 def to_hf_dataset(examples, queries: dict[str, str], texts: dict[str, Doc], loss: str):
     from datasets import Dataset as HFDataset
 
@@ -165,9 +176,13 @@ def train_student(
         return {**cache.info(), "cached": True}
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     try:
-        from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss, MarginMSELoss
+        from sentence_transformers.sentence_transformer.losses import (
+            DistillKLDivLoss,
+            MarginMSELoss,
+            MultipleNegativesRankingLoss,
+        )
     except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss
+        from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss, MultipleNegativesRankingLoss
     (Normalize,) = st_modules("Normalize")
 
     qids = sorted(scores.qid.unique())
@@ -177,6 +192,7 @@ def train_student(
         raise ValueError("no training examples: every query needs at least two scored candidates")
     needed = {d for _, p, negs, _ in examples for d in [p, *negs]} | set(scores[scores.qid.isin(dev_q)].docid)
     needed |= {d for q in dev_q for d in qrels.get(q, {})}
+    judged = judged_triplets(examples, qrels, cfg.seed) if cfg.judged_loss else []
     texts = docs(sorted(needed))
     data = to_hf_dataset(examples, queries, texts, cfg.loss)
 
@@ -187,6 +203,14 @@ def train_student(
     sim = ScaledCosine(cfg.score_scale)
     loss = (MarginMSELoss(model, similarity_fct=sim) if cfg.loss == "margin_mse"
             else DistillKLDivLoss(model, similarity_fct=sim, temperature=cfg.temperature))
+    train_data, train_loss = data, loss
+    if judged:
+        from datasets import Dataset as HFDataset
+
+        train_data = {"distill": data, "judged": HFDataset.from_dict({
+            "anchor": [queries[q] for q, _, _ in judged], "positive": [texts[p].full_text for _, p, _ in judged],
+            "negative": [texts[n].full_text for _, _, n in judged]})}
+        train_loss = {"distill": loss, "judged": MultipleNegativesRankingLoss(model, scale=cfg.score_scale)}
     evaluator = dev_evaluator(dev_q, queries, qrels, scores, texts)
     before = evaluator(model) if evaluator else {}
     dev_scores = scores[scores.qid.isin(dev_q)]
@@ -208,14 +232,15 @@ def train_student(
         # the dev slice is also evaluated at each epoch's end when there are several epochs
         eval_strategy="epoch" if evaluator is not None and cfg.epochs > 1 else "no",
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss,
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
     resume = any(ckpt.glob("checkpoint-*")) if ckpt.exists() else False
     skipped = len(set(train_q) - {q for q, *_ in examples})
     if skipped:
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
     log(f"train: {len(examples)} examples from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
-        f"loss {cfg.loss}" + (" (resuming from checkpoint)" if resume else ""))
+        f"loss {cfg.loss}" + (f" + MNRL on {len(judged)} judged pairs" if judged else "")
+        + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=resume or None)
 
     after = evaluator(model) if evaluator else {}
@@ -231,7 +256,8 @@ def train_student(
     shutil.rmtree(ckpt, ignore_errors=True)
     used = {q for q, *_ in examples}
     return cache.finish(
-        model=str(out), examples=len(examples), train_queries=len(train_q), dev_queries=len(dev_q),
+        model=str(out), examples=len(examples), judged_pairs=len(judged), train_queries=len(train_q),
+        dev_queries=len(dev_q),
         queries_without_examples=len(set(train_q) - used),
         dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
         agreement_before=agree_before, agreement_after=agree_after,
