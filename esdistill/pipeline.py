@@ -36,7 +36,7 @@ from .deploy import check_dims, deploy_student
 from .errors import InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, iter_index_docs
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
-from .teacher import assign_scorers, fit_teacher, score_candidates
+from .teacher import assign_scorers, fit_teacher, label_quality, score_candidates
 from .train import train_student
 
 
@@ -203,6 +203,18 @@ class Project:
                                     self.cfg.teacher.max_length, self.cfg.teacher.batch_size, progress=self.progress)
             self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info.get("cached") else
                                                                   f" ({info['scored_now']} now)"))
+            quality = label_quality(pd.read_parquet(self._teacher_cache().path("scores.parquet")),
+                                    self.dataset.train_qrels)
+            if quality:
+                info["label_quality"] = quality
+                held = " (each query held out from the model that labelled it)" if fit_info else ""
+                self.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
+                         f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
+                if quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"]:
+                    self.console.print(
+                        "[bold yellow]warning:[/] the teacher ranks the candidates worse than BM25 does; a student "
+                        "distilled from it learns its mistakes. Fit it longer (profile full, a GPU), give it more "
+                        "judged queries, or set [teacher] model to a ready cross-encoder.")
             return info
 
     def scores_frame(self) -> pd.DataFrame:

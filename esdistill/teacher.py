@@ -181,3 +181,22 @@ def score_candidates(
         raise RuntimeError(f"teacher scored {len(frame)} pairs, expected {len(candidates)}")
     frame.to_parquet(cache.path("scores.parquet"), index=False)
     return cache.finish(pairs=len(frame), queries=len(qids), scored_now=scored_now, output="scores.parquet")
+
+
+def label_quality(scores: pd.DataFrame, qrels: Qrels) -> dict[str, Any] | None:
+    """How good the teacher's labels are where judgments exist: NDCG@10 of the teacher's order of the BM25
+    candidates vs BM25's own order, on the judged queries. With cross-fitting every such query was held out
+    from the model that labelled it, so this is an honest estimate of the pipeline's gain. None if no query
+    is judged."""
+    from .evaluate import metrics
+
+    cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
+    judged = {q: d for q, d in qrels.items() if q in set(cands.qid)}
+    if not judged:
+        return None
+    sub = cands[cands.qid.isin(judged)]
+    teacher = {q: dict(zip(g.docid, g.teacher.astype(float), strict=True)) for q, g in sub.groupby("qid")}
+    bm25 = {q: dict(zip(g.docid, -g["rank"].astype(float), strict=True)) for q, g in sub.groupby("qid")}
+    t, b = metrics(judged, teacher)["ndcg@10"], metrics(judged, bm25)["ndcg@10"]
+    spread = float(sub.groupby("qid").teacher.std().mean())
+    return {"queries": len(judged), "teacher_ndcg@10": t, "bm25_ndcg@10": b, "mean_within_query_std": spread}

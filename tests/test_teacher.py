@@ -1,6 +1,7 @@
 """``teacher`` stage: cross-fitting, cache hits, resume from chunks, raw logits."""
 
 import pandas as pd
+import pytest
 
 from esdistill.teacher import FULL, assign_scorers, fold_of
 
@@ -57,3 +58,19 @@ def test_cross_fit_no_query_is_labelled_by_a_model_fit_on_it(tiny_project):
 
 def test_assign_scorers_with_a_ready_reranker():
     assert assign_scorers(["a", "b"], None, "my/reranker") == {"a": "my/reranker", "b": "my/reranker"}
+
+
+def test_label_quality_compares_teacher_order_with_bm25():
+    from esdistill.teacher import label_quality
+
+    rows = [("q1", "a", 1, 3.0, 0.1, "bm25"), ("q1", "b", 2, 2.0, 0.9, "bm25"), ("q1", "c", 3, 1.0, 0.5, "bm25"),
+            ("q2", "y", 1, 3.0, 0.0, "bm25"), ("q2", "x", 2, 2.0, 1.0, "bm25")]
+    scores = pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25", "teacher", "source"])
+    q = label_quality(scores, {"q1": {"b": 1}, "q2": {"x": 1}})
+    import math
+
+    # the teacher puts the relevant doc first in both queries; BM25 second in both
+    assert q["teacher_ndcg@10"] == pytest.approx(1.0)
+    assert q["bm25_ndcg@10"] == pytest.approx(1 / math.log2(3))
+    assert q["queries"] == 2
+    assert label_quality(scores, {}) is None
