@@ -10,6 +10,7 @@ a stage's key includes its upstream stage's key, so changing an early parameter 
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -284,7 +285,8 @@ class Project:
         ev, c = self.cfg.evaluate, self.client
         dense = self.cfg.dense_alias
 
-        def student_model():
+        @functools.cache
+        def student_model():  # one load shared by the student and hybrid systems
             m = load_bi_encoder(self.student_path(), max_length=self.cfg.train.max_length)
             check_dims(c, dense, embedding_info(m)[0])
             return m

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,8 +252,6 @@ def train_student(
     meta = {"base_model": cfg.base_model, "loss": cfg.loss, "max_length": cfg.max_length, "dims": dims,
             "normalized": True, "teacher_key": cache.inputs.get("teacher_key"), "train_key": cache.key}
     (out / "esdistill.json").write_text(json.dumps(meta, indent=2))
-    import shutil
-
     shutil.rmtree(ckpt, ignore_errors=True)
     used = {q for q, *_ in examples}
     return cache.finish(
