@@ -215,7 +215,7 @@ class Project:
                     self.console.print(
                         "[bold yellow]warning:[/] the teacher ranks the candidates worse than BM25 does; a student "
                         "distilled from it learns its mistakes. Fit it longer (profile full, a GPU), give it more "
-                        "judged queries, or set [teacher] model to a ready cross-encoder.")
+                        "judged queries, or set \\[teacher] model to a ready cross-encoder.")
             return info
 
     def scores_frame(self) -> pd.DataFrame:
