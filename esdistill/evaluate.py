@@ -87,7 +87,8 @@ def summarize(qrels: Qrels, results: dict[str, dict[str, Any]]) -> dict[str, Any
     if "bm25" in systems and "pipeline" in systems:
         base, top = systems["bm25"]["ndcg@10"], systems["pipeline"]["ndcg@10"]
         for s in systems.values():
-            s["share_of_gain"] = (s["ndcg@10"] - base) / (top - base) if top != base else float("nan")
+            # a share of a loss is meaningless: undefined unless the pipeline beats BM25
+            s["share_of_gain"] = (s["ndcg@10"] - base) / (top - base) if top > base else float("nan")
     return {"systems": systems, "p_vs_bm25": significance(qrels, runs, "bm25"),
             "p_vs_pipeline": significance(qrels, runs, "pipeline"), "queries": len(qrels)}
 
@@ -106,6 +107,9 @@ def markdown(summary: dict[str, Any], title: str = "") -> str:
             f"| {LABELS.get(name, name)} | {s['ndcg@10']:.3f}{star} | {s['recall@100']:.3f} | {s['mrr@10']:.3f} | "
             f"{share_s} | {s['latency_ms']['p50']:.1f} | {s['latency_ms']['p95']:.1f} | {s['took_ms']['p50']:.1f} |"
         )
+    shares = [s.get("share_of_gain") for s in summary["systems"].values()]
+    if shares and all(x is not None and np.isnan(x) for x in shares) and "pipeline" in summary["systems"]:
+        lines += ["", "Share of gain: undefined — the pipeline does not beat BM25 here (its teacher is too weak)."]
     lines += ["", f"{summary['queries']} test queries. † NDCG@10 differs from BM25 at p < 0.05 (paired t-test, ranx). "
               "Latency: one query at a time, client wall time incl. query encoding / reranking."]
     return "\n".join(lines).strip() + "\n"

@@ -48,3 +48,13 @@ def test_summary_share_of_gain_and_table():
     assert sys["student"]["share_of_gain"] == pytest.approx(expected)
     table = markdown(s, "t")
     assert "| student (kNN) |" in table and f"{expected * 100:.0f}%" in table
+
+
+def test_share_of_gain_is_undefined_when_the_pipeline_loses():
+    qrels = {f"q{i}": {"a": 1} for i in range(3)}
+    def res(rank_of_a):
+        run = {q: {d: -i for i, d in enumerate([f"z{j}" for j in range(rank_of_a)] + ["a"])} for q in qrels}
+        return {"run": run, "wall_ms": [1.0, 2.0, 3.0], "took_ms": [1, 1, 1], "extra_ms": {}}
+    s = summarize(qrels, {"bm25": res(0), "pipeline": res(4), "student": res(1)})
+    assert all(math.isnan(x["share_of_gain"]) for x in s["systems"].values())
+    assert "undefined" in markdown(s)
