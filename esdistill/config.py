@@ -147,6 +147,7 @@ class TeacherConfig(_Strict):
     max_length: int = Field(256, ge=16)
     batch_size: int = Field(64, ge=1)
     depth: int | None = Field(None, ge=1, description="score only the top-N candidates (default: all k)")
+    chunk_queries: int = Field(32, ge=1, description="queries per resumable chunk of scores")
     fit: TeacherFitConfig = Field(default_factory=TeacherFitConfig)
 
 

@@ -35,7 +35,7 @@ from .config import RunConfig, fingerprint
 from .data import Dataset, Doc, load_dataset
 from .deploy import check_dims, deploy_student
 from .errors import InputError
-from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, iter_index_docs
+from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_meta, iter_index_docs
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
 from .teacher import assign_scorers, fit_teacher, label_quality, score_candidates
 from .train import train_student
@@ -133,9 +133,13 @@ class Project:
             "queries": fingerprint(self.dataset.train_queries), "k": self.cfg.candidates.k})
 
     def candidates(self) -> dict[str, Any]:
-        """BM25 top-k of every training query."""
+        """BM25 top-k of every training query (building the BM25 index first if it is not there yet)."""
+        cache = self._candidates_cache()
+        if not cache.done and not self.cfg.data.index:
+            meta = index_meta(self.client, self.cfg.bm25_index)
+            if not meta or meta.get("key") != self.index_key:
+                self.index()
         with self.stage("candidates"):
-            cache = self._candidates_cache()
             info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.dataset.train_queries,
                                            self.text_fields, self.cfg.candidates.k, self.cfg.candidates.batch_size,
                                            cache, self.progress)
@@ -201,7 +205,8 @@ class Project:
         with self.stage("teacher"):
             scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
             info = score_candidates(pairs, self.dataset.train_queries, self.docs, scorers, self._teacher_cache(),
-                                    self.cfg.teacher.max_length, self.cfg.teacher.batch_size, progress=self.progress)
+                                    self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
+                                    self.cfg.teacher.chunk_queries, progress=self.progress)
             self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info.get("cached") else
                                                                   f" ({info['scored_now']} now)"))
             quality = label_quality(pd.read_parquet(self._teacher_cache().path("scores.parquet")),

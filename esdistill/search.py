@@ -163,3 +163,47 @@ class Hybrid:
         fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
         took = float(resp.get("took", max(r["took"] for r in resp["responses"])))
         return Result(fused, (time.perf_counter() - t0) * 1e3, took, {"encode_ms": (t1 - t0) * 1e3})
+
+
+def run_load(system, queries: list[str], workers: int = 8, seconds: float = 30.0, max_queries: int = 100_000) -> dict:
+    """Bounded concurrent load on one system: ``workers`` threads send ``queries`` round-robin for ``seconds``
+    (and at most ``max_queries`` in all). Returns counts, errors and wall-latency percentiles (ms)."""
+    import threading
+
+    import numpy as np
+
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    sent = [0]
+
+    def worker(offset: int) -> None:
+        i = offset
+        while time.monotonic() < deadline:
+            with lock:
+                if sent[0] >= max_queries:
+                    return
+                sent[0] += 1
+            try:
+                res = system.search(queries[i % len(queries)])
+                if not res.hits:
+                    raise RuntimeError("no hits")
+                with lock:
+                    lat.append(res.wall_ms)
+            except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}"[:200])
+            i += workers
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    pct = (lambda q: float(np.percentile(lat, q)) if lat else float("nan"))
+    return {"system": system.name, "workers": workers, "seconds": wall, "queries": len(lat), "errors": len(errors),
+            "error_samples": errors[:5], "qps": len(lat) / wall if wall else 0.0, "p50_ms": pct(50),
+            "p99_ms": pct(99)}

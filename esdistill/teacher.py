@@ -158,7 +158,7 @@ def score_candidates(
     for m_idx, (model_name, m_qids) in enumerate(sorted(by_model.items())):
         model = None
         for c_idx in range(0, len(m_qids), chunk_queries):
-            part = parts / f"m{m_idx:02d}-{c_idx // chunk_queries:05d}.parquet"
+            part = parts / f"m{m_idx:02d}-c{chunk_queries}-{c_idx // chunk_queries:05d}.parquet"
             chunk = candidates[candidates.qid.isin(m_qids[c_idx : c_idx + chunk_queries])]
             if part.exists():
                 if progress:
@@ -176,7 +176,8 @@ def score_candidates(
             scored_now += len(chunk)
             if progress:
                 progress.advance(task, len(chunk))
-    frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob("*.parquet"))], ignore_index=True)
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob(f"*-c{chunk_queries}-*.parquet"))],
+                      ignore_index=True)
     if len(frame) != len(candidates):
         raise RuntimeError(f"teacher scored {len(frame)} pairs, expected {len(candidates)}")
     frame.to_parquet(cache.path("scores.parquet"), index=False)
