@@ -99,3 +99,49 @@ def test_subset_is_deterministic_and_sized():
     a, b = subset(ids, 10, "x"), subset(list(reversed(ids)), 10, "x")
     assert a == b and len(a) == 10 and set(a) <= set(ids)
     assert subset(ids, None) == sorted(ids)
+
+
+_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text(st.characters(blacklist_categories=["Cs", "Zs", "Cc"]), min_size=1, max_size=10),
+                       st.tuples(_text, _text), min_size=1, max_size=15))
+def test_corpus_roundtrip_keeps_every_document(tmp_path_factory, docs):
+    p = tmp_path_factory.mktemp("c") / "corpus.jsonl"
+    p.write_text("".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in docs.items()),
+                 encoding="utf-8")
+    report = LoadReport()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        corpus = load_corpus(p, report)
+    assert set(corpus) == set(docs)  # counts in == counts out: empty documents are kept (and counted)
+    assert all(corpus[k].title == t and corpus[k].text == x for k, (t, x) in docs.items())
+    empty = sum(1 for t, x in docs.values() if not f"{t} {x}".strip())
+    assert (f"{empty} documents have no title and no text" in " ".join(report.warnings)) == (empty > 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.from_regex(r"q[0-9]{1,3}", fullmatch=True), st.from_regex(r"d[0-9]{1,3}", fullmatch=True),
+                          st.integers(0, 3)), min_size=1, max_size=30))
+def test_qrels_roundtrip(tmp_path_factory, rows):
+    p = tmp_path_factory.mktemp("r") / "qrels.tsv"
+    p.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, d, g in rows))
+    expected: dict = {}
+    for q, d, g in rows:
+        expected.setdefault(q, {})[d] = g
+    assert load_qrels(p) == expected
+
+
+def test_model_folder_missing_files_is_named(tmp_path):
+    from esdistill.errors import ModelError
+    from esdistill.models import resolve
+
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ModelError, match="no config.json or modules.json"):
+        resolve(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"no weights \(\*\.safetensors or \*\.bin\)"):
+        resolve(str(tmp_path / "m"))
