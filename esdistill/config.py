@@ -165,6 +165,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(256, ge=16)
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="held-out slice of train queries for dev eval")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N steps, so a killed run resumes")
     seed: int = 42
 
 

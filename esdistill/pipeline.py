@@ -230,7 +230,8 @@ class Project:
         return pd.read_parquet(cache.path("scores.parquet"))
 
     def _train_cache(self) -> StageCache:
-        return self._cache("train", {"teacher_key": self._teacher_cache().key, "train": self.cfg.train.model_dump(),
+        return self._cache("train", {"teacher_key": self._teacher_cache().key,
+                                     "train": self.cfg.train.model_dump(exclude={"save_steps"}),
                                      "base": model_fingerprint(self.cfg.train.base_model)})
 
     def train(self) -> dict[str, Any]:

@@ -226,7 +226,7 @@ def train_student(
         warmup_ratio=0.1,
         seed=cfg.seed,
         save_strategy="steps",
-        save_steps=100,
+        save_steps=cfg.save_steps,
         save_total_limit=1,
         logging_steps=25,
         report_to="none",
@@ -235,14 +235,18 @@ def train_student(
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
-    resume = any(ckpt.glob("checkpoint-*")) if ckpt.exists() else False
+    found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
+    for partial in [p for p in found if not (p / "trainer_state.json").exists()]:
+        shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
+        found.remove(partial)
+    resume = bool(found)
     skipped = len(set(train_q) - {q for q, *_ in examples})
     if skipped:
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
     log(f"train: {len(examples)} examples from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
         f"loss {cfg.loss}" + (f" + MNRL on {len(judged)} judged pairs" if judged else "")
         + (" (resuming from checkpoint)" if resume else ""))
-    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.train(resume_from_checkpoint=str(found[-1]) if resume else None)
 
     after = evaluator(model) if evaluator else {}
     agree_after = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) else {}
@@ -258,6 +262,7 @@ def train_student(
         model=str(out), examples=len(examples), judged_pairs=len(judged), train_queries=len(train_q),
         dev_queries=len(dev_q),
         queries_without_examples=len(set(train_q) - used),
+        resumed_from=found[-1].name if found else None, steps=trainer.state.global_step,
         dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
         agreement_before=agree_before, agreement_after=agree_after,
     )

@@ -44,3 +44,37 @@ def test_killed_teacher_resumes_from_its_chunks(tmp_path, es, es_url, tiny_model
         assert not scores.duplicated(["qid", "docid"]).any()
     finally:
         es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path, es, es_url, tiny_models):
+    name = f"ktr{uuid.uuid4().hex[:6]}"
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(
+        f'workdir = "{tmp_path / "work"}"\n'
+        f'[data]\nname = "{name}"\nbeir = "{SCIFACT}"\nmax_train_queries = 30\nmax_test_queries = 5\n'
+        f'max_corpus_docs = 120\n[cluster]\nurl = "{es_url}"\n[candidates]\nk = 6\n'
+        f'[teacher]\nmodel = "{tiny_models["ce"]}"\nmax_length = 32\n'
+        f'[train]\nbase_model = "{tiny_models["bi"]}"\nnegatives = 2\nepochs = 40\nbatch_size = 4\n'
+        f'max_length = 32\ndev_fraction = 0.0\nsave_steps = 10\n')
+    try:
+        project = Project(load_config(cfg_file), client=es)
+        project.teacher()  # labels first, in-process: only training runs in the process we kill
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        proc = subprocess.Popen([sys.executable, "-m", "esdistill", "train", "-c", str(cfg_file)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ckpts = lambda: list((tmp_path / "work" / "train").glob("*/checkpoints/checkpoint-*"))  # noqa: E731
+        deadline = time.monotonic() + 240
+        while not any(int(p.name.split("-")[-1]) >= 20 for p in ckpts()) and time.monotonic() < deadline:
+            assert proc.poll() is None, "training finished before it could be killed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)
+        assert ckpts(), "no checkpoint written"
+        info = Project(load_config(cfg_file), client=es).train()
+        # from the newest COMPLETE checkpoint (one killed mid-write is discarded): at least step 10, not step 0
+        assert info["resumed_from"] is not None and int(info["resumed_from"].split("-")[-1]) >= 10
+        assert info["steps"] > int(info["resumed_from"].split("-")[-1])  # continued to the end from there
+        assert (tmp_path / "work" / "train" / project._train_cache().key / "model" / "esdistill.json").exists()
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
