@@ -206,6 +206,7 @@ class LocalCluster:
                     *self._security_settings(),
                     "cluster.routing.allocation.disk.threshold_enabled: false",
                     "action.destructive_requires_name: false",
+                    *(f"{k}: {v}" for k, v in self.s.extra_settings.items()),
                     "",
                 ]
             )

@@ -63,6 +63,7 @@ class LocalClusterSettings(BaseSettings):
     user: str = Field("esdistill", description="system user that runs Elasticsearch when started as root")
     java_home: Path | None = Field(None, description="JDK >= 21; default: ES_JAVA_HOME or a JDK found on disk")
     zip: Path | None = Field(None, description="a downloaded elasticsearch-<version>.zip to use instead of Maven")
+    extra_settings: dict[str, str] = Field(default_factory=dict, description="more elasticsearch.yml lines")
     security: bool = Field(False, description="TLS on HTTP and a file-realm user (the test build has x-pack security)")
     username: str = "esdistill"
     password: SecretStr = SecretStr("esdistill-local")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,33 +75,63 @@ def bulk_index(
     actions: Iterable[dict[str, Any]],
     chunk_size: int = 500,
     on_progress: Callable[[int], None] | None = None,
+    max_retries: int = 8,
+    on_retry: Callable[[int, int, float], None] | None = None,
+    initial_backoff: float = 1.0,
+    max_backoff: float = 60.0,
 ) -> tuple[int, list[dict]]:
-    """Index ``actions`` (each with ``_id`` and ``_source``) with retries on 429; returns (ok, errors)."""
+    """Index ``actions`` (each with ``_id`` and ``_source``); returns (ok, errors).
+
+    Documents the cluster rejects with 429 (bulk queue full) are re-sent with exponential backoff
+    (``initial_backoff`` doubling up to ``max_backoff`` seconds, ``max_retries`` rounds); ``on_retry(round, documents, wait_s)`` is told each time, so the user
+    sees the back-pressure. Other per-document failures are returned; losing the cluster raises.
+    """
     ok, errors = 0, []
-    stream = helpers.streaming_bulk(
-        client,
-        ({"_index": index, **a} for a in actions),
-        chunk_size=chunk_size,
-        max_retries=8,  # 429 (bulk queue full) items are retried with exponential backoff
-        initial_backoff=1,
-        max_backoff=60,
-        raise_on_error=False,
-        raise_on_exception=True,
-    )
-    try:
-        for success, item in stream:
-            if success:
-                ok += 1
-            else:
-                errors.append(item)
-            if on_progress:
-                on_progress(1)
-    except (es_exc.ConnectionError, es_exc.ConnectionTimeout) as e:
-        raise ClusterError(
-            f"lost Elasticsearch while bulk-indexing into {index!r} after {ok} documents were confirmed ({e})",
-            hint="bring the cluster back and rerun the same command: it resumes and sends only what is missing",
-        ) from None
+    in_flight: dict[str, dict] = {}  # sent, not yet confirmed: about one chunk, plus what is being retried
+
+    def remember(source: Iterable[dict[str, Any]]):
+        for a in source:
+            action = {"_index": index, **a}
+            in_flight[str(action["_id"])] = action
+            yield action
+
+    pending: Iterable[dict[str, Any]] = remember(actions)
+    for attempt in range(max_retries + 1):
+        rejected: list[dict] = []
+        stream = helpers.streaming_bulk(client, pending, chunk_size=chunk_size, max_retries=0,
+                                        raise_on_error=False, raise_on_exception=True)
+        try:
+            for success, item in stream:
+                op = next(iter(item.values()))
+                action = in_flight.pop(str(op.get("_id")), None)
+                if not success and op.get("status") == 429 and attempt < max_retries and action is not None:
+                    rejected.append(action)
+                    continue
+                if success:
+                    ok += 1
+                else:
+                    errors.append(item)
+                if on_progress:
+                    on_progress(1)
+        except (es_exc.ConnectionError, es_exc.ConnectionTimeout) as e:
+            raise ClusterError(
+                f"lost Elasticsearch while bulk-indexing into {index!r} after {ok} documents were confirmed ({e})",
+                hint="bring the cluster back and rerun the same command: it resumes and sends only what is missing",
+            ) from None
+        if not rejected:
+            break
+        wait = min(max_backoff, initial_backoff * 2.0**attempt)
+        (on_retry or _tell_retry)(attempt + 1, len(rejected), wait)
+        time.sleep(wait)
+        pending = remember(rejected)
     return ok, errors
+
+
+def _tell_retry(attempt: int, n: int, wait: float) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]bulk:[/] {n} documents rejected by a full write queue (429); "
+                               f"retry {attempt} in {wait:g} s")
 
 
 def verify_count(client: Elasticsearch, index: str, expected: int, errors: list[dict]) -> int:
