@@ -120,6 +120,10 @@ def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict
     md = out_dir / "report.md"
     js = out_dir / "report.json"
     body = markdown(summary, title)
+    dep = extra.get("deploy") or {}
+    if dep.get("truncated_docs_total"):
+        body += (f"\n{dep['truncated_docs_total']} of {dep['docs']} documents are longer than the student's "
+                 f"{dep['max_tokens']} tokens and were embedded truncated.\n")
     if extra.get("stage_seconds"):
         body += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
             f"| {k} | {v:.1f} |\n" for k, v in extra["stage_seconds"].items())

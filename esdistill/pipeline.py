@@ -271,6 +271,14 @@ class Project:
             meta = {"model": path, "teacher": self._teacher_cache().key, "dataset": self.cfg.data.name}
             info = deploy_student(self.client, model, docs, total, self.cfg.dense_alias, self._deploy_key(),
                                   self.cfg.deploy, meta, self.progress)
+            record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
+            record.parent.mkdir(parents=True, exist_ok=True)
+            prev = json.loads(record.read_text()) if record.exists() else {}
+            # a resumed (or finished) deploy only counts what it embedded itself: add the earlier runs' count
+            resumed = info["embedded_now"] < info["docs"]
+            info["truncated_docs_total"] = info["truncated_docs"] + (prev.get("truncated_docs_total", 0) if resumed
+                                                                     else 0)
+            record.write_text(json.dumps(info, indent=2))
             self.log(f"deploy: {info['docs']} documents in {info['index']} ({info['dims']} dims, "
                      f"{info['similarity']}, {info['index_options']}); alias {info['alias']} → {info['index']}")
             if info["truncated_docs"]:
@@ -332,7 +340,10 @@ class Project:
                 results[name] = eval_mod.run_system(builders[name](), queries, self.progress)
                 f.write_text(json.dumps(results[name]))
             summary = eval_mod.summarize(ds.test_qrels, results)
-        extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "config": json.loads(self.cfg.model_dump_json()),
+        record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
+        deploy_info = json.loads(record.read_text()) if record.exists() else None
+        extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "deploy": deploy_info,
+                 "config": json.loads(self.cfg.model_dump_json()),
                  "stage_seconds": self.stage_seconds, "environment": environment(), "evaluate_key": cache.key}
         out = self.workdir / "reports" / f"{self.cfg.data.name}-{self.cfg.profile}-{cache.key[:8]}"
         md, js = eval_mod.write_report(summary, out, f"{self.cfg.data.name} — {self.cfg.profile} profile", extra)

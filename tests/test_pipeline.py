@@ -18,6 +18,10 @@ def test_run_writes_report_with_all_systems(tiny_project):
         assert len(s["per_query"]["ndcg@10"]) == n
     assert data["queries"] == n
     assert set(data["stage_seconds"]) >= {"index", "candidates", "teacher", "train", "deploy", "evaluate"}
+    # truncation to the student's max length is counted in the report (tiny slice: max_length 48 tokens)
+    dep = data["deploy"]
+    assert dep["docs"] == len(project.dataset.corpus) and dep["truncated_docs_total"] > 0
+    assert f"{dep['truncated_docs_total']} of {dep['docs']} documents are longer" in md
 
 
 def test_pipeline_keeps_bm25_recall_and_reorders_head(tiny_project):
