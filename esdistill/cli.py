@@ -190,15 +190,35 @@ def run(config: ConfigOpt, profile: ProfileOpt = None,
 def search(query: Annotated[str, typer.Argument(help="the user's query")], config: ConfigOpt,
            profile: ProfileOpt = None,
            system: Annotated[str, typer.Option(help="bm25 | student | hybrid | pipeline")] = "student",
-           size: Annotated[int, typer.Option(help="hits to show")] = 10):
+           size: Annotated[int, typer.Option(help="hits to show")] = 10,
+           num_candidates: Annotated[int | None, typer.Option(help="kNN candidates (default: [evaluate])")] = None,
+           filter: Annotated[str | None, typer.Option(help='kNN filter, a query as JSON, e.g. \'{"term": {"lang": "en"}}\'')]
+           = None,
+           oversample: Annotated[float | None, typer.Option(help="rescore_vector oversample (int8/bbq indices)")]
+           = None,
+           show_request: Annotated[bool, typer.Option(help="print the request body your application would send")]
+           = False):
     """Answer one query with one system against the deployed indices; prints hits and timings."""
+    import json
+
     from rich.table import Table
 
     project = _project(config, profile)
     builders = project.systems()
     if system not in builders:
         raise EsdistillError(f"unknown system {system!r}", hint=f"one of {', '.join(builders)}")
-    res = builders[system]().search(query)
+    engine = builders[system]()
+    student = getattr(engine, "student", engine)
+    if hasattr(student, "oversample"):
+        try:
+            student.filter = json.loads(filter) if filter else None
+        except json.JSONDecodeError as e:
+            raise EsdistillError(f"--filter is not valid JSON: {e}") from None
+        student.oversample = oversample
+        student.num_candidates = num_candidates or student.num_candidates
+        if show_request:
+            console.print_json(json.dumps({**student.body(["<vector>"])}))  # the body, vector elided
+    res = engine.search(query)
     docs = project.docs([d for d, _ in res.hits[:size]])
     table = Table(title=f"{system}: {query!r} — {res.wall_ms:.1f} ms wall, {res.took_ms:.0f} ms in Elasticsearch")
     for col in ("#", "id", "score", "title / text"):
