@@ -28,6 +28,7 @@ if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs neither Java n
   fi
   command -v mvn >/dev/null || apt_install maven
   command -v runuser >/dev/null || apt_install util-linux
+  command -v openssl >/dev/null || apt_install openssl   # certificates of the secured test node
 fi
 
 PY=${PYTHON:-python3}
