@@ -251,6 +251,14 @@ class LocalCluster:
         # the server sends its chain (node + CA), so clients may pin the CA by fingerprint
         (certs / "node.crt").write_text((certs / "node-only.crt").read_text() + (certs / "ca.crt").read_text())
 
+    def _as_run_user(self, cmd: list[str], env: dict) -> list[str]:
+        """``cmd`` as the user that runs the node (runuser drops the environment: the ES_* variables are passed)."""
+        user = self._run_user()
+        if not user:
+            return cmd
+        keep = [f"{k}={v}" for k, v in env.items() if k in ("ES_JAVA_HOME", "ES_PATH_CONF", "ES_TMPDIR")]
+        return ["runuser", "-u", user, "--", "env", *keep, *cmd]
+
     def _add_user(self, env: dict) -> None:
         """The file-realm superuser the client logs in as (password from the settings, never printed)."""
         users = self.node / "config" / "users"
@@ -258,11 +266,7 @@ class LocalCluster:
             return
         cmd = [str(self.dist / "bin" / "elasticsearch-users"), "useradd", self.s.username, "-p",
                self.s.password.get_secret_value(), "-r", "superuser"]
-        run_user = self._run_user()
-        if run_user:
-            keep = ("ES_JAVA_HOME", "ES_PATH_CONF")
-            cmd = ["runuser", "-u", run_user, "--", "env", *(f"{k}={env[k]}" for k in keep), *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(self._as_run_user(cmd, env), capture_output=True, text=True, env=env)
         if proc.returncode:
             raise ClusterError(f"could not create the local user {self.s.username!r}: {proc.stdout[-300:]}"
                                f"{proc.stderr[-300:]}".replace(self.s.password.get_secret_value(), "***"))
@@ -329,11 +333,7 @@ class LocalCluster:
         env.pop("ES_JAVA_OPTS", None)
         if self.s.security:
             self._add_user(env)
-        cmd = [str(self.dist / "bin" / "elasticsearch"), "-d", "-p", str(self.pidfile)]
-        user = self._run_user()
-        if user:
-            keep = "ES_JAVA_HOME,ES_PATH_CONF,ES_TMPDIR"
-            cmd = ["runuser", "-u", user, "--", "env", *(f"{k}={env[k]}" for k in keep.split(",")), *cmd]
+        cmd = self._as_run_user([str(self.dist / "bin" / "elasticsearch"), "-d", "-p", str(self.pidfile)], env)
         log = self.node / "startup.log"
         with open(log, "wb") as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.node)
