@@ -128,9 +128,12 @@ def teacher_fit(config: ConfigOpt, profile: ProfileOpt = None):
 
 @app.command()
 @friendly
-def train(config: ConfigOpt, profile: ProfileOpt = None):
+def train(config: ConfigOpt, profile: ProfileOpt = None,
+          judgments: Annotated[bool, typer.Option("--judgments", help="train the control instead: a student on "
+                                                  "the judgments only, no teacher")] = False):
     """Distill the teacher into the student bi-encoder."""
-    _project(config, profile).train()
+    project = _project(config, profile)
+    project.train_judgments() if judgments else project.train()
 
 
 @app.command()
@@ -164,9 +167,20 @@ def versions(config: ConfigOpt, profile: ProfileOpt = None):
 
 @app.command()
 @friendly
-def evaluate(config: ConfigOpt, profile: ProfileOpt = None):
+def evaluate(config: ConfigOpt, profile: ProfileOpt = None,
+             systems: Annotated[str | None, typer.Option(
+                 help="comma-separated: bm25, zero_shot, pipeline, student, judgments, hybrid "
+                      "(default: [evaluate] systems)")] = None):
     """BM25, pipeline, student and hybrid on the test queries: quality and latency side by side."""
-    _project(config, profile).evaluate()
+    project = _project(config, profile)
+    if systems:
+        from pydantic import ValidationError
+
+        try:
+            project.cfg.evaluate.systems = [s.strip() for s in systems.split(",") if s.strip()]
+        except ValidationError as e:
+            raise EsdistillError(f"--systems {systems!r}: {e.errors()[0]['msg']}") from None
+    project.evaluate()
 
 
 @app.command()

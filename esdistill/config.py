@@ -106,6 +106,12 @@ class DataConfig(_Strict):
     max_corpus_docs: int | None = Field(
         None, ge=1, description="tests only: keep the first N docs plus every doc a kept query judges"
     )
+    query_log: Path | None = Field(
+        None, description="unjudged queries (one per line, or JSONL _id/text) that the teacher labels for training"
+    )
+    pseudo_queries: int = Field(
+        0, ge=0, description="draw this many pseudo-queries from corpus sentences; the teacher labels them"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -133,6 +139,10 @@ class TeacherFitConfig(_Strict):
     """``teacher fit``: a cross-encoder fine-tuned from judgments, cross-fitted in ``folds`` folds."""
 
     base_model: str = DEFAULT_BASE_MODEL
+    loss: Literal["bce", "listwise"] = Field(
+        "bce", description="bce: pointwise on positives and BM25 negatives; listwise: softmax of the positive "
+        "against its BM25 negatives and in-batch negatives")
+    in_batch_negatives: int = Field(4, ge=0, description="listwise only: other queries' positives per example")
     folds: int = Field(5, ge=2, description="k: fit on k-1 folds, label the held-out fold")
     negatives: int = Field(15, ge=1, description="BM25-mined negatives per judged positive")
     negative_depth: int = Field(30, ge=1, description="negatives are drawn from BM25 ranks 1..depth")
@@ -149,12 +159,23 @@ class TeacherConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     depth: int | None = Field(None, ge=1, description="score only the top-N candidates (default: all k)")
     chunk_queries: int = Field(32, ge=1, description="queries per resumable chunk of scores")
+    bm25_weight: float | Literal["auto"] = Field(
+        0.0, description="blend BM25 into the teacher (per-query z-scores): 0 = teacher only, 1 = BM25 only, "
+        "'auto' = the weight best on the held-out judged training queries. Labels and the pipeline both use it")
     fit: TeacherFitConfig = Field(default_factory=TeacherFitConfig)
+
+    @model_validator(mode="after")
+    def _weight_range(self) -> TeacherConfig:
+        if self.bm25_weight != "auto" and not 0.0 <= float(self.bm25_weight) <= 1.0:
+            raise ValueError(f"bm25_weight must be between 0 and 1, or 'auto' (got {self.bm25_weight})")
+        return self
 
 
 class TrainConfig(_Strict):
     base_model: str = DEFAULT_BASE_MODEL
-    loss: Literal["margin_mse", "kl"] = "margin_mse"
+    loss: Literal["margin_mse", "kl", "judgments"] = Field(
+        "margin_mse", description="margin_mse / kl distill the teacher; judgments trains on the judged pairs only "
+        "(MNRL, one BM25 hard negative each) with no teacher: the control a distilled student must beat")
     negatives: int = Field(8, ge=1, description="teacher-ranked negatives per query")
     negative_depth: int | None = Field(None, ge=2, description="negatives come from teacher ranks 2..depth")
     use_judged_positives: bool = Field(True, description="a judged relevant doc is the positive where known")
@@ -187,8 +208,9 @@ class EvaluateConfig(_Strict):
     num_candidates: int = Field(200, ge=10, description="kNN candidates per shard")
     rrf_k: int = Field(60, ge=1, description="hybrid: reciprocal rank fusion constant")
     oversample: float | None = Field(None, ge=1.0, description="kNN rescore_vector oversampling (quantized indices)")
-    systems: list[Literal["bm25", "pipeline", "student", "hybrid"]] = Field(
-        default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"]
+    systems: list[Literal["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]] = Field(
+        default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"],
+        description="zero_shot: the untrained base bi-encoder; judgments: a student trained on judgments only",
     )
 
 

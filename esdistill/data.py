@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -224,6 +225,7 @@ class Dataset:
     test_qrels: Qrels
     fingerprint: str
     report: LoadReport
+    query_log: dict[str, str] = field(default_factory=dict)  # unjudged training queries (data.query_log)
 
 
 def subset(ids: Iterable[str], n: int | None, salt: str = "") -> list[str]:
@@ -291,7 +293,59 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
         keep = set(list(corpus)[: cfg.max_corpus_docs])
         keep |= {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
         corpus = {i: d for i, d in corpus.items() if i in keep}
+    log_q: dict[str, str] = {}
+    if cfg.query_log is not None:
+        # ids are namespaced (plain-text logs number their lines, which would collide with dataset ids)
+        logged = {f"log-{q}": t for q, t in load_queries(Path(cfg.query_log)).items()}
+        test_texts = {normalize_query(t) for t in test_q.values()}
+        train_texts = {normalize_query(t) for t in train_q.values()}
+        clash = {q for q, t in logged.items() if normalize_query(t) in test_texts}
+        if clash:
+            report.warn(f"{cfg.query_log}: {len(clash)} of {len(logged)} logged queries are test queries (same "
+                        "text) and were left out of training")
+        dup = {q for q, t in logged.items() if q not in clash and normalize_query(t) in train_texts}
+        if dup:
+            report.warn(f"{cfg.query_log}: {len(dup)} logged queries repeat a judged training query and were "
+                        "merged into it")
+        log_q = {q: t for q, t in logged.items() if q not in clash and q not in dup}
+        digest = fingerprint_text(digest, file_digest(cfg.query_log))
     params = [cfg.max_train_queries, cfg.max_test_queries, cfg.max_corpus_docs, cfg.text_fields, cfg.index]
     from .config import fingerprint
 
-    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, fingerprint([digest, params]), report)
+    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, fingerprint([digest, params]), report,
+                   log_q)
+
+
+def normalize_query(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def fingerprint_text(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+
+
+def pseudo_queries(docs: Iterable[Doc], n: int, avoid: Iterable[str] = (), min_words: int = 6,
+                   max_words: int = 40, salt: str = "pq") -> dict[str, str]:
+    """``n`` pseudo-queries drawn from the corpus: one sentence of each of ``n`` documents (chosen by a stable
+    hash, so the same corpus always gives the same queries), ``min_words``..``max_words`` long. Query ids are
+    ``pq-<docid>``. Texts equal to a query in ``avoid`` (e.g. the test queries) are skipped. No generator model
+    is needed; the teacher decides what each pseudo-query is relevant to, exactly as for logged queries."""
+    if n <= 0:
+        return {}
+    avoid_n = {normalize_query(t) for t in avoid}
+    ranked = sorted(docs, key=lambda d: hashlib.sha1(f"{salt}:{d.id}".encode()).hexdigest())
+    out: dict[str, str] = {}
+    for doc in ranked:
+        sentences = [x.strip() for x in _SENTENCE.split(doc.text or "") if min_words <= len(x.split()) <= max_words]
+        if not sentences:
+            continue
+        pick = sentences[int(hashlib.sha1(f"{salt}:{doc.id}:s".encode()).hexdigest(), 16) % len(sentences)]
+        if normalize_query(pick) in avoid_n:
+            continue
+        out[f"pq-{doc.id}"] = pick
+        if len(out) >= n:
+            break
+    return out

@@ -32,12 +32,20 @@ from . import search as search_mod
 from .cache import StageCache
 from .cluster import connect
 from .config import RunConfig, fingerprint
-from .data import Dataset, Doc, load_dataset
+from .data import Dataset, Doc, load_dataset, pseudo_queries
 from .deploy import check_dims, deploy_student
 from .errors import InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_meta, iter_index_docs
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
-from .teacher import assign_scorers, fit_teacher, label_quality, score_candidates
+from .teacher import (
+    assign_scorers,
+    choose_bm25_weight,
+    fit_teacher,
+    fuse_frame,
+    label_quality,
+    label_scale,
+    score_candidates,
+)
 from .train import train_student
 
 
@@ -75,6 +83,22 @@ class Project:
         if not ds.train_queries:
             raise InputError("no training queries", hint="check data.train_split / data.train_queries")
         return ds
+
+    @cached_property
+    def train_queries(self) -> dict[str, str]:
+        """Every query the teacher labels: the judged training queries, the query log, and pseudo-queries drawn
+        from the corpus (``data.pseudo_queries``). Only the judged ones fit the teacher."""
+        ds, n = self.dataset, self.cfg.data.pseudo_queries
+        out = {**ds.query_log, **ds.train_queries}
+        if n:
+            docs = (ds.corpus.values() if ds.corpus is not None
+                    else iter_index_docs(self.client, self.cfg.data.index, self.text_fields))
+            pq = pseudo_queries(docs, n, avoid=ds.test_queries.values())
+            if len(pq) < n:
+                self.log(f"pseudo-queries: only {len(pq)} of {n} could be drawn (documents without a sentence of "
+                         "6-40 words)")
+            out.update({q: t for q, t in pq.items() if q not in out})
+        return out
 
     @property
     def text_fields(self) -> list[str]:
@@ -130,7 +154,7 @@ class Project:
     def _candidates_cache(self) -> StageCache:
         return self._cache("candidates", {
             "index": self.cfg.bm25_index, "index_key": self.index_key, "fields": self.text_fields,
-            "queries": fingerprint(self.dataset.train_queries), "k": self.cfg.candidates.k})
+            "queries": fingerprint(self.train_queries), "k": self.cfg.candidates.k})
 
     def candidates(self) -> dict[str, Any]:
         """BM25 top-k of every training query (building the BM25 index first if it is not there yet)."""
@@ -140,7 +164,7 @@ class Project:
             if not meta or meta.get("key") != self.index_key:
                 self.index()
         with self.stage("candidates"):
-            info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.dataset.train_queries,
+            info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.train_queries,
                                            self.text_fields, self.cfg.candidates.k, self.cfg.candidates.batch_size,
                                            cache, self.progress)
             self.log(f"candidates: {info['pairs']} pairs for {info['queries']} queries"
@@ -163,7 +187,7 @@ class Project:
         """Cross-fit cross-encoder teachers from the train judgments."""
         frame = self.candidates_frame()
         with self.stage("teacher fit"):
-            info = fit_teacher(self.cfg.teacher.fit, self.dataset.train_queries, self.dataset.train_qrels, frame,
+            info = fit_teacher(self.cfg.teacher.fit, self.train_queries, self.dataset.train_qrels, frame,
                                self.docs, self._fit_cache(), self.log)
             self.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
                      "judged queries" + (" (cached)" if info.get("cached") else ""))
@@ -204,7 +228,7 @@ class Project:
         pairs = self.teacher_pairs()
         with self.stage("teacher"):
             scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
-            info = score_candidates(pairs, self.dataset.train_queries, self.docs, scorers, self._teacher_cache(),
+            info = score_candidates(pairs, self.train_queries, self.docs, scorers, self._teacher_cache(),
                                     self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
                                     self.cfg.teacher.chunk_queries, progress=self.progress)
             self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info.get("cached") else
@@ -216,29 +240,67 @@ class Project:
                 held = " (each query held out from the model that labelled it)" if fit_info else ""
                 self.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
                          f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
-                if quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"]:
+                weight = self.bm25_weight()
+                if self.cfg.teacher.bm25_weight == "auto":
+                    tried = self._auto_weight()["ndcg@10"]
+                    self.log(f"teacher: BM25 weight {weight:g} chosen on the held-out labels (NDCG@10 "
+                             + ", ".join(f"{w:g}: {v:.3f}" for w, v in tried.items()) + ")")
+                    info["bm25_weight_tried"] = {str(w): v for w, v in tried.items()}
+                info["bm25_weight"] = weight
+                if weight > 0:
+                    fused = label_quality(self.scores_frame(), self.dataset.train_qrels)
+                    info["label_quality_fused"] = fused
+                    self.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f}")
+                if quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"] and weight < 1:
                     self.console.print(
                         "[bold yellow]warning:[/] the teacher ranks the candidates worse than BM25 does; a student "
                         "distilled from it learns its mistakes. Fit it longer (profile full, a GPU), give it more "
                         "judged queries, or set \\[teacher] model to a ready cross-encoder.")
             return info
 
-    def scores_frame(self) -> pd.DataFrame:
+    def raw_scores_frame(self) -> pd.DataFrame:
+        """The teacher's raw logits for every labelled pair (``scores.parquet``)."""
         cache = self._teacher_cache()
         if not cache.done:
             self.teacher()
         return pd.read_parquet(cache.path("scores.parquet"))
 
+    @functools.cache
+    def _auto_weight(self) -> dict[str, Any]:
+        return choose_bm25_weight(self.raw_scores_frame(), self.dataset.train_qrels)
+
+    def bm25_weight(self) -> float:
+        """The BM25 weight of the teacher fusion; ``auto`` is resolved on the held-out judged labels (0 when
+        no training query is judged)."""
+        w = self.cfg.teacher.bm25_weight
+        if w == "auto":
+            return float(self._auto_weight()["weight"] or 0.0)
+        return float(w)
+
+    @functools.cache
+    def _label_scale(self) -> float:
+        return label_scale(self.raw_scores_frame())
+
+    def scores_frame(self) -> pd.DataFrame:
+        """The training signal: the teacher's scores, fused with BM25 when ``teacher.bm25_weight`` > 0 (the raw
+        logit stays in ``teacher_raw``)."""
+        raw = self.raw_scores_frame()
+        w = self.bm25_weight()
+        return fuse_frame(raw, w, self._label_scale() if w else None)
+
     def _train_cache(self) -> StageCache:
-        return self._cache("train", {"teacher_key": self._teacher_cache().key,
-                                     "train": self.cfg.train.model_dump(exclude={"save_steps"}),
-                                     "base": model_fingerprint(self.cfg.train.base_model)})
+        inputs = {"teacher_key": self._teacher_cache().key,
+                  "train": self.cfg.train.model_dump(exclude={"save_steps"}),
+                  "base": model_fingerprint(self.cfg.train.base_model)}
+        if self.cfg.teacher.bm25_weight != 0:
+            inputs["bm25_weight"] = self.cfg.teacher.bm25_weight
+        return self._cache("train", inputs)
 
     def train(self) -> dict[str, Any]:
         """Distill the teacher's scores into the student bi-encoder."""
         scores = self.scores_frame()
         with self.stage("train"):
-            info = train_student(self.cfg.train, scores, self.dataset.train_queries, self.dataset.train_qrels,
+            info = train_student(self.cfg.train, scores, self.train_queries, self.dataset.train_qrels,
                                  self.docs, self._train_cache(), self.log)
             if info.get("dev_before"):
                 b = info["dev_before"].get("dev_cosine_ndcg@10")
@@ -253,25 +315,69 @@ class Project:
         cache = self._train_cache()
         return (cache.info() if cache.done else self.train())["model"]
 
-    def _deploy_key(self) -> str:
-        return fingerprint({"student": self._train_cache().key, "data": self.index_key,
+    def _control_config(self):
+        return self.cfg.train.model_copy(update={"loss": "judgments"})
+
+    def _control_cache(self) -> StageCache:
+        return self._cache("train-judgments", {
+            "candidates": self._candidates_cache().key, "qrels": fingerprint(self.dataset.train_qrels),
+            "train": self._control_config().model_dump(exclude={"save_steps"}),
+            "base": model_fingerprint(self.cfg.train.base_model)})
+
+    def train_judgments(self) -> dict[str, Any]:
+        """The control: a student trained on the judgments alone (BM25 hard negatives, no teacher), with the
+        same base model and settings as the student. A distilled student that does not beat it has not earned
+        its teacher."""
+        frame = self.candidates_frame()
+        scores = frame.assign(teacher=frame.bm25.astype("float32"), source="bm25")
+        with self.stage("train (judgments only)"):
+            info = train_student(self._control_config(), scores, self.train_queries, self.dataset.train_qrels,
+                                 self.docs, self._control_cache(), self.log)
+            b = info.get("dev_before", {}).get("dev_cosine_ndcg@10")
+            a = info.get("dev_after", {}).get("dev_cosine_ndcg@10")
+            if a is not None and b is not None:
+                self.log(f"train (judgments only): dev NDCG@10 {b:.3f} → {a:.3f}")
+            return info
+
+    def judgments_path(self) -> str:
+        cache = self._control_cache()
+        return (cache.info() if cache.done else self.train_judgments())["model"]
+
+    def dense_models(self) -> dict[str, tuple[Callable[[], str], Callable[[], str], str]]:
+        """Every bi-encoder that can be served: name -> (model path, its cache key, alias)."""
+        base = self.cfg.train.base_model
+        return {
+            "student": (self.student_path, lambda: self._train_cache().key, self.cfg.dense_alias),
+            "zero_shot": (lambda: base, lambda: fingerprint({"base": model_fingerprint(base)}),
+                          f"{self.cfg.dense_alias}-zero-shot"),
+            "judgments": (self.judgments_path, lambda: self._control_cache().key,
+                          f"{self.cfg.dense_alias}-judgments"),
+        }
+
+    def _deploy_key(self, which: str = "student") -> str:
+        model_key = self.dense_models()[which][1]()
+        return fingerprint({"student" if which == "student" else which: model_key, "data": self.index_key,
                             "deploy": self.cfg.deploy.model_dump(exclude={"keep_versions", "batch_size",
                                                                           "encode_batch_size"})})
 
-    def deploy(self) -> dict[str, Any]:
-        """Embed the corpus with the student into a new dense index and point the alias at it."""
-        path = self.student_path()
-        with self.stage("deploy"):
+    def deploy(self, which: str = "student") -> dict[str, Any]:
+        """Embed the corpus with the student (or ``which`` other bi-encoder of :meth:`dense_models`) into a new
+        dense index and point its alias at it."""
+        path_of, _, alias = self.dense_models()[which]
+        path = path_of()
+        with self.stage("deploy" if which == "student" else f"deploy ({which})"):
             model = load_bi_encoder(path, max_length=self.cfg.deploy.max_length or self.cfg.train.max_length)
             if self.dataset.corpus is not None:
                 docs, total = self.dataset.corpus.values(), len(self.dataset.corpus)
             else:
                 docs = iter_index_docs(self.client, self.cfg.data.index, self.text_fields)
                 total = self.client.count(index=self.cfg.data.index).body["count"]
-            meta = {"model": path, "teacher": self._teacher_cache().key, "dataset": self.cfg.data.name}
-            info = deploy_student(self.client, model, docs, total, self.cfg.dense_alias, self._deploy_key(),
-                                  self.cfg.deploy, meta, self.progress)
-            record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
+            meta = {"model": path, "dataset": self.cfg.data.name, "system": which}
+            if which == "student":
+                meta["teacher"] = self._teacher_cache().key
+            key = self._deploy_key(which)
+            info = deploy_student(self.client, model, docs, total, alias, key, self.cfg.deploy, meta, self.progress)
+            record = self.workdir / "deploy" / f"{key}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             prev = json.loads(record.read_text()) if record.exists() else {}
             # a resumed (or finished) deploy only counts what it embedded itself: add the earlier runs' count
@@ -286,13 +392,25 @@ class Project:
                          f"than {info['max_tokens']} tokens and were truncated (deploy.max_length raises the limit)")
             return info
 
+    def _alias_target(self, alias: str) -> str | None:
+        """The index an alias points at now (None when the alias does not exist)."""
+        if not self.client.indices.exists_alias(name=alias):
+            return None
+        return next(iter(self.client.indices.get_alias(name=alias).body), None)
+
     def _eval_cache(self) -> StageCache:
         ev = self.cfg.evaluate.model_dump()
-        ev.pop("systems")
-        return self._cache("evaluate", {"deploy": self._deploy_key(), "index": self.index_key,
-                                        "teacher": self._teacher_cache().key, "queries": fingerprint(self.dataset.test_queries),
-                                        "qrels": fingerprint(self.dataset.test_qrels), "evaluate": ev,
-                                        "teacher_max_length": self.cfg.teacher.max_length})
+        systems = ev.pop("systems")
+        inputs = {"deploy": self._deploy_key(), "index": self.index_key,
+                  "teacher": self._teacher_cache().key, "queries": fingerprint(self.dataset.test_queries),
+                  "qrels": fingerprint(self.dataset.test_qrels), "evaluate": ev,
+                  "teacher_max_length": self.cfg.teacher.max_length}
+        if self.cfg.teacher.bm25_weight != 0:
+            inputs["bm25_weight"] = self.cfg.teacher.bm25_weight
+        for extra in ("zero_shot", "judgments"):
+            if extra in systems:
+                inputs[f"deploy_{extra}"] = self._deploy_key(extra)
+        return self._cache("evaluate", inputs)
 
     def systems(self) -> dict[str, Callable[[], Any]]:
         """Builders of each system to evaluate (models load only when a system runs)."""
@@ -300,17 +418,29 @@ class Project:
         dense = self.cfg.dense_alias
 
         @functools.cache
-        def student_model():  # one load shared by the student and hybrid systems
-            m = load_bi_encoder(self.student_path(), max_length=self.cfg.train.max_length)
-            check_dims(c, dense, embedding_info(m)[0])
+        def dense_model(which: str):  # one load shared by the student and hybrid systems
+            path_of, _, alias = self.dense_models()[which]
+            m = load_bi_encoder(path_of(), max_length=self.cfg.train.max_length)
+            check_dims(c, alias, embedding_info(m)[0])
             return m
+
+        def student_model():
+            return dense_model("student")
+
+        def other(which: str):
+            alias = self.dense_models()[which][2]
+            s = search_mod.Student(c, alias, dense_model(which), ev.k, ev.num_candidates, oversample=ev.oversample)
+            s.name = which
+            return s
 
         return {
             "bm25": lambda: search_mod.BM25(c, self.cfg.bm25_index, self.text_fields, ev.k),
             "pipeline": lambda: search_mod.Pipeline(
                 c, self.cfg.bm25_index, self.text_fields,
                 load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
-                ev.rerank_depth, ev.k, self.cfg.teacher.batch_size),
+                ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.bm25_weight()),
+            "zero_shot": lambda: other("zero_shot"),
+            "judgments": lambda: other("judgments"),
             "student": lambda: search_mod.Student(c, dense, student_model(), ev.k, ev.num_candidates,
                                                   oversample=ev.oversample),
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields, dense, student_model(),
@@ -324,10 +454,13 @@ class Project:
             raise InputError("evaluate needs test queries with judgments",
                              hint="BEIR: qrels/<test_split>.tsv; own data: data.test_queries and data.test_qrels")
         queries = {q: ds.test_queries[q] for q in ds.test_qrels}
-        if "student" in self.cfg.evaluate.systems or "hybrid" in self.cfg.evaluate.systems:
-            self.student_path()
-            if not self.client.indices.exists_alias(name=self.cfg.dense_alias):
-                self.deploy()
+        wanted = set(self.cfg.evaluate.systems)
+        for which, (path_of, _, alias) in self.dense_models().items():
+            if which in wanted or (which == "student" and "hybrid" in wanted):
+                path_of()
+                current = self._alias_target(alias)
+                if current is None or not current.startswith(f"{alias}-{self._deploy_key(which)[:10]}"):
+                    self.deploy(which)
         cache = self._eval_cache()
         builders = self.systems()
         results = {}

@@ -91,9 +91,10 @@ class Pipeline:
     name = "pipeline"
 
     def __init__(self, client, index: str, fields: list[str], reranker, depth: int = 100, k: int = 100,
-                 batch_size: int = 64):
+                 batch_size: int = 64, bm25_weight: float = 0.0):
         self.client, self.index, self.fields = client, index, fields
         self.reranker, self.depth, self.k, self.batch_size = reranker, depth, k, batch_size
+        self.bm25_weight = bm25_weight  # the teacher's fusion with BM25 (esdistill.teacher.fuse), as in training
 
     def search(self, text: str) -> Result:
         import torch
@@ -109,6 +110,10 @@ class Pipeline:
         scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
                                         activation_fn=torch.nn.Identity(), show_progress_bar=False)
                   if docs else [])
+        if docs and self.bm25_weight:
+            from .teacher import fuse
+
+            scores = fuse(scores, [h["_score"] for h in head], self.bm25_weight)
         rerank_ms = (time.perf_counter() - t1) * 1e3
         top = sorted(zip((d.id for d in docs), (float(s) for s in scores), strict=True), key=lambda x: -x[1])
         floor = min((s for _, s in top), default=0.0)

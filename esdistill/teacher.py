@@ -10,6 +10,13 @@ Two parts:
 * :func:`score_candidates` scores every (query, candidate) pair with the assigned model and stores raw logits in
   ``scores.parquet``. It works in chunks of queries written as they finish, so an interrupted run resumes, and
   a finished one is a cache hit that scores nothing.
+* :func:`fuse` / :func:`fuse_frame` blend the teacher with BM25 (per-query z-scores, weight ``w`` on BM25), the
+  same way for the labels and for the pipeline at evaluation; :func:`choose_bm25_weight` picks ``w`` from the
+  held-out labels of the judged training queries.
+
+Fit losses: ``bce`` (pointwise binary cross-entropy on judged positives and BM25 negatives) or ``listwise``
+(softmax cross-entropy of the positive against its BM25 hard negatives and in-batch negatives). A listwise loss
+is blind to a constant shift of all scores, so the model cannot settle on the label prior, as BCE does early on.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .cache import StageCache
@@ -68,14 +76,39 @@ def fit_pairs(
     return frame
 
 
+def listwise_rows(frame: pd.DataFrame, negatives: int) -> pd.DataFrame:
+    """One row per judged positive: (query, positive, negative_0..n-1) from :func:`fit_pairs`' rows, where each
+    positive is followed by its sampled negatives. Short lists are padded by repeating their negatives."""
+    rows, cur = [], None
+    for r in frame.itertuples(index=False):
+        if r.label > 0:
+            cur = {"query": r.query, "positive": r.document, "negs": []}
+            rows.append(cur)
+        elif cur is not None:
+            cur["negs"].append(r.document)
+    out = []
+    for r in rows:
+        if not r["negs"]:
+            continue
+        negs = [r["negs"][i % len(r["negs"])] for i in range(negatives)]
+        out.append({"query": r["query"], "positive": r["positive"], **{f"negative_{i}": n for i, n in enumerate(negs)}})
+    return pd.DataFrame(out)
+
+
 def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) -> None:
     from datasets import Dataset as HFDataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MultipleNegativesRankingLoss
 
     model = load_cross_encoder(cfg.base_model, max_length=cfg.max_length, num_labels=1)
-    data = HFDataset.from_pandas(frame[["query", "document", "label"]].sample(frac=1.0, random_state=cfg.seed),
-                                 preserve_index=False)
+    if cfg.loss == "listwise":
+        rows = listwise_rows(frame, cfg.negatives).sample(frac=1.0, random_state=cfg.seed)
+        data = HFDataset.from_pandas(rows, preserve_index=False)
+        loss = MultipleNegativesRankingLoss(model, num_negatives=cfg.in_batch_negatives)
+    else:
+        data = HFDataset.from_pandas(frame[["query", "document", "label"]].sample(frac=1.0, random_state=cfg.seed),
+                                     preserve_index=False)
+        loss = BinaryCrossEntropyLoss(model)
     args = CrossEncoderTrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -88,7 +121,7 @@ def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) 
         report_to="none",
         dataloader_drop_last=False,
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=BinaryCrossEntropyLoss(model))
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
     trainer.train()
     model.save_pretrained(str(out))
 
@@ -201,3 +234,64 @@ def label_quality(scores: pd.DataFrame, qrels: Qrels) -> dict[str, Any] | None:
     t, b = metrics(judged, teacher)["ndcg@10"], metrics(judged, bm25)["ndcg@10"]
     spread = float(sub.groupby("qid").teacher.std().mean())
     return {"queries": len(judged), "teacher_ndcg@10": t, "bm25_ndcg@10": b, "mean_within_query_std": spread}
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+def fuse(teacher: np.ndarray, bm25: np.ndarray, weight: float, scale: float = 1.0) -> np.ndarray:
+    """One query's fused scores: ``scale * ((1-w) z(teacher) + w z(bm25))``, z-scores over the query's list.
+
+    Documents BM25 did not return (``nan``) get the query's lowest BM25 score. ``w = 0`` returns the teacher's
+    scores unchanged, so a pure teacher keeps its own logit scale."""
+    teacher = np.asarray(teacher, dtype=float)
+    if weight == 0:
+        return teacher
+    bm25 = np.asarray(bm25, dtype=float)
+    if np.isnan(bm25).all():
+        bm25 = np.zeros_like(bm25)
+    bm25 = np.where(np.isnan(bm25), np.nanmin(bm25), bm25)
+    return scale * ((1 - weight) * _z(teacher) + weight * _z(bm25))
+
+
+def label_scale(scores: pd.DataFrame) -> float:
+    """The scale fused labels are put on: the teacher's mean within-query standard deviation of logits (so
+    margins stay on its logit scale), never below 1."""
+    return max(float(scores.groupby("qid").teacher.std().mean()), 1.0)
+
+
+def fuse_frame(scores: pd.DataFrame, weight: float, scale: float | None = None) -> pd.DataFrame:
+    """``scores`` with ``teacher`` replaced by the fused label and the raw logit kept in ``teacher_raw``."""
+    if weight == 0:
+        return scores.assign(teacher_raw=scores.teacher)
+    scale = label_scale(scores) if scale is None else scale
+    out = scores.assign(teacher_raw=scores.teacher)
+    fused = out.groupby("qid", group_keys=False)[["teacher", "bm25"]].apply(
+        lambda g: pd.Series(fuse(g.teacher.to_numpy(), g.bm25.to_numpy(), weight, scale), index=g.index))
+    out["teacher"] = fused.astype("float32")
+    return out
+
+
+def choose_bm25_weight(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float, ...] = tuple(i / 10 for i in range(11))
+                       ) -> dict[str, Any]:
+    """The BM25 weight that gives the best NDCG@10 on the judged training queries.
+
+    With cross-fitting every judged query was labelled by a model that never saw it, so the choice is made on
+    held-out labels. Returns the weight and the NDCG@10 of every weight tried (``None`` weight if no query is
+    judged)."""
+    from .evaluate import metrics
+
+    cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
+    judged = {q: d for q, d in qrels.items() if q in set(cands.qid)}
+    if not judged:
+        return {"weight": None, "ndcg@10": {}}
+    sub = cands[cands.qid.isin(judged)]
+    tried = {}
+    for w in grid:
+        run = {q: dict(zip(g.docid, fuse(g.teacher.to_numpy(), g.bm25.to_numpy(), w), strict=True))
+               for q, g in sub.groupby("qid")}
+        tried[w] = metrics(judged, run)["ndcg@10"]
+    best = max(tried, key=tried.get)  # ties: the smallest BM25 weight
+    return {"weight": best, "ndcg@10": tried, "queries": len(judged)}

@@ -7,6 +7,12 @@ drawn from the teacher's ranks 2..``negative_depth``. Losses (sentence-transform
 * ``margin_mse`` (default) — :class:`MarginMSELoss`: the student's score margins pos-neg_i regress onto the
   teacher's logit margins.
 * ``kl`` — :class:`DistillKLDivLoss`: listwise KL between softmax(teacher) and softmax(student) over the list.
+* ``judgments`` — no teacher: :class:`MultipleNegativesRankingLoss` on the judged (query, positive, one BM25 hard
+  negative) triplets alone. ``scores`` then holds BM25's scores in its ``teacher`` column. This is the control
+  that shows what distillation adds.
+
+With ``judged_loss`` (default) the distilling losses are trained next to MNRL on the judged triplets, so the
+student learns from judged positives where they exist and from the teacher's soft labels everywhere.
 
 The student scores with ``score_scale * cosine`` so its margins live on the teacher's logit scale. A held-out
 dev slice of the training queries (never trained on) is evaluated before and after training.
@@ -186,14 +192,17 @@ def train_student(
         from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss, MultipleNegativesRankingLoss
     (Normalize,) = st_modules("Normalize")
 
+    judgments_only = cfg.loss == "judgments"
     qids = sorted(scores.qid.unique())
+    if judgments_only:
+        qids = [q for q in qids if any(g > 0 for g in qrels.get(q, {}).values())]
     train_q, dev_q = split_dev(qids, cfg.dev_fraction)
     examples = build_examples(scores, train_q, qrels, cfg)
     if not examples:
         raise ValueError("no training examples: every query needs at least two scored candidates")
     needed = {d for _, p, negs, _ in examples for d in [p, *negs]} | set(scores[scores.qid.isin(dev_q)].docid)
     needed |= {d for q in dev_q for d in qrels.get(q, {})}
-    judged = judged_triplets(examples, qrels, cfg.seed) if cfg.judged_loss else []
+    judged = judged_triplets(examples, qrels, cfg.seed) if (cfg.judged_loss or judgments_only) else []
     texts = docs(sorted(needed))
     data = to_hf_dataset(examples, queries, texts, cfg.loss)
 
@@ -208,14 +217,21 @@ def train_student(
     if judged:
         from datasets import Dataset as HFDataset
 
-        train_data = {"distill": data, "judged": HFDataset.from_dict({
+        judged_data = HFDataset.from_dict({
             "anchor": [queries[q] for q, _, _ in judged], "positive": [texts[p].full_text for _, p, _ in judged],
-            "negative": [texts[n].full_text for _, _, n in judged]})}
-        train_loss = {"distill": loss, "judged": MultipleNegativesRankingLoss(model, scale=cfg.score_scale)}
+            "negative": [texts[n].full_text for _, _, n in judged]})
+        mnrl = MultipleNegativesRankingLoss(model, scale=cfg.score_scale)
+        if judgments_only:
+            train_data, train_loss = judged_data, mnrl
+        else:
+            train_data = {"distill": data, "judged": judged_data}
+            train_loss = {"distill": loss, "judged": mnrl}
+    elif judgments_only:
+        raise ValueError("loss 'judgments' needs judged training queries (qrels) with a BM25 candidate each")
     evaluator = dev_evaluator(dev_q, queries, qrels, scores, texts)
     before = evaluator(model) if evaluator else {}
     dev_scores = scores[scores.qid.isin(dev_q)]
-    agree_before = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) else {}
+    agree_before = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) and not judgments_only else {}
 
     ckpt = cache.path("checkpoints")
     args = SentenceTransformerTrainingArguments(
@@ -244,12 +260,13 @@ def train_student(
     if skipped:
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
     log(f"train: {len(examples)} examples from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
-        f"loss {cfg.loss}" + (f" + MNRL on {len(judged)} judged pairs" if judged else "")
+        + (f"MNRL on {len(judged)} judged pairs only (no teacher)" if judgments_only else
+           f"loss {cfg.loss}" + (f" + MNRL on {len(judged)} judged pairs" if judged else ""))
         + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=str(found[-1]) if resume else None)
 
     after = evaluator(model) if evaluator else {}
-    agree_after = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) else {}
+    agree_after = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) and not judgments_only else {}
     out = cache.path("model")
     model.save(str(out))
     dims, _ = embedding_info(model)

@@ -145,3 +145,39 @@ def test_model_folder_missing_files_is_named(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"no weights \(\*\.safetensors or \*\.bin\)"):
         resolve(str(tmp_path / "m"))
+
+
+def test_pseudo_queries_are_stable_sentences_and_avoid_test_queries():
+    from esdistill.data import Doc, pseudo_queries
+
+    docs = [Doc(str(i), f"t{i}", f"Short. This sentence of document {i} is long enough to ask about. Tiny one.")
+            for i in range(20)]
+    a = pseudo_queries(docs, 5)
+    assert a == pseudo_queries(list(reversed(docs)), 5)  # order of the corpus does not matter
+    assert len(a) == 5 and all(q.startswith("pq-") for q in a)
+    for qid, text in a.items():
+        assert text == f"This sentence of document {qid[3:]} is long enough to ask about."
+    avoided = pseudo_queries(docs, 5, avoid=[a[next(iter(a))].upper()])
+    assert next(iter(a)) not in avoided and len(avoided) == 5
+    assert pseudo_queries([Doc("x", "", "Too short.")], 3) == {}
+
+
+def test_query_log_drops_test_queries_with_a_warning(tmp_path):
+    import warnings
+
+    from esdistill.config import DataConfig
+    from esdistill.data import load_dataset
+
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "alpha"}\n')
+    (root / "queries.jsonl").write_text('{"_id": "1", "text": "train q"}\n{"_id": "2", "text": "Test  Q"}\n')
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t1\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n2\td1\t1\n")
+    log = tmp_path / "log.txt"
+    log.write_text("test q\nsomething new\nanother one\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset(DataConfig(name="x", beir=root, query_log=log), tmp_path / "cache")
+    assert ds.query_log == {"log-2": "something new", "log-3": "another one"}
+    assert any("1 of 3 logged queries are test queries" in str(w.message) for w in caught)

@@ -51,3 +51,49 @@ def test_evaluate_writes_results_for_kibana(tiny_project, es):
     n_q = len(project.dataset.test_qrels)
     got = es.count(index=RESULTS_INDEX, query={"term": {"evaluate_key": key}}).body["count"]
     assert got == 4 * n_q + 4  # one doc per (system, query) and one per system
+
+
+def test_bench_systems_fusion_and_unjudged_queries(tmp_path, es, es_url, tiny_models):
+    """Every bench system on one tiny run: zero-shot base, judgments-only control, a teacher fused with BM25
+    (weight 1: the pipeline must rank exactly as BM25), a listwise teacher fit, a query log and pseudo-queries
+    that the full teacher model labels."""
+    import uuid
+
+    from esdistill.pipeline import Project
+    from esdistill.teacher import FULL
+
+    from .conftest import tiny_config
+
+    log = tmp_path / "log.txt"
+    log.write_text("vitamin d deficiency and bone\nsmoking raises the risk of cancer\n")
+    name = f"t{uuid.uuid4().hex[:8]}"
+    cfg = tiny_config(tmp_path, es_url, tiny_models, name,
+                      data={"query_log": str(log), "pseudo_queries": 5},
+                      teacher={"bm25_weight": 1.0, "fit": {"loss": "listwise", "in_batch_negatives": 2}},
+                      evaluate={"systems": ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]})
+    project = Project(cfg, client=es)
+    try:
+        report = project.run()
+        ds = project.dataset
+        assert len(project.train_queries) == len(ds.train_queries) + 2 + 5
+        scores = project.scores_frame()
+        unjudged = [q for q in project.train_queries if q.startswith(("log-", "pq-"))]
+        assert set(unjudged) <= set(scores.qid)
+        full = project._fit_cache().info()["models"][FULL]
+        assert (scores[scores.qid.isin(unjudged)].scorer == full).all()
+        # labels follow BM25's order with weight 1; raw logits are kept beside them
+        for _, g in scores[scores.source == "bm25"].groupby("qid"):
+            by_rank = g.sort_values("rank").teacher.tolist()
+            assert all(a >= b - 1e-5 for a, b in zip(by_rank, by_rank[1:], strict=False))
+        assert "teacher_raw" in scores
+        systems = json.loads(Path(report["json"]).read_text())["systems"]
+        assert set(systems) == {"bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"}
+        assert systems["pipeline"]["per_query"]["ndcg@10"] == systems["bm25"]["per_query"]["ndcg@10"]
+        control = project._control_cache().info()
+        assert control["train_queries"] + control["dev_queries"] <= len(ds.train_qrels)  # judged queries only
+        assert control["judged_pairs"] > 0
+        aliases = {a for a in es.indices.get_alias(name=f"esdistill-{name}-*").body.values() for a in a["aliases"]}
+        assert {f"esdistill-{name}-student", f"esdistill-{name}-student-zero-shot",
+                f"esdistill-{name}-student-judgments"} <= aliases
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)

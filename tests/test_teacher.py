@@ -74,3 +74,54 @@ def test_label_quality_compares_teacher_order_with_bm25():
     assert q["bm25_ndcg@10"] == pytest.approx(1 / math.log2(3))
     assert q["queries"] == 2
     assert label_quality(scores, {}) is None
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25", "teacher", "source"])
+
+
+def test_fuse_weight_zero_keeps_logits_and_one_is_bm25_order():
+    import numpy as np
+
+    from esdistill.teacher import fuse
+
+    t, b = np.array([5.0, -1.0, 2.0]), np.array([1.0, 3.0, np.nan])
+    assert fuse(t, b, 0.0).tolist() == t.tolist()
+    # weight 1: BM25's order, and the document BM25 did not return gets the query's lowest BM25 score
+    f1 = fuse(t, b, 1.0)
+    assert f1[1] > f1[0] == f1[2]
+    half = fuse(t, b, 0.5, scale=2.0)
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    assert half == pytest.approx(2.0 * (0.5 * z(t) + 0.5 * z(np.array([1.0, 3.0, 1.0]))))
+
+
+def test_auto_weight_follows_whichever_ranks_the_judged_docs_better():
+    from esdistill.teacher import choose_bm25_weight, fuse_frame
+
+    # the teacher is right in both queries, BM25 wrong: weight 0
+    good_teacher = _frame([("q1", "a", 1, 3.0, 0.1, "bm25"), ("q1", "b", 2, 2.0, 0.9, "bm25"),
+                           ("q1", "c", 3, 1.0, 0.5, "bm25"), ("q2", "y", 1, 3.0, 0.0, "bm25"),
+                           ("q2", "x", 2, 2.0, 1.0, "bm25")])
+    qrels = {"q1": {"b": 1}, "q2": {"x": 1}}
+    assert choose_bm25_weight(good_teacher, qrels)["weight"] == 0.0
+    # a collapsed teacher (BM25 right): the weight moves to BM25
+    bad_teacher = good_teacher.assign(bm25=[1.0, 3.0, 2.0, 1.0, 3.0], teacher=[0.5, 0.0, 0.2, 0.3, 0.0])
+    chosen = choose_bm25_weight(bad_teacher, qrels)
+    assert chosen["weight"] > 0.5 and chosen["ndcg@10"][1.0] == pytest.approx(1.0)
+    fused = fuse_frame(bad_teacher, 1.0)
+    assert fused.teacher_raw.tolist() == bad_teacher.teacher.tolist()
+    for _, g in fused.groupby("qid"):  # the fused label orders each query as BM25 does
+        assert g.sort_values("teacher").docid.tolist() == g.sort_values("bm25").docid.tolist()
+    assert choose_bm25_weight(good_teacher, {})["weight"] is None
+
+
+def test_listwise_rows_group_each_positive_with_its_negatives():
+    from esdistill.teacher import listwise_rows
+
+    frame = pd.DataFrame({"query": ["q", "q", "q", "r", "r"], "document": ["P", "n1", "n2", "R", "m1"],
+                          "label": [1.0, 0.0, 0.0, 1.0, 0.0]})
+    rows = listwise_rows(frame, 2)
+    assert rows.to_dict("records") == [
+        {"query": "q", "positive": "P", "negative_0": "n1", "negative_1": "n2"},
+        {"query": "r", "positive": "R", "negative_0": "m1", "negative_1": "m1"},  # padded by repeating
+    ]
