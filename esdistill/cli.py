@@ -211,13 +211,21 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
            oversample: Annotated[float | None, typer.Option(help="rescore_vector oversample (int8/bbq indices)")]
            = None,
            show_request: Annotated[bool, typer.Option(help="print the request body your application would send")]
-           = False):
+           = False,
+           query_encoder: Annotated[str | None, typer.Option(help="torch | onnx | onnx-int8 (default: [evaluate])")]
+           = None):
     """Answer one query with one system against the deployed indices; prints hits and timings."""
     import json
 
+    from pydantic import ValidationError
     from rich.table import Table
 
     project = _project(config, profile)
+    if query_encoder:
+        try:
+            project.cfg.evaluate.query_encoder = query_encoder
+        except ValidationError:
+            raise EsdistillError(f"unknown query encoder {query_encoder!r}", hint="torch, onnx or onnx-int8") from None
     builders = project.systems()
     if system not in builders:
         raise EsdistillError(f"unknown system {system!r}", hint=f"one of {', '.join(builders)}")

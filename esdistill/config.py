@@ -140,7 +140,7 @@ class TeacherFitConfig(_Strict):
 
     base_model: str = DEFAULT_BASE_MODEL
     loss: Literal["bce", "listwise"] = Field(
-        "bce", description="bce: pointwise on positives and BM25 negatives; listwise: softmax of the positive "
+        "listwise", description="bce: pointwise on positives and BM25 negatives; listwise: softmax of the positive "
         "against its BM25 negatives and in-batch negatives")
     in_batch_negatives: int = Field(4, ge=0, description="listwise only: other queries' positives per example")
     folds: int = Field(5, ge=2, description="k: fit on k-1 folds, label the held-out fold")
@@ -160,7 +160,7 @@ class TeacherConfig(_Strict):
     depth: int | None = Field(None, ge=1, description="score only the top-N candidates (default: all k)")
     chunk_queries: int = Field(32, ge=1, description="queries per resumable chunk of scores")
     bm25_weight: float | Literal["auto"] = Field(
-        0.0, description="blend BM25 into the teacher (per-query z-scores): 0 = teacher only, 1 = BM25 only, "
+        "auto", description="blend BM25 into the teacher (per-query z-scores): 0 = teacher only, 1 = BM25 only, "
         "'auto' = the weight best on the held-out judged training queries. Labels and the pipeline both use it")
     fit: TeacherFitConfig = Field(default_factory=TeacherFitConfig)
 
@@ -208,6 +208,8 @@ class EvaluateConfig(_Strict):
     num_candidates: int = Field(200, ge=10, description="kNN candidates per shard")
     rrf_k: int = Field(60, ge=1, description="hybrid: reciprocal rank fusion constant")
     oversample: float | None = Field(None, ge=1.0, description="kNN rescore_vector oversampling (quantized indices)")
+    query_encoder: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch", description="how the student encodes queries at search time on a CPU (onnx needs the onnx extra)")
     systems: list[Literal["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]] = Field(
         default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"],
         description="zero_shot: the untrained base bi-encoder; judgments: a student trained on judgments only",
@@ -250,12 +252,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "candidates": {"k": 30},
         "teacher": {
             "max_length": 128,
-            "fit": {"folds": 2, "negatives": 7, "negative_depth": 20, "epochs": 1.0, "max_length": 128},
+            "fit": {"folds": 2, "negatives": 3, "negative_depth": 20, "epochs": 2.0, "max_length": 128,
+                    "batch_size": 16},
         },
         "train": {"negatives": 4, "epochs": 1.0, "max_length": 128, "batch_size": 16},
         "evaluate": {"rerank_depth": 30},
     },
-    "full": {},
+    "full": {"data": {"pseudo_queries": 1000}},
 }
 
 

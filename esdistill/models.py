@@ -112,3 +112,59 @@ def embedding_info(model) -> tuple[int, bool]:
 def read_meta(folder: Path) -> dict:
     p = Path(folder) / "esdistill.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+#: Query encoders at serving time: PyTorch, ONNX Runtime (fp32), ONNX Runtime with dynamic int8 quantization.
+QUERY_ENCODERS = ("torch", "onnx", "onnx-int8")
+
+
+def _quantization_config() -> str:
+    """The ONNX Runtime dynamic-quantization preset matching this CPU (what ``optimum`` names them)."""
+    import platform
+
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
+
+
+def load_query_encoder(name: str, backend: str = "torch", export_dir: Path | None = None,
+                       max_length: int | None = None):
+    """The student for encoding queries on a CPU: ``torch``, or exported once to ONNX (``onnx``, ``onnx-int8``)
+    through sentence-transformers' ONNX backend (needs the ``onnx`` extra: optimum-onnx, onnxruntime).
+
+    The export lands in ``export_dir`` (default: ``<model>.onnx`` next to the model folder) and is reused.
+    Documents stay embedded by the PyTorch model; only the query side changes, so check the quality with
+    ``bench/query_encoder.py`` (int8 moves scores slightly)."""
+    if backend not in QUERY_ENCODERS:
+        raise ModelError(f"unknown query encoder {backend!r}", hint=f"use one of {', '.join(QUERY_ENCODERS)}")
+    if backend == "torch":
+        return load_bi_encoder(name, max_length=max_length)
+    try:
+        import onnxruntime  # noqa: F401
+        from optimum.onnxruntime import ORTModelForFeatureExtraction  # noqa: F401
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ModelError(f"query encoder {backend!r} needs ONNX Runtime and optimum ({exc.name} is missing)",
+                         hint="pip install 'esdistill[onnx]'") from None
+    target = resolve(name)
+    out = Path(export_dir) if export_dir else Path(str(Path(target).resolve()) + ".onnx")
+    if not (out / "onnx" / "model.onnx").exists():
+        try:
+            SentenceTransformer(target, backend="onnx", device="cpu").save_pretrained(str(out))
+        except Exception as exc:  # noqa: BLE001
+            raise _wrap("ONNX export of", name, target, exc) from exc
+    kwargs = {}
+    if backend == "onnx-int8":
+        from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+        qcfg = _quantization_config()
+        qfile = out / "onnx" / f"model_qint8_{qcfg}.onnx"
+        if not qfile.exists():
+            export_dynamic_quantized_onnx_model(SentenceTransformer(str(out), backend="onnx", device="cpu"),
+                                                qcfg, str(out))
+        kwargs["model_kwargs"] = {"file_name": f"onnx/{qfile.name}"}
+    model = SentenceTransformer(str(out), backend="onnx", device="cpu", **kwargs)
+    if max_length:
+        model.max_seq_length = max_length
+    return model

@@ -36,7 +36,7 @@ from .data import Dataset, Doc, load_dataset, pseudo_queries
 from .deploy import check_dims, deploy_student
 from .errors import InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_meta, iter_index_docs
-from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
+from .models import embedding_info, load_bi_encoder, load_cross_encoder, load_query_encoder, model_fingerprint
 from .teacher import (
     assign_scorers,
     choose_bm25_weight,
@@ -419,8 +419,9 @@ class Project:
 
         @functools.cache
         def dense_model(which: str):  # one load shared by the student and hybrid systems
-            path_of, _, alias = self.dense_models()[which]
-            m = load_bi_encoder(path_of(), max_length=self.cfg.train.max_length)
+            path_of, key_of, alias = self.dense_models()[which]
+            m = load_query_encoder(path_of(), ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
+                                   max_length=self.cfg.train.max_length)
             check_dims(c, alias, embedding_info(m)[0])
             return m
 

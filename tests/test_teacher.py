@@ -19,7 +19,7 @@ def test_second_teacher_run_scores_nothing(tiny_project):
 
 def test_every_candidate_and_judged_positive_is_scored(tiny_project):
     project, _ = tiny_project
-    scores = project.scores_frame()
+    scores = project.raw_scores_frame()
     cands = project.candidates_frame()
     have = set(zip(scores.qid, scores.docid, strict=True))
     assert set(zip(cands.qid, cands.docid, strict=True)) <= have
@@ -47,7 +47,7 @@ def test_cross_fit_no_query_is_labelled_by_a_model_fit_on_it(tiny_project):
     folds, models = info["folds"], info["models"]
     k = project.cfg.teacher.fit.folds
     assert set(models) == {*map(str, range(k)), FULL}
-    scores = project.scores_frame()
+    scores = project.raw_scores_frame()
     for qid, scorer in scores.groupby("qid").scorer.first().items():
         if qid in folds:
             assert fold_of(qid, k) == folds[qid]

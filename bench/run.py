@@ -1,0 +1,176 @@
+"""The headline benchmark: every system side by side on a real cluster, one machine, one run.
+
+    .venv/bin/python bench/run.py --profile quick            # this machine's CPU
+    .venv/bin/python bench/run.py --profile full --hardware h100
+
+Train queries build the teacher and the students; test queries evaluate. Systems: BM25, the zero-shot base
+bi-encoder, the pipeline (BM25 top-N → teacher), the distilled student, the student trained on judgments
+only (no teacher: what distillation adds), and hybrid student + BM25. Paired t-tests (ranx) against BM25 and
+against the pipeline. Writes ``bench/results/<dataset>-<profile>-<hardware>.{json,md,png}``: every number, the
+exact command, library versions and hardware, and a quality-vs-latency plot.
+
+Everything runs through :class:`esdistill.pipeline.Project` with the run's cache: a rerun only evaluates; the
+stage times in the result file are those of the process that computed each stage (``cached`` otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]
+LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
+          "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
+          "hybrid": "hybrid (student + BM25, RRF)"}
+
+
+def hardware_label() -> str:
+    """``h100``-style for a GPU, else ``<n>cpu``: the last part of the result file's name."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        m = re.search(r"([A-Z]\d{2,4})", name)
+        return (m.group(1) if m else re.sub(r"\W+", "-", name)).lower()
+    return f"{os.cpu_count()}cpu"
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    mem = None
+    if Path("/proc/meminfo").exists():
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem = round(kb / 2**20, 1)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": mem,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "label": hardware_label()}
+
+
+def table(summary: dict) -> str:
+    """The seed-style table: latency, quality, share of the pipeline's NDCG@10 gain over BM25, significance."""
+    import math
+
+    p_b, p_p = summary.get("p_vs_bm25", {}), summary.get("p_vs_pipeline", {})
+    lines = ["| system | p50 / p95 ms | NDCG@10 | Recall@100 | MRR@10 | share of pipeline gain |",
+             "|---|---|---|---|---|---|"]
+    for name in [s for s in SYSTEMS if s in summary["systems"]]:
+        s = summary["systems"][name]
+        marks = ("†" if p_b.get(name, {}).get("ndcg@10", 1) < 0.05 else "") + \
+                ("‡" if p_p.get(name, {}).get("ndcg@10", 1) < 0.05 else "")
+        share = s.get("share_of_gain")
+        share_s = "—" if name in ("bm25", "pipeline") or share is None or math.isnan(share) else f"{share:.0%}"
+        lat = s["latency_ms"]
+        lines.append(f"| {LABELS[name]} | {lat['p50']:.1f} / {lat['p95']:.1f} | {s['ndcg@10']:.3f}{marks} | "
+                     f"{s['recall@100']:.3f} | {s['mrr@10']:.3f} | {share_s} |")
+    lines += ["", f"{summary['queries']} test queries. NDCG@10 differs at p < 0.05 (paired t-test, ranx) from BM25 †, "
+              "from the pipeline ‡. Latency: one query at a time, client wall time (query encoding, reranking "
+              "and the round trip to Elasticsearch included)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in [s for s in SYSTEMS if s in summary["systems"]]:
+        s = summary["systems"][name]
+        ax.scatter(s["latency_ms"]["p50"], s["ndcg@10"], s=60)
+        ax.annotate(LABELS[name], (s["latency_ms"]["p50"], s["ndcg@10"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per query, ms (log scale)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(
+    profile: Annotated[str, typer.Option(help="quick | full")] = "quick",
+    config: Annotated[Path, typer.Option(help="the dataset's config")] = ROOT / "examples" / "scifact.toml",
+    hardware_name: Annotated[str | None, typer.Option("--hardware", help="label in the file name (default: "
+                                                      "the GPU's model, else <cores>cpu)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the result files")] = ROOT / "bench" / "results",
+    workdir: Annotated[Path | None, typer.Option(help="cache folder (default: the config's)")] = None,
+    start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True,
+):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from esdistill import load_config
+    from esdistill.pipeline import Project, environment
+    from esdistill.teacher import label_quality
+
+    overrides: dict = {"evaluate": {"systems": SYSTEMS}}
+    if workdir:
+        overrides["workdir"] = str(workdir.resolve())
+    cfg = load_config(config, profile, **overrides)
+    project = Project(cfg)
+    if start_cluster and not cfg.cluster_settings().url:
+        from esdistill.cluster import LocalCluster
+
+        lc = LocalCluster()
+        if not lc.status().running:
+            lc.start()
+    report = project.run()
+    data = json.loads(Path(report["json"]).read_text())
+    summary = {k: data[k] for k in ("systems", "p_vs_bm25", "p_vs_pipeline", "queries")}
+    hw = hardware()
+    label = hardware_name or hw["label"]
+    stem = f"{cfg.data.name}-{cfg.profile}-{label}"
+    out.mkdir(parents=True, exist_ok=True)
+    sysd = summary["systems"]
+    speed = {}
+    if "pipeline" in sysd:
+        for name in ("student", "hybrid"):
+            if name in sysd:
+                speed[f"pipeline_over_{name}_p50"] = sysd["pipeline"]["latency_ms"]["p50"] / sysd[name]["latency_ms"]["p50"]
+    teacher_info = project._teacher_cache().info()
+    result = {
+        "command": " ".join(shlex.quote(a) for a in ["bench/run.py", *sys.argv[1:]]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": cfg.data.name, "profile": cfg.profile, "hardware": hw, "environment": environment(),
+        "elasticsearch": next(iter(project.client.nodes.info().body["nodes"].values()))["version"],
+        "summary": summary, "speedup": speed, "stage_seconds": project.stage_seconds,
+        "stages_cached": [s for s in ("index", "candidates", "teacher fit", "teacher", "train", "deploy")
+                          if s not in project.stage_seconds or project.stage_seconds[s] < 1.0],
+        "teacher": {k: teacher_info.get(k) for k in ("pairs", "queries")} | {
+            "label_quality": label_quality(project.raw_scores_frame(), project.dataset.train_qrels),
+            "label_quality_fused": label_quality(project.scores_frame(), project.dataset.train_qrels),
+            "bm25_weight": project.bm25_weight()},
+        "train": {k: v for k, v in project._train_cache().info().items() if k != "model"},
+        "train_judgments": {k: v for k, v in project._control_cache().info().items() if k != "model"},
+        "config": json.loads(cfg.model_dump_json()),
+        "report": report["json"],
+    }
+    md = f"## {cfg.data.name} — {cfg.profile} profile — {label}\n\n" + table(summary)
+    if speed:
+        md += "\n" + ", ".join(f"{k.replace('_', ' ')}: {v:.0f}×" for k, v in speed.items()) + "\n"
+    md += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
+        f"| {k} | {v:.1f} |\n" for k, v in project.stage_seconds.items())
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / f"{stem}.md").write_text(md)
+    plot(summary, out / f"{stem}.png", f"{cfg.data.name} {cfg.profile} profile, {label}: quality vs latency")
+    print(md)
+    print(f"written: {out / stem}.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

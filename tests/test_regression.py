@@ -1,0 +1,81 @@
+"""Regression guard: the whole loop with the real MiniLM on a fixed SciFact slice, scores checked against
+``tests/expected/regression-scifact-slice.json`` (as pyserini checks its regressions).
+
+The slice: 150 judged train queries, 100 test queries, the first 1,000 documents plus every judged one; quick
+profile settings cut down to about 8 minutes on 2 CPU cores. Each number has a tolerance in the file; a change
+that breaks indexing, BM25, the teacher fit, distillation or deployment moves a number out of its band, and
+learning is checked directly (the students must beat the untrained base model by a margin).
+
+To re-measure after an intended change: ``ESDISTILL_UPDATE_EXPECTED=1 pytest tests/test_regression.py`` rewrites
+the expected values (tolerances are kept) — commit the file with the change that moved them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import SCIFACT
+
+EXPECTED = Path(__file__).parent / "expected" / "regression-scifact-slice.json"
+
+
+def slice_config(workdir: Path, es_url: str, name: str):
+    from esdistill.config import build_config
+
+    return build_config({
+        "workdir": str(workdir),
+        "data": {"name": name, "beir": str(SCIFACT), "max_train_queries": 150, "max_test_queries": 100,
+                 "max_corpus_docs": 1000},
+        "cluster": {"url": es_url},
+        "candidates": {"k": 20},
+        "teacher": {"max_length": 128, "batch_size": 64,
+                    "fit": {"folds": 2, "negatives": 3, "negative_depth": 20, "epochs": 1.0, "max_length": 128,
+                            "batch_size": 16}},
+        "train": {"negatives": 3, "epochs": 1.0, "max_length": 128, "batch_size": 16},
+        "deploy": {"encode_batch_size": 64},
+        "evaluate": {"rerank_depth": 20, "k": 100,
+                     "systems": ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]},
+    }, profile="quick")
+
+
+def measure(project) -> dict[str, float]:
+    from esdistill.teacher import label_quality
+
+    report = project.run()
+    systems = json.loads(Path(report["json"]).read_text())["systems"]
+    got = {f"{name}.{m}": s[m] for name, s in systems.items() for m in ("ndcg@10", "recall@100")}
+    raw = label_quality(project.raw_scores_frame(), project.dataset.train_qrels)
+    got["teacher.label_ndcg@10"] = raw["teacher_ndcg@10"]
+    got["teacher.bm25_weight"] = project.bm25_weight()
+    return got
+
+
+@pytest.mark.regression
+def test_scifact_slice_scores_match_the_expected_file(tmp_path, es, es_url):
+    from esdistill.pipeline import Project
+
+    name = f"reg{uuid.uuid4().hex[:6]}"
+    project = Project(slice_config(tmp_path / "work", es_url, name), client=es)
+    try:
+        got = measure(project)
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+    expected = json.loads(EXPECTED.read_text())
+    if os.environ.get("ESDISTILL_UPDATE_EXPECTED"):
+        for key, value in got.items():
+            entry = expected["scores"].setdefault(key, {"tolerance": 0.03})
+            entry["value"] = round(value, 4)
+        EXPECTED.write_text(json.dumps(expected, indent=2) + "\n")
+        pytest.skip(f"expected scores rewritten in {EXPECTED}")
+    off = [f"{k}: got {got[k]:.4f}, expected {e['value']:.4f} ± {e['tolerance']}"
+           for k, e in expected["scores"].items() if abs(got[k] - e["value"]) > e["tolerance"]]
+    assert not off, "scores left their bands:\n  " + "\n  ".join(off)
+    # learning itself, independent of the stored values
+    margin = expected["learning_margin"]
+    assert got["judgments.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
+    assert got["student.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
