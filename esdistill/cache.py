@@ -2,7 +2,9 @@
 
 Each stage writes into ``<workdir>/<stage>/<key>/`` where ``key`` hashes everything the output depends on
 (dataset fingerprint, index, model, parameters, upstream keys). ``done.json`` is written last: a folder without
-it is an interrupted run, whose partial files (chunks, checkpoints) the stage may resume from.
+it is an interrupted run, whose partial files (chunks, checkpoints) the stage may resume from. ``done.json``
+also records how long the stage took in the process that finished it, so a report written later (everything
+else cached) still shows what each stage cost.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class StageCache:
         self.key = fingerprint(inputs)
         self.dir = Path(workdir) / stage / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
 
     @property
     def done(self) -> bool:
@@ -31,8 +34,9 @@ class StageCache:
         return json.loads((self.dir / "done.json").read_text())
 
     def finish(self, **info: Any) -> dict[str, Any]:
+        # seconds: from this cache object's creation (the stage's start) to now, in the process that finished
         record = {"stage": self.stage, "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "inputs": self.inputs, **info}
+                  "seconds": round(time.perf_counter() - self.started, 2), "inputs": self.inputs, **info}
         tmp = self.dir / "done.json.tmp"
         tmp.write_text(json.dumps(record, indent=2, default=str))
         tmp.replace(self.dir / "done.json")

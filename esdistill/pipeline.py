@@ -251,11 +251,14 @@ class Project:
                     fused = label_quality(self.scores_frame(), self.dataset.train_qrels)
                     info["label_quality_fused"] = fused
                     self.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f}")
-                if quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"] and weight < 1:
+                final = info.get("label_quality_fused", quality)["teacher_ndcg@10"]
+                if final <= quality["bm25_ndcg@10"]:
                     self.console.print(
-                        "[bold yellow]warning:[/] the teacher ranks the candidates worse than BM25 does; a student "
-                        "distilled from it learns its mistakes. Fit it longer (profile full, a GPU), give it more "
-                        "judged queries, or set \\[teacher] model to a ready cross-encoder.")
+                        "[bold yellow]warning:[/] the teacher's labels rank the candidates no better than BM25 does; "
+                        "a student distilled from them learns BM25's mistakes. Fit it longer (profile full, a GPU), "
+                        "give it more judged queries, or set \\[teacher] model to a ready cross-encoder.")
+                elif quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"]:
+                    self.log("teacher: alone it ranks worse than BM25; only its blend with BM25 beats BM25")
             return info
 
     def raw_scores_frame(self) -> pd.DataFrame:
@@ -320,7 +323,7 @@ class Project:
 
     def _control_cache(self) -> StageCache:
         return self._cache("train-judgments", {
-            "candidates": self._candidates_cache().key, "qrels": fingerprint(self.dataset.train_qrels),
+            "candidates": self._candidates_cache().key, "pairs": "candidates+judged", "qrels": fingerprint(self.dataset.train_qrels),
             "train": self._control_config().model_dump(exclude={"save_steps"}),
             "base": model_fingerprint(self.cfg.train.base_model)})
 
@@ -328,8 +331,9 @@ class Project:
         """The control: a student trained on the judgments alone (BM25 hard negatives, no teacher), with the
         same base model and settings as the student. A distilled student that does not beat it has not earned
         its teacher."""
-        frame = self.candidates_frame()
-        scores = frame.assign(teacher=frame.bm25.astype("float32"), source="bm25")
+        pairs = self.teacher_pairs()  # BM25 candidates plus the judged positives BM25 missed, as the student gets
+        floor = pairs.groupby("qid").bm25.transform("min").fillna(0.0) - 1.0
+        scores = pairs.assign(teacher=pairs.bm25.fillna(floor).astype("float32"))
         with self.stage("train (judgments only)"):
             info = train_student(self._control_config(), scores, self.train_queries, self.dataset.train_qrels,
                                  self.docs, self._control_cache(), self.log)
@@ -365,6 +369,7 @@ class Project:
         dense index and point its alias at it."""
         path_of, _, alias = self.dense_models()[which]
         path = path_of()
+        t0 = time.perf_counter()
         with self.stage("deploy" if which == "student" else f"deploy ({which})"):
             model = load_bi_encoder(path, max_length=self.cfg.deploy.max_length or self.cfg.train.max_length)
             if self.dataset.corpus is not None:
@@ -384,6 +389,8 @@ class Project:
             resumed = info["embedded_now"] < info["docs"]
             info["truncated_docs_total"] = info["truncated_docs"] + (prev.get("truncated_docs_total", 0) if resumed
                                                                      else 0)
+            # what embedding cost, kept across reruns that find the index complete
+            info["seconds"] = (time.perf_counter() - t0) if info["embedded_now"] else prev.get("seconds")
             record.write_text(json.dumps(info, indent=2))
             self.log(f"deploy: {info['docs']} documents in {info['index']} ({info['dims']} dims, "
                      f"{info['similarity']}, {info['index_options']}); alias {info['alias']} → {info['index']}")
