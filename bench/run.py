@@ -82,6 +82,10 @@ def table(summary: dict) -> str:
     import math
 
     p_b, p_p = summary.get("p_vs_bm25", {}), summary.get("p_vs_pipeline", {})
+    sysd = summary["systems"]
+    p_gain = p_b.get("pipeline", {}).get("ndcg@10", 1.0)
+    gain_ok = "pipeline" in sysd and "bm25" in sysd and p_gain < 0.05 and \
+        sysd["pipeline"]["ndcg@10"] > sysd["bm25"]["ndcg@10"]
     lines = ["| system | p50 / p95 ms | NDCG@10 | Recall@100 | MRR@10 | share of pipeline gain |",
              "|---|---|---|---|---|---|"]
     for name in [s for s in SYSTEMS if s in summary["systems"]]:
@@ -89,10 +93,15 @@ def table(summary: dict) -> str:
         marks = ("†" if p_b.get(name, {}).get("ndcg@10", 1) < 0.05 else "") + \
                 ("‡" if p_p.get(name, {}).get("ndcg@10", 1) < 0.05 else "")
         share = s.get("share_of_gain")
-        share_s = "—" if name in ("bm25", "pipeline") or share is None or math.isnan(share) else f"{share:.0%}"
+        share_s = ("—" if name in ("bm25", "pipeline") or share is None or math.isnan(share) else
+                   f"{share:.0%}" if gain_ok else "n/a")
         lat = s["latency_ms"]
         lines.append(f"| {LABELS[name]} | {lat['p50']:.1f} / {lat['p95']:.1f} | {s['ndcg@10']:.3f}{marks} | "
                      f"{s['recall@100']:.3f} | {s['mrr@10']:.3f} | {share_s} |")
+    if not gain_ok and "pipeline" in sysd and "bm25" in sysd:
+        gain = sysd["pipeline"]["ndcg@10"] - sysd["bm25"]["ndcg@10"]
+        lines += ["", f"Share of gain n/a: the pipeline's NDCG@10 gain over BM25 ({gain:+.3f}, p = {p_gain:.2f}) is "
+                  "not significant, so a share of it would be noise."]
     lines += ["", f"{summary['queries']} test queries. NDCG@10 differs at p < 0.05 (paired t-test, ranx) from BM25 †, "
               "from the pipeline ‡. Latency: one query at a time, client wall time (query encoding, reranking "
               "and the round trip to Elasticsearch included)."]
