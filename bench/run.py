@@ -121,6 +121,8 @@ def plot(summary: dict, path: Path, title: str) -> None:
         ax.annotate(LABELS[name], (s["latency_ms"]["p50"], s["ndcg@10"]), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
+    lats = [summary["systems"][n]["latency_ms"]["p50"] for n in summary["systems"]]
+    ax.set_xlim(min(lats) / 1.5, max(lats) * 6)  # room for the labels of the slowest system
     ax.set_xlabel("p50 latency per query, ms (log scale)")
     ax.set_ylabel("NDCG@10")
     ax.set_title(title, fontsize=10)

@@ -180,6 +180,8 @@ class TrainConfig(_Strict):
     negative_depth: int | None = Field(None, ge=2, description="negatives come from teacher ranks 2..depth")
     use_judged_positives: bool = Field(True, description="a judged relevant doc is the positive where known")
     judged_loss: bool = Field(True, description="also train MNRL on judged (query, positive, hard negative) triplets")
+    judged_above_teacher: bool = Field(
+        True, description="raise a judged positive's label above its sampled negatives where the teacher disagrees")
     score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
     temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
     epochs: float = Field(3.0, gt=0)
@@ -252,10 +254,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "candidates": {"k": 30},
         "teacher": {
             "max_length": 128,
+            "batch_size": 32,  # the best batch on 2 CPU cores (bench/throughput.py); larger is better on a GPU
             "fit": {"folds": 2, "negatives": 3, "negative_depth": 20, "epochs": 2.0, "max_length": 128,
                     "batch_size": 16},
         },
         "train": {"negatives": 4, "epochs": 1.0, "max_length": 128, "batch_size": 16},
+        "deploy": {"encode_batch_size": 16},
         "evaluate": {"rerank_depth": 30},
     },
     "full": {"data": {"pseudo_queries": 1000}},

@@ -324,7 +324,7 @@ class Project:
     def _control_cache(self) -> StageCache:
         return self._cache("train-judgments", {
             "candidates": self._candidates_cache().key, "pairs": "candidates+judged", "qrels": fingerprint(self.dataset.train_qrels),
-            "train": self._control_config().model_dump(exclude={"save_steps"}),
+            "train": self._control_config().model_dump(exclude={"save_steps", "judged_above_teacher"}),
             "base": model_fingerprint(self.cfg.train.base_model)})
 
     def train_judgments(self) -> dict[str, Any]:

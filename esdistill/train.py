@@ -12,7 +12,10 @@ drawn from the teacher's ranks 2..``negative_depth``. Losses (sentence-transform
   that shows what distillation adds.
 
 With ``judged_loss`` (default) the distilling losses are trained next to MNRL on the judged triplets, so the
-student learns from judged positives where they exist and from the teacher's soft labels everywhere.
+student learns from judged positives where they exist and from the teacher's soft labels everywhere. With
+``judged_above_teacher`` (default) a judged positive's label is raised, where the teacher ranks it below one of
+its sampled negatives, to one standard deviation of the query's labels above the best of them: otherwise the
+distilling loss would push the student to rank a judged positive below a negative while MNRL pulls it up.
 
 The student scores with ``score_scale * cosine`` so its margins live on the teacher's logit scale. A held-out
 dev slice of the training queries (never trained on) is evaluated before and after training.
@@ -69,10 +72,15 @@ def build_examples(
         pool = [(d, s) for d, s in ranked[1:depth] if d not in judged and d != positives[0][0]]
         if not pool:
             continue
+        spread = float(np.std([s for _, s in ranked])) if cfg.judged_above_teacher else 0.0
         for pos, pos_score in positives:
             negs = rng.sample(pool, min(cfg.negatives, len(pool)))
             while len(negs) < cfg.negatives:  # fixed width: pad by repeating (a short list, rare)
                 negs.append(rng.choice(pool))
+            best_neg = max(s for _, s in negs)
+            if cfg.judged_above_teacher and pos in judged and pos_score <= best_neg:
+                # the judgment wins where the teacher disagrees: the positive's label tops its list by one spread
+                pos_score = best_neg + spread
             out.append((qid, pos, [d for d, _ in negs], [float(pos_score)] + [float(s) for _, s in negs]))
     return out
 

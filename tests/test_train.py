@@ -77,3 +77,18 @@ def test_unknown_query_encoder_is_refused(tiny_models):
 
     with pytest.raises(ModelError, match="unknown query encoder"):
         load_query_encoder(tiny_models["bi"], "tensorrt")
+
+
+def test_judged_positive_label_tops_its_list_when_the_teacher_disagrees():
+    import numpy as np
+
+    queries, docs, scores = synthetic()
+    g = scores[scores.qid == "q0"]
+    low = g.sort_values("teacher").docid.iloc[0]  # the teacher's LAST document is the judged one
+    ex = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3))
+    labels = ex[0][3]
+    assert labels[0] == max(labels[1:]) + np.std(g.teacher.to_numpy())
+    kept = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3, judged_above_teacher=False))
+    assert kept[0][3][0] == float(g.teacher.min())  # switched off: the teacher's own score
+    top = g.sort_values("teacher").docid.iloc[-1]  # agreement: the teacher's score is kept as it is
+    assert build_examples(scores, ["q0"], {"q0": {top: 1}}, TrainConfig(negatives=3))[0][3][0] == float(g.teacher.max())
