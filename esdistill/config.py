@@ -174,8 +174,9 @@ class TeacherConfig(_Strict):
 class TrainConfig(_Strict):
     base_model: str = DEFAULT_BASE_MODEL
     loss: Literal["margin_mse", "kl", "judgments"] = Field(
-        "margin_mse", description="margin_mse / kl distill the teacher; judgments trains on the judged pairs only "
-        "(MNRL, one BM25 hard negative each) with no teacher: the control a distilled student must beat")
+        "kl", description="kl (listwise KL to the teacher's softmax) / margin_mse distill the teacher; judgments "
+        "trains on the judged pairs only (MNRL, one BM25 hard negative each) with no teacher: the control a "
+        "distilled student must beat. kl is the default: bench/README.md, 'The student'")
     negatives: int = Field(8, ge=1, description="teacher-ranked negatives per query")
     negative_depth: int | None = Field(None, ge=2, description="negatives come from teacher ranks 2..depth")
     use_judged_positives: bool = Field(True, description="a judged relevant doc is the positive where known")

@@ -4,9 +4,10 @@ Examples are built per query from the teacher's ranking of its candidates: the p
 document where one is known (``use_judged_positives``), else the teacher's top document; ``negatives`` more are
 drawn from the teacher's ranks 2..``negative_depth``. Losses (sentence-transformers):
 
-* ``margin_mse`` (default) — :class:`MarginMSELoss`: the student's score margins pos-neg_i regress onto the
-  teacher's logit margins.
-* ``kl`` — :class:`DistillKLDivLoss`: listwise KL between softmax(teacher) and softmax(student) over the list.
+* ``kl`` (default) — :class:`DistillKLDivLoss`: listwise KL between softmax(teacher) and softmax(student) over
+  the list. On the quick profile it beat MarginMSE on the same labels (bench/README.md).
+* ``margin_mse`` — :class:`MarginMSELoss`: the student's score margins pos-neg_i regress onto the teacher's
+  logit margins. Near-constant teacher logits make it push the student's margins toward zero.
 * ``judgments`` — no teacher: :class:`MultipleNegativesRankingLoss` on the judged (query, positive, one BM25 hard
   negative) triplets alone. ``scores`` then holds BM25's scores in its ``teacher`` column. This is the control
   that shows what distillation adds.

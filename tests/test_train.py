@@ -41,10 +41,11 @@ def test_split_dev_is_stable():
     assert split_dev(list(reversed(q)), 0.1) == (tr, dev)
 
 
-def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path):
+@pytest.mark.parametrize("loss", ["kl", "margin_mse"])
+def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path, loss):
     queries, docs, scores = synthetic()
     cfg = TrainConfig(base_model=minilm_path, negatives=7, epochs=6, learning_rate=1e-4, batch_size=8,
-                      max_length=48, dev_fraction=0.0, use_judged_positives=False)
+                      max_length=48, dev_fraction=0.0, use_judged_positives=False, loss=loss)
     before = teacher_agreement(load_bi_encoder(minilm_path, 48), scores, queries, docs)
     cache = StageCache(tmp_path, "train", {"t": 1})
     info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids}, cache, log=lambda m: None)
