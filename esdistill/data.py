@@ -225,7 +225,9 @@ class Dataset:
     test_qrels: Qrels
     fingerprint: str
     report: LoadReport
-    query_log: dict[str, str] = field(default_factory=dict)  # unjudged training queries (data.query_log)
+    # unjudged training queries (data.query_log); not in ``fingerprint`` (which keys the corpus-bound stages):
+    # the candidates stage keys on the queries themselves
+    query_log: dict[str, str] = field(default_factory=dict)
 
 
 def subset(ids: Iterable[str], n: int | None, salt: str = "") -> list[str]:
@@ -308,7 +310,6 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
             report.warn(f"{cfg.query_log}: {len(dup)} logged queries repeat a judged training query and were "
                         "merged into it")
         log_q = {q: t for q, t in logged.items() if q not in clash and q not in dup}
-        digest = fingerprint_text(digest, file_digest(cfg.query_log))
     params = [cfg.max_train_queries, cfg.max_test_queries, cfg.max_corpus_docs, cfg.text_fields, cfg.index]
     from .config import fingerprint
 
@@ -318,10 +319,6 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
 
 def normalize_query(text: str) -> str:
     return " ".join(text.lower().split())
-
-
-def fingerprint_text(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")

@@ -179,8 +179,13 @@ class Project:
         return pd.read_parquet(cache.path("candidates.parquet"))
 
     def _fit_cache(self) -> StageCache:
+        # the fit reads only the judged queries' candidates: adding a query log or pseudo-queries (which
+        # changes the candidates stage's key) must not refit the teacher
+        judged = {q: t for q, t in self.dataset.train_queries.items() if q in self.dataset.train_qrels}
         return self._cache("teacher-fit", {
-            "candidates": self._candidates_cache().key, "qrels": fingerprint(self.dataset.train_qrels),
+            "index": self.cfg.bm25_index, "index_key": self.index_key, "fields": self.text_fields,
+            "k": self.cfg.candidates.k, "judged_queries": fingerprint(judged),
+            "qrels": fingerprint(self.dataset.train_qrels),
             "fit": self.cfg.teacher.fit.model_dump(), "base": model_fingerprint(self.cfg.teacher.fit.base_model)})
 
     def teacher_fit(self) -> dict[str, Any]:

@@ -125,3 +125,21 @@ def test_listwise_rows_group_each_positive_with_its_negatives():
         {"query": "q", "positive": "P", "negative_0": "n1", "negative_1": "n2"},
         {"query": "r", "positive": "R", "negative_0": "m1", "negative_1": "m1"},  # padded by repeating
     ]
+
+
+def test_unjudged_queries_do_not_refit_the_teacher(tmp_path, es_url, tiny_models):
+    """A query log or pseudo-queries change the candidates (more queries to label) but not the teacher fit,
+    which reads only the judged queries' candidates."""
+    from esdistill.pipeline import Project
+
+    from .conftest import tiny_config
+
+    log = tmp_path / "log.txt"
+    log.write_text("a logged query about cancer\n")
+    plain = Project(tiny_config(tmp_path / "a", es_url, tiny_models, "keys"))
+    more = Project(tiny_config(tmp_path / "b", es_url, tiny_models, "keys",
+                               data={"query_log": str(log), "pseudo_queries": 3}))
+    assert more._candidates_cache().key != plain._candidates_cache().key
+    assert more._fit_cache().key == plain._fit_cache().key
+    refit = Project(tiny_config(tmp_path / "c", es_url, tiny_models, "keys", teacher={"fit": {"epochs": 2}}))
+    assert refit._fit_cache().key != plain._fit_cache().key
