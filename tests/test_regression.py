@@ -76,6 +76,6 @@ def test_scifact_slice_scores_match_the_expected_file(tmp_path, es, es_url):
            for k, e in expected["scores"].items() if abs(got[k] - e["value"]) > e["tolerance"]]
     assert not off, "scores left their bands:\n  " + "\n  ".join(off)
     # learning itself, independent of the stored values
-    margin = expected["learning_margin"]
+    margin = expected["learning_margin"]  # learning itself: both students beat the untrained base model
     assert got["judgments.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
     assert got["student.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
