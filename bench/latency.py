@@ -10,16 +10,17 @@ Needs a finished bench run (deployed student, fitted teacher). Prints a table; w
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware, open_project,
+    write_result,
+)
 
 
 def main(
@@ -27,21 +28,16 @@ def main(
     depth: Annotated[int, typer.Option()] = 100,
     max_length: Annotated[int, typer.Option()] = 256,
     batch_size: Annotated[int, typer.Option()] = 32,
-    profile: Annotated[str, typer.Option()] = "quick",
-    config: Annotated[Path, typer.Option()] = ROOT / "examples" / "scifact.toml",
-    workdir: Annotated[Path, typer.Option()] = ROOT / ".esdistill-bench",
-    out: Annotated[Path, typer.Option()] = ROOT / "bench" / "results",
+    profile: ProfileOpt = "quick",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    out: OutOpt = DEFAULT_OUT,
 ):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from esdistill import load_config
+    project = open_project(config, profile, workdir)
     from esdistill.evaluate import pct, run_system
     from esdistill.models import load_cross_encoder
-    from esdistill.pipeline import Project
     from esdistill.search import Pipeline
-    from run import hardware
 
-    project = Project(load_config(config, profile, workdir=str(workdir.resolve())))
     ds = project.dataset
     qids = sorted(ds.test_qrels)[:queries_n]
     queries = {q: ds.test_queries[q] for q in qids}
@@ -64,12 +60,9 @@ def main(
         r["pipeline_over_this"] = pipe / r["p50_ms"]
         print(f"| {r['system']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['pipeline_over_this']:.0f}× |")
     hw = hardware()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"latency-depth{depth}-{hw['label']}.json"
-    path.write_text(json.dumps({"rows": rows, "queries": len(queries), "depth": depth, "max_length": max_length,
-                                "batch_size": batch_size, "hardware": hw,
-                                "command": " ".join(["bench/latency.py", *sys.argv[1:]])}, indent=2))
-    print(f"written: {path}")
+    write_result(out, f"latency-depth{depth}-{hw['label']}", {
+        "rows": rows, "queries": len(queries), "depth": depth, "max_length": max_length, "batch_size": batch_size,
+        "hardware": hw})
 
 
 if __name__ == "__main__":

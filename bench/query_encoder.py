@@ -10,34 +10,29 @@ a faster encoder to be worth using. Prints a table; writes ``bench/results/query
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware, open_project,
+    write_result,
+)
 
 
 def main(
-    profile: Annotated[str, typer.Option()] = "quick",
-    config: Annotated[Path, typer.Option()] = ROOT / "examples" / "scifact.toml",
-    workdir: Annotated[Path, typer.Option()] = ROOT / ".esdistill-bench",
-    out: Annotated[Path, typer.Option()] = ROOT / "bench" / "results",
+    profile: ProfileOpt = "quick",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    out: OutOpt = DEFAULT_OUT,
 ):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    project = open_project(config, profile, workdir)
     import numpy as np
 
-    from esdistill import load_config
     from esdistill.evaluate import metrics, pct, run_system
-    from esdistill.pipeline import Project
-    from run import hardware
 
-    project = Project(load_config(config, profile, workdir=str(workdir.resolve())))
     ds = project.dataset
     queries = {q: ds.test_queries[q] for q in ds.test_qrels}
     rows = []
@@ -61,11 +56,8 @@ def main(
               f"{r['encode_p50_ms']:.1f} / {r['encode_p95_ms']:.1f} | {r['speedup_p50']:.2f}× | "
               f"{r['wall_p50_ms']:.1f} |")
     hw = hardware()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"query-encoder-{project.cfg.data.name}-{project.cfg.profile}-{hw['label']}.json"
-    path.write_text(json.dumps({"rows": rows, "queries": len(queries), "hardware": hw,
-                                "command": " ".join(["bench/query_encoder.py", *sys.argv[1:]])}, indent=2))
-    print(f"written: {path}")
+    write_result(out, f"query-encoder-{project.cfg.data.name}-{project.cfg.profile}-{hw['label']}",
+                 {"rows": rows, "queries": len(queries), "hardware": hw})
 
 
 if __name__ == "__main__":

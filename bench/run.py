@@ -16,9 +16,6 @@ stage times in the result file are those of the process that computed each stage
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -27,36 +24,12 @@ from typing import Annotated
 
 import typer
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_OUT, ROOT, hardware, prepare_env  # noqa: E402
 SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
           "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
           "hybrid": "hybrid (student + BM25, RRF)"}
-
-
-def hardware_label() -> str:
-    """``h100``-style for a GPU, else ``<n>cpu``: the last part of the result file's name."""
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        m = re.search(r"([A-Z]\d{2,4})", name)
-        return (m.group(1) if m else re.sub(r"\W+", "-", name)).lower()
-    return f"{os.cpu_count()}cpu"
-
-
-def hardware() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    mem = None
-    if Path("/proc/meminfo").exists():
-        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
-        mem = round(kb / 2**20, 1)
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": mem,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "label": hardware_label()}
 
 
 def stage_times(project) -> dict[str, float | None]:
@@ -137,12 +110,11 @@ def main(
     config: Annotated[Path, typer.Option(help="the dataset's config")] = ROOT / "examples" / "scifact.toml",
     hardware_name: Annotated[str | None, typer.Option("--hardware", help="label in the file name (default: "
                                                       "the GPU's model, else <cores>cpu)")] = None,
-    out: Annotated[Path, typer.Option(help="folder for the result files")] = ROOT / "bench" / "results",
+    out: Annotated[Path, typer.Option(help="folder for the result files")] = DEFAULT_OUT,
     workdir: Annotated[Path | None, typer.Option(help="cache folder (default: the config's)")] = None,
     start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True,
 ):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_env()
     from esdistill import load_config
     from esdistill.pipeline import Project, environment
     from esdistill.teacher import label_quality

@@ -16,7 +16,6 @@ the number of queries, not with the corpus. Writes ``bench/results/scale-<hardwa
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,34 +23,32 @@ from typing import Annotated
 
 import typer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware, open_project,
+    write_result,
+)
 
 
 def main(
     factors: Annotated[str, typer.Option(help="corpus multiples")] = "1,4,16",
-    profile: Annotated[str, typer.Option()] = "quick",
-    config: Annotated[Path, typer.Option()] = ROOT / "examples" / "scifact.toml",
-    workdir: Annotated[Path, typer.Option()] = ROOT / ".esdistill-bench",
-    out: Annotated[Path, typer.Option()] = ROOT / "bench" / "results",
+    profile: ProfileOpt = "quick",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    out: OutOpt = DEFAULT_OUT,
     keep: Annotated[bool, typer.Option(help="keep the scratch indices")] = False,
 ):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    project = open_project(config, profile, workdir)
     import numpy as np
 
-    from esdistill import load_config
     from esdistill.candidates import bm25_body, msearch_bm25
     from esdistill.data import Doc
     from esdistill.deploy import VECTOR_FIELD, dense_body
     from esdistill.evaluate import pct
     from esdistill.indexing import build_bm25_index, bulk_index, create_index, drop_own_index, verify_count
     from esdistill.models import embedding_info, load_bi_encoder
-    from esdistill.pipeline import Project
     from esdistill.search import knn_body
-    from run import hardware
 
-    project = Project(load_config(config, profile, workdir=str(workdir.resolve())))
     client, ds, cfg = project.client, project.dataset, project.cfg
     base = list(ds.corpus.values())
     model = load_bi_encoder(project.student_path(), max_length=cfg.deploy.max_length or cfg.train.max_length)
@@ -124,11 +121,7 @@ def main(
               f"{r['candidates_s']:.1f} | {emb} | {r['dense_index_s']:.1f} ({r['dense_docs_per_s']:.0f}) | "
               f"{r['bm25_p50_ms']:.1f} | {r['knn_p50_ms']:.1f} |")
     hw = hardware()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scale-{hw['label']}.json"
-    path.write_text(json.dumps({"rows": rows, "hardware": hw, "index_type": cfg.deploy.index_type,
-                                "command": " ".join(["bench/scale.py", *sys.argv[1:]])}, indent=2))
-    print(f"written: {path}")
+    write_result(out, f"scale-{hw['label']}", {"rows": rows, "hardware": hw, "index_type": cfg.deploy.index_type})
 
 
 if __name__ == "__main__":

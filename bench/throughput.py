@@ -15,8 +15,6 @@ random abstracts. Prints a table; writes ``bench/results/throughput-<hardware>.j
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import sys
 import time
@@ -25,8 +23,8 @@ from typing import Annotated
 
 import typer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_OUT, DEFAULT_WORKDIR, ROOT, OutOpt, hardware, prepare_env, write_result  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -41,23 +39,21 @@ def main(
     max_length: Annotated[int, typer.Option(help="tokens per pair / document")] = 128,
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (GPU)")] = "fp32",
     batch_sizes: Annotated[str, typer.Option(help="batch sizes tried for the peak")] = "16,32,64,128",
-    out: Annotated[Path, typer.Option()] = ROOT / "bench" / "results",
+    out: OutOpt = DEFAULT_OUT,
 ):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_env()
     import pandas as pd
     import torch
 
     from esdistill.data import load_corpus, load_qrels, load_queries, resolve_beir
     from esdistill.models import load_bi_encoder, load_cross_encoder
-    from run import hardware
 
     root = resolve_beir(ROOT / "datasets" / "scifact.tar.xz", ROOT / ".esdistill" / "datasets")
     corpus = load_corpus(root / "corpus.jsonl")
     queries = load_queries(root / "queries.jsonl")
     train = load_qrels(root / "qrels" / "train.tsv")
     rng = random.Random(0)
-    cands = sorted((ROOT / ".esdistill-bench" / "candidates").glob("*/candidates.parquet"))
+    cands = sorted((DEFAULT_WORKDIR / "candidates").glob("*/candidates.parquet"))
     if cands:
         frame = pd.read_parquet(cands[0])
         frame = frame[frame["rank"] <= 30].head(pairs_n)
@@ -119,12 +115,9 @@ def main(
     print(f"| stage | how | throughput | share of this machine's peak |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['what']} | {r['how']} | {r['per_s']:.1f} {unit[r['what']]} | {r['share_of_peak']:.0%} |")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"throughput-{hw['label']}{'' if dtype == 'fp32' else '-' + dtype}.json"
-    path.write_text(json.dumps({"rows": rows, "pairs": len(pairs), "docs": len(docs), "pair_source": source,
-                                "max_length": max_length, "dtype": dtype, "device": device, "hardware": hw,
-                                "command": " ".join(["bench/throughput.py", *sys.argv[1:]])}, indent=2))
-    print(f"written: {path}")
+    write_result(out, f"throughput-{hw['label']}{'' if dtype == 'fp32' else '-' + dtype}", {
+        "rows": rows, "pairs": len(pairs), "docs": len(docs), "pair_source": source, "max_length": max_length,
+        "dtype": dtype, "device": device, "hardware": hw})
 
 
 if __name__ == "__main__":

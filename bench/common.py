@@ -1,0 +1,75 @@
+"""What the bench scripts share: their options, the project they measure, the hardware label, the result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ProfileOpt = Annotated[str, typer.Option(help="quick | full")]
+ConfigOpt = Annotated[Path, typer.Option(help="the dataset's config")]
+WorkdirOpt = Annotated[Path, typer.Option(help="the bench run's cache folder")]
+OutOpt = Annotated[Path, typer.Option(help="folder for the result files")]
+DEFAULT_CONFIG = ROOT / "examples" / "scifact.toml"
+DEFAULT_WORKDIR = ROOT / ".esdistill-bench"
+DEFAULT_OUT = ROOT / "bench" / "results"
+
+
+def prepare_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def open_project(config: Path, profile: str, workdir: Path | None = None):
+    """The :class:`esdistill.pipeline.Project` of a bench run (its cache in ``workdir``)."""
+    prepare_env()
+    from esdistill import load_config
+    from esdistill.pipeline import Project
+
+    overrides = {"workdir": str(workdir.resolve())} if workdir else {}
+    return Project(load_config(config, profile, **overrides))
+
+
+def hardware_label() -> str:
+    """``h100``-style for a GPU, else ``<n>cpu``: the last part of a result file's name."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        m = re.search(r"([A-Z]\d{2,4})", name)
+        return (m.group(1) if m else re.sub(r"\W+", "-", name)).lower()
+    return f"{os.cpu_count()}cpu"
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if info.exists() else platform.processor()
+    mem = None
+    if Path("/proc/meminfo").exists():
+        mem = round(int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1]) / 2**20, 1)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": mem,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "label": hardware_label()}
+
+
+def write_result(out: Path, name: str, payload: dict[str, Any]) -> Path:
+    """``<out>/<name>.json`` with the payload, the hardware and the exact command that produced it."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    script = Path(sys.argv[0]).name
+    record = {**payload, "hardware": payload.get("hardware") or hardware(),
+              "command": " ".join([f"bench/{script}", *sys.argv[1:]])}
+    path.write_text(json.dumps(record, indent=2, default=str))
+    print(f"written: {path}")
+    return path
