@@ -87,6 +87,17 @@ def point_alias(client: Elasticsearch, alias: str, index: str) -> list[str]:
     return [i for i in old if i != index]
 
 
+def versioned_index(alias: str, key: str) -> str:
+    """The index one deploy of ``alias`` writes: ``<alias>-<first 10 characters of the deploy key>``."""
+    return f"{alias}-{key[:10]}"
+
+
+def is_version_of(index: str, alias: str) -> bool:
+    """Whether ``index`` is a version of ``alias`` — and not of a sibling alias that extends its name
+    (``<alias>-judgments-<key>`` is not a version of ``<alias>``): keys never contain a dash."""
+    return index.startswith(f"{alias}-") and "-" not in index[len(alias) + 1:]
+
+
 def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
     """esdistill's versions behind ``alias``, oldest first: name, creation time, doc count, whether live."""
     try:
@@ -99,6 +110,8 @@ def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
         return []
     out = []
     for name, s in settings.items():
+        if not is_version_of(name, alias):
+            continue
         meta = index_meta(client, name)
         if meta:  # only indices esdistill made
             out.append({"index": name, "created": int(s["settings"]["index"]["creation_date"]),
@@ -140,7 +153,7 @@ def deploy_student(
     progress=None,
 ) -> dict[str, Any]:
     """Embed ``docs`` into ``<alias>-<key>`` and move ``alias`` onto it once all ``total`` are in."""
-    index = f"{alias}-{key[:10]}"
+    index = versioned_index(alias, key)
     dims, normalized = embedding_info(model)
     existing = index_meta(client, index)
     if existing and existing.get("key") == key:

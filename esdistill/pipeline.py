@@ -33,7 +33,7 @@ from .cache import StageCache
 from .cluster import connect
 from .config import RunConfig, fingerprint
 from .data import Dataset, Doc, load_dataset, pseudo_queries
-from .deploy import check_dims, deploy_student
+from .deploy import check_dims, deploy_student, versioned_index
 from .errors import InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_meta, iter_index_docs
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, load_query_encoder, model_fingerprint
@@ -471,8 +471,7 @@ class Project:
         for which, (path_of, _, alias) in self.dense_models().items():
             if which in wanted or (which == "student" and "hybrid" in wanted):
                 path_of()
-                current = self._alias_target(alias)
-                if current is None or not current.startswith(f"{alias}-{self._deploy_key(which)[:10]}"):
+                if self._alias_target(alias) != versioned_index(alias, self._deploy_key(which)):
                     self.deploy(which)
         cache = self._eval_cache()
         builders = self.systems()

@@ -87,3 +87,18 @@ def test_knn_filter_and_rescore_vector_are_accepted(es, index_name, tiny_bi):
     assert len(hits) == 5
     only = knn_body(vec, 5, 30, filter={"ids": {"values": ["d1", "d2"]}})
     assert {h["_id"] for h in es.search(index=index_name, **only).body["hits"]["hits"]} == {"d1", "d2"}
+
+
+def test_versions_of_an_alias_exclude_a_sibling_alias_that_extends_its_name(es, index_name, tiny_bi):
+    """``<alias>-judgments`` (the control student) lives beside ``<alias>``: pruning or rolling back the
+    student must never touch the control's indices."""
+    corpus = docs(20)
+    cfg = DeployConfig(keep_versions=1)
+    sibling = deploy_student(es, tiny_bi, corpus, len(corpus), f"{index_name}-judgments", "c1key0000001", cfg, meta={})
+    deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "s1key0000001", cfg, meta={})
+    second = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "s2key0000002", cfg, meta={})
+    assert [v["index"] for v in versions(es, index_name)] == [second["index"]]
+    assert es.indices.exists(index=sibling["index"])  # not pruned as an old student version
+    assert set(es.indices.get_alias(name=f"{index_name}-judgments").body) == {sibling["index"]}
+    with pytest.raises(ClusterError, match="oldest version"):
+        rollback(es, index_name)  # nothing to roll back to: the sibling's index is not a student version
