@@ -54,11 +54,10 @@ def table(summary: dict) -> str:
     """The seed-style table: latency, quality, share of the pipeline's NDCG@10 gain over BM25, significance."""
     import math
 
+    from esdistill.evaluate import share_of_gain_reportable
+
     p_b, p_p = summary.get("p_vs_bm25", {}), summary.get("p_vs_pipeline", {})
-    sysd = summary["systems"]
-    p_gain = p_b.get("pipeline", {}).get("ndcg@10", 1.0)
-    gain_ok = "pipeline" in sysd and "bm25" in sysd and p_gain < 0.05 and \
-        sysd["pipeline"]["ndcg@10"] > sysd["bm25"]["ndcg@10"]
+    gain_ok, why_not = share_of_gain_reportable(summary)
     lines = ["| system | p50 / p95 ms | NDCG@10 | Recall@100 | MRR@10 | share of pipeline gain |",
              "|---|---|---|---|---|---|"]
     for name in [s for s in SYSTEMS if s in summary["systems"]]:
@@ -71,10 +70,8 @@ def table(summary: dict) -> str:
         lat = s["latency_ms"]
         lines.append(f"| {LABELS[name]} | {lat['p50']:.1f} / {lat['p95']:.1f} | {s['ndcg@10']:.3f}{marks} | "
                      f"{s['recall@100']:.3f} | {s['mrr@10']:.3f} | {share_s} |")
-    if not gain_ok and "pipeline" in sysd and "bm25" in sysd:
-        gain = sysd["pipeline"]["ndcg@10"] - sysd["bm25"]["ndcg@10"]
-        lines += ["", f"Share of gain n/a: the pipeline's NDCG@10 gain over BM25 ({gain:+.3f}, p = {p_gain:.2f}) is "
-                  "not significant, so a share of it would be noise."]
+    if why_not:
+        lines += ["", why_not]
     lines += ["", f"{summary['queries']} test queries. NDCG@10 differs at p < 0.05 (paired t-test, ranx) from BM25 †, "
               "from the pipeline ‡. Latency: one query at a time, client wall time (query encoding, reranking "
               "and the round trip to Elasticsearch included)."]

@@ -94,31 +94,41 @@ def summarize(qrels: Qrels, results: dict[str, dict[str, Any]]) -> dict[str, Any
             "p_vs_pipeline": significance(qrels, runs, "pipeline"), "queries": len(qrels)}
 
 
+def share_of_gain_reportable(summary: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether each system's share of the pipeline's NDCG@10 gain over BM25 means anything, and if not, the
+    sentence that says why: undefined when the pipeline does not beat BM25, noise when its gain is not
+    significant (paired t-test p >= 0.05)."""
+    sysd = summary["systems"]
+    if "pipeline" not in sysd or "bm25" not in sysd:
+        return True, None
+    gain = sysd["pipeline"]["ndcg@10"] - sysd["bm25"]["ndcg@10"]
+    if gain <= 0:
+        return False, "Share of gain: undefined — the pipeline does not beat BM25 here (its teacher is too weak)."
+    p_gain = summary.get("p_vs_bm25", {}).get("pipeline", {}).get("ndcg@10", 1.0)
+    if p_gain >= 0.05:
+        return False, (f"Share of gain n/a: the pipeline's NDCG@10 gain over BM25 ({gain:+.3f}, p = {p_gain:.2f}) "
+                       "is not significant, so a share of it would be noise.")
+    return True, None
+
+
 def markdown(summary: dict[str, Any], title: str = "") -> str:
     """The side-by-side table: quality, latency, share of the pipeline's NDCG@10 gain over BM25."""
     lines = [f"## {title}" if title else "", "",
              "| system | NDCG@10 | Recall@100 | MRR@10 | share of pipeline gain | p50 ms | p95 ms | ES took p50 ms |",
              "|---|---|---|---|---|---|---|---|"]
     pv = summary.get("p_vs_bm25", {})
-    sysd = summary["systems"]
-    p_gain = pv.get("pipeline", {}).get("ndcg@10", 1.0)
-    significant = p_gain < 0.05
+    reportable, why_not = share_of_gain_reportable(summary)
     for name, s in summary["systems"].items():
         star = "†" if pv.get(name, {}).get("ndcg@10", 1.0) < 0.05 else ""
         share = s.get("share_of_gain")
         share_s = ("—" if share is None or name in ("bm25",) or np.isnan(share) else
-                   f"{share * 100:.0f}%" if significant else "n/a")
+                   f"{share * 100:.0f}%" if reportable else "n/a")
         lines.append(
             f"| {LABELS.get(name, name)} | {s['ndcg@10']:.3f}{star} | {s['recall@100']:.3f} | {s['mrr@10']:.3f} | "
             f"{share_s} | {s['latency_ms']['p50']:.1f} | {s['latency_ms']['p95']:.1f} | {s['took_ms']['p50']:.1f} |"
         )
-    shares = [s.get("share_of_gain") for s in summary["systems"].values()]
-    if shares and all(x is not None and np.isnan(x) for x in shares) and "pipeline" in summary["systems"]:
-        lines += ["", "Share of gain: undefined — the pipeline does not beat BM25 here (its teacher is too weak)."]
-    elif "pipeline" in sysd and "bm25" in sysd and not significant:
-        gain = sysd["pipeline"]["ndcg@10"] - sysd["bm25"]["ndcg@10"]
-        lines += ["", f"Share of gain n/a: the pipeline's NDCG@10 gain over BM25 ({gain:+.3f}, p = {p_gain:.2f}) is "
-                  "not significant."]
+    if why_not:
+        lines += ["", why_not]
     lines += ["", f"{summary['queries']} test queries. † NDCG@10 differs from BM25 at p < 0.05 (paired t-test, ranx). "
               "Latency: one query at a time, client wall time incl. query encoding / reranking."]
     return "\n".join(lines).strip() + "\n"

@@ -238,8 +238,7 @@ class Project:
                                     self.cfg.teacher.chunk_queries, progress=self.progress)
             self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info.get("cached") else
                                                                   f" ({info['scored_now']} now)"))
-            quality = label_quality(pd.read_parquet(self._teacher_cache().path("scores.parquet")),
-                                    self.dataset.train_qrels)
+            quality = label_quality(self.raw_scores_frame(), self.dataset.train_qrels)
             if quality:
                 info["label_quality"] = quality
                 held = " (each query held out from the model that labelled it)" if fit_info else ""
@@ -365,7 +364,7 @@ class Project:
 
     def _deploy_key(self, which: str = "student") -> str:
         model_key = self.dense_models()[which][1]()
-        return fingerprint({"student" if which == "student" else which: model_key, "data": self.index_key,
+        return fingerprint({which: model_key, "data": self.index_key,
                             "deploy": self.cfg.deploy.model_dump(exclude={"keep_versions", "batch_size",
                                                                           "encode_batch_size"})})
 
@@ -427,7 +426,6 @@ class Project:
     def systems(self) -> dict[str, Callable[[], Any]]:
         """Builders of each system to evaluate (models load only when a system runs)."""
         ev, c = self.cfg.evaluate, self.client
-        dense = self.cfg.dense_alias
 
         @functools.cache
         def dense_model(which: str):  # one load shared by the student and hybrid systems
@@ -437,10 +435,7 @@ class Project:
             check_dims(c, alias, embedding_info(m)[0])
             return m
 
-        def student_model():
-            return dense_model("student")
-
-        def other(which: str):
+        def knn(which: str):  # a served bi-encoder: the student, the zero-shot base, the control
             alias = self.dense_models()[which][2]
             s = search_mod.Student(c, alias, dense_model(which), ev.k, ev.num_candidates, oversample=ev.oversample)
             s.name = which
@@ -452,12 +447,12 @@ class Project:
                 c, self.cfg.bm25_index, self.text_fields,
                 load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.bm25_weight()),
-            "zero_shot": lambda: other("zero_shot"),
-            "judgments": lambda: other("judgments"),
-            "student": lambda: search_mod.Student(c, dense, student_model(), ev.k, ev.num_candidates,
-                                                  oversample=ev.oversample),
-            "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields, dense, student_model(),
-                                                ev.k, ev.num_candidates, ev.rrf_k, oversample=ev.oversample),
+            "zero_shot": lambda: knn("zero_shot"),
+            "judgments": lambda: knn("judgments"),
+            "student": lambda: knn("student"),
+            "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields, self.cfg.dense_alias,
+                                                dense_model("student"), ev.k, ev.num_candidates, ev.rrf_k,
+                                                oversample=ev.oversample),
         }
 
     def evaluate(self) -> dict[str, Any]:

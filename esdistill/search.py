@@ -175,7 +175,7 @@ def run_load(system, queries: list[str], workers: int = 8, seconds: float = 30.0
     (and at most ``max_queries`` in all). Returns counts, errors and wall-latency percentiles (ms)."""
     import threading
 
-    import numpy as np
+    from .evaluate import pct
 
     lat: list[float] = []
     errors: list[str] = []
@@ -208,7 +208,6 @@ def run_load(system, queries: list[str], workers: int = 8, seconds: float = 30.0
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
-    pct = (lambda q: float(np.percentile(lat, q)) if lat else float("nan"))
     return {"system": system.name, "workers": workers, "seconds": wall, "queries": len(lat), "errors": len(errors),
-            "error_samples": errors[:5], "qps": len(lat) / wall if wall else 0.0, "p50_ms": pct(50),
-            "p99_ms": pct(99)}
+            "error_samples": errors[:5], "qps": len(lat) / wall if wall else 0.0, "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99)}

@@ -217,6 +217,14 @@ def score_candidates(
     return cache.finish(pairs=len(frame), queries=len(qids), scored_now=scored_now, output="scores.parquet")
 
 
+def _judged_candidates(scores: pd.DataFrame, qrels: Qrels) -> tuple[Qrels, pd.DataFrame]:
+    """The judgments of the queries that have BM25 candidates, and those candidates' rows (judged positives
+    BM25 missed, ``source == "judged"``, are left out: BM25 has no rank for them)."""
+    cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
+    judged = {q: d for q, d in qrels.items() if q in set(cands.qid)}
+    return judged, cands[cands.qid.isin(judged)]
+
+
 def label_quality(scores: pd.DataFrame, qrels: Qrels) -> dict[str, Any] | None:
     """How good the teacher's labels are where judgments exist: NDCG@10 of the teacher's order of the BM25
     candidates vs BM25's own order, on the judged queries. With cross-fitting every such query was held out
@@ -224,11 +232,9 @@ def label_quality(scores: pd.DataFrame, qrels: Qrels) -> dict[str, Any] | None:
     is judged."""
     from .evaluate import metrics
 
-    cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
-    judged = {q: d for q, d in qrels.items() if q in set(cands.qid)}
+    judged, sub = _judged_candidates(scores, qrels)
     if not judged:
         return None
-    sub = cands[cands.qid.isin(judged)]
     teacher = {q: dict(zip(g.docid, g.teacher.astype(float), strict=True)) for q, g in sub.groupby("qid")}
     bm25 = {q: dict(zip(g.docid, -g["rank"].astype(float), strict=True)) for q, g in sub.groupby("qid")}
     t, b = metrics(judged, teacher)["ndcg@10"], metrics(judged, bm25)["ndcg@10"]
@@ -283,11 +289,9 @@ def choose_bm25_weight(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float, ..
     judged)."""
     from .evaluate import metrics
 
-    cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
-    judged = {q: d for q, d in qrels.items() if q in set(cands.qid)}
+    judged, sub = _judged_candidates(scores, qrels)
     if not judged:
         return {"weight": None, "ndcg@10": {}}
-    sub = cands[cands.qid.isin(judged)]
     tried = {}
     for w in grid:
         run = {q: dict(zip(g.docid, fuse(g.teacher.to_numpy(), g.bm25.to_numpy(), w), strict=True))
