@@ -70,6 +70,8 @@ def write_result(out: Path, name: str, payload: dict[str, Any]) -> Path:
     script = Path(sys.argv[0]).name
     record = {**payload, "hardware": payload.get("hardware") or hardware(),
               "command": " ".join([f"bench/{script}", *sys.argv[1:]])}
-    path.write_text(json.dumps(record, indent=2, default=str))
+    from esdistill.jsonutil import dumps
+
+    path.write_text(dumps(record, indent=2))  # strict JSON: NaN (an undefined share, identical runs) -> null
     print(f"written: {path}")
     return path

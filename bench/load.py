@@ -6,12 +6,12 @@ Needs a finished `esdistill run` (deployed student). Prints a table; writes benc
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from esdistill import load_config
+from esdistill.jsonutil import dumps
 from esdistill.pipeline import Project
 from esdistill.search import run_load
 
@@ -24,7 +24,7 @@ args = ap.parse_args()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 project = Project(load_config(args.config, args.profile))
 queries = list(project.dataset.test_queries.values())
-builders = project.systems()
+builders = project.systems(served=True)
 rows = [run_load(builders[name](), queries, args.workers, args.seconds) for name in ("student", "hybrid", "bm25")]
 print("| system | workers | seconds | queries | errors | QPS | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|")
 for r in rows:
@@ -32,5 +32,5 @@ for r in rows:
           f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
 out = Path("bench/results") / f"load-{os.cpu_count()}cpu.json"
 out.parent.mkdir(parents=True, exist_ok=True)
-out.write_text(json.dumps({"rows": rows, "cpu_count": os.cpu_count(), "command": " ".join(["bench/load.py", *sys.argv[1:]])}, indent=2))
+out.write_text(dumps({"rows": rows, "cpu_count": os.cpu_count(), "command": " ".join(["bench/load.py", *sys.argv[1:]])}, indent=2))
 print(f"written: {out}")

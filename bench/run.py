@@ -40,7 +40,9 @@ def stage_times(project) -> dict[str, float | None]:
 
     out = {"index": project.stage_seconds.get("index"), "candidates": recorded(project._candidates_cache()),
            "teacher fit": recorded(project._fit_cache()) if not project.cfg.teacher.model else None,
-           "teacher": recorded(project._teacher_cache()), "train": recorded(project._train_cache()),
+           "teacher": recorded(project._teacher_cache()),
+           "teacher (unjudged)": recorded(unjudged) if (unjudged := project._teacher_cache(judged=False)) else None,
+           "train": recorded(project._train_cache()),
            "train (judgments only)": recorded(project._control_cache())}
     for which in project.dense_models():
         rec = project.workdir / "deploy" / f"{project._deploy_key(which)}.json"
@@ -114,7 +116,8 @@ def main(
     prepare_env()
     from esdistill import load_config
     from esdistill.pipeline import Project, environment
-    from esdistill.teacher import label_quality
+    from esdistill.jsonutil import dumps
+    from esdistill.teacher import heldout_fusion_quality, label_quality
 
     overrides: dict = {"evaluate": {"systems": SYSTEMS}}
     if workdir:
@@ -151,7 +154,9 @@ def main(
         "teacher": {k: teacher_info.get(k) for k in ("pairs", "queries")} | {
             "label_quality": label_quality(project.raw_scores_frame(), project.dataset.train_qrels),
             "label_quality_fused": label_quality(project.scores_frame(), project.dataset.train_qrels),
-            "bm25_weight": project.bm25_weight()},
+            "label_quality_fused_heldout": heldout_fusion_quality(project.raw_scores_frame(),
+                                                                  project.dataset.train_qrels),
+            "bm25_weight": project.label_weight(), "pipeline_bm25_weight": project.pipeline_weight()},
         "train": {k: v for k, v in project._train_cache().info().items() if k != "model"},
         "train_judgments": {k: v for k, v in project._control_cache().info().items() if k != "model"},
         "config": json.loads(cfg.model_dump_json()),
@@ -162,7 +167,7 @@ def main(
         md += "\n" + ", ".join(f"{k.replace('_', ' ')}: {v:.0f}×" for k, v in speed.items()) + "\n"
     md += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
         f"| {k} | {'—' if v is None else f'{v:.1f}'} |\n" for k, v in result["stage_seconds"].items())
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / f"{stem}.json").write_text(dumps(result, indent=2))
     (out / f"{stem}.md").write_text(md)
     plot(summary, out / f"{stem}.png", f"{cfg.data.name} {cfg.profile} profile, {label}: quality vs latency")
     print(md)

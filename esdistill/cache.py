@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import fingerprint
+from .jsonutil import dumps
 
 
 class StageCache:
@@ -38,7 +39,7 @@ class StageCache:
         record = {"stage": self.stage, "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "seconds": round(time.perf_counter() - self.started, 2), "inputs": self.inputs, **info}
         tmp = self.dir / "done.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.write_text(dumps(record, indent=2))
         tmp.replace(self.dir / "done.json")
         return record
 

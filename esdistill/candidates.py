@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from elasticsearch import Elasticsearch
 
-from .errors import ClusterError
+from .cluster import check_shards
 
 
 def bm25_query(text: str, fields: list[str]) -> dict[str, Any]:
@@ -38,8 +38,7 @@ def msearch_bm25(
             searches += [{"index": index}, bm25_body(queries[qid], fields, k)]
         resp = client.msearch(searches=searches).body
         for qid, r in zip(batch, resp["responses"], strict=True):
-            if "error" in r:
-                raise ClusterError(f"BM25 search for query {qid!r} failed: {r['error']}")
+            check_shards(r, f"BM25 search for query {qid!r} on {index!r}")
             out[qid] = [(h["_id"], float(h["_score"])) for h in r["hits"]["hits"]]
         if progress:
             progress.advance(task, len(batch))

@@ -226,7 +226,7 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
             project.cfg.evaluate.query_encoder = query_encoder
         except ValidationError:
             raise EsdistillError(f"unknown query encoder {query_encoder!r}", hint="torch, onnx or onnx-int8") from None
-    builders = project.systems()
+    builders = project.systems(served=True)  # what applications query now: the alias
     if system not in builders:
         raise EsdistillError(f"unknown system {system!r}", hint=f"one of {', '.join(builders)}")
     engine = builders[system]()
@@ -257,10 +257,12 @@ def sweep(config: ConfigOpt, profile: ProfileOpt = None,
           index_types: Annotated[str, typer.Option(help="comma-separated index_options types")] =
           "hnsw,int8_hnsw,bbq_hnsw",
           num_candidates: Annotated[str, typer.Option(help="comma-separated values")] = "10,20,50,100,200",
-          oversample: Annotated[float | None, typer.Option(help="rescore_vector oversample for quantized types")] = None):
-    """Vector index settings: recall@10 of approximate kNN vs exact search, and latency, on the test queries."""
+          oversample: Annotated[float | None, typer.Option(help="rescore_vector oversample for quantized types")] = None,
+          k: Annotated[int, typer.Option("--k", help="recall@k: the hits compared with exact search")] = 10):
+    """Vector index settings: recall@k of approximate kNN vs exact search, and latency, on the test queries, on
+    indices built as the served one is (not force-merged)."""
     _project(config, profile).sweep([t.strip() for t in index_types.split(",")],
-                                    [int(n) for n in num_candidates.split(",")], oversample)
+                                    [int(n) for n in num_candidates.split(",")], oversample, k=k)
 
 
 @app.command()

@@ -88,10 +88,34 @@ def check_health(client: Elasticsearch, url: str, local: bool = False) -> dict:
             hint="check ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/ESDISTILL_ES_PASSWORD",
         ) from None
     except es_exc.AuthorizationException:
-        raise ClusterError(f"the user has no right to read cluster health at {url} (403)") from None
+        # 403: the credentials are good but may not read cluster health (an API key or role scoped to indices,
+        # without the cluster `monitor` privilege). Everything esdistill does needs index privileges only.
+        try:
+            client.security.authenticate()
+        except es_exc.ApiError as e:
+            raise ClusterError(f"Elasticsearch at {url} answered {e.meta.status} to the credentials' own "
+                               f"authentication check: {e.message}") from None
+        return {"status": None, "note": "no cluster monitor privilege: health not checked"}
     except es_exc.ApiError as e:
         raise ClusterError(f"Elasticsearch at {url} answered {e.meta.status}: {e.message}", hint=how) from None
     return health
+
+
+def check_shards(resp: dict, what: str) -> dict:
+    """``resp`` (a search response, or one of an ``_msearch``) when every shard answered; a :class:`ClusterError`
+    naming the failures when some did not. Elasticsearch answers 200 with the hits of the shards that worked, so
+    a silently partial answer would pass for a complete one: candidates would miss documents, metrics would drop."""
+    if "error" in resp:
+        raise ClusterError(f"{what} failed: {resp['error']}")
+    shards = resp.get("_shards", {})
+    if shards.get("failed", 0):
+        reasons = "; ".join(sorted({f"{f.get('index')}: {(f.get('reason') or {}).get('type')}: "
+                                    f"{(f.get('reason') or {}).get('reason', '')[:200]}"
+                                    for f in shards.get("failures", [])}))
+        raise ClusterError(f"{what}: {shards['failed']} of {shards.get('total')} shards failed ({reasons})",
+                           hint="the answer would be partial; fix the failing index (its mapping, its health) or the "
+                                "query, then rerun")
+    return resp
 
 
 # ------------------------------------------------------------------------------------- the local build

@@ -17,7 +17,7 @@ import hashlib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,23 @@ class ClusterSettings(BaseSettings):
     cloud_id: str | None = Field(None, description="Elastic Cloud deployment id (instead of url)")
     verify_certs: bool = True
     request_timeout: float = 120.0
+
+
+class ClusterConfig(BaseModel):
+    """The ``[cluster]`` table of a config file: overrides of the ``ESDISTILL_ES_*`` settings. Secrets stay
+    :class:`SecretStr`, so every dump of a config (reports, bench result files, bundles) shows ``**********``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_certs: Path | None = None
+    ca_fingerprint: str | None = None
+    cloud_id: str | None = None
+    verify_certs: bool | None = None
+    request_timeout: float | None = None
 
 
 class LocalClusterSettings(BaseSettings):
@@ -150,6 +167,9 @@ class TeacherFitConfig(_Strict):
     learning_rate: float = Field(3e-5, gt=0)
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(256, ge=16)
+    no_duplicates: bool = Field(
+        True, description="listwise: never batch two rows of one query (or one document) together, so a query's "
+        "other relevant document is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")
     seed: int = 42
 
 
@@ -191,6 +211,9 @@ class TrainConfig(_Strict):
     max_length: int = Field(256, ge=16)
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="held-out slice of train queries for dev eval")
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps, so a killed run resumes")
+    no_duplicates: bool = Field(
+        True, description="MNRL: never batch two rows of one query (or one document) together, so another relevant "
+        "document of a query is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")
     seed: int = 42
 
 
@@ -203,6 +226,13 @@ class DeployConfig(_Strict):
     encode_batch_size: int = Field(32, ge=1)
     max_length: int | None = Field(None, ge=16, description="default: the student's training max_length")
     keep_versions: int = Field(2, ge=1, description="versioned indices kept behind the alias (for rollback)")
+    replicas: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="number_of_replicas of the served dense index; auto = 1 on a cluster of several data "
+        "nodes, 0 on a single node (where a replica could never be assigned)")
+
+    def effective_max_length(self, train: TrainConfig) -> int:
+        """The token limit documents are embedded with: ``max_length``, else the student's training one."""
+        return self.max_length or train.max_length
 
 
 class EvaluateConfig(_Strict):
@@ -225,7 +255,7 @@ class RunConfig(_Strict):
     profile: Literal["quick", "full"] = "quick"
     workdir: Path = Field(Path(".esdistill"), description="caches, models and reports")
     data: DataConfig
-    cluster: dict[str, Any] = Field(default_factory=dict, description="overrides of ESDISTILL_ES_* settings")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="overrides of ESDISTILL_ES_* settings")
     index: IndexConfig = Field(default_factory=IndexConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -242,8 +272,9 @@ class RunConfig(_Strict):
         return self.deploy.name or f"esdistill-{self.data.name}-student"
 
     def cluster_settings(self) -> ClusterSettings:
+        """The environment's ``ESDISTILL_ES_*`` settings with the config file's ``[cluster]`` values laid over."""
         try:
-            return ClusterSettings(**self.cluster)
+            return ClusterSettings(**self.cluster.model_dump(exclude_none=True))
         except ValidationError as e:
             raise ConfigError(humanize_validation_error(e, "[cluster]")) from None
 
@@ -321,9 +352,12 @@ def load_config(path: Path | str, profile: str | None = None, **overrides: Any) 
     values = _deep_merge(values, overrides)
     base = path.parent
     data = values.get("data", {})
-    for key in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels"):
+    for key in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels", "query_log"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str((base / data[key]).resolve())
+    cluster = values.get("cluster", {})
+    if isinstance(cluster, dict) and isinstance(cluster.get("ca_certs"), str) and not Path(cluster["ca_certs"]).is_absolute():
+        cluster["ca_certs"] = str((base / cluster["ca_certs"]).resolve())
     if isinstance(values.get("workdir"), str) and not Path(values["workdir"]).is_absolute():
         values["workdir"] = str((base / values["workdir"]).resolve())
     return build_config(values, profile=profile, where=str(path))

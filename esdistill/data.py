@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tarfile
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -114,19 +116,25 @@ def load_corpus(path: Path, report: LoadReport | None = None) -> dict[str, Doc]:
 
 
 # ---------------------------------------------------------------------------------------------- queries
-def load_queries(path: Path) -> dict[str, str]:
-    """Queries from JSONL (``_id``/``text``, as BEIR) or plain text (one per line, id = line number).
-
-    The format is decided by the file's first non-blank character. Blank queries are an error (they would be
-    silently unanswerable); duplicate ids are an error.
-    """
-    head = ""
+def is_plain_text_queries(path: Path) -> bool:
+    """Whether a queries file is plain text (one query per line) rather than JSONL: decided by the file's first
+    non-blank character."""
     for _, line in iter_lines(path, "queries file"):
         if line.strip():
-            head = line.lstrip()
-            break
+            return not line.lstrip().startswith("{")
+    return True
+
+
+def load_queries(path: Path, id_prefix: str = "") -> dict[str, str]:
+    """Queries from JSONL (``_id``/``text``, as BEIR) or plain text (one per line, id = ``id_prefix`` + the line
+    number).
+
+    Generated ids are namespaced by ``id_prefix`` (``train-``, ``test-``…) so that two plain-text files never
+    give the same id to different queries. Blank queries are an error (they would be silently unanswerable);
+    duplicate ids are an error.
+    """
     queries: dict[str, str] = {}
-    if head.startswith("{"):
+    if not is_plain_text_queries(path):
         for lineno, obj in iter_jsonl(path):
             qid = _field(obj, "_id", path, lineno) if "_id" in obj else _field(obj, "id", path, lineno)
             text = _field(obj, "text", path, lineno) if "text" in obj else _field(obj, "query", path, lineno)
@@ -134,7 +142,7 @@ def load_queries(path: Path) -> dict[str, str]:
     else:
         for lineno, line in iter_lines(path, "queries file"):
             if line.strip():
-                _add_query(queries, str(lineno), line.strip(), path, lineno)
+                _add_query(queries, f"{id_prefix}{lineno}", line.strip(), path, lineno)
     if not queries:
         raise InputError(f"{path}: no queries")
     return queries
@@ -193,7 +201,10 @@ def check_qrels(qrels: Qrels, queries: dict[str, str], doc_ids, where: str, repo
 
 # ------------------------------------------------------------------------------------------------- BEIR
 def resolve_beir(path: Path, cache_dir: Path) -> Path:
-    """A BEIR folder, or a ``.tar.xz``/``.tar.gz`` of one unpacked (once) under ``cache_dir``."""
+    """A BEIR folder, or a ``.tar.xz``/``.tar.gz`` of one unpacked (once) under ``cache_dir``.
+
+    The archive is unpacked into a temporary folder that is renamed into place only when complete, so an
+    interrupted extraction never leaves a truncated corpus behind that a later run would take as finished."""
     if path.is_dir():
         return path
     if not path.exists():
@@ -202,14 +213,22 @@ def resolve_beir(path: Path, cache_dir: Path) -> Path:
         raise InputError(f"{path}: neither a folder nor a tar archive")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     target = cache_dir / f"{path.name.split('.')[0]}-{digest}"
-    if not (target / "corpus.jsonl").exists():
-        target.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
+    try:
         with tarfile.open(path) as tf:
-            tf.extractall(target, filter="data")
-        inner = [p for p in target.iterdir() if p.is_dir()]
-        if not (target / "corpus.jsonl").exists() and len(inner) == 1:
-            for p in inner[0].iterdir():
-                p.rename(target / p.name)
+            tf.extractall(tmp, filter="data")
+        inner = [p for p in tmp.iterdir() if p.is_dir()]
+        root = inner[0] if not (tmp / "corpus.jsonl").exists() and len(inner) == 1 else tmp
+        try:
+            root.rename(target)
+        except OSError:  # another process finished the same extraction first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -223,11 +242,14 @@ class Dataset:
     train_qrels: Qrels
     test_queries: dict[str, str]
     test_qrels: Qrels
-    fingerprint: str
+    #: the corpus's content (None for an existing index, whose identity is read from the cluster). Only what
+    #: the corpus holds: editing a judgment or the number of test queries must not rebuild the BM25 index.
+    corpus_fingerprint: str | None
     report: LoadReport
-    # unjudged training queries (data.query_log); not in ``fingerprint`` (which keys the corpus-bound stages):
-    # the candidates stage keys on the queries themselves
+    #: unjudged training queries (data.query_log)
     query_log: dict[str, str] = field(default_factory=dict)
+    #: training queries left out because their text is a test query's (a leak otherwise): id -> text
+    leaked: dict[str, str] = field(default_factory=dict)
 
 
 def subset(ids: Iterable[str], n: int | None, salt: str = "") -> list[str]:
@@ -242,18 +264,53 @@ def file_digest(*paths: Path | None) -> str:
     h = hashlib.sha256()
     for p in paths:
         if p is not None and Path(p).is_file():
-            h.update(Path(p).read_bytes())
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
         h.update(str(p).encode() if p is None else b"|")
     return h.hexdigest()[:16]
+
+
+def _own_queries(path: Path, role: str) -> tuple[dict[str, str], str]:
+    """A user's queries file and the prefix its generated ids carry (``""`` for JSONL, whose ids are the user's)."""
+    prefix = f"{role}-" if is_plain_text_queries(path) else ""
+    return load_queries(path, prefix), prefix
+
+
+def _prefixed(qrels: Qrels, prefix: str) -> Qrels:
+    """Judgments of a plain-text queries file name queries by line number: give them the file's id prefix."""
+    return {f"{prefix}{q}": d for q, d in qrels.items()} if prefix else qrels
+
+
+def separate_train_from_test(train_q: dict[str, str], test_q: dict[str, str], report: LoadReport,
+                             where: str = "data", what: str = "training queries"
+                             ) -> tuple[dict[str, str], dict[str, str]]:
+    """Train queries with every test query left out, compared by normalised text (case and spacing): a test
+    query trained on under another id (both files cut from one log, say) would make every number in the report
+    a lie. Returns (kept train queries, left-out ones); the count is reported. The same id naming different
+    texts in both files is an error: the judgments could not tell them apart."""
+    clash = sorted(q for q in set(train_q) & set(test_q) if normalize_query(train_q[q]) != normalize_query(test_q[q]))
+    if clash:
+        raise InputError(f"{len(clash)} query ids name different queries in the train and test files (e.g. "
+                         f"{clash[0]!r}: {train_q[clash[0]]!r} vs {test_q[clash[0]]!r})",
+                         hint="give train and test queries distinct ids; judgments are matched to queries by id")
+    test_texts = {normalize_query(t) for t in test_q.values()}
+    leaked = {q: t for q, t in train_q.items() if normalize_query(t) in test_texts}
+    if leaked:
+        report.warn(f"{where}: {len(leaked)} of {len(train_q)} {what} are test queries (same text, e.g. "
+                    f"{next(iter(leaked.values()))!r}) and were left out of training")
+    return {q: t for q, t in train_q.items() if q not in leaked}, leaked
 
 
 def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
     """Build a :class:`Dataset` from a :class:`~esdistill.config.DataConfig`.
 
-    ``doc_exists(ids) -> set`` answers which document ids exist when the corpus lives in an index. Train and
-    test queries must not overlap: a test query in training would make every number in the report a lie.
+    ``doc_exists(ids) -> set`` answers which document ids exist when the corpus lives in an index. No test query
+    is ever trained on: training queries whose text is a test query's are left out (and counted), whatever
+    their ids.
     """
     report = LoadReport()
+    corpus_digest = None
     if cfg.beir is not None:
         root = resolve_beir(Path(cfg.beir), cache_dir)
         for need in ("corpus.jsonl", "queries.jsonl", f"qrels/{cfg.train_split}.tsv"):
@@ -265,56 +322,51 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
         qrels_tr = load_qrels(root / "qrels" / f"{cfg.train_split}.tsv")
         test_path = root / "qrels" / f"{cfg.test_split}.tsv"
         qrels_te = load_qrels(test_path) if test_path.exists() else {}
+        overlap = set(qrels_tr) & set(qrels_te)
+        if overlap:
+            raise InputError(f"{len(overlap)} query ids are judged in both {cfg.train_split}.tsv and "
+                             f"{cfg.test_split}.tsv (e.g. {sorted(overlap)[0]!r})",
+                             hint="test queries must never be used for training; split them apart")
         train_q = {q: queries[q] for q in qrels_tr if q in queries}
         test_q = {q: queries[q] for q in qrels_te if q in queries}
         qrels_tr = check_qrels(qrels_tr, queries, corpus, f"{root}/qrels/{cfg.train_split}.tsv", report)
         qrels_te = check_qrels(qrels_te, queries, corpus, str(test_path), report)
-        digest = file_digest(root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{cfg.train_split}.tsv",
-                             test_path)
+        corpus_digest = file_digest(root / "corpus.jsonl")
     else:
         corpus = None
-        train_q = load_queries(Path(cfg.train_queries))
-        test_q = load_queries(Path(cfg.test_queries)) if cfg.test_queries else {}
-        qrels_tr = load_qrels(Path(cfg.train_qrels)) if cfg.train_qrels else {}
-        qrels_te = load_qrels(Path(cfg.test_qrels)) if cfg.test_qrels else {}
+        train_q, train_prefix = _own_queries(Path(cfg.train_queries), "train")
+        test_q, test_prefix = _own_queries(Path(cfg.test_queries), "test") if cfg.test_queries else ({}, "")
+        qrels_tr = _prefixed(load_qrels(Path(cfg.train_qrels)), train_prefix) if cfg.train_qrels else {}
+        qrels_te = _prefixed(load_qrels(Path(cfg.test_qrels)), test_prefix) if cfg.test_qrels else {}
         judged = {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
         existing = doc_exists(judged) if (doc_exists and judged) else judged
         qrels_tr = check_qrels(qrels_tr, train_q, existing, str(cfg.train_qrels), report)
         qrels_te = check_qrels(qrels_te, test_q, existing, str(cfg.test_qrels), report)
-        digest = file_digest(cfg.train_queries, cfg.train_qrels, cfg.test_queries, cfg.test_qrels)
 
-    overlap = set(train_q) & set(test_q)
-    if overlap:
-        raise InputError(f"{len(overlap)} query ids are both train and test queries (e.g. {sorted(overlap)[0]!r})",
-                         hint="test queries must never be used for training; split them apart")
-    train_q = {q: train_q[q] for q in subset(train_q, cfg.max_train_queries, "train")}
+    # compared with every test query, not only the evaluated subset: a later run may evaluate more of them
+    all_test = dict(test_q)
+    train_q, leaked = separate_train_from_test(train_q, all_test, report, str(cfg.beir or cfg.train_queries))
     test_q = {q: test_q[q] for q in subset(test_q, cfg.max_test_queries, "test")}
-    qrels_tr = {q: d for q, d in qrels_tr.items() if q in train_q}
     qrels_te = {q: d for q, d in qrels_te.items() if q in test_q}
+    train_q = {q: train_q[q] for q in subset(train_q, cfg.max_train_queries, "train")}
+    qrels_tr = {q: d for q, d in qrels_tr.items() if q in train_q}
     if corpus is not None and cfg.max_corpus_docs:
         keep = set(list(corpus)[: cfg.max_corpus_docs])
         keep |= {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
         corpus = {i: d for i, d in corpus.items() if i in keep}
+        corpus_digest = f"{corpus_digest}:{hashlib.sha256(' '.join(sorted(corpus)).encode()).hexdigest()[:16]}"
     log_q: dict[str, str] = {}
     if cfg.query_log is not None:
         # ids are namespaced (plain-text logs number their lines, which would collide with dataset ids)
         logged = {f"log-{q}": t for q, t in load_queries(Path(cfg.query_log)).items()}
-        test_texts = {normalize_query(t) for t in test_q.values()}
+        logged, _ = separate_train_from_test(logged, all_test, report, str(cfg.query_log), "logged queries")
         train_texts = {normalize_query(t) for t in train_q.values()}
-        clash = {q for q, t in logged.items() if normalize_query(t) in test_texts}
-        if clash:
-            report.warn(f"{cfg.query_log}: {len(clash)} of {len(logged)} logged queries are test queries (same "
-                        "text) and were left out of training")
-        dup = {q for q, t in logged.items() if q not in clash and normalize_query(t) in train_texts}
+        dup = {q for q, t in logged.items() if normalize_query(t) in train_texts}
         if dup:
             report.warn(f"{cfg.query_log}: {len(dup)} logged queries repeat a judged training query and were "
                         "merged into it")
-        log_q = {q: t for q, t in logged.items() if q not in clash and q not in dup}
-    params = [cfg.max_train_queries, cfg.max_test_queries, cfg.max_corpus_docs, cfg.text_fields, cfg.index]
-    from .config import fingerprint
-
-    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, fingerprint([digest, params]), report,
-                   log_q)
+        log_q = {q: t for q, t in logged.items() if q not in dup}
+    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, corpus_digest, report, log_q, leaked)
 
 
 def normalize_query(text: str) -> str:

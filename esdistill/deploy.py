@@ -3,17 +3,20 @@
 The index body comes from ``mappings/dense_index.json``; dims are read from the model, similarity is
 ``dot_product`` for a model that outputs unit vectors (esdistill's students do) and ``cosine`` otherwise, and
 ``index_options`` are explicit. Each deploy writes a versioned index ``<alias>-<key>`` and points the alias at it
-once the count is verified, so searches never see a half-built index. Re-running resumes: only documents not
-yet in the index are embedded.
+once the count is verified, so searches never see a half-built index. Re-running resumes and syncs: only
+documents not yet in the index, or whose text changed, are embedded, and documents gone from the source are
+deleted (each dense document carries the hash of the text it was embedded from).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from elasticsearch import Elasticsearch
+from elasticsearch import Elasticsearch, helpers
 from elasticsearch import exceptions as es_exc
 
 from .config import DeployConfig
@@ -23,7 +26,6 @@ from .indexing import (
     bulk_index,
     create_index,
     drop_own_index,
-    existing_ids,
     index_meta,
     load_mapping,
     verify_count,
@@ -31,6 +33,8 @@ from .indexing import (
 from .models import embedding_info
 
 VECTOR_FIELD = "embedding"
+#: the hash of the text a dense document was embedded from (:func:`doc_hash`), so a deploy can tell edits apart
+HASH_FIELD = "esdistill_hash"
 
 
 def dense_body(dims: int, normalized: bool, cfg: DeployConfig) -> dict[str, Any]:
@@ -141,6 +145,30 @@ def prune(client: Elasticsearch, alias: str, keep: int) -> list[str]:
     return doomed
 
 
+def doc_hash(doc: Doc) -> str:
+    """What a dense document was embedded from, hashed: a document whose title or text changes in the source
+    gets another hash, and is embedded again by the next deploy."""
+    return hashlib.sha1(f"{doc.title}\x00{doc.text}".encode()).hexdigest()[:16]
+
+
+def dense_hashes(client: Elasticsearch, index: str) -> dict[str, str]:
+    """id -> :func:`doc_hash` of every document in a dense index (a scan of one small field)."""
+    return {h["_id"]: h.get("_source", {}).get(HASH_FIELD, "")
+            for h in helpers.scan(client, index=index, query={"query": {"match_all": {}}}, _source=[HASH_FIELD])}
+
+
+def replica_count(client: Elasticsearch, setting: int | str) -> int:
+    """``number_of_replicas`` for a served index: the setting, or with ``auto`` one replica where a second data
+    node can hold it, none on a single node (its replica could never be assigned: the index would stay yellow)."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        nodes = client.cluster.health().body.get("number_of_data_nodes", 1)
+    except es_exc.AuthorizationException:
+        nodes = 1
+    return 1 if nodes > 1 else 0
+
+
 def deploy_student(
     client: Elasticsearch,
     model,
@@ -151,42 +179,73 @@ def deploy_student(
     cfg: DeployConfig,
     meta: dict[str, Any],
     progress=None,
+    move_alias: bool = True,
 ) -> dict[str, Any]:
-    """Embed ``docs`` into ``<alias>-<key>`` and move ``alias`` onto it once all ``total`` are in."""
+    """Embed ``docs`` into ``<alias>-<key>`` and (with ``move_alias``) move ``alias`` onto it once all are in.
+
+    An index already made for ``key`` is brought in line with ``docs``: documents that are new or whose title or
+    text changed are embedded, documents whose ids are gone from ``docs`` are deleted, the rest are kept. Its
+    count must then equal ``total`` and the number of documents ``docs`` yielded, or the alias does not move."""
     index = versioned_index(alias, key)
     dims, normalized = embedding_info(model)
     existing = index_meta(client, index)
+    replicas = replica_count(client, cfg.replicas)
     if existing and existing.get("key") == key:
         check_dims(client, index, dims)
-        have = existing_ids(client, index)
+        have = dense_hashes(client, index)
+        client.indices.put_settings(index=index, settings={"number_of_replicas": replicas})
     else:
         drop_own_index(client, index)
-        create_index(client, index, dense_body(dims, normalized, cfg),
-                     {"key": key, "docs": total, "dims": dims, **meta})
-        have = set()
-    todo_total = total - len(have)
-    task = progress.add_task(f"deploy: embed + index {index}", total=todo_total) if progress else None
-    sent, truncated, errors = 0, 0, []
+        body = dense_body(dims, normalized, cfg)
+        body["settings"]["number_of_replicas"] = replicas
+        create_index(client, index, body, {"key": key, "dims": dims, **meta})
+        have = {}
+    task = progress.add_task(f"deploy: embed + index {index}", total=total) if progress else None
+    seen: set[str] = set()
+    sent, truncated = 0, 0
     max_tokens = model.max_seq_length
+
+    def changed() -> Iterator[tuple[Doc, str]]:
+        for d in docs:
+            seen.add(d.id)
+            h = doc_hash(d)
+            if have.get(d.id) == h:
+                if progress:
+                    progress.advance(task, 1)
+                continue
+            yield d, h
 
     def actions():
         nonlocal sent, truncated
-        for batch in _batches((d for d in docs if d.id not in have), cfg.batch_size):
-            lengths = model.tokenizer([d.full_text for d in batch], add_special_tokens=True, truncation=False,
-                                      return_length=True, verbose=False)["length"]
+        for batch in _batches(changed(), cfg.batch_size):
+            texts = [d.full_text for d, _ in batch]
+            lengths = model.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True,
+                                      verbose=False)["length"]
             truncated += sum(n > max_tokens for n in lengths)
-            vecs = model.encode([d.full_text for d in batch], batch_size=cfg.encode_batch_size,
-                                normalize_embeddings=normalized, show_progress_bar=False, convert_to_numpy=True)
-            for d, v in zip(batch, vecs, strict=True):
-                yield {"_id": d.id, "_source": {"title": d.title, "text": d.text, VECTOR_FIELD: v.tolist()}}
+            vecs = model.encode(texts, batch_size=cfg.encode_batch_size, normalize_embeddings=normalized,
+                                show_progress_bar=False, convert_to_numpy=True)
+            for (d, h), v in zip(batch, vecs, strict=True):
+                yield {"_id": d.id, "_source": {"title": d.title, "text": d.text, HASH_FIELD: h,
+                                                VECTOR_FIELD: v.tolist()}}
             sent += len(batch)
 
     ok, errors = bulk_index(client, index, actions(), chunk_size=cfg.batch_size,
                             on_progress=(lambda n: progress.advance(task, n)) if progress else None)
-    verify_count(client, index, total, errors)  # raises before the alias moves: a failed deploy never serves
-    left = point_alias(client, alias, index)
-    pruned = prune(client, alias, cfg.keep_versions)
-    return {"index": index, "alias": alias, "docs": total, "embedded_now": sent, "dims": dims, "pruned": pruned,
-            "truncated_docs": truncated, "max_tokens": max_tokens,
+    gone = sorted(set(have) - seen)
+    if gone:
+        _, del_errors = bulk_index(client, index, ({"_op_type": "delete", "_id": i} for i in gone),
+                                   chunk_size=cfg.batch_size)
+        errors += del_errors
+    # raises before the alias moves: a failed deploy never serves
+    verify_count(client, index, total, errors)
+    if len(seen) != total:
+        raise ClusterError(f"the source yielded {len(seen)} documents but held {total} when the deploy began: it "
+                           "changed during the deploy", hint="rerun the deploy: it embeds only what changed")
+    left, pruned = [], []
+    if move_alias:
+        left = point_alias(client, alias, index)
+        pruned = prune(client, alias, cfg.keep_versions)
+    return {"index": index, "alias": alias, "docs": len(seen), "embedded_now": sent, "deleted_now": len(gone),
+            "dims": dims, "pruned": pruned, "truncated_docs": truncated, "max_tokens": max_tokens,
             "similarity": "dot_product" if normalized else "cosine", "index_options": cfg.index_type,
-            "alias_left": left}
+            "replicas": replicas, "alias_left": left, "alias_moved": move_alias}

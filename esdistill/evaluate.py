@@ -8,13 +8,13 @@ The report is a Markdown table plus a JSON file with every number, per-query met
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .data import Qrels
+from .jsonutil import dumps
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 LABELS = {"bm25": "BM25", "pipeline": "pipeline (BM25 → teacher)", "student": "student (kNN)",
@@ -147,5 +147,5 @@ def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict
         body += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
             f"| {k} | {v:.1f} |\n" for k, v in extra["stage_seconds"].items())
     md.write_text(body)
-    js.write_text(json.dumps({**extra, **summary}, indent=2, default=str))
+    js.write_text(dumps({**extra, **summary}, indent=2))  # strict JSON: an undefined number is null, not NaN
     return md, js

@@ -42,6 +42,36 @@ def index_meta(client: Elasticsearch, index: str) -> dict[str, Any] | None:
     return mapping.get("mappings", {}).get("_meta", {}).get("esdistill", {})
 
 
+def index_identity(client: Elasticsearch, index: str) -> dict[str, Any]:
+    """What a user's index (or alias) holds right now, as cheaply as the cluster can say it: each index's UUID,
+    its document and deleted-document counts and the highest sequence number of each primary shard. A
+    sequence number grows with every write (index, update, delete), so any change to the documents changes
+    this record, and a rebuilt index under the same name has another UUID.
+
+    An API key that may read the index but not its stats (no ``monitor`` privilege) gets the same guarantee
+    from a search: the live documents' count and the sum of their ``_seq_no`` (a write gives a document a
+    higher one; a deletion lowers the count), with the index names the hits come from."""
+    try:
+        stats = client.indices.stats(index=index, level="shards", metric="docs").body
+    except es_exc.NotFoundError:
+        raise ClusterError(f"index {index!r} does not exist", hint="check data.index") from None
+    except es_exc.AuthorizationException:
+        resp = client.search(index=index, size=0, track_total_hits=True, aggs={
+            "seq_no_sum": {"sum": {"field": "_seq_no"}}, "seq_no_max": {"max": {"field": "_seq_no"}},
+            "indices": {"terms": {"field": "_index", "size": 1000}}}).body
+        aggs = resp["aggregations"]
+        return {"count": resp["hits"]["total"]["value"], "seq_no_sum": aggs["seq_no_sum"]["value"],
+                "seq_no_max": aggs["seq_no_max"]["value"],
+                "indices": sorted(b["key"] for b in aggs["indices"]["buckets"]), "from": "search"}
+    out = {}
+    for name, st in sorted(stats["indices"].items()):
+        seq = {shard: s.get("seq_no", {}).get("max_seq_no", -1) for shard, copies in st.get("shards", {}).items()
+               for s in copies if s["routing"]["primary"]}
+        out[name] = {"uuid": st.get("uuid"), "count": st["primaries"]["docs"]["count"],
+                     "deleted": st["primaries"]["docs"]["deleted"], "max_seq_no": dict(sorted(seq.items()))}
+    return {"indices": out, "from": "stats"}
+
+
 def count(client: Elasticsearch, index: str) -> int:
     client.indices.refresh(index=index)
     return int(client.count(index=index).body["count"])

@@ -40,20 +40,68 @@ def resolve(name: str) -> str:
     return name
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+_WEIGHT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".onnx")
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, memoised by (path, size, mtime): a model folder is hashed once per process
+    until a file in it is rewritten."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
 def model_fingerprint(name: str) -> str:
-    """Identifies a model for cache keys: a folder by its config and weight sizes, a hub id by name."""
+    """Identifies a model for cache keys: a folder by the contents of its config, tokenizer and weight files
+    (re-fine-tuning into the same folder changes it); a hub id by the revision it resolves to
+    (:func:`hub_revision`)."""
     target = resolve(name)
     path = Path(target)
     if not path.is_dir():
-        return target
+        rev = hub_revision(target)
+        return f"{target}@{rev}" if rev else target
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt"):
+        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES:
             h.update(p.relative_to(path).as_posix().encode())
-            h.update(str(p.stat().st_size).encode())
-            if p.suffix == ".json" and p.stat().st_size < 1_000_000:
-                h.update(p.read_bytes())
+            h.update(file_hash(p).encode())
     return f"{path.name}-{h.hexdigest()[:12]}"
+
+
+_UNRESOLVED: set[str] = set()
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit a hub id resolves to: asked of the hub when online, else the snapshot the local Hugging Face
+    cache would load. None (with a warning, once) when neither can tell: the cache key then holds the name only,
+    and a new upload under the same name goes unnoticed."""
+    import warnings
+
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            from huggingface_hub import model_info
+
+            return model_info(repo_id).sha
+        except Exception:  # noqa: BLE001 - unreachable hub or unknown id: fall back to the local cache
+            pass
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    if ref.is_file():
+        return ref.read_text().strip()
+    if repo_id not in _UNRESOLVED:
+        _UNRESOLVED.add(repo_id)
+        warnings.warn(f"model {repo_id!r}: cannot resolve it to a hub revision (no hub reachable, not in the local "
+                      "cache); its cache key holds the name only, so a new upload under that name is not noticed",
+                      stacklevel=2)
+    return None
 
 
 def _wrap(kind: str, name: str, target: str, exc: Exception) -> ModelError:
@@ -159,11 +207,14 @@ def load_query_encoder(name: str, backend: str = "torch", export_dir: Path | Non
         from sentence_transformers.backend import export_dynamic_quantized_onnx_model
 
         qcfg = _quantization_config()
-        qfile = out / "onnx" / f"model_qint8_{qcfg}.onnx"
-        if not qfile.exists():
+
+        def quantized() -> Path | None:  # model_qint8_<cfg>.onnx or model_quint8_<cfg>.onnx, by optimum version
+            return next(iter(sorted((out / "onnx").glob(f"model_*int8_{qcfg}.onnx"))), None)
+
+        if quantized() is None:
             export_dynamic_quantized_onnx_model(SentenceTransformer(str(out), backend="onnx", device="cpu"),
                                                 qcfg, str(out))
-        kwargs["model_kwargs"] = {"file_name": f"onnx/{qfile.name}"}
+        kwargs["model_kwargs"] = {"file_name": f"onnx/{quantized().name}"}
     model = SentenceTransformer(str(out), backend="onnx", device="cpu", **kwargs)
     if max_length:
         model.max_seq_length = max_length

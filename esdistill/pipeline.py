@@ -10,7 +10,6 @@ a stage's key includes its upstream stage's key, so changing an early parameter 
 
 from __future__ import annotations
 
-import functools
 import json
 import platform
 import time
@@ -35,13 +34,16 @@ from .config import RunConfig, fingerprint
 from .data import Dataset, Doc, load_dataset, pseudo_queries
 from .deploy import check_dims, deploy_student, versioned_index
 from .errors import InputError
-from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_meta, iter_index_docs
+from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_identity, index_meta, iter_index_docs
+from .jsonutil import dumps
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, load_query_encoder, model_fingerprint
+from .stages import StageKeys
 from .teacher import (
     assign_scorers,
     choose_bm25_weight,
     fit_teacher,
     fuse_frame,
+    heldout_fusion_quality,
     label_quality,
     label_scale,
     score_candidates,
@@ -55,7 +57,7 @@ def make_progress(console: Console | None = None) -> Progress:
 
 
 class Project:
-    """One configured run: the client, the dataset, and every stage."""
+    """One configured run: the client, the dataset, and every stage. Cache keys: :mod:`esdistill.stages`."""
 
     def __init__(self, cfg: RunConfig, console: Console | None = None, client=None):
         self.cfg = cfg
@@ -65,6 +67,13 @@ class Project:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.stage_seconds: dict[str, float] = {}
         self.progress: Progress | None = None
+        self.keys = StageKeys(self)
+        self._memo: dict[Any, Any] = {}  # per instance: a cache on the class would keep every project alive
+
+    def _once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     # -- shared state ---------------------------------------------------------------------------------
     @property
@@ -101,6 +110,11 @@ class Project:
         return out
 
     @property
+    def judged_qids(self) -> set[str]:
+        """Training queries with at least one relevant judgment: those the teacher is cross-fitted on."""
+        return {q for q, docs in self.dataset.train_qrels.items() if any(g > 0 for g in docs.values())}
+
+    @property
     def text_fields(self) -> list[str]:
         return ["title", "text"] if self.cfg.data.beir else self.cfg.data.text_fields
 
@@ -109,6 +123,13 @@ class Project:
         if self.dataset.corpus is not None:
             return {i: self.dataset.corpus[i] for i in ids if i in self.dataset.corpus}
         return fetch_docs(self.client, self.cfg.data.index, ids, self.text_fields)
+
+    def eval_queries(self) -> dict[str, str]:
+        """The test queries that are evaluated: those with at least one relevant judgment. A query without one
+        scores 0 for every system and would only dilute the means."""
+        ds = self.dataset
+        return {q: ds.test_queries[q] for q, docs in ds.test_qrels.items()
+                if q in ds.test_queries and any(g > 0 for g in docs.values())}
 
     def log(self, msg: str) -> None:
         self.console.print(msg)
@@ -132,13 +153,30 @@ class Project:
     def _cache(self, stage: str, inputs: dict[str, Any]) -> StageCache:
         return StageCache(self.workdir, stage, inputs)
 
-    # -- stages -------------------------------------------------------------------------------------------
+    # -- what the data is ------------------------------------------------------------------------------
+    def index_identity(self) -> dict[str, Any]:
+        """What the BM25 index holds: the corpus's content and the mapping, or — for the user's own index — its
+        UUIDs, counts and write sequence numbers as the cluster reports them now (read once per project)."""
+        if self.cfg.data.index:
+            return self._once("identity", lambda: {
+                "user_index": self.cfg.data.index, "fields": self.cfg.data.text_fields,
+                "state": index_identity(self.client, self.cfg.data.index)})
+        return {"corpus": self.dataset.corpus_fingerprint,
+                "mapping": (MAPPINGS_DIR / "bm25_index.json").read_text()}
+
     @property
     def index_key(self) -> str:
-        if self.cfg.data.index:
-            return fingerprint({"user_index": self.cfg.data.index})
-        return fingerprint({"data": self.dataset.fingerprint, "mapping": (MAPPINGS_DIR / "bm25_index.json").read_text()})
+        """Changes whenever the searched documents change (a user's index: with every write to it)."""
+        return fingerprint(self.keys.index())
 
+    def corpus_identity(self) -> Any:
+        """What a dense index is built from, for deploy keys: the corpus's content, or the user's index by name
+        and fields (its edits are synced into the same dense index by every deploy, never rebuilt)."""
+        if self.cfg.data.index:
+            return {"user_index": self.cfg.data.index, "fields": self.cfg.data.text_fields}
+        return self.dataset.corpus_fingerprint
+
+    # -- stages -------------------------------------------------------------------------------------------
     def index(self) -> dict[str, Any]:
         """Create and fill the BM25 index (skipped when the data is an existing index)."""
         with self.stage("index"):
@@ -151,18 +189,20 @@ class Project:
             self.log(f"index {info['index']}: {info['docs']} documents" + (" (cached)" if info.get("cached") else ""))
             return info
 
+    def _ensure_index(self) -> None:
+        if not self.cfg.data.index:
+            meta = index_meta(self.client, self.cfg.bm25_index)
+            if not meta or meta.get("key") != self.index_key:
+                self.index()
+
     def _candidates_cache(self) -> StageCache:
-        return self._cache("candidates", {
-            "index": self.cfg.bm25_index, "index_key": self.index_key, "fields": self.text_fields,
-            "queries": fingerprint(self.train_queries), "k": self.cfg.candidates.k})
+        return self._cache("candidates", self.keys.candidates())
 
     def candidates(self) -> dict[str, Any]:
         """BM25 top-k of every training query (building the BM25 index first if it is not there yet)."""
         cache = self._candidates_cache()
-        if not cache.done and not self.cfg.data.index:
-            meta = index_meta(self.client, self.cfg.bm25_index)
-            if not meta or meta.get("key") != self.index_key:
-                self.index()
+        if not cache.done:
+            self._ensure_index()
         with self.stage("candidates"):
             info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.train_queries,
                                            self.text_fields, self.cfg.candidates.k, self.cfg.candidates.batch_size,
@@ -176,17 +216,10 @@ class Project:
         cache = self._candidates_cache()
         if not cache.done:
             self.candidates()
-        return pd.read_parquet(cache.path("candidates.parquet"))
+        return self._once(("candidates", cache.key), lambda: pd.read_parquet(cache.path("candidates.parquet")))
 
     def _fit_cache(self) -> StageCache:
-        # the fit reads only the judged queries' candidates: adding a query log or pseudo-queries (which
-        # changes the candidates stage's key) must not refit the teacher
-        judged = {q: t for q, t in self.dataset.train_queries.items() if q in self.dataset.train_qrels}
-        return self._cache("teacher-fit", {
-            "index": self.cfg.bm25_index, "index_key": self.index_key, "fields": self.text_fields,
-            "k": self.cfg.candidates.k, "judged_queries": fingerprint(judged),
-            "qrels": fingerprint(self.dataset.train_qrels),
-            "fit": self.cfg.teacher.fit.model_dump(), "base": model_fingerprint(self.cfg.teacher.fit.base_model)})
+        return self._cache("teacher-fit", self.keys.teacher_fit())
 
     def teacher_fit(self) -> dict[str, Any]:
         """Cross-fit cross-encoder teachers from the train judgments."""
@@ -198,110 +231,152 @@ class Project:
                      "judged queries" + (" (cached)" if info.get("cached") else ""))
             return info
 
+    def _fit_info(self) -> dict[str, Any] | None:
+        if self.cfg.teacher.model:
+            return None
+        cache = self._fit_cache()
+        return cache.info() if cache.done else self.teacher_fit()
+
     def teacher_model(self) -> str:
         """The reranker of the pipeline: the user's, or the full fitted model."""
-        if self.cfg.teacher.model:
-            return self.cfg.teacher.model
-        cache = self._fit_cache()
-        info = cache.info() if cache.done else self.teacher_fit()
-        return info["models"]["full"]
+        return self.cfg.teacher.model or self._fit_info()["models"]["full"]
 
-    def teacher_pairs(self) -> pd.DataFrame:
-        """Candidates to label (top ``depth``) plus every judged positive BM25 missed, so it gets a score too."""
-        frame = self.candidates_frame()
-        depth = self.cfg.teacher.depth or self.cfg.candidates.k
-        frame = frame[frame["rank"] <= depth].assign(source="bm25")
-        have = set(zip(frame.qid, frame.docid, strict=True))
-        corpus_ids = set(self.docs([d for docs in self.dataset.train_qrels.values() for d in docs]))
-        extra = [(q, d, 0, float("nan"), "judged") for q, docs in self.dataset.train_qrels.items()
-                 for d, g in docs.items() if g > 0 and (q, d) not in have and d in corpus_ids]
-        extra_df = pd.DataFrame(extra, columns=["qid", "docid", "rank", "bm25", "source"])
-        return pd.concat([frame, extra_df], ignore_index=True) if extra else frame
+    def teacher_pairs(self, judged: bool | None = None) -> pd.DataFrame:
+        """Candidates to label (top ``teacher.depth``) plus every judged positive BM25 missed, so it gets a score
+        too. ``judged`` selects the judged queries' pairs (True) or the unjudged ones' (False); None gives all."""
+        def build() -> pd.DataFrame:
+            frame = self.candidates_frame()
+            depth = self.cfg.teacher.depth or self.cfg.candidates.k
+            frame = frame[frame["rank"] <= depth].assign(source="bm25")
+            have = set(zip(frame.qid, frame.docid, strict=True))
+            corpus_ids = set(self.docs([d for docs in self.dataset.train_qrels.values() for d in docs]))
+            extra = [(q, d, 0, float("nan"), "judged") for q, docs in self.dataset.train_qrels.items()
+                     for d, g in docs.items() if g > 0 and (q, d) not in have and d in corpus_ids]
+            extra_df = pd.DataFrame(extra, columns=["qid", "docid", "rank", "bm25", "source"])
+            return pd.concat([frame, extra_df], ignore_index=True) if extra else frame
 
-    def _teacher_cache(self) -> StageCache:
-        scorer = (model_fingerprint(self.cfg.teacher.model) if self.cfg.teacher.model else self._fit_cache().key)
-        return self._cache("teacher", {
-            "candidates": self._candidates_cache().key, "qrels": fingerprint(self.dataset.train_qrels),
-            "scorer": scorer, "max_length": self.cfg.teacher.max_length, "depth": self.cfg.teacher.depth})
+        pairs = self._once(("pairs", self._candidates_cache().key), build)
+        if judged is None:
+            return pairs
+        return pairs[pairs.qid.isin(self.judged_qids) == judged].reset_index(drop=True)
+
+    def _teacher_cache(self, judged: bool = True) -> StageCache | None:
+        """The judged queries' teacher scores (always), or the unjudged ones' (None when there are none)."""
+        if not judged and self.teacher_pairs(judged=False).empty:
+            return None
+        return self._cache("teacher" if judged else "teacher-unjudged", self.keys.teacher(judged))
 
     def teacher(self) -> dict[str, Any]:
-        """Score every candidate pair with the teacher (fitting it first when none is given)."""
-        fit_info = None
-        if not self.cfg.teacher.model:
-            cache = self._fit_cache()
-            fit_info = cache.info() if cache.done else self.teacher_fit()
-        pairs = self.teacher_pairs()
+        """Score every candidate pair with the teacher (fitting it first when none is given): the judged queries
+        each by the fold model that never saw it, the unjudged ones (query log, pseudo-queries) by the full one."""
+        fit_info = self._fit_info()
         with self.stage("teacher"):
-            scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
-            info = score_candidates(pairs, self.train_queries, self.docs, scorers, self._teacher_cache(),
-                                    self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
-                                    self.cfg.teacher.chunk_queries, progress=self.progress)
-            self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info.get("cached") else
+            infos = []
+            for judged in (True, False):
+                cache = self._teacher_cache(judged)
+                if cache is None:
+                    continue
+                pairs = self.teacher_pairs(judged)
+                scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
+                infos.append(score_candidates(pairs, self.train_queries, self.docs, scorers, cache,
+                                              self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
+                                              self.cfg.teacher.chunk_queries, progress=self.progress))
+            info = {"pairs": sum(i["pairs"] for i in infos), "queries": sum(i["queries"] for i in infos),
+                    "scored_now": sum(i.get("scored_now", 0) for i in infos if not i.get("cached")),
+                    "cached": all(i.get("cached") for i in infos)}
+            self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info["cached"] else
                                                                   f" ({info['scored_now']} now)"))
-            quality = label_quality(self.raw_scores_frame(), self.dataset.train_qrels)
-            if quality:
-                info["label_quality"] = quality
-                held = " (each query held out from the model that labelled it)" if fit_info else ""
-                self.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
-                         f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
-                weight = self.bm25_weight()
-                if self.cfg.teacher.bm25_weight == "auto":
-                    tried = self._auto_weight()["ndcg@10"]
-                    self.log(f"teacher: BM25 weight {weight:g} chosen on the held-out labels (NDCG@10 "
-                             + ", ".join(f"{w:g}: {v:.3f}" for w, v in tried.items()) + ")")
-                    info["bm25_weight_tried"] = {str(w): v for w, v in tried.items()}
-                info["bm25_weight"] = weight
-                if weight > 0:
-                    fused = label_quality(self.scores_frame(), self.dataset.train_qrels)
-                    info["label_quality_fused"] = fused
-                    self.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f}")
-                final = info.get("label_quality_fused", quality)["teacher_ndcg@10"]
-                if final <= quality["bm25_ndcg@10"]:
-                    self.console.print(
-                        "[bold yellow]warning:[/] the teacher's labels rank the candidates no better than BM25 does; "
-                        "a student distilled from them learns BM25's mistakes. Fit it longer (profile full, a GPU), "
-                        "give it more judged queries, or set \\[teacher] model to a ready cross-encoder.")
-                elif quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"]:
-                    self.log("teacher: alone it ranks worse than BM25; only its blend with BM25 beats BM25")
+            self._report_labels(info, fit_info is not None)
             return info
 
+    def _report_labels(self, info: dict[str, Any], cross_fitted: bool) -> None:
+        """How good the labels are on the judged training queries, alone and fused with BM25; warns when they
+        rank no better than BM25."""
+        quality = label_quality(self.raw_scores_frame(), self.dataset.train_qrels)
+        if not quality:
+            return
+        info["label_quality"] = quality
+        held = " (each query held out from the model that labelled it)" if cross_fitted else ""
+        self.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
+                 f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
+        weight = self.label_weight()
+        if self.cfg.teacher.bm25_weight == "auto":
+            tried = self._auto_weight(None)["ndcg@10"]
+            self.log(f"teacher: BM25 weight {weight:g} chosen on the held-out labels (NDCG@10 "
+                     + ", ".join(f"{w:g}: {v:.3f}" for w, v in tried.items()) + ")")
+            info["bm25_weight_tried"] = {str(w): v for w, v in tried.items()}
+        info["bm25_weight"] = weight
+        if weight > 0:
+            fused = label_quality(self.scores_frame(), self.dataset.train_qrels)
+            info["label_quality_fused"] = fused
+            if self.cfg.teacher.bm25_weight == "auto":
+                # the weight was chosen on these same queries: also say what it is worth on queries it was not
+                held_out = heldout_fusion_quality(self.raw_scores_frame(), self.dataset.train_qrels)
+                info["label_quality_fused_heldout"] = held_out
+                extra = (f"; {held_out['teacher_ndcg@10']:.3f} with the weight chosen on the other half of the "
+                         "queries" if held_out else "")
+                self.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f} on "
+                         f"the queries the weight was chosen on{extra}")
+            else:
+                self.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f}")
+        final = info.get("label_quality_fused", quality)["teacher_ndcg@10"]
+        if final <= quality["bm25_ndcg@10"]:
+            self.console.print(
+                "[bold yellow]warning:[/] the teacher's labels rank the candidates no better than BM25 does; "
+                "a student distilled from them learns BM25's mistakes. Fit it longer (profile full, a GPU), "
+                "give it more judged queries, or set \\[teacher] model to a ready cross-encoder.")
+        elif quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"]:
+            self.log("teacher: alone it ranks worse than BM25; only its blend with BM25 beats BM25")
+
     def raw_scores_frame(self) -> pd.DataFrame:
-        """The teacher's raw logits for every labelled pair (``scores.parquet``)."""
-        cache = self._teacher_cache()
+        """The teacher's raw logits for every labelled pair (the judged and the unjudged queries' ``scores.parquet``)."""
+        caches = [c for c in (self._teacher_cache(True), self._teacher_cache(False)) if c is not None]
+        if not all(c.done for c in caches):
+            self.teacher()
+        key = tuple(c.key for c in caches)
+        return self._once(("raw", key), lambda: pd.concat(
+            [pd.read_parquet(c.path("scores.parquet")) for c in caches], ignore_index=True))
+
+    def _judged_scores(self) -> pd.DataFrame:
+        cache = self._teacher_cache(True)
         if not cache.done:
             self.teacher()
-        return pd.read_parquet(cache.path("scores.parquet"))
+        return self._once(("judged-scores", cache.key), lambda: pd.read_parquet(cache.path("scores.parquet")))
 
-    @functools.cache
-    def _auto_weight(self) -> dict[str, Any]:
-        return choose_bm25_weight(self.raw_scores_frame(), self.dataset.train_qrels)
+    def _auto_weight(self, depth: int | None) -> dict[str, Any]:
+        return self._once(("auto-weight", depth), lambda: choose_bm25_weight(
+            self._judged_scores(), self.dataset.train_qrels, depth=depth))
 
-    def bm25_weight(self) -> float:
-        """The BM25 weight of the teacher fusion; ``auto`` is resolved on the held-out judged labels (0 when
-        no training query is judged)."""
+    def bm25_weight(self, depth: int | None = None) -> float:
+        """The BM25 weight of the teacher fusion; ``auto`` is resolved on the held-out judged labels, fusing each
+        query's top-``depth`` candidates (None: all scored ones); 0 when no training query is judged."""
         w = self.cfg.teacher.bm25_weight
         if w == "auto":
-            return float(self._auto_weight()["weight"] or 0.0)
+            return float(self._auto_weight(depth)["weight"] or 0.0)
         return float(w)
 
-    @functools.cache
+    def label_weight(self) -> float:
+        """The BM25 weight of the training labels (fused over every scored candidate of a query)."""
+        return self.bm25_weight(None)
+
+    def pipeline_weight(self) -> float:
+        """The BM25 weight of the pipeline at evaluation, chosen over lists of its rerank depth: z-scores over
+        30 candidates are not those over 100, so a weight chosen at one depth is not the best at another."""
+        scored = self.cfg.teacher.depth or self.cfg.candidates.k
+        return self.bm25_weight(min(self.cfg.evaluate.rerank_depth, scored))
+
     def _label_scale(self) -> float:
-        return label_scale(self.raw_scores_frame())
+        return self._once("label-scale", lambda: label_scale(self.raw_scores_frame()))
 
     def scores_frame(self) -> pd.DataFrame:
         """The training signal: the teacher's scores, fused with BM25 when ``teacher.bm25_weight`` > 0 (the raw
         logit stays in ``teacher_raw``)."""
         raw = self.raw_scores_frame()
-        w = self.bm25_weight()
+        w = self.label_weight()
         return fuse_frame(raw, w, self._label_scale() if w else None)
 
     def _train_cache(self) -> StageCache:
-        inputs = {"teacher_key": self._teacher_cache().key,
-                  "train": self.cfg.train.model_dump(exclude={"save_steps"}),
-                  "base": model_fingerprint(self.cfg.train.base_model)}
-        if self.cfg.teacher.bm25_weight != 0:
-            inputs["bm25_weight"] = self.cfg.teacher.bm25_weight
-        return self._cache("train", inputs)
+        return self._cache("train", self.keys.train())
 
     def train(self) -> dict[str, Any]:
         """Distill the teacher's scores into the student bi-encoder."""
@@ -326,20 +401,17 @@ class Project:
         return self.cfg.train.model_copy(update={"loss": "judgments"})
 
     def _control_cache(self) -> StageCache:
-        return self._cache("train-judgments", {
-            "candidates": self._candidates_cache().key, "pairs": "candidates+judged", "qrels": fingerprint(self.dataset.train_qrels),
-            "train": self._control_config().model_dump(exclude={"save_steps", "judged_above_teacher"}),
-            "base": model_fingerprint(self.cfg.train.base_model)})
+        return self._cache("train-judgments", self.keys.control())
 
     def train_judgments(self) -> dict[str, Any]:
         """The control: a student trained on the judgments alone (BM25 hard negatives, no teacher), with the
         same base model and settings as the student. A distilled student that does not beat it has not earned
         its teacher."""
-        pairs = self.teacher_pairs()  # BM25 candidates plus the judged positives BM25 missed, as the student gets
+        pairs = self.teacher_pairs(judged=True)  # BM25 candidates plus the judged positives BM25 missed
         floor = pairs.groupby("qid").bm25.transform("min").fillna(0.0) - 1.0
         scores = pairs.assign(teacher=pairs.bm25.fillna(floor).astype("float32"))
         with self.stage("train (judgments only)"):
-            info = train_student(self._control_config(), scores, self.train_queries, self.dataset.train_qrels,
+            info = train_student(self._control_config(), scores, self.dataset.train_queries, self.dataset.train_qrels,
                                  self.docs, self._control_cache(), self.log)
             b = info.get("dev_before", {}).get("dev_cosine_ndcg@10")
             a = info.get("dev_after", {}).get("dev_cosine_ndcg@10")
@@ -363,29 +435,35 @@ class Project:
         }
 
     def _deploy_key(self, which: str = "student") -> str:
-        model_key = self.dense_models()[which][1]()
-        return fingerprint({which: model_key, "data": self.index_key,
-                            "deploy": self.cfg.deploy.model_dump(exclude={"keep_versions", "batch_size",
-                                                                          "encode_batch_size"})})
+        return fingerprint(self.keys.deploy(which))
 
-    def deploy(self, which: str = "student") -> dict[str, Any]:
-        """Embed the corpus with the student (or ``which`` other bi-encoder of :meth:`dense_models`) into a new
-        dense index and point its alias at it."""
+    def dense_index(self, which: str = "student") -> str:
+        """The versioned dense index of the configured deploy of ``which`` (whether or not its alias points there)."""
+        return versioned_index(self.dense_models()[which][2], self._deploy_key(which))
+
+    def deploy(self, which: str = "student", move_alias: bool = True) -> dict[str, Any]:
+        """Embed the corpus with the student (or ``which`` other bi-encoder of :meth:`dense_models`) into its
+        versioned dense index — syncing an existing one with the source — and, with ``move_alias``, point its
+        alias at it. Only ``deploy`` moves an alias: evaluation builds what it measures with ``move_alias=False``."""
         path_of, _, alias = self.dense_models()[which]
         path = path_of()
         t0 = time.perf_counter()
-        with self.stage("deploy" if which == "student" else f"deploy ({which})"):
-            model = load_bi_encoder(path, max_length=self.cfg.deploy.max_length or self.cfg.train.max_length)
+        label = "deploy" if which == "student" else f"deploy ({which})"
+        with self.stage(label if move_alias else f"{label}, for evaluation"):
+            max_length = self.cfg.deploy.effective_max_length(self.cfg.train)
+            model = load_bi_encoder(path, max_length=max_length)
             if self.dataset.corpus is not None:
                 docs, total = self.dataset.corpus.values(), len(self.dataset.corpus)
             else:
+                self.client.indices.refresh(index=self.cfg.data.index)
                 docs = iter_index_docs(self.client, self.cfg.data.index, self.text_fields)
                 total = self.client.count(index=self.cfg.data.index).body["count"]
             meta = {"model": path, "dataset": self.cfg.data.name, "system": which}
             if which == "student":
                 meta["teacher"] = self._teacher_cache().key
             key = self._deploy_key(which)
-            info = deploy_student(self.client, model, docs, total, alias, key, self.cfg.deploy, meta, self.progress)
+            info = deploy_student(self.client, model, docs, total, alias, key, self.cfg.deploy, meta, self.progress,
+                                  move_alias=move_alias)
             record = self.workdir / "deploy" / f"{key}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             prev = json.loads(record.read_text()) if record.exists() else {}
@@ -395,49 +473,42 @@ class Project:
                                                                      else 0)
             # what embedding cost, kept across reruns that find the index complete
             info["seconds"] = (time.perf_counter() - t0) if info["embedded_now"] else prev.get("seconds")
-            record.write_text(json.dumps(info, indent=2))
-            self.log(f"deploy: {info['docs']} documents in {info['index']} ({info['dims']} dims, "
-                     f"{info['similarity']}, {info['index_options']}); alias {info['alias']} → {info['index']}")
+            record.write_text(dumps(info, indent=2))
+            synced = (f" ({info['embedded_now']} embedded now, {info['deleted_now']} deleted)"
+                      if info["embedded_now"] or info["deleted_now"] else " (up to date)")
+            where = (f"alias {info['alias']} → {info['index']}" if move_alias else
+                     f"alias {info['alias']} not moved (only `esdistill deploy` moves it)")
+            self.log(f"deploy: {info['docs']} documents in {info['index']}{synced} ({info['dims']} dims, "
+                     f"{info['similarity']}, {info['index_options']}, {info['replicas']} replicas); {where}")
             if info["truncated_docs"]:
                 self.log(f"deploy: {info['truncated_docs']} of {info['embedded_now']} documents embedded now are longer "
                          f"than {info['max_tokens']} tokens and were truncated (deploy.max_length raises the limit)")
             return info
 
-    def _alias_target(self, alias: str) -> str | None:
-        """The index an alias points at now (None when the alias does not exist)."""
-        if not self.client.indices.exists_alias(name=alias):
-            return None
-        return next(iter(self.client.indices.get_alias(name=alias).body), None)
+    def _system_cache(self, name: str) -> StageCache:
+        return self._cache("evaluate-system", self.keys.system(name))
 
     def _eval_cache(self) -> StageCache:
-        ev = self.cfg.evaluate.model_dump()
-        systems = ev.pop("systems")
-        inputs = {"deploy": self._deploy_key(), "index": self.index_key,
-                  "teacher": self._teacher_cache().key, "queries": fingerprint(self.dataset.test_queries),
-                  "qrels": fingerprint(self.dataset.test_qrels), "evaluate": ev,
-                  "teacher_max_length": self.cfg.teacher.max_length}
-        if self.cfg.teacher.bm25_weight != 0:
-            inputs["bm25_weight"] = self.cfg.teacher.bm25_weight
-        for extra in ("zero_shot", "judgments"):
-            if extra in systems:
-                inputs[f"deploy_{extra}"] = self._deploy_key(extra)
-        return self._cache("evaluate", inputs)
+        return self._cache("evaluate", self.keys.evaluate())
 
-    def systems(self) -> dict[str, Callable[[], Any]]:
-        """Builders of each system to evaluate (models load only when a system runs)."""
+    def systems(self, served: bool = False) -> dict[str, Callable[[], Any]]:
+        """Builders of each system to evaluate (models load only when a system runs). Dense systems search the
+        configured deploy's versioned index, or with ``served`` the alias (what applications query now)."""
         ev, c = self.cfg.evaluate, self.client
+        loaded: dict[str, Any] = {}
 
-        @functools.cache
         def dense_model(which: str):  # one load shared by the student and hybrid systems
-            path_of, key_of, alias = self.dense_models()[which]
-            m = load_query_encoder(path_of(), ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
-                                   max_length=self.cfg.train.max_length)
-            check_dims(c, alias, embedding_info(m)[0])
-            return m
+            if which not in loaded:
+                path_of, key_of, _ = self.dense_models()[which]
+                m = load_query_encoder(path_of(), ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
+                                       max_length=self.cfg.train.max_length)
+                check_dims(c, self._dense_target(which, served), embedding_info(m)[0])
+                loaded[which] = m
+            return loaded[which]
 
         def knn(which: str):  # a served bi-encoder: the student, the zero-shot base, the control
-            alias = self.dense_models()[which][2]
-            s = search_mod.Student(c, alias, dense_model(which), ev.k, ev.num_candidates, oversample=ev.oversample)
+            s = search_mod.Student(c, self._dense_target(which, served), dense_model(which), ev.k, ev.num_candidates,
+                                   oversample=ev.oversample)
             s.name = which
             return s
 
@@ -446,47 +517,58 @@ class Project:
             "pipeline": lambda: search_mod.Pipeline(
                 c, self.cfg.bm25_index, self.text_fields,
                 load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
-                ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.bm25_weight()),
+                ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.pipeline_weight()),
             "zero_shot": lambda: knn("zero_shot"),
             "judgments": lambda: knn("judgments"),
             "student": lambda: knn("student"),
-            "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields, self.cfg.dense_alias,
-                                                dense_model("student"), ev.k, ev.num_candidates, ev.rrf_k,
-                                                oversample=ev.oversample),
+            "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields,
+                                                self._dense_target("student", served), dense_model("student"), ev.k,
+                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample),
         }
 
+    def _dense_target(self, which: str, served: bool) -> str:
+        return self.dense_models()[which][2] if served else self.dense_index(which)
+
     def evaluate(self) -> dict[str, Any]:
-        """Run every system over the test queries and write the side-by-side report."""
+        """Run every system over the test queries and write the side-by-side report. Dense systems are measured
+        on the configured deploy's versioned index (built if missing); no alias is moved."""
         ds = self.dataset
         if not ds.test_qrels:
             raise InputError("evaluate needs test queries with judgments",
                              hint="BEIR: qrels/<test_split>.tsv; own data: data.test_queries and data.test_qrels")
-        queries = {q: ds.test_queries[q] for q in ds.test_qrels}
+        queries = self.eval_queries()
+        unjudged = len(ds.test_queries) - len(queries)
+        if unjudged:
+            self.log(f"evaluate: {unjudged} of {len(ds.test_queries)} test queries have no relevant judgment and are "
+                     "left out (every system would score 0 on them)")
+        if not queries:
+            raise InputError("no test query has a relevant judgment (grade > 0)", hint="check the test qrels")
+        qrels = {q: ds.test_qrels[q] for q in queries}
         wanted = set(self.cfg.evaluate.systems)
-        for which, (path_of, _, alias) in self.dense_models().items():
+        for which in self.dense_models():
             if which in wanted or (which == "student" and "hybrid" in wanted):
-                path_of()
-                if self._alias_target(alias) != versioned_index(alias, self._deploy_key(which)):
-                    self.deploy(which)
-        cache = self._eval_cache()
+                self.deploy(which, move_alias=False)
         builders = self.systems()
         results = {}
         with self.stage("evaluate"):
             for name in self.cfg.evaluate.systems:
-                f = cache.path(f"system-{name}.json")
-                if f.exists():
-                    results[name] = json.loads(f.read_text())
-                    continue
-                results[name] = eval_mod.run_system(builders[name](), queries, self.progress)
-                f.write_text(json.dumps(results[name]))
-            summary = eval_mod.summarize(ds.test_qrels, results)
+                cache = self._system_cache(name)
+                if not cache.done:
+                    run = eval_mod.run_system(builders[name](), queries, self.progress)
+                    cache.path("run.json").write_text(dumps(run))
+                    cache.finish(system=name, queries=len(queries))
+                results[name] = json.loads(cache.path("run.json").read_text())
+            summary = eval_mod.summarize(qrels, results)
+            summary["test_queries_without_relevant"] = unjudged
+        cache = self._eval_cache()
         record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
         deploy_info = json.loads(record.read_text()) if record.exists() else None
         extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "deploy": deploy_info,
-                 "config": json.loads(self.cfg.model_dump_json()),
+                 "config": json.loads(self.cfg.model_dump_json()), "left_out_of_training": len(ds.leaked),
                  "stage_seconds": self.stage_seconds, "environment": environment(), "evaluate_key": cache.key}
         out = self.workdir / "reports" / f"{self.cfg.data.name}-{self.cfg.profile}-{cache.key[:8]}"
         md, js = eval_mod.write_report(summary, out, f"{self.cfg.data.name} — {self.cfg.profile} profile", extra)
+        cache.finish(report=str(md))
         print(md.read_text(), flush=True)  # the table goes to stdout; progress and logs to stderr
         self.log(f"report: {md} and {js}")
         written = self.write_results(summary, results, queries, cache.key)
@@ -495,22 +577,22 @@ class Project:
 
     def sweep(self, index_types: list[str], num_candidates: list[int], oversample: float | None = None,
               k: int = 10) -> dict[str, Any]:
-        """Recall@k of approximate kNN vs exact and latency, per index type and num_candidates (test queries)."""
+        """Recall@k of approximate kNN vs exact and latency, per index type and num_candidates (test queries),
+        on indices built as the served one is (same bulk size, not force-merged)."""
         import numpy as np
 
         from .sweep import sweep as run_sweep
         from .sweep import sweep_markdown
 
         path = self.student_path()
-        cache = self._cache("sweep-vectors", {"student": self._train_cache().key, "data": self.index_key,
-                                              "queries": fingerprint(self.dataset.test_queries)})
-        model = load_bi_encoder(path, max_length=self.cfg.deploy.max_length or self.cfg.train.max_length)
+        cache = self._cache("sweep-vectors", self.keys.sweep_vectors())
+        model = load_bi_encoder(path, max_length=self.cfg.deploy.effective_max_length(self.cfg.train))
         with self.stage("sweep"):
             if not cache.done:
                 docs = (list(self.dataset.corpus.values()) if self.dataset.corpus is not None
                         else list(iter_index_docs(self.client, self.cfg.data.index, self.text_fields)))
                 vecs = model.encode([d.full_text for d in docs], batch_size=self.cfg.deploy.encode_batch_size,
-                                    normalize_embeddings=True, show_progress_bar=True, convert_to_numpy=True)
+                                    normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True)
                 np.save(cache.path("docs.npy"), vecs.astype("float32"))
                 cache.path("ids.txt").write_text("\n".join(d.id for d in docs))
                 cache.finish(docs=len(docs))
@@ -521,13 +603,14 @@ class Project:
                                   convert_to_numpy=True, show_progress_bar=False)
             rows = run_sweep(self.client, ids, doc_vecs, q_vecs, self.cfg.dense_alias, index_types, num_candidates,
                              k=k, oversample=oversample, m=self.cfg.deploy.m,
-                             ef_construction=self.cfg.deploy.ef_construction, progress=self.progress)
+                             ef_construction=self.cfg.deploy.ef_construction, chunk_size=self.cfg.deploy.batch_size,
+                             progress=self.progress)
         md = sweep_markdown(rows, k)
         out = self.workdir / "reports" / f"{self.cfg.data.name}-sweep-{cache.key[:8]}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "sweep.md").write_text(md)
-        (out / "sweep.json").write_text(json.dumps({"rows": rows, "queries": len(qids), "docs": len(ids),
-                                                    "environment": environment()}, indent=2))
+        (out / "sweep.json").write_text(dumps({"rows": rows, "queries": len(qids), "docs": len(ids), "k": k,
+                                               "environment": environment()}, indent=2))
         print(md, flush=True)
         return {"rows": rows, "markdown": str(out / "sweep.md")}
 
@@ -539,7 +622,7 @@ class Project:
         cache = self._cache("export", {"student": self._train_cache().key})
         with self.stage("export"):
             name = f"esdistill-{self.cfg.data.name}-{self._train_cache().key[:8]}"
-            export = ex.trace_student(path, cache.dir, self.cfg.deploy.max_length or self.cfg.train.max_length,
+            export = ex.trace_student(path, cache.dir, self.cfg.deploy.effective_max_length(self.cfg.train),
                                       name=name)
             sample = [d.full_text for d in list(self.docs(sorted(self.scores_frame().docid.unique())[:16]).values())]
             sample += list(self.dataset.train_queries.values())[:4]

@@ -23,7 +23,7 @@ from elasticsearch import Elasticsearch
 from .candidates import bm25_body
 from .data import Doc
 from .deploy import VECTOR_FIELD
-from .errors import ClusterError
+from .cluster import check_shards
 from .indexing import doc_from_source
 
 
@@ -67,10 +67,8 @@ def knn_builder_body(text: str, model_id: str, k: int, num_candidates: int, filt
     return {"knn": knn, "size": k, "_source": False}
 
 
-def _hits(resp: dict) -> list[tuple[str, float]]:
-    if "error" in resp:
-        raise ClusterError(f"search failed: {resp['error']}")
-    return [(h["_id"], float(h["_score"])) for h in resp["hits"]["hits"]]
+def _hits(resp: dict, what: str = "search") -> list[tuple[str, float]]:
+    return [(h["_id"], float(h["_score"])) for h in check_shards(resp, what)["hits"]["hits"]]
 
 
 class BM25:
@@ -82,7 +80,8 @@ class BM25:
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
         resp = self.client.search(index=self.index, **bm25_body(text, self.fields, self.k)).body
-        return Result(_hits(resp), (time.perf_counter() - t0) * 1e3, float(resp["took"]))
+        return Result(_hits(resp, f"BM25 search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
+                      float(resp["took"]))
 
 
 class Pipeline:
@@ -97,14 +96,21 @@ class Pipeline:
         self.bm25_weight = bm25_weight  # the teacher's fusion with BM25 (esdistill.teacher.fuse), as in training
 
     def search(self, text: str) -> Result:
+        """BM25's top ``depth`` with their texts (what is reranked) and, when ``k`` is larger, its top ``k`` ids
+        alone (the tail kept in BM25 order) in one ``_msearch``: only what is reranked is fetched."""
         import torch
 
         t0 = time.perf_counter()
-        body = bm25_body(text, self.fields, max(self.k, self.depth))
-        body["_source"] = self.fields
-        resp = self.client.search(index=self.index, **body).body
-        raw = resp["hits"]["hits"]
-        head = raw[: self.depth]
+        head_body = bm25_body(text, self.fields, self.depth)
+        head_body["_source"] = self.fields
+        searches = [{"index": self.index}, head_body]
+        if self.k > self.depth:
+            searches += [{"index": self.index}, bm25_body(text, self.fields, self.k)]
+        responses = self.client.msearch(searches=searches).body["responses"]
+        for r in responses:
+            check_shards(r, f"pipeline: BM25 search on {self.index!r}")
+        head = responses[0]["hits"]["hits"]
+        tail_hits = responses[1]["hits"]["hits"] if len(responses) > 1 else []
         docs: list[Doc] = [doc_from_source(h["_id"], h.get("_source", {}), self.fields) for h in head]
         t1 = time.perf_counter()
         scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
@@ -117,9 +123,11 @@ class Pipeline:
         rerank_ms = (time.perf_counter() - t1) * 1e3
         top = sorted(zip((d.id for d in docs), (float(s) for s in scores), strict=True), key=lambda x: -x[1])
         floor = min((s for _, s in top), default=0.0)
-        tail = [(h["_id"], floor - i - 1.0) for i, h in enumerate(raw[self.depth : self.k])]
+        reranked = {d.id for d in docs}
+        tail = [(h["_id"], floor - i - 1.0) for i, h in enumerate(h for h in tail_hits if h["_id"] not in reranked)]
         hits = (top + tail)[: self.k]
-        return Result(hits, (time.perf_counter() - t0) * 1e3, float(resp["took"]), {"rerank_ms": rerank_ms})
+        took = float(max(r["took"] for r in responses))
+        return Result(hits, (time.perf_counter() - t0) * 1e3, took, {"rerank_ms": rerank_ms})
 
 
 class Student:
@@ -141,8 +149,8 @@ class Student:
         vec = self.encode(text)
         t1 = time.perf_counter()
         resp = self.client.search(index=self.index, **self.body(vec)).body
-        return Result(_hits(resp), (time.perf_counter() - t0) * 1e3, float(resp["took"]),
-                      {"encode_ms": (t1 - t0) * 1e3})
+        return Result(_hits(resp, f"kNN search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
+                      float(resp["took"]), {"encode_ms": (t1 - t0) * 1e3})
 
 
 class Hybrid:
@@ -164,7 +172,8 @@ class Hybrid:
             {"index": self.bm25_index}, bm25_body(text, self.fields, self.k),
             {"index": self.dense_index}, self.student.body(vec),
         ]).body
-        lexical, dense = (_hits(r) for r in resp["responses"])
+        lexical, dense = (_hits(r, f"hybrid search on {i!r}") for r, i in
+                          zip(resp["responses"], (self.bm25_index, self.dense_index), strict=True))
         fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
         took = float(resp.get("took", max(r["took"] for r in resp["responses"])))
         return Result(fused, (time.perf_counter() - t0) * 1e3, took, {"encode_ms": (t1 - t0) * 1e3})

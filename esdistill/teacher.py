@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from .data import Doc, Qrels
 from .models import load_cross_encoder
 
 FULL = "full"
+#: written into a fitted model's folder after everything else: only such a folder counts as finished
+COMPLETE = ".complete"
 
 
 def fold_of(qid: str, folds: int) -> int:
@@ -120,10 +123,14 @@ def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) 
         logging_steps=50,
         report_to="none",
         dataloader_drop_last=False,
+        # listwise: another row of the same query in the batch would hand the query one of its own relevant
+        # documents as an in-batch negative; NO_DUPLICATES keeps rows that share a text in separate batches
+        batch_sampler="no_duplicates" if cfg.loss == "listwise" and cfg.no_duplicates else "batch_sampler",
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
     trainer.train()
     model.save_pretrained(str(out))
+    (out / COMPLETE).write_text("")  # last: a folder without it was interrupted while being written
 
 
 def fit_teacher(
@@ -146,7 +153,8 @@ def fit_teacher(
     models = {}
     for name, fit_q in plan:
         out = cache.path(f"model-{name}")
-        if not (out / "config.json").exists():
+        if not (out / COMPLETE).exists():
+            shutil.rmtree(out, ignore_errors=True)  # a fit killed while saving: config.json without weights
             pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed)
             log(f"teacher fit [{name}]: {len(fit_q)} queries, {len(pairs)} pairs")
             _train_cross_encoder(pairs, cfg, out)
@@ -209,8 +217,9 @@ def score_candidates(
             scored_now += len(chunk)
             if progress:
                 progress.advance(task, len(chunk))
-    frame = pd.concat([pd.read_parquet(p) for p in sorted(parts.glob(f"*-c{chunk_queries}-*.parquet"))],
-                      ignore_index=True)
+    found = sorted(parts.glob(f"*-c{chunk_queries}-*.parquet"))
+    frame = (pd.concat([pd.read_parquet(p) for p in found], ignore_index=True) if found
+             else candidates.assign(teacher=pd.Series(dtype="float32"), scorer=pd.Series(dtype="object")))
     if len(frame) != len(candidates):
         raise RuntimeError(f"teacher scored {len(frame)} pairs, expected {len(candidates)}")
     frame.to_parquet(cache.path("scores.parquet"), index=False)
@@ -221,7 +230,8 @@ def _judged_candidates(scores: pd.DataFrame, qrels: Qrels) -> tuple[Qrels, pd.Da
     """The judgments of the queries that have BM25 candidates, and those candidates' rows (judged positives
     BM25 missed, ``source == "judged"``, are left out: BM25 has no rank for them)."""
     cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
-    judged = {q: d for q, d in qrels.items() if q in set(cands.qid)}
+    have = set(cands.qid)  # once: a set per judgment made this quadratic (hours for tens of thousands of queries)
+    judged = {q: d for q, d in qrels.items() if q in have}
     return judged, cands[cands.qid.isin(judged)]
 
 
@@ -280,22 +290,55 @@ def fuse_frame(scores: pd.DataFrame, weight: float, scale: float | None = None) 
     return out
 
 
-def choose_bm25_weight(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float, ...] = tuple(i / 10 for i in range(11))
-                       ) -> dict[str, Any]:
+WEIGHT_GRID = tuple(i / 10 for i in range(11))
+
+
+def _fused_run(sub: pd.DataFrame, weight: float) -> dict[str, dict[str, float]]:
+    return {q: dict(zip(g.docid, fuse(g.teacher.to_numpy(), g.bm25.to_numpy(), weight), strict=True))
+            for q, g in sub.groupby("qid")}
+
+
+def choose_bm25_weight(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float, ...] = WEIGHT_GRID,
+                       depth: int | None = None) -> dict[str, Any]:
     """The BM25 weight that gives the best NDCG@10 on the judged training queries.
 
     With cross-fitting every judged query was labelled by a model that never saw it, so the choice is made on
-    held-out labels. Returns the weight and the NDCG@10 of every weight tried (``None`` weight if no query is
+    held-out labels. z-scores depend on the length of the list they are taken over, so ``depth`` fuses each
+    query's top-``depth`` BM25 candidates only: the pipeline's rerank depth, where the weight is applied at
+    evaluation. Returns the weight and the NDCG@10 of every weight tried (``None`` weight if no query is
     judged)."""
     from .evaluate import metrics
 
     judged, sub = _judged_candidates(scores, qrels)
+    if depth is not None:
+        sub = sub[sub["rank"] <= depth]
     if not judged:
         return {"weight": None, "ndcg@10": {}}
-    tried = {}
-    for w in grid:
-        run = {q: dict(zip(g.docid, fuse(g.teacher.to_numpy(), g.bm25.to_numpy(), w), strict=True))
-               for q, g in sub.groupby("qid")}
-        tried[w] = metrics(judged, run)["ndcg@10"]
+    tried = {w: metrics(judged, _fused_run(sub, w))["ndcg@10"] for w in grid}
     best = max(tried, key=tried.get)  # ties: the smallest BM25 weight
-    return {"weight": best, "ndcg@10": tried, "queries": len(judged)}
+    return {"weight": best, "ndcg@10": tried, "queries": len(judged), "depth": depth}
+
+
+def heldout_fusion_quality(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float, ...] = WEIGHT_GRID,
+                           depth: int | None = None) -> dict[str, Any] | None:
+    """NDCG@10 of the fused labels where each judged query's weight was chosen on the *other* half of the judged
+    queries (two folds by a stable hash): the weight that :func:`choose_bm25_weight` picks on all of them is
+    measured on the queries it was picked on, which flatters it."""
+    from .evaluate import metrics
+
+    judged, sub = _judged_candidates(scores, qrels)
+    if depth is not None:
+        sub = sub[sub["rank"] <= depth]
+    if len(judged) < 4:
+        return None
+    half = {q: fold_of(f"weight:{q}", 2) for q in judged}
+    per_query, weights = [], []
+    for h in (0, 1):
+        fit_q = {q: d for q, d in judged.items() if half[q] != h}
+        test_q = {q: d for q, d in judged.items() if half[q] == h}
+        if not fit_q or not test_q:
+            return None
+        w = choose_bm25_weight(sub[sub.qid.isin(fit_q)], fit_q, grid)["weight"]
+        weights.append(w)
+        per_query += metrics(test_q, _fused_run(sub[sub.qid.isin(test_q)], w), per_query=True)["ndcg@10"]
+    return {"teacher_ndcg@10": float(np.mean(per_query)), "weights": weights, "queries": len(per_query)}

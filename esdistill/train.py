@@ -255,6 +255,9 @@ def train_student(
         save_total_limit=1,
         logging_steps=25,
         report_to="none",
+        # MNRL takes the other rows' documents as negatives: two rows of one query in a batch would hand it one of
+        # its own relevant documents as a negative. NO_DUPLICATES keeps rows that share a text apart.
+        batch_sampler="no_duplicates" if cfg.no_duplicates and judged else "batch_sampler",
         # the dev slice is also evaluated at each epoch's end when there are several epochs
         eval_strategy="epoch" if evaluator is not None and cfg.epochs > 1 else "no",
     )

@@ -1,6 +1,7 @@
 """Loaders: good input loads with exact counts; bad input names the file and line."""
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,12 +16,17 @@ from .conftest import SCIFACT
 
 def test_scifact_counts_match_beir(tmp_path):
     cfg = build_config({"data": {"name": "s", "beir": str(SCIFACT)}}, profile="full")
-    ds = load_dataset(cfg.data, tmp_path)
+    with pytest.warns(UserWarning, match="2 of 809 training queries are test queries"):
+        ds = load_dataset(cfg.data, tmp_path)
     assert len(ds.corpus) == 5183
-    assert len(ds.train_queries) == 809 and len(ds.test_queries) == 300
-    assert sum(len(d) for d in ds.train_qrels.values()) == 919
+    # two train claims repeat a test claim word for word: they are left out of training, and counted
+    assert set(ds.leaked) == {"871", "1291"}
+    assert len(ds.train_queries) + len(ds.leaked) == 809 and len(ds.test_queries) == 300
+    assert sum(len(d) for d in ds.train_qrels.values()) == 919 - 2  # each of the two had one judgment
     assert sum(len(d) for d in ds.test_qrels.values()) == 339
     assert not set(ds.train_queries) & set(ds.test_queries)
+    test_texts = {t.lower() for t in ds.test_queries.values()}
+    assert not any(t.lower() in test_texts for t in ds.train_queries.values())
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):
@@ -75,12 +81,38 @@ def test_qrels_bad_row(tmp_path):
         load_qrels(p)
 
 
-def test_train_test_overlap_refused(tmp_path):
-    (tmp_path / "tr.txt").write_text("same query\n")
-    (tmp_path / "te.txt").write_text("other\n")
+def test_plain_text_query_files_get_namespaced_ids(tmp_path):
+    """Two plain-text files both number their lines 1, 2, …: different queries, not an overlap."""
+    (tmp_path / "tr.txt").write_text("first train query\nsecond train query\n")
+    (tmp_path / "tr.tsv").write_text("2\td1\t1\n")  # judgments of a plain-text file name its line numbers
+    (tmp_path / "te.txt").write_text("a test query\n")
+    (tmp_path / "te.tsv").write_text("1\td2\t1\n")
     cfg = build_config({"data": {"name": "u", "index": "x", "train_queries": str(tmp_path / "tr.txt"),
-                                 "test_queries": str(tmp_path / "te.txt")}})
-    with pytest.raises(InputError, match="both train and test"):
+                                 "train_qrels": str(tmp_path / "tr.tsv"), "test_queries": str(tmp_path / "te.txt"),
+                                 "test_qrels": str(tmp_path / "te.tsv")}})
+    ds = load_dataset(cfg.data, tmp_path)
+    assert ds.train_queries == {"train-1": "first train query", "train-2": "second train query"}
+    assert ds.test_queries == {"test-1": "a test query"}
+    assert ds.train_qrels == {"train-2": {"d1": 1}} and ds.test_qrels == {"test-1": {"d2": 1}}
+
+
+def test_a_test_query_under_another_id_is_never_trained_on(tmp_path):
+    """Train and test cut from one log: the same text under two ids is a leak, left out of training and counted."""
+    (tmp_path / "tr.jsonl").write_text('{"_id": "a", "text": "Vitamin D  and bone"}\n{"_id": "b", "text": "x y"}\n')
+    (tmp_path / "te.jsonl").write_text('{"_id": "z", "text": "vitamin d and BONE"}\n')
+    cfg = build_config({"data": {"name": "u", "index": "x", "train_queries": str(tmp_path / "tr.jsonl"),
+                                 "test_queries": str(tmp_path / "te.jsonl")}})
+    with pytest.warns(UserWarning, match="1 of 2 training queries are test queries"):
+        ds = load_dataset(cfg.data, tmp_path)
+    assert ds.train_queries == {"b": "x y"} and ds.leaked == {"a": "Vitamin D  and bone"}
+
+
+def test_one_id_naming_two_different_queries_is_refused(tmp_path):
+    (tmp_path / "tr.jsonl").write_text('{"_id": "q1", "text": "one thing"}\n')
+    (tmp_path / "te.jsonl").write_text('{"_id": "q1", "text": "another thing"}\n')
+    cfg = build_config({"data": {"name": "u", "index": "x", "train_queries": str(tmp_path / "tr.jsonl"),
+                                 "test_queries": str(tmp_path / "te.jsonl")}})
+    with pytest.raises(InputError, match="1 query ids name different queries in the train and test files"):
         load_dataset(cfg.data, tmp_path)
 
 
@@ -181,3 +213,33 @@ def test_query_log_drops_test_queries_with_a_warning(tmp_path):
         ds = load_dataset(DataConfig(name="x", beir=root, query_log=log), tmp_path / "cache")
     assert ds.query_log == {"log-2": "something new", "log-3": "another one"}
     assert any("1 of 3 logged queries are test queries" in str(w.message) for w in caught)
+
+
+def test_query_log_resolves_against_the_config_file(tmp_path):
+    from esdistill.config import load_config
+
+    (tmp_path / "conf").mkdir()
+    p = tmp_path / "conf" / "c.toml"
+    p.write_text('[data]\nname = "s"\nbeir = "d"\nquery_log = "logs/q.txt"\n')
+    assert load_config(p).data.query_log == (tmp_path / "conf" / "logs" / "q.txt").resolve()
+
+
+def test_interrupted_archive_extraction_is_not_taken_as_finished(tmp_path, monkeypatch):
+    """A kill during extraction must not leave a truncated corpus that the next run takes as complete."""
+    import tarfile
+
+    from esdistill.data import resolve_beir
+
+    real = tarfile.TarFile.extractall
+
+    def killed(self, path, *a, **kw):
+        (Path(path) / "corpus.jsonl").write_text('{"_id": "1", "text": "only the first line"}\n')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", killed)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_beir(SCIFACT, tmp_path)
+    monkeypatch.setattr(tarfile.TarFile, "extractall", real)
+    root = resolve_beir(SCIFACT, tmp_path)
+    assert len(load_corpus(root / "corpus.jsonl")) == 5183
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no half-extracted folder left behind

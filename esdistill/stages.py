@@ -1,0 +1,156 @@
+"""Every stage of the loop in one table, and how each one's cache key is made.
+
+A stage's key is the fingerprint of its inputs (:class:`~esdistill.cache.StageCache`). Inputs are *content*:
+the query texts a stage reads, the judgments, the corpus's fingerprint or the user index's write state, the
+models' fingerprints, the settings that change the output — and upstream stages by *their* keys. So a change
+recomputes exactly the stages that read it: editing a test judgment re-evaluates and touches no model; adding
+a query log scores and trains again but neither refits the teacher, re-scores the judged queries nor retrains
+the control.
+
+``needs_cluster`` says which stages must run where Elasticsearch is; the others only need the files the
+cluster-side stages wrote (``esdistill bundle``), so they can run on a machine that cannot reach the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .config import fingerprint
+from .models import model_fingerprint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import Project
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  #: the cache folder under the work dir
+    needs_cluster: bool
+    reads: str  #: what its key is made of, in words (the code is :class:`StageKeys`)
+    writes: str
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("index", True, "the corpus's content and the BM25 mapping (a user's index: nothing, it is read as is)",
+          "the BM25 index"),
+    Stage("candidates", True, "the index's key, the training queries' texts, candidates.k",
+          "candidates.parquet: BM25 top-k of every training query"),
+    Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth",
+          "candidates.parquet: BM25 top-N of every test query (the pipeline's input)"),
+    Stage("teacher-fit", False, "the index's key, the judged training queries and their judgments, teacher.fit, "
+          "the base model", "model-<fold>/ and model-full/: cross-fitted cross-encoders"),
+    Stage("teacher", False, "the judged queries' candidate pairs and texts, the scorer, teacher.max_length",
+          "scores.parquet: raw teacher logits (each query held out from its scorer)"),
+    Stage("teacher-unjudged", False, "the unjudged queries' (query log, pseudo-queries) candidate pairs and texts, "
+          "the full scorer, teacher.max_length", "scores.parquet"),
+    Stage("train", False, "both teacher keys, the BM25 weight of the labels, train, the base model",
+          "model/: the distilled student"),
+    Stage("train-judgments", False, "the judged queries' candidate pairs, the judgments, train, the base model",
+          "model/: the control student (no teacher)"),
+    Stage("deploy", True, "the served model's key, the corpus (its fingerprint; a user's index by name, synced "
+          "on every deploy), deploy settings, the effective max length, the text fields",
+          "the dense index <alias>-<key>; the alias moved onto it"),
+    Stage("evaluate-system", True, "one system's inputs (its model or index keys, the index's write state), the "
+          "evaluated test queries, evaluate settings", "run.json: its ranking and latency of every test query"),
+    Stage("evaluate", True, "every evaluated system's key, the test judgments", "reports/…: report.md, report.json"),
+    Stage("sweep-vectors", False, "the student's key, the corpus, the effective max length, the test queries",
+          "docs.npy: corpus vectors for the index-settings sweep"),
+]}
+
+
+def pairs_fingerprint(frame: pd.DataFrame) -> str:
+    """A candidate-pairs frame by content: which (query, document) pairs, at which BM25 rank and score."""
+    cols = [c for c in ("qid", "docid", "rank", "bm25", "source") if c in frame]
+    rows = frame[cols].sort_values(["qid", "docid"]).astype(str).agg("\t".join, axis=1)
+    return fingerprint("\n".join(rows))
+
+
+class StageKeys:
+    """The inputs each stage's key is made of, read off one :class:`~esdistill.pipeline.Project`."""
+
+    def __init__(self, project: Project):
+        self.p = project
+
+    @property
+    def cfg(self):
+        return self.p.cfg
+
+    def index(self) -> dict[str, Any]:
+        return self.p.index_identity()
+
+    def candidates(self) -> dict[str, Any]:
+        return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "queries": fingerprint(self.p.train_queries), "k": self.cfg.candidates.k}
+
+    def test_candidates(self) -> dict[str, Any]:
+        return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "queries": fingerprint(self.p.eval_queries()), "depth": self.cfg.evaluate.rerank_depth}
+
+    def teacher_fit(self) -> dict[str, Any]:
+        # the fit reads only the judged queries' candidates: a query log or pseudo-queries do not refit it
+        ds = self.p.dataset
+        judged = {q: t for q, t in ds.train_queries.items() if q in ds.train_qrels}
+        fit = self.cfg.teacher.fit
+        return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "k": self.cfg.candidates.k, "judged_queries": fingerprint(judged),
+                "qrels": fingerprint(ds.train_qrels), "fit": fit.model_dump(), "base": model_fingerprint(fit.base_model)}
+
+    def scorer(self) -> str:
+        """The teacher's identity: the user's reranker by its fingerprint, else the fit's key."""
+        t = self.cfg.teacher
+        return model_fingerprint(t.model) if t.model else self.p._fit_cache().key
+
+    def teacher(self, judged: bool) -> dict[str, Any]:
+        pairs = self.p.teacher_pairs(judged)
+        return {"part": "judged" if judged else "unjudged", "pairs": pairs_fingerprint(pairs),
+                "queries": fingerprint({q: self.p.train_queries[q] for q in pairs.qid.unique()}),
+                "index_key": self.p.index_key, "fields": self.p.text_fields, "scorer": self.scorer(),
+                "max_length": self.cfg.teacher.max_length}
+
+    def train(self) -> dict[str, Any]:
+        unjudged = self.p._teacher_cache(judged=False)
+        return {"teacher": self.p._teacher_cache().key, "teacher_unjudged": unjudged.key if unjudged else None,
+                "bm25_weight": self.p.label_weight(), "train": self.cfg.train.model_dump(exclude={"save_steps"}),
+                "base": model_fingerprint(self.cfg.train.base_model)}
+
+    def control(self) -> dict[str, Any]:
+        control = self.p._control_config()
+        return {"pairs": pairs_fingerprint(self.p.teacher_pairs(judged=True)),
+                "queries": fingerprint(self.p.dataset.train_queries), "qrels": fingerprint(self.p.dataset.train_qrels),
+                "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "train": control.model_dump(exclude={"save_steps", "judged_above_teacher"}),
+                "base": model_fingerprint(self.cfg.train.base_model)}
+
+    def deploy(self, which: str) -> dict[str, Any]:
+        d = self.cfg.deploy
+        return {which: self.p.dense_models()[which][1](), "corpus": self.p.corpus_identity(),
+                "deploy": d.model_dump(exclude={"keep_versions", "batch_size", "encode_batch_size", "replicas",
+                                                "max_length"}),
+                "max_length": d.effective_max_length(self.cfg.train), "fields": self.p.text_fields}
+
+    def system(self, name: str) -> dict[str, Any]:
+        ev = self.cfg.evaluate
+        out: dict[str, Any] = {"system": name, "queries": fingerprint(self.p.eval_queries()), "k": ev.k,
+                               "index_key": self.p.index_key, "fields": self.p.text_fields}
+        dense = {"num_candidates": ev.num_candidates, "oversample": ev.oversample, "encoder": ev.query_encoder}
+        if name == "pipeline":
+            out.update(reranker=self.scorer(), depth=ev.rerank_depth, max_length=self.cfg.teacher.max_length,
+                       bm25_weight=self.p.pipeline_weight())
+        elif name == "hybrid":
+            out.update(deploy=self.p._deploy_key("student"), rrf_k=ev.rrf_k, **dense)
+        elif name != "bm25":
+            out.update(deploy=self.p._deploy_key(name), **dense)
+        return out
+
+    def evaluate(self) -> dict[str, Any]:
+        return {"systems": {n: self.p._system_cache(n).key for n in self.cfg.evaluate.systems},
+                "qrels": fingerprint(self.p.dataset.test_qrels)}
+
+    def sweep_vectors(self) -> dict[str, Any]:
+        return {"student": self.p._train_cache().key, "corpus": self.p.corpus_identity(),
+                "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "max_length": self.cfg.deploy.effective_max_length(self.cfg.train),
+                "queries": fingerprint(self.p.dataset.test_queries)}
