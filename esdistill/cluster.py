@@ -285,15 +285,30 @@ class LocalCluster:
 
     def _add_user(self, env: dict) -> None:
         """The file-realm superuser the client logs in as (password from the settings, never printed)."""
-        users = self.node / "config" / "users"
-        if users.exists() and f"{self.s.username}:" in users.read_text():
+        self.add_user(self.s.username, self.s.password.get_secret_value(), ["superuser"], env=env)
+
+    def add_user(self, username: str, password: str, roles: list[str], role_definitions: dict | None = None,
+                 env: dict | None = None) -> None:
+        """A file-realm user of the secured node with ``roles``; ``role_definitions`` (name -> role body as
+        ``roles.yml`` holds it, e.g. index privileges only) are added to ``roles.yml`` first. The node reloads
+        both files while it runs. The password is never printed."""
+        import json
+
+        conf = self.node / "config"
+        users = conf / "users"
+        if role_definitions:
+            with open(conf / "roles.yml", "a") as fh:
+                for name, body in role_definitions.items():
+                    fh.write(f"{name}: {json.dumps(body)}\n")  # JSON is YAML
+        if users.exists() and f"{username}:" in users.read_text():
             return
-        cmd = [str(self.dist / "bin" / "elasticsearch-users"), "useradd", self.s.username, "-p",
-               self.s.password.get_secret_value(), "-r", "superuser"]
+        env = env or dict(os.environ, ES_JAVA_HOME=str(self.java_home()), ES_PATH_CONF=str(conf))
+        cmd = [str(self.dist / "bin" / "elasticsearch-users"), "useradd", username, "-p", password, "-r",
+               ",".join(roles)]
         proc = subprocess.run(self._as_run_user(cmd, env), capture_output=True, text=True, env=env)
         if proc.returncode:
-            raise ClusterError(f"could not create the local user {self.s.username!r}: {proc.stdout[-300:]}"
-                               f"{proc.stderr[-300:]}".replace(self.s.password.get_secret_value(), "***"))
+            raise ClusterError(f"could not create the local user {username!r}: {proc.stdout[-300:]}"
+                               f"{proc.stderr[-300:]}".replace(password, "***"))
 
     # -- life cycle -----------------------------------------------------------------------------------
     def _pid(self) -> int | None:

@@ -98,7 +98,8 @@ def listwise_rows(frame: pd.DataFrame, negatives: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) -> None:
+def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path):
+    """The trainer of one fold's cross-encoder, from :func:`fit_pairs`' rows (not started)."""
     from datasets import Dataset as HFDataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MultipleNegativesRankingLoss
@@ -127,9 +128,13 @@ def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) 
         # documents as an in-batch negative; NO_DUPLICATES keeps rows that share a text in separate batches
         batch_sampler="no_duplicates" if cfg.loss == "listwise" and cfg.no_duplicates else "batch_sampler",
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    return CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+
+
+def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) -> None:
+    trainer = fit_trainer(frame, cfg, out)
     trainer.train()
-    model.save_pretrained(str(out))
+    trainer.model.save_pretrained(str(out))
     (out / COMPLETE).write_text("")  # last: a folder without it was interrupted while being written
 
 

@@ -178,6 +178,29 @@ def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, t
     )
 
 
+def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True):
+    """The trainer's arguments. With MNRL in the mix (``mnrl``) and ``cfg.no_duplicates``, batches never hold
+    two rows that share a text: MNRL takes the other rows' documents as negatives, and a second row of the same
+    query would hand it one of its own relevant documents as a negative."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=0.1,
+        seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=25,
+        report_to="none",
+        batch_sampler="no_duplicates" if cfg.no_duplicates and mnrl else "batch_sampler",
+        eval_strategy="epoch" if evaluate_epochs else "no",
+    )
+
+
 def train_student(
     cfg: TrainConfig,
     scores: pd.DataFrame,
@@ -190,7 +213,7 @@ def train_student(
     """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume."""
     if cache.done:
         return {**cache.info(), "cached": True}
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import SentenceTransformerTrainer
     try:
         from sentence_transformers.sentence_transformer.losses import (
             DistillKLDivLoss,
@@ -243,24 +266,8 @@ def train_student(
     agree_before = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) and not judgments_only else {}
 
     ckpt = cache.path("checkpoints")
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(ckpt),
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        warmup_ratio=0.1,
-        seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        logging_steps=25,
-        report_to="none",
-        # MNRL takes the other rows' documents as negatives: two rows of one query in a batch would hand it one of
-        # its own relevant documents as a negative. NO_DUPLICATES keeps rows that share a text apart.
-        batch_sampler="no_duplicates" if cfg.no_duplicates and judged else "batch_sampler",
-        # the dev slice is also evaluated at each epoch's end when there are several epochs
-        eval_strategy="epoch" if evaluator is not None and cfg.epochs > 1 else "no",
-    )
+    # the dev slice is also evaluated at each epoch's end when there are several epochs
+    args = training_args(cfg, ckpt, evaluate_epochs=evaluator is not None and cfg.epochs > 1, mnrl=bool(judged))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []

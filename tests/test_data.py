@@ -81,6 +81,16 @@ def test_qrels_bad_row(tmp_path):
         load_qrels(p)
 
 
+def test_the_corpus_fingerprint_ignores_queries_and_judgments(tmp_path):
+    """The BM25 index is keyed on the corpus alone: switching profile (how many train or test queries) must
+    not rebuild it."""
+    quick = build_config({"data": {"name": "s", "beir": str(SCIFACT)}}, profile="quick")
+    full = build_config({"data": {"name": "s", "beir": str(SCIFACT), "max_test_queries": 50}}, profile="full")
+    a, b = load_dataset(quick.data, tmp_path), load_dataset(full.data, tmp_path)
+    assert len(a.train_queries) != len(b.train_queries) and len(a.test_queries) != len(b.test_queries)
+    assert a.corpus_fingerprint == b.corpus_fingerprint
+
+
 def test_plain_text_query_files_get_namespaced_ids(tmp_path):
     """Two plain-text files both number their lines 1, 2, …: different queries, not an overlap."""
     (tmp_path / "tr.txt").write_text("first train query\nsecond train query\n")

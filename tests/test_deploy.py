@@ -49,3 +49,32 @@ def test_long_documents_are_truncated_and_counted(es, index_name, minilm):
     docs = [Doc("short", "", "a short text"), Doc("long", "", "word " * 500), Doc("long2", "", "cell " * 70)]
     info = deploy_student(es, minilm, docs, 3, alias=index_name, key="trunc1", cfg=DeployConfig(), meta={})
     assert info["truncated_docs"] == 2 and info["docs"] == 3
+
+
+def test_a_second_deploy_syncs_edits_additions_and_deletions(es, index_name, minilm):
+    """The source changed: only new and edited documents are embedded, deleted ones leave the dense index, and
+    the count matches the source again."""
+    from esdistill.indexing import existing_ids
+
+    docs = [Doc(f"d{i}", f"title {i}", f"text number {i}") for i in range(12)]
+    first = deploy_student(es, minilm, docs, 12, alias=index_name, key="sync1", cfg=DeployConfig(), meta={})
+    assert first["embedded_now"] == 12
+    edited = Doc("d3", "title 3", "an edited text about aspirin")
+    changed = [d for d in docs if d.id not in ("d3", "d5")] + [edited, Doc("d99", "new", "a new document")]
+    again = deploy_student(es, minilm, changed, len(changed), alias=index_name, key="sync1", cfg=DeployConfig(),
+                           meta={})
+    assert again["embedded_now"] == 2 and again["deleted_now"] == 1  # d3 (edited), d99 (new); d5 deleted
+    assert existing_ids(es, index_name) == {d.id for d in changed}
+    vec = minilm.encode(edited.full_text, normalize_embeddings=True).tolist()
+    assert es.search(index=index_name, **knn_body(vec, 1, 20)).body["hits"]["hits"][0]["_id"] == "d3"
+
+
+def test_replicas_follow_the_cluster_size(es, index_name, minilm):
+    """``auto``: no replica on a single node (it could never be assigned); an explicit count is kept."""
+    docs = [Doc("a", "", "one"), Doc("b", "", "two")]
+    info = deploy_student(es, minilm, docs, 2, alias=index_name, key="rep1", cfg=DeployConfig(), meta={})
+    settings = es.indices.get_settings(index=info["index"]).body[info["index"]]["settings"]["index"]
+    assert info["replicas"] == 0 and settings["number_of_replicas"] == "0"
+    info = deploy_student(es, minilm, docs, 2, alias=index_name, key="rep2", cfg=DeployConfig(replicas=1), meta={})
+    settings = es.indices.get_settings(index=info["index"]).body[info["index"]]["settings"]["index"]
+    assert info["replicas"] == 1 and settings["number_of_replicas"] == "1"

@@ -58,3 +58,35 @@ def test_share_of_gain_is_undefined_when_the_pipeline_loses():
     s = summarize(qrels, {"bm25": res(0), "pipeline": res(4), "student": res(1)})
     assert all(math.isnan(x["share_of_gain"]) for x in s["systems"].values())
     assert "undefined" in markdown(s)
+
+
+def test_report_writes_undefined_numbers_as_null(tmp_path):
+    """A p-value of two identical runs and an undefined share of gain are NaN in Python: the report must still
+    be JSON that strict parsers read (null)."""
+    import json
+
+    from esdistill.evaluate import write_report
+
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    same = {"run": {"q1": {"a": 1.0}, "q2": {"c": 1.0}}, "wall_ms": [1.0, 2.0], "took_ms": [1.0, 1.0], "extra_ms": {}}
+    summary = summarize(qrels, {"bm25": same, "pipeline": same})
+    _, js = write_report(summary, tmp_path, "t", {"nan": float("nan")})
+
+    def refuse(token):
+        raise ValueError(token)
+
+    data = json.loads(js.read_text(), parse_constant=refuse)
+    assert data["nan"] is None and data["systems"]["pipeline"]["share_of_gain"] is None
+
+
+def test_committed_bench_results_are_strict_json():
+    import json
+    from pathlib import Path
+
+    def refuse(token):
+        raise ValueError(token)
+
+    files = sorted((Path(__file__).resolve().parent.parent / "bench" / "results").glob("*.json"))
+    assert files
+    for f in files:
+        json.loads(f.read_text(), parse_constant=refuse)

@@ -34,9 +34,10 @@ def test_distill_for_an_existing_index(tmp_path, es, es_url, tiny_models, scifac
     assert ok == 150 and not errors and count(es, index) == 150
     # a query log: plain text, one per line (ids are line numbers); judged test queries in JSONL + TSV
     (tmp_path / "log.txt").write_text("\n".join(d["title"].lower()[:60] for d in corpus[:12]) + "\n")
-    test = {f"t{i}": corpus[20 + i]["title"] for i in range(6)}
+    test = {f"t{i}": corpus[20 + i]["title"] for i in range(7)}
     (tmp_path / "test.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in test.items()))
-    (tmp_path / "test.tsv").write_text("".join(f"t{i}\t{corpus[20 + i]['_id']}\t1\n" for i in range(6)))
+    # t6 is judged, but nothing is relevant to it: it would score 0 for every system, so it is left out
+    (tmp_path / "test.tsv").write_text("".join(f"t{i}\t{corpus[20 + i]['_id']}\t{int(i < 6)}\n" for i in range(7)))
     cfg = build_config({
         "workdir": str(tmp_path / "work"),
         "data": {"name": name, "index": index, "text_fields": ["name", "body.description"],
@@ -60,6 +61,30 @@ def test_distill_for_an_existing_index(tmp_path, es, es_url, tiny_models, scifac
         assert len(scores) == len(project.candidates_frame())  # no judgments: exactly the candidates, all scored
         assert count(es, cfg.dense_alias) == 150  # every document of the user's index embedded
         assert set(report["summary"]["systems"]) == {"bm25", "pipeline", "student", "hybrid"}
+        assert report["summary"]["queries"] == 6 and report["summary"]["test_queries_without_relevant"] == 1
         assert es.count(index=index).body["count"] == 150  # untouched
+
+        # the user's index changes: one document added, one edited, one deleted
+        project.deploy("zero_shot")
+        before = {"index": project.index_key, "candidates": project._candidates_cache().key,
+                  "teacher": project._teacher_cache().key, "deploy": project._deploy_key("zero_shot")}
+        es.index(index=index, id="new-doc", document={"name": "A new title", "body": {"description": "new text"}})
+        es.index(index=index, id=corpus[1]["_id"], document={"name": "Edited", "body": {"description": "edited"}})
+        es.delete(index=index, id=corpus[2]["_id"])
+        es.indices.refresh(index=index)
+        changed = Project(cfg, client=es)
+        assert changed.index_key != before["index"]
+        assert changed._candidates_cache().key != before["candidates"]  # edits reach candidates and teacher
+        assert changed._teacher_cache().key != before["teacher"]
+        # the same model's dense index is kept and synced: only the new and the edited document are embedded
+        assert changed._deploy_key("zero_shot") == before["deploy"]
+        info = changed.deploy("zero_shot")
+        assert (info["embedded_now"], info["deleted_now"], info["docs"]) == (2, 1, 150)
+        dense = {h["_id"]: h["_source"]["text"] for h in es.search(index=info["alias"], size=200).body["hits"]["hits"]}
+        assert "new-doc" in dense and corpus[2]["_id"] not in dense and dense[corpus[1]["_id"]] == "edited"
+        # the text fields the models read are part of the index's identity too
+        other = Project(cfg.model_copy(update={"data": cfg.data.model_copy(update={"text_fields": ["name"]})}),
+                        client=es)
+        assert other.index_key != changed.index_key
     finally:
         es.indices.delete(index=f"{index},esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)

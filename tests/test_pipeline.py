@@ -100,3 +100,97 @@ def test_bench_systems_fusion_and_unjudged_queries(tmp_path, es, es_url, tiny_mo
             assert es.count(index=project.dense_index(which)).body["count"] == len(ds.corpus)
     finally:
         es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def test_test_side_settings_rebuild_nothing_of_training(tiny_project, tmp_path):
+    """Editing a test judgment re-evaluates only: the BM25 index, candidates, the teacher fit, its scores, the
+    student and the control keep their keys."""
+    import shutil
+
+    from esdistill.data import resolve_beir
+    from esdistill.pipeline import Project
+
+    project, _ = tiny_project
+    beir = tmp_path / "beir"
+    shutil.copytree(resolve_beir(project.cfg.data.beir, tmp_path / "x"), beir)
+    qrels = (beir / "qrels" / "test.tsv").read_text().splitlines()
+    judged = set(project.dataset.test_qrels)
+    i = next(i for i, line in enumerate(qrels) if line.split("\t")[0] in judged)
+    qrels[i] = qrels[i].rsplit("\t", 1)[0] + "\t2"  # a relevant document becomes highly relevant
+    (beir / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    cfg = project.cfg.model_copy(update={"data": project.cfg.data.model_copy(update={"beir": beir})})
+    other = Project(cfg, client=project.client)
+    assert other.dataset.test_qrels != project.dataset.test_qrels
+    assert other.index_key == project.index_key
+    for cache in ("_candidates_cache", "_fit_cache", "_teacher_cache", "_train_cache", "_control_cache"):
+        assert getattr(other, cache)().key == getattr(project, cache)().key, cache
+    assert other._eval_cache().key != project._eval_cache().key  # the report is made again
+
+
+def test_keys_follow_what_each_stage_reads(tiny_project, tmp_path):
+    """The control reads teacher.depth's pairs; the zero-shot index embeds with the effective max length and the
+    text fields; the sweep's vectors with deploy.max_length. A query log touches none of the judged stages."""
+    from esdistill.config import _deep_merge, build_config
+    from esdistill.pipeline import Project
+
+    project, _ = tiny_project
+    base = json.loads(project.cfg.model_dump_json())
+
+    def variant(**over):
+        return Project(build_config(_deep_merge(base, over), profile="quick"), client=project.client)
+
+    assert variant(teacher={"depth": 4})._control_cache().key != project._control_cache().key
+    assert variant(train={"max_length": 40})._deploy_key("zero_shot") != project._deploy_key("zero_shot")
+    assert (variant(deploy={"max_length": 40}).keys.sweep_vectors()["max_length"] !=
+            project.keys.sweep_vectors()["max_length"])
+    log = tmp_path / "log.txt"
+    log.write_text("a logged query about smoking\n")
+    logged = variant(data={"query_log": str(log)})
+    assert logged._candidates_cache().key != project._candidates_cache().key
+    assert logged._teacher_cache().key == project._teacher_cache().key  # the judged pairs are not scored again
+    assert logged._control_cache().key == project._control_cache().key  # the control does not train again
+    assert logged._teacher_cache(judged=False) is not None
+
+
+def test_evaluate_never_moves_the_alias(tiny_project, es):
+    """An operator rolled the student alias back (here: onto another index): evaluating must not point it at
+    the configured deploy again."""
+    from esdistill.deploy import point_alias
+
+    project, _ = tiny_project
+    alias = project.cfg.dense_alias
+    live = set(es.indices.get_alias(name=alias).body)
+    es.indices.create(index=f"{alias}-rolledback")
+    try:
+        point_alias(es, alias, f"{alias}-rolledback")
+        project.evaluate()
+        assert set(es.indices.get_alias(name=alias).body) == {f"{alias}-rolledback"}
+    finally:
+        point_alias(es, alias, next(iter(live)))
+        es.indices.delete(index=f"{alias}-rolledback")
+
+
+def test_a_dropped_project_is_freed(tiny_project):
+    """Per-instance caches: nothing at class level keeps a project (and its frames) alive."""
+    import gc
+    import weakref
+
+    from esdistill.pipeline import Project
+
+    project, _ = tiny_project
+    other = Project(project.cfg, client=project.client)
+    other.bm25_weight()
+    other.pipeline_weight()
+    ref = weakref.ref(other)
+    del other
+    gc.collect()
+    assert ref() is None
+
+
+def test_report_is_strict_json(tiny_project):
+    project, report = tiny_project
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    json.loads(Path(report["json"]).read_text(), parse_constant=refuse)

@@ -15,7 +15,11 @@ def test_exact_top_is_brute_force():
     assert exact_top(d, q, 3)[0].tolist() == [0, 2, 1]
 
 
-def test_sweep_measures_recall_against_exact(es, index_name):
+def test_sweep_measures_recall_against_exact(es, index_name, monkeypatch):
+    def merged(*a, **kw):
+        raise AssertionError("the sweep must measure indices as they are served: never force-merged")
+
+    monkeypatch.setattr(es.indices, "forcemerge", merged)
     rng = np.random.default_rng(0)
     docs = unit(rng.normal(size=(400, 64)).astype("float32"))
     queries = unit(docs[:20] + 0.05 * rng.normal(size=(20, 64)).astype("float32"))
@@ -30,3 +34,6 @@ def test_sweep_measures_recall_against_exact(es, index_name):
     assert hnsw[100] >= hnsw[10]
     assert not es.indices.exists(index=f"{index_name}-sweep-hnsw")  # scratch indices are removed
     assert "| int8_hnsw (oversample 2) | 100 |" in sweep_markdown(rows)
+    assert all(r["segments"] >= 1 for r in rows)
+    at5 = sweep(es, [f"d{i}" for i in range(400)], docs, queries, index_name, ["flat"], [10], k=5)
+    assert at5[0]["recall@5"] > 0.999 and "recall@10" not in at5[0]

@@ -93,3 +93,32 @@ def test_judged_positive_label_tops_its_list_when_the_teacher_disagrees():
     assert kept[0][3][0] == float(g.teacher.min())  # switched off: the teacher's own score
     top = g.sort_values("teacher").docid.iloc[-1]  # agreement: the teacher's score is kept as it is
     assert build_examples(scores, ["q0"], {"q0": {top: 1}}, TrainConfig(negatives=3))[0][3][0] == float(g.teacher.max())
+
+
+def test_mnrl_batches_never_hold_two_rows_of_one_query(tmp_path, tiny_models):
+    """A query with several judged positives makes several MNRL rows; in one batch each would be the other's
+    negative."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from esdistill.config import TrainConfig
+    from esdistill.models import load_bi_encoder
+    from esdistill.train import training_args
+
+    rows = {"anchor": [], "positive": [], "negative": []}
+    for q in range(10):
+        for p in range(3):
+            rows["anchor"].append(f"query {q}")
+            rows["positive"].append(f"relevant {q}-{p}")
+            rows["negative"].append(f"negative {q}-{p}")
+    data = Dataset.from_dict(rows)
+    model = load_bi_encoder(tiny_models["bi"])
+    args = training_args(TrainConfig(batch_size=8), tmp_path, mnrl=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                         loss=MultipleNegativesRankingLoss(model))
+    batches = list(trainer.get_train_dataloader().batch_sampler)
+    assert sum(len(b) for b in batches) == 30
+    for batch in batches:
+        anchors = [data[i]["anchor"] for i in batch]
+        assert len(anchors) == len(set(anchors))
