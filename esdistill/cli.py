@@ -185,9 +185,28 @@ def evaluate(config: ConfigOpt, profile: ProfileOpt = None,
 
 @app.command()
 @friendly
-def run(config: ConfigOpt, profile: ProfileOpt = None,
-        start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True):
-    """Every stage, from one config file (finished stages are cache hits)."""
+def run(config: Annotated[Path | None, typer.Option("--config", "-c", envvar="ESDISTILL_CONFIG",
+                                                    help="TOML config file (with --offline: the bundle's)")] = None,
+        profile: ProfileOpt = None,
+        start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True,
+        offline: Annotated[bool, typer.Option("--offline", help="run the model stages from --bundle, with no "
+                                              "cluster (a GPU box)")] = False,
+        bundle: Annotated[Path | None, typer.Option(help="with --offline: the folder `bundle export` wrote")] = None,
+        workdir: Annotated[Path | None, typer.Option(help="with --offline: where the caches go (default: "
+                                                     ".esdistill here)")] = None):
+    """Every stage, from one config file (finished stages are cache hits). With --offline, every stage that needs
+    no cluster, from a bundle."""
+    if offline:
+        if bundle is None:
+            raise EsdistillError("--offline needs --bundle", hint="esdistill run --offline --bundle FOLDER")
+        project = _offline_project(bundle, workdir, config, profile)
+        done = project.run_offline()
+        console.print(f"offline stages done in {project.workdir}: " + ", ".join(
+            f"{k} ({'cached' if v.get('cached') else 'now'})" for k, v in done.items()))
+        console.print(f"next: esdistill bundle pack --bundle {bundle} --workdir {project.workdir} --out FOLDER")
+        return
+    if config is None:
+        raise EsdistillError("missing --config", hint="esdistill run --config FILE")
     project = _project(config, profile)
     if start_cluster and not project.cfg.cluster_settings().url:
         from .cluster import LocalCluster
@@ -197,6 +216,77 @@ def run(config: ConfigOpt, profile: ProfileOpt = None,
             with console.status("starting the local Elasticsearch …"):
                 lc.start()
     project.run()
+
+
+def _offline_project(bundle: Path, workdir: Path | None, config: Path | None, profile: str | None):
+    from .bundle import Bundle
+    from .pipeline import Project
+
+    b = Bundle(bundle)
+    work = (workdir or Path(".esdistill")).resolve()
+    cfg = (load_config(config, profile, workdir=str(work)) if config else b.config(work, profile))
+    project = Project(cfg, console=console, bundle=b)
+    if project._candidates_cache().key != b.meta["stages"]["candidates"]:
+        raise EsdistillError("this config does not match the bundle's (its training queries or candidates differ)",
+                             hint="leave --config out to use the bundle's own, or export the bundle again")
+    return project
+
+
+bundle_app = typer.Typer(help="Run the model stages on a machine that cannot reach the cluster.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("export")
+@friendly
+def bundle_export(config: ConfigOpt, out: Annotated[Path, typer.Option(help="an empty folder for the bundle")],
+                  profile: ProfileOpt = None,
+                  carry_model: Annotated[list[str] | None, typer.Option(
+                      "--carry-model", help="a base model (as the config names it) to carry as float16, for a "
+                      "machine without it; repeat for several")] = None):
+    """Where the cluster is: index, candidates and the pipeline's BM25 answers for the test queries, and the data
+    the model stages read, into one folder."""
+    from .bundle import export as do_export
+
+    info = do_export(_project(config, profile), out, carry_model or [])
+    console.print(f"bundle: {info['folder']} ({info['bytes'] / 2**20:.1f} MiB; {info['facts']['docs']} documents, "
+                  + ", ".join(f"{n} {r} queries" for r, n in info["queries"].items() if n) + ")")
+    console.print(f"next, on the other machine: esdistill run --offline --bundle {out}")
+
+
+@bundle_app.command("pack")
+@friendly
+def bundle_pack(bundle: Annotated[Path, typer.Option(help="the bundle the offline run used")],
+                out: Annotated[Path, typer.Option(help="folder for the parts to carry back")],
+                workdir: Annotated[Path | None, typer.Option(help="the offline run's work dir")] = None,
+                config: Annotated[Path | None, typer.Option("--config", "-c", help="the offline run's config, if "
+                                                            "not the bundle's")] = None,
+                profile: ProfileOpt = None,
+                weights: Annotated[str, typer.Option(help="comma-separated models whose weights travel back "
+                                                     "(float16): student, judgments, teacher; or none")] = "student",
+                part_mb: Annotated[float, typer.Option(help="largest part, MiB")] = 16.0,
+                budget_mb: Annotated[float, typer.Option(help="refuse to write more than this, MiB")] = 64.0):
+    """On the offline machine: the offline stages' results, cut into parts to carry back."""
+    from .bundle import pack
+
+    project = _offline_project(bundle, workdir, config, profile)
+    keep = tuple(w.strip() for w in weights.split(",") if w.strip() and w.strip() != "none")
+    m = pack(project, out, part_mb=part_mb, budget_mb=budget_mb, weights=keep)
+    console.print(f"packed {len(m['folders'])} stage folders, {m['bytes'] / 2**20:.1f} MiB in {len(m['parts'])} "
+                  f"parts into {out}")
+
+
+@bundle_app.command("import")
+@friendly
+def bundle_import(folder: Annotated[Path, typer.Argument(help="the folder `bundle pack` wrote")], config: ConfigOpt,
+                  profile: ProfileOpt = None):
+    """Where the cluster is: unpack what the offline run made into this config's caches; `esdistill run` then
+    finds those stages done and deploys and evaluates."""
+    from .bundle import import_return
+
+    cfg = load_config(config, profile)
+    info = import_return(folder, Path(cfg.workdir))
+    console.print(f"imported {len(info['folders'])} stage folders ({info['bytes'] / 2**20:.1f} MiB) into "
+                  f"{cfg.workdir}: " + ", ".join(info["folders"]))
 
 
 @app.command()

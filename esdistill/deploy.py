@@ -30,7 +30,6 @@ from .indexing import (
     load_mapping,
     verify_count,
 )
-from .models import embedding_info
 
 VECTOR_FIELD = "embedding"
 #: the hash of the text a dense document was embedded from (:func:`doc_hash`), so a deploy can tell edits apart
@@ -183,11 +182,16 @@ def deploy_student(
 ) -> dict[str, Any]:
     """Embed ``docs`` into ``<alias>-<key>`` and (with ``move_alias``) move ``alias`` onto it once all are in.
 
-    An index already made for ``key`` is brought in line with ``docs``: documents that are new or whose title or
-    text changed are embedded, documents whose ids are gone from ``docs`` are deleted, the rest are kept. Its
-    count must then equal ``total`` and the number of documents ``docs`` yielded, or the alias does not move."""
+    ``model`` is a bi-encoder, or an embedder of :mod:`esdistill.embed` (vectors computed elsewhere). An index
+    already made for ``key`` is brought in line with ``docs``: documents that are new or whose title or text
+    changed are embedded, documents whose ids are gone from ``docs`` are deleted, the rest are kept. Its count
+    must then equal ``total`` and the number of documents ``docs`` yielded, or the alias does not move."""
+    from .embed import ModelEmbedder
+
+    embedder = model if hasattr(model, "embed") and hasattr(model, "dims") else ModelEmbedder(
+        model, cfg.encode_batch_size)
     index = versioned_index(alias, key)
-    dims, normalized = embedding_info(model)
+    dims, normalized = embedder.dims, embedder.normalized
     existing = index_meta(client, index)
     replicas = replica_count(client, cfg.replicas)
     if existing and existing.get("key") == key:
@@ -203,7 +207,6 @@ def deploy_student(
     task = progress.add_task(f"deploy: embed + index {index}", total=total) if progress else None
     seen: set[str] = set()
     sent, truncated = 0, 0
-    max_tokens = model.max_seq_length
 
     def changed() -> Iterator[tuple[Doc, str]]:
         for d in docs:
@@ -218,12 +221,8 @@ def deploy_student(
     def actions():
         nonlocal sent, truncated
         for batch in _batches(changed(), cfg.batch_size):
-            texts = [d.full_text for d, _ in batch]
-            lengths = model.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True,
-                                      verbose=False)["length"]
-            truncated += sum(n > max_tokens for n in lengths)
-            vecs = model.encode(texts, batch_size=cfg.encode_batch_size, normalize_embeddings=normalized,
-                                show_progress_bar=False, convert_to_numpy=True)
+            vecs, cut = embedder.embed(batch)
+            truncated += sum(cut)
             for (d, h), v in zip(batch, vecs, strict=True):
                 yield {"_id": d.id, "_source": {"title": d.title, "text": d.text, HASH_FIELD: h,
                                                 VECTOR_FIELD: v.tolist()}}
@@ -246,6 +245,7 @@ def deploy_student(
         left = point_alias(client, alias, index)
         pruned = prune(client, alias, cfg.keep_versions)
     return {"index": index, "alias": alias, "docs": len(seen), "embedded_now": sent, "deleted_now": len(gone),
-            "dims": dims, "pruned": pruned, "truncated_docs": truncated, "max_tokens": max_tokens,
+            "from_vectors": getattr(embedder, "from_vectors", 0),
+            "dims": dims, "pruned": pruned, "truncated_docs": truncated, "max_tokens": embedder.max_tokens,
             "similarity": "dot_product" if normalized else "cosine", "index_options": cfg.index_type,
             "replicas": replicas, "alias_left": left, "alias_moved": move_alias}

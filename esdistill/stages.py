@@ -53,8 +53,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("deploy", True, "the served model's key, the corpus (its fingerprint; a user's index by name, synced "
           "on every deploy), deploy settings, the effective max length, the text fields",
           "the dense index <alias>-<key>; the alias moved onto it"),
+    Stage("embed", False, "the model's key, the index's key, the effective max length, the text fields",
+          "vectors.npy (float16), ids, text hashes: the corpus embedded ahead of a deploy"),
+    Stage("query-vectors", False, "the model's key, the evaluated test queries, the student's max length",
+          "vectors.npy (float16): the test queries, for evaluating a model that is not on the machine"),
     Stage("evaluate-system", True, "one system's inputs (its model or index keys, the index's write state), the "
-          "evaluated test queries, evaluate settings", "run.json: its ranking and latency of every test query"),
+          "evaluated test queries, evaluate settings (the pipeline's can be computed offline from test-candidates)",
+          "run.json: its ranking and latency of every test query"),
     Stage("evaluate", True, "every evaluated system's key, the test judgments", "reports/…: report.md, report.json"),
     Stage("sweep-vectors", False, "the student's key, the corpus, the effective max length, the test queries",
           "docs.npy: corpus vectors for the index-settings sweep"),
@@ -130,6 +135,14 @@ class StageKeys:
                 "deploy": d.model_dump(exclude={"keep_versions", "batch_size", "encode_batch_size", "replicas",
                                                 "max_length"}),
                 "max_length": d.effective_max_length(self.cfg.train), "fields": self.p.text_fields}
+
+    def embed(self, which: str) -> dict[str, Any]:
+        return {which: self.p.dense_models()[which][1](), "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "max_length": self.cfg.deploy.effective_max_length(self.cfg.train)}
+
+    def query_vectors(self, which: str) -> dict[str, Any]:
+        return {which: self.p.dense_models()[which][1](), "queries": fingerprint(self.p.eval_queries()),
+                "max_length": self.cfg.train.max_length}
 
     def system(self, name: str) -> dict[str, Any]:
         ev = self.cfg.evaluate

@@ -90,3 +90,20 @@ def test_committed_bench_results_are_strict_json():
     assert files
     for f in files:
         json.loads(f.read_text(), parse_constant=refuse)
+
+
+def test_metrics_without_ranx_equal_ranx():
+    """The offline stages run where ranx's dependencies are missing: their metrics must be ranx's."""
+    import random
+
+    from esdistill.evaluate import metrics_numpy
+
+    rng = random.Random(3)
+    qrels = {f"q{i}": {f"d{rng.randrange(150)}": rng.choice([0, 1, 2]) for _ in range(rng.randrange(1, 6))}
+             for i in range(40)}
+    run = {q: {f"d{j}": rng.random() for j in rng.sample(range(150), 120)} for q in qrels if q != "q7"}
+    for per_query in (False, True):
+        ours, theirs = metrics_numpy(qrels, run, per_query), metrics(qrels, run, per_query)
+        assert ours.keys() == theirs.keys()
+        for m in ours:
+            assert ours[m] == pytest.approx(theirs[m])

@@ -1,0 +1,156 @@
+"""Vectors: the corpus and the test queries embedded by a bi-encoder, with or without the cluster.
+
+``deploy`` embeds as it indexes (:class:`ModelEmbedder`). On a machine that cannot reach the cluster the
+``embed`` stage writes the corpus's vectors ahead of time (:func:`embed_corpus`: float16, with the hash of the
+text each one was embedded from), and ``deploy`` later indexes them without the model
+(:class:`PrecomputedEmbedder`) — re-embedding, with the model, only documents whose text changed since.
+``query-vectors`` (:func:`embed_queries`) does the same for the evaluated test queries of a model that is not
+on the machine that evaluates.
+
+On a GPU both run under bf16 autocast (:func:`inference_context`), in batches a GPU is busy with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .cache import StageCache
+from .data import Doc
+from .deploy import _batches, doc_hash
+from .errors import ModelError
+from .models import embedding_info
+
+
+def inference_context():
+    """bf16 autocast on a CUDA GPU that supports it (inference only); nothing on a CPU."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class ModelEmbedder:
+    """Embeds documents with the model, counting those longer than its token limit (truncated)."""
+
+    def __init__(self, model, batch_size: int = 32):
+        self.model, self.batch_size = model, batch_size
+        self.dims, self.normalized = embedding_info(model)
+        self.max_tokens = model.max_seq_length
+
+    def embed(self, docs: list[tuple[Doc, str]]) -> tuple[np.ndarray, list[bool]]:
+        """Vectors of ``(document, text hash)`` pairs, and which documents were truncated."""
+        texts = [d.full_text for d, _ in docs]
+        lengths = self.model.tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True,
+                                       verbose=False)["length"]
+        with inference_context():
+            vecs = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=self.normalized,
+                                     show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(vecs, dtype=np.float32), [n > self.max_tokens for n in lengths]
+
+
+class PrecomputedEmbedder:
+    """Vectors from an ``embed`` stage, looked up by document id and text hash. A document that is new or whose
+    text changed since is embedded by ``fallback`` (a model loader, called once) — or refused without one."""
+
+    def __init__(self, cache: StageCache, fallback=None):
+        info = cache.info()
+        self.dims, self.normalized, self.max_tokens = info["dims"], info["normalized"], info["max_tokens"]
+        self.vectors = np.load(cache.path("vectors.npy"))
+        ids = cache.path("ids.txt").read_text().split("\n")
+        hashes = cache.path("hashes.txt").read_text().split("\n")
+        self.row = {(i, h): n for n, (i, h) in enumerate(zip(ids, hashes, strict=True))}
+        self.truncated = set(cache.path("truncated.txt").read_text().split("\n")) - {""}
+        self._fallback, self._model = fallback, None
+        self.from_vectors = 0
+
+    def embed(self, docs: list[tuple[Doc, str]]) -> tuple[np.ndarray, list[bool]]:
+        out = np.zeros((len(docs), self.dims), dtype=np.float32)
+        missing = [n for n, (d, h) in enumerate(docs) if (d.id, h) not in self.row]
+        for n, (d, h) in enumerate(docs):
+            if (d.id, h) in self.row:
+                out[n] = self.vectors[self.row[(d.id, h)]]
+        truncated = [d.id in self.truncated for d, _ in docs]
+        self.from_vectors += len(docs) - len(missing)
+        if missing:
+            if self._fallback is None:
+                raise ModelError(f"{len(missing)} documents (e.g. {docs[missing[0]][0].id!r}) changed or appeared "
+                                 "since the vectors were computed, and their model is not on this machine",
+                                 hint="export a new bundle and embed again, or copy the model here")
+            if self._model is None:
+                self._model = ModelEmbedder(self._fallback(), batch_size=32)
+            vecs, trunc = self._model.embed([docs[n] for n in missing])
+            out[missing] = vecs
+            for n, t in zip(missing, trunc, strict=True):
+                truncated[n] = t
+        return out, truncated
+
+
+def embed_corpus(model, docs: Iterable[Doc], total: int, cache: StageCache, batch_size: int,
+                 progress=None) -> dict[str, Any]:
+    """The ``embed`` stage: every document's vector (float16), id, text hash and whether it was truncated."""
+    if cache.done:
+        return {**cache.info(), "cached": True}
+    embedder = ModelEmbedder(model, batch_size)
+    task = progress.add_task("embed corpus", total=total) if progress else None
+    ids, hashes, truncated, parts = [], [], [], []
+    for batch in _batches(((d, doc_hash(d)) for d in docs), max(batch_size * 8, 256)):
+        vecs, cut = embedder.embed(batch)
+        truncated += [d.id for (d, _), c in zip(batch, cut, strict=True) if c]
+        ids += [d.id for d, _ in batch]
+        hashes += [h for _, h in batch]
+        parts.append(vecs.astype(np.float16))
+        if progress:
+            progress.advance(task, len(batch))
+    matrix = np.concatenate(parts) if parts else np.zeros((0, embedder.dims), dtype=np.float16)
+    np.save(cache.path("vectors.npy"), matrix)
+    cache.path("ids.txt").write_text("\n".join(ids))
+    cache.path("hashes.txt").write_text("\n".join(hashes))
+    cache.path("truncated.txt").write_text("\n".join(truncated))
+    return cache.finish(docs=len(ids), dims=embedder.dims, normalized=embedder.normalized,
+                        max_tokens=embedder.max_tokens, truncated_docs=len(truncated), dtype="float16")
+
+
+def embed_queries(model, queries: dict[str, str], cache: StageCache) -> dict[str, Any]:
+    """The ``query-vectors`` stage: each query's vector (float16) by query id, and how long encoding one query
+    at a time took (ms, after one warm-up) on this machine."""
+    import time
+
+    if cache.done:
+        return {**cache.info(), "cached": True}
+    qids = sorted(queries)
+    dims, normalized = embedding_info(model)
+    with inference_context():
+        vecs = model.encode([queries[q] for q in qids], normalize_embeddings=normalized, show_progress_bar=False,
+                            convert_to_numpy=True, batch_size=64)
+        ms = []
+        for q in qids[: min(len(qids), 50)] if qids else []:
+            t0 = time.perf_counter()
+            model.encode(queries[q], normalize_embeddings=normalized, show_progress_bar=False)
+            ms.append((time.perf_counter() - t0) * 1e3)
+    np.save(cache.path("vectors.npy"), np.asarray(vecs, dtype=np.float16))
+    cache.path("qids.txt").write_text("\n".join(qids))
+    return cache.finish(queries=len(qids), dims=dims, normalized=normalized,
+                        encode_ms_p50=float(np.percentile(ms[1:] or ms, 50)) if ms else None)
+
+
+class PrecomputedQueryEncoder:
+    """Stands in for a bi-encoder at search time where only its query vectors came back (``query-vectors``):
+    ``encode(text)`` looks the query up; a text it was not given is an error, not a wrong vector."""
+
+    def __init__(self, cache: StageCache, queries: dict[str, str]):
+        vecs = np.load(cache.path("vectors.npy")).astype(np.float32)
+        qids = cache.path("qids.txt").read_text().split("\n")
+        self.by_text = {queries[q]: v for q, v in zip(qids, vecs, strict=True) if q in queries}
+        self.dims = int(vecs.shape[1])
+        self.precomputed = True
+
+    def encode(self, text, normalize_embeddings: bool = True, **_: Any):
+        if text not in self.by_text:
+            raise ModelError(f"no precomputed vector for the query {text[:60]!r}",
+                             hint="the model is not on this machine; only the evaluated test queries were encoded")
+        return self.by_text[text]
