@@ -129,6 +129,10 @@ class DataConfig(_Strict):
     pseudo_queries: int = Field(
         0, ge=0, description="draw this many pseudo-queries from corpus sentences; the teacher labels them"
     )
+    max_positives_per_query: int | None = Field(
+        None, ge=1, description="training uses at most this many judged relevant documents of a query (the highest "
+        "graded, then a stable pseudo-random order); label quality is still measured on all of them. NFCorpus "
+        "judges ~42 documents per query: uncapped, one query makes dozens of near-identical training rows")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -369,6 +369,14 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
     return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, corpus_digest, report, log_q, leaked)
 
 
+def relevant(qid: str, docs: dict[str, int], n: int | None = None) -> list[str]:
+    """A query's relevant (grade > 0) documents — at most ``n`` of them: the highest graded, ties broken by a stable
+    hash of (query, document), so the same ones are chosen on every run and machine."""
+    pos = sorted((d for d, g in docs.items() if g > 0),
+                 key=lambda d: (-docs[d], hashlib.sha1(f"{qid}\t{d}".encode()).hexdigest()))
+    return pos if n is None else pos[:n]
+
+
 def normalize_query(text: str) -> str:
     return " ".join(text.lower().split())
 

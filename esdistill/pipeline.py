@@ -31,7 +31,7 @@ from . import search as search_mod
 from .cache import StageCache
 from .cluster import connect
 from .config import RunConfig, fingerprint
-from .data import Dataset, Doc, load_dataset, pseudo_queries
+from .data import Dataset, Doc, load_dataset, pseudo_queries, relevant
 from .deploy import check_dims, deploy_student, versioned_index
 from .errors import ClusterError, InputError, ModelError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_identity, index_meta, iter_index_docs
@@ -276,7 +276,7 @@ class Project:
         frame = self.candidates_frame()
         with self.stage("teacher fit"):
             info = fit_teacher(self.cfg.teacher.fit, self.train_queries, self.dataset.train_qrels, frame,
-                               self.docs, self._fit_cache(), self.log)
+                               self.docs, self._fit_cache(), self.log, self.cfg.data.max_positives_per_query)
             self.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
                      "judged queries" + (" (cached)" if info.get("cached") else ""))
             return info
@@ -301,9 +301,11 @@ class Project:
             depth = self.cfg.teacher.depth or self.cfg.candidates.k
             frame = frame[frame["rank"] <= depth].assign(source="bm25")
             have = set(zip(frame.qid, frame.docid, strict=True))
-            corpus_ids = set(self.docs([d for docs in self.dataset.train_qrels.values() for d in docs]))
-            extra = [(q, d, 0, float("nan"), "judged") for q, docs in self.dataset.train_qrels.items()
-                     for d, g in docs.items() if g > 0 and (q, d) not in have and d in corpus_ids]
+            cap = self.cfg.data.max_positives_per_query  # only the positives training uses need a score
+            chosen = {q: relevant(q, docs, cap) for q, docs in self.dataset.train_qrels.items()}
+            corpus_ids = set(self.docs([d for docs in chosen.values() for d in docs]))
+            extra = [(q, d, 0, float("nan"), "judged") for q, docs in chosen.items()
+                     for d in docs if (q, d) not in have and d in corpus_ids]
             extra_df = pd.DataFrame(extra, columns=["qid", "docid", "rank", "bm25", "source"])
             return pd.concat([frame, extra_df], ignore_index=True) if extra else frame
 
@@ -435,7 +437,7 @@ class Project:
         scores = self.scores_frame()
         with self.stage("train"):
             info = train_student(self.cfg.train, scores, self.train_queries, self.dataset.train_qrels,
-                                 self.docs, self._train_cache(), self.log)
+                                 self.docs, self._train_cache(), self.log, self.cfg.data.max_positives_per_query)
             if info.get("dev_before"):
                 b = info["dev_before"].get("dev_cosine_ndcg@10")
                 a = info["dev_after"].get("dev_cosine_ndcg@10")
@@ -466,7 +468,7 @@ class Project:
         scores = pairs.assign(teacher=pairs.bm25.fillna(floor).astype("float32"))
         with self.stage("train (judgments only)"):
             info = train_student(self._control_config(), scores, self.dataset.train_queries, self.dataset.train_qrels,
-                                 self.docs, self._control_cache(), self.log)
+                                 self.docs, self._control_cache(), self.log, self.cfg.data.max_positives_per_query)
             b = info.get("dev_before", {}).get("dev_cosine_ndcg@10")
             a = info.get("dev_after", {}).get("dev_cosine_ndcg@10")
             if a is not None and b is not None:

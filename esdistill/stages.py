@@ -83,6 +83,11 @@ class StageKeys:
     def cfg(self):
         return self.p.cfg
 
+    def _cap(self) -> dict[str, Any]:
+        """``data.max_positives_per_query`` where it is set (absent, the keys stay those of earlier versions)."""
+        cap = self.cfg.data.max_positives_per_query
+        return {} if cap is None else {"max_positives": cap}
+
     def index(self) -> dict[str, Any]:
         return self.p.index_identity()
 
@@ -101,7 +106,8 @@ class StageKeys:
         fit = self.cfg.teacher.fit
         return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
                 "k": self.cfg.candidates.k, "judged_queries": fingerprint(judged),
-                "qrels": fingerprint(ds.train_qrels), "fit": fit.model_dump(), "base": model_fingerprint(fit.base_model)}
+                "qrels": fingerprint(ds.train_qrels), "fit": fit.model_dump(),
+                "base": model_fingerprint(fit.base_model), **self._cap()}
 
     def scorer(self) -> str:
         """The teacher's identity: the user's reranker by its fingerprint, else the fit's key."""
@@ -118,13 +124,15 @@ class StageKeys:
     def train(self) -> dict[str, Any]:
         unjudged = self.p._teacher_cache(judged=False)
         return {"teacher": self.p._teacher_cache().key, "teacher_unjudged": unjudged.key if unjudged else None,
+                "qrels": fingerprint(self.p.dataset.train_qrels), **self._cap(),
                 "bm25_weight": self.p.label_weight(), "train": self.cfg.train.model_dump(exclude={"save_steps"}),
                 "base": model_fingerprint(self.cfg.train.base_model)}
 
     def control(self) -> dict[str, Any]:
         control = self.p._control_config()
         return {"pairs": pairs_fingerprint(self.p.teacher_pairs(judged=True)),
-                "queries": fingerprint(self.p.dataset.train_queries), "qrels": fingerprint(self.p.dataset.train_qrels),
+                "queries": fingerprint(self.p.dataset.train_queries),
+                "qrels": fingerprint(self.p.dataset.train_qrels), **self._cap(),
                 "index_key": self.p.index_key, "fields": self.p.text_fields,
                 "train": control.model_dump(exclude={"save_steps", "judged_above_teacher"}),
                 "base": model_fingerprint(self.cfg.train.base_model)}

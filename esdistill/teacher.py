@@ -33,7 +33,7 @@ import pandas as pd
 
 from .cache import StageCache
 from .config import TeacherFitConfig
-from .data import Doc, Qrels
+from .data import Doc, Qrels, relevant
 from .models import load_cross_encoder
 
 FULL = "full"
@@ -55,13 +55,15 @@ def fit_pairs(
     negatives: int,
     negative_depth: int,
     seed: int,
+    max_positives: int | None = None,
 ) -> pd.DataFrame:
-    """(query, document, label) rows: every judged positive, plus ``negatives`` BM25 negatives per positive."""
+    """(query, document, label) rows: every judged positive (at most ``max_positives`` per query), plus
+    ``negatives`` BM25 negatives per positive, never a judged document."""
     rng = random.Random(seed)
     by_q = {q: g.sort_values("rank")["docid"].tolist() for q, g in candidates[candidates.qid.isin(qids)].groupby("qid")}
     rows: list[tuple[str, str, float]] = []
     for qid in qids:
-        pos = [d for d, g in qrels.get(qid, {}).items() if g > 0]
+        pos = relevant(qid, qrels.get(qid, {}), max_positives)
         if not pos:
             continue
         pool = [d for d in by_q.get(qid, [])[:negative_depth] if d not in qrels.get(qid, {})]
@@ -146,6 +148,7 @@ def fit_teacher(
     docs: Callable[[list[str]], dict[str, Doc]],
     cache: StageCache,
     log: Callable[[str], None] = print,
+    max_positives: int | None = None,
 ) -> dict[str, Any]:
     """Fit ``cfg.folds`` fold models and one full model; each finished model is kept, so a rerun resumes."""
     if cache.done:
@@ -160,7 +163,8 @@ def fit_teacher(
         out = cache.path(f"model-{name}")
         if not (out / COMPLETE).exists():
             shutil.rmtree(out, ignore_errors=True)  # a fit killed while saving: config.json without weights
-            pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed)
+            pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed,
+                              max_positives)
             log(f"teacher fit [{name}]: {len(fit_q)} queries, {len(pairs)} pairs")
             _train_cross_encoder(pairs, cfg, out)
         models[name] = str(out)

@@ -37,7 +37,7 @@ import pandas as pd
 
 from .cache import StageCache
 from .config import TrainConfig
-from .data import Doc, Qrels
+from .data import Doc, Qrels, relevant
 from .models import embedding_info, load_bi_encoder, st_modules
 
 
@@ -55,8 +55,10 @@ def build_examples(
     qids: list[str],
     qrels: Qrels,
     cfg: TrainConfig,
+    max_positives: int | None = None,
 ) -> list[tuple[str, str, list[str], list[float]]]:
-    """(qid, positive, [negatives], [teacher(pos), teacher(neg_1), ...]) per training example."""
+    """(qid, positive, [negatives], [teacher(pos), teacher(neg_1), ...]) per training example: one per judged
+    positive (at most ``max_positives`` per query), else one for the teacher's top document."""
     rng = random.Random(cfg.seed)
     out = []
     grouped = {q: g.sort_values("teacher", ascending=False) for q, g in scores[scores.qid.isin(qids)].groupby("qid")}
@@ -66,7 +68,8 @@ def build_examples(
             continue
         ranked = list(zip(g.docid, g.teacher, strict=True))
         judged = {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
-        positives = [(d, s) for d, s in ranked if d in judged] if cfg.use_judged_positives else []
+        chosen = set(relevant(qid, qrels.get(qid, {}), max_positives))
+        positives = [(d, s) for d, s in ranked if d in chosen] if cfg.use_judged_positives else []
         if not positives:
             positives = [ranked[0]]
         depth = cfg.negative_depth or len(ranked)
@@ -209,8 +212,10 @@ def train_student(
     docs: Callable[[list[str]], dict[str, Doc]],
     cache: StageCache,
     log: Callable[[str], None] = print,
+    max_positives: int | None = None,
 ) -> dict[str, Any]:
-    """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume."""
+    """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume.
+    ``max_positives`` caps the judged positives a query contributes (``data.max_positives_per_query``)."""
     if cache.done:
         return {**cache.info(), "cached": True}
     from sentence_transformers import SentenceTransformerTrainer
@@ -229,7 +234,7 @@ def train_student(
     if judgments_only:
         qids = [q for q in qids if any(g > 0 for g in qrels.get(q, {}).values())]
     train_q, dev_q = split_dev(qids, cfg.dev_fraction)
-    examples = build_examples(scores, train_q, qrels, cfg)
+    examples = build_examples(scores, train_q, qrels, cfg, max_positives)
     if not examples:
         raise ValueError("no training examples: every query needs at least two scored candidates")
     needed = {d for _, p, negs, _ in examples for d in [p, *negs]} | set(scores[scores.qid.isin(dev_q)].docid)

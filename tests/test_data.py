@@ -253,3 +253,12 @@ def test_interrupted_archive_extraction_is_not_taken_as_finished(tmp_path, monke
     root = resolve_beir(SCIFACT, tmp_path)
     assert len(load_corpus(root / "corpus.jsonl")) == 5183
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no half-extracted folder left behind
+
+
+def test_relevant_documents_are_capped_by_grade_then_a_stable_order():
+    from esdistill.data import relevant
+
+    docs = {"a": 1, "b": 2, "c": 1, "d": 0, "e": 1}
+    assert relevant("q", docs)[0] == "b" and set(relevant("q", docs)) == {"a", "b", "c", "e"}
+    two = relevant("q", docs, 2)
+    assert two[0] == "b" and len(two) == 2 and two == relevant("q", dict(reversed(docs.items())), 2)

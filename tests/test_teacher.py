@@ -235,3 +235,25 @@ def test_a_fold_killed_while_saving_is_fitted_again(tmp_path, es, es_url, tiny_m
         load_cross_encoder(info["models"]["0"])  # a complete model, weights included
     finally:
         es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def test_capped_positives_are_never_used_as_negatives():
+    """NFCorpus judges ~42 documents a query: with a cap, the relevant documents left out of training must not
+    turn into its negatives."""
+    from esdistill.config import TrainConfig
+    from esdistill.data import Doc
+    from esdistill.teacher import fit_pairs
+    from esdistill.train import build_examples
+
+    qrels = {"q": {f"p{i}": 1 for i in range(5)}}
+    cands = pd.DataFrame({"qid": "q", "docid": [f"p{i}" for i in range(5)] + [f"n{i}" for i in range(5)],
+                          "rank": range(1, 11)})
+    docs = lambda ids: {i: Doc(i, "", i) for i in ids}  # noqa: E731
+    rows = fit_pairs(["q"], {"q": "query"}, qrels, cands, docs, negatives=4, negative_depth=10, seed=0,
+                     max_positives=2)
+    assert (rows.label == 1).sum() == 2
+    assert not rows[rows.label == 0].docid.str.startswith("p").any()
+    scores = cands.assign(teacher=[10.0 - r for r in cands["rank"]])
+    examples = build_examples(scores, ["q"], qrels, TrainConfig(negatives=3), max_positives=2)
+    assert len(examples) == 2
+    assert all(not n.startswith("p") for _, _, negs, _ in examples for n in negs)
