@@ -22,16 +22,14 @@ from .cache import StageCache
 from .data import Doc
 from .deploy import _batches, doc_hash
 from .errors import ModelError
-from .models import embedding_info
+from .models import bf16_available, embedding_info
 
 
 def inference_context():
     """bf16 autocast on a CUDA GPU that supports it (inference only); nothing on a CPU."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16_available() else contextlib.nullcontext()
 
 
 class ModelEmbedder:

@@ -119,6 +119,14 @@ def hub_revision(repo_id: str) -> str | None:
     return None
 
 
+def bf16_available() -> bool:
+    """A CUDA GPU that computes in bfloat16: training runs in bf16 mixed precision there, inference under bf16
+    autocast. On a CPU everything stays float32."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def _wrap(kind: str, name: str, target: str, exc: Exception) -> ModelError:
     offline = "HF_HUB_OFFLINE" in str(exc) or "offline" in str(exc).lower() or "connect" in str(exc).lower()
     hint = ("no hub is reachable: use a local folder or `minilm`" if offline and not Path(target).exists()

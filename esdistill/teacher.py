@@ -34,7 +34,7 @@ import pandas as pd
 from .cache import StageCache
 from .config import TeacherFitConfig
 from .data import Doc, Qrels, relevant
-from .models import load_cross_encoder
+from .models import bf16_available, load_cross_encoder
 
 FULL = "full"
 #: written into a fitted model's folder after everything else: only such a folder counts as finished
@@ -129,6 +129,7 @@ def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path):
         # listwise: another row of the same query in the batch would hand the query one of its own relevant
         # documents as an in-batch negative; NO_DUPLICATES keeps rows that share a text in separate batches
         batch_sampler="no_duplicates" if cfg.loss == "listwise" and cfg.no_duplicates else "batch_sampler",
+        bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
     )
     return CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
 
@@ -197,6 +198,8 @@ def score_candidates(
         return {**cache.info(), "cached": True}
     import torch
 
+    from .embed import inference_context
+
     parts = cache.path("parts")
     parts.mkdir(exist_ok=True)
     qids = sorted(candidates.qid.unique())
@@ -218,8 +221,9 @@ def score_candidates(
                 model = load_cross_encoder(model_name, max_length=max_length)
             texts = docs(chunk.docid.unique().tolist())
             pairs = [(queries[q], texts[d].full_text) for q, d in zip(chunk.qid, chunk.docid, strict=True)]
-            logits = model.predict(pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(),
-                                   show_progress_bar=False, convert_to_numpy=True)
+            with inference_context():  # bf16 autocast on a GPU
+                logits = model.predict(pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(),
+                                       show_progress_bar=False, convert_to_numpy=True)
             out = chunk.assign(teacher=logits.reshape(-1).astype("float32"), scorer=model_name)
             out.to_parquet(part.with_suffix(".tmp"), index=False)
             part.with_suffix(".tmp").replace(part)

@@ -38,7 +38,7 @@ import pandas as pd
 from .cache import StageCache
 from .config import TrainConfig
 from .data import Doc, Qrels, relevant
-from .models import embedding_info, load_bi_encoder, st_modules
+from .models import bf16_available, embedding_info, load_bi_encoder, st_modules
 
 
 def split_dev(qids: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -201,6 +201,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
         report_to="none",
         batch_sampler="no_duplicates" if cfg.no_duplicates and mnrl else "batch_sampler",
         eval_strategy="epoch" if evaluate_epochs else "no",
+        bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
     )
 
 
