@@ -37,6 +37,17 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", envvar="ESDIS
                                                 help="quick | full (default: the config's, else quick)")]
 
 
+@app.callback()
+def main_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", envvar="ESDISTILL_VERBOSE",
+                                                      help="also show the libraries' own output (warnings, "
+                                                      "progress, training logs)")] = False):
+    """Distill BM25 → cross-encoder into one bi-encoder served by kNN from Elasticsearch."""
+    if not verbose:
+        from .console import quiet_libraries
+
+        quiet_libraries(console)
+
+
 def friendly(fn):
     """Print :class:`EsdistillError` as a message, not a traceback."""
     @functools.wraps(fn)
@@ -368,15 +379,18 @@ def export(config: ConfigOpt, profile: ProfileOpt = None,
 @kibana_app.command("import")
 @friendly
 def kibana_import(url: Annotated[str, typer.Option(envvar="ESDISTILL_KIBANA_URL", help="Kibana base URL")] =
-                  "http://localhost:5601"):
+                  "http://localhost:5601",
+                  wait: Annotated[float, typer.Option(help="seconds to wait for Kibana to be ready (it answers "
+                                                      "503 for a while after it starts)")] = 120.0):
     """Import the data view and dashboard (kibana/esdistill.ndjson); credentials from ESDISTILL_ES_*."""
     from .config import ClusterSettings
     from .results import SAVED_OBJECTS, import_saved_objects
 
     s = ClusterSettings()
-    res = import_saved_objects(url, SAVED_OBJECTS, username=s.username,
-                               password=s.password.get_secret_value() if s.password else None,
-                               api_key=s.api_key.get_secret_value() if s.api_key else None)
+    with console.status(f"waiting for Kibana at {url} …"):
+        res = import_saved_objects(url, SAVED_OBJECTS, username=s.username,
+                                   password=s.password.get_secret_value() if s.password else None,
+                                   api_key=s.api_key.get_secret_value() if s.api_key else None, wait=wait)
     console.print(f"imported {res.get('successCount', 0)} saved objects into {url}; "
                   "open Dashboards → 'esdistill relevance'")
 

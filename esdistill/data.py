@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import EsdistillWarning, InputError
 
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> relevance grade
 
@@ -43,7 +43,7 @@ class LoadReport:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, EsdistillWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------------ JSONL

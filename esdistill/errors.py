@@ -33,3 +33,8 @@ class ClusterError(EsdistillError):
 
 class ModelError(EsdistillError):
     """A model cannot be loaded or does not fit the index it is meant for."""
+
+
+class EsdistillWarning(UserWarning):
+    """Something the user should know that does not stop the run (data left out, a key that cannot see every
+    change). The CLI prints these as one line each, and silences the libraries' own warnings."""

@@ -19,8 +19,9 @@ from elasticsearch import exceptions as es_exc
 
 from .data import Doc
 from .errors import ClusterError
+from .resources import resource_dir
 
-MAPPINGS_DIR = Path(__file__).resolve().parent.parent / "mappings"
+MAPPINGS_DIR = resource_dir("mappings")
 
 
 def load_mapping(name: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import EsdistillWarning, ModelError
 
 ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -115,8 +115,16 @@ def hub_revision(repo_id: str) -> str | None:
         _UNRESOLVED.add(repo_id)
         warnings.warn(f"model {repo_id!r}: cannot resolve it to a hub revision (no hub reachable, not in the local "
                       "cache); its cache key holds the name only, so a new upload under that name is not noticed",
-                      stacklevel=2)
+                      EsdistillWarning, stacklevel=2)
     return None
+
+
+def warmup(ratio: float) -> dict[str, float]:
+    """The trainer argument for a linear warm-up over ``ratio`` of the steps: ``warmup_ratio`` up to
+    transformers 4, ``warmup_steps`` given as a fraction from transformers 5 (which deprecates the former)."""
+    import transformers
+
+    return {"warmup_steps": ratio} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": ratio}
 
 
 def bf16_available() -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import candidates as cand_mod
@@ -145,7 +146,8 @@ class Project:
                 if q in ds.test_queries and any(g > 0 for g in docs.values())}
 
     def log(self, msg: str) -> None:
-        self.console.print(msg)
+        """A line for the user, printed as written: ``[full]`` is text here, not rich markup."""
+        self.console.print(escape(msg))
 
     @contextmanager
     def stage(self, name: str):
@@ -276,7 +278,8 @@ class Project:
         frame = self.candidates_frame()
         with self.stage("teacher fit"):
             info = fit_teacher(self.cfg.teacher.fit, self.train_queries, self.dataset.train_qrels, frame,
-                               self.docs, self._fit_cache(), self.log, self.cfg.data.max_positives_per_query)
+                               self.docs, self._fit_cache(), self.log, self.cfg.data.max_positives_per_query,
+                               self.progress)
             self.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
                      "judged queries" + (" (cached)" if info.get("cached") else ""))
             return info
@@ -437,7 +440,8 @@ class Project:
         scores = self.scores_frame()
         with self.stage("train"):
             info = train_student(self.cfg.train, scores, self.train_queries, self.dataset.train_qrels,
-                                 self.docs, self._train_cache(), self.log, self.cfg.data.max_positives_per_query)
+                                 self.docs, self._train_cache(), self.log, self.cfg.data.max_positives_per_query,
+                                 self.progress)
             if info.get("dev_before"):
                 b = info["dev_before"].get("dev_cosine_ndcg@10")
                 a = info["dev_after"].get("dev_cosine_ndcg@10")
@@ -468,7 +472,8 @@ class Project:
         scores = pairs.assign(teacher=pairs.bm25.fillna(floor).astype("float32"))
         with self.stage("train (judgments only)"):
             info = train_student(self._control_config(), scores, self.dataset.train_queries, self.dataset.train_qrels,
-                                 self.docs, self._control_cache(), self.log, self.cfg.data.max_positives_per_query)
+                                 self.docs, self._control_cache(), self.log, self.cfg.data.max_positives_per_query,
+                                 self.progress)
             b = info.get("dev_before", {}).get("dev_cosine_ndcg@10")
             a = info.get("dev_after", {}).get("dev_cosine_ndcg@10")
             if a is not None and b is not None:

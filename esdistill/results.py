@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ from elasticsearch import exceptions as es_exc
 
 from .errors import ClusterError, InputError
 from .indexing import bulk_index, load_mapping
+from .resources import resource
 
 RESULTS_INDEX = "esdistill-results"
 RESULTS_MAPPING = "results_index.json"
-SAVED_OBJECTS = Path(__file__).resolve().parent.parent / "kibana" / "esdistill.ndjson"
+SAVED_OBJECTS = resource("kibana", "esdistill.ndjson")
 META_KEYS = ("run_id", "evaluate_key", "dataset", "profile", "model_id", "teacher_id")
 METRIC_FIELDS = {"ndcg@10": "ndcg_at_10", "recall@100": "recall_at_100", "mrr@10": "mrr_at_10"}
 TIE_TOLERANCE = 1e-9
@@ -146,14 +148,38 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def wait_for_kibana(kibana_url: str, wait: float, headers: dict, auth, clean, interval: float = 2.0) -> None:
+    """Poll ``GET /api/status`` until Kibana answers with anything but 503 ("Kibana server is not ready yet") or a
+    refused connection, for at most ``wait`` seconds; raises :class:`ClusterError` when it never does."""
+    import requests
+
+    url = f"{kibana_url.rstrip('/')}/api/status"
+    deadline = time.monotonic() + wait
+    last = "no answer"
+    while True:
+        try:
+            resp = requests.get(url, headers=headers, auth=auth, timeout=10)
+            if resp.status_code != 503:
+                return
+            last = "HTTP 503 (Kibana server is not ready yet)"
+        except requests.RequestException as e:
+            last = f"{type(e).__name__}: {clean(str(e))[:200]}"
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"Kibana at {_redact(kibana_url)} was not ready within {wait:.0f} s ({last})",
+                               hint="check that Kibana is up (`docker compose ps`: healthy), or wait longer (--wait)")
+        time.sleep(interval)
+
+
 def import_saved_objects(kibana_url: str, ndjson_path: Path = SAVED_OBJECTS, username: str | None = None,
                          password: str | None = None, api_key: str | None = None, overwrite: bool = True,
-                         timeout: float = 60.0) -> dict:
+                         timeout: float = 60.0, wait: float = 0.0) -> dict:
     """POST ``ndjson_path`` to Kibana's saved objects ``_import`` API; returns its JSON answer.
 
     Authenticates with ``api_key`` (``Authorization: ApiKey``) or ``username``/``password`` (basic), else none.
-    Raises :class:`ClusterError` naming the URL (never a secret) when Kibana cannot be reached, answers with an
-    HTTP error, or reports ``success: false``.
+    With ``wait`` > 0, first waits (at most that many seconds) for Kibana to be ready: right after
+    ``docker compose up`` it refuses connections, then answers 503 for a while. Raises :class:`ClusterError`
+    naming the URL (never a secret) when Kibana cannot be reached, answers with an HTTP error, or reports
+    ``success: false``.
     """
     import requests
 
@@ -170,6 +196,8 @@ def import_saved_objects(kibana_url: str, ndjson_path: Path = SAVED_OBJECTS, use
     if api_key:
         headers["Authorization"] = f"ApiKey {api_key}"
     auth = (username, password or "") if username and not api_key else None
+    if wait > 0:
+        wait_for_kibana(kibana_url, wait, headers, auth, clean)
     path = Path(ndjson_path)
     try:
         with path.open("rb") as fh:

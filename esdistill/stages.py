@@ -67,10 +67,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 
 
 def pairs_fingerprint(frame: pd.DataFrame) -> str:
-    """A candidate-pairs frame by content: which (query, document) pairs, at which BM25 rank and score."""
+    """A candidate-pairs frame by content: which (query, document) pairs, at which BM25 rank and score. Written
+    out value by value in Python (not through pandas' string conversion, which changed in pandas 3), so both
+    sides of a bundle — whatever their pandas — compute the same key."""
     cols = [c for c in ("qid", "docid", "rank", "bm25", "source") if c in frame]
-    rows = frame[cols].sort_values(["qid", "docid"]).astype(str).agg("\t".join, axis=1)
-    return fingerprint("\n".join(rows))
+    rows = sorted(zip(*(frame[c].tolist() for c in cols), strict=True))
+    text = "\n".join("\t".join(repr(float(v)) if isinstance(v, float) else str(v) for v in row) for row in rows)
+    return fingerprint(text)
 
 
 class StageKeys:

@@ -33,8 +33,9 @@ import pandas as pd
 
 from .cache import StageCache
 from .config import TeacherFitConfig
+from .console import attach_progress
 from .data import Doc, Qrels, relevant
-from .models import bf16_available, load_cross_encoder
+from .models import bf16_available, load_cross_encoder, warmup
 
 FULL = "full"
 #: written into a fitted model's folder after everything else: only such a folder counts as finished
@@ -120,7 +121,7 @@ def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path):
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=0.1,
+        **warmup(0.1),
         seed=cfg.seed,
         save_strategy="no",
         logging_steps=50,
@@ -130,12 +131,15 @@ def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path):
         # documents as an in-batch negative; NO_DUPLICATES keeps rows that share a text in separate batches
         batch_sampler="no_duplicates" if cfg.loss == "listwise" and cfg.no_duplicates else "batch_sampler",
         bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
+        disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
     )
     return CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
 
 
-def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path) -> None:
+def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, progress=None,
+                         name: str = "") -> None:
     trainer = fit_trainer(frame, cfg, out)
+    attach_progress(trainer, progress, f"teacher fit [{name}]")
     trainer.train()
     trainer.model.save_pretrained(str(out))
     (out / COMPLETE).write_text("")  # last: a folder without it was interrupted while being written
@@ -150,6 +154,7 @@ def fit_teacher(
     cache: StageCache,
     log: Callable[[str], None] = print,
     max_positives: int | None = None,
+    progress=None,
 ) -> dict[str, Any]:
     """Fit ``cfg.folds`` fold models and one full model; each finished model is kept, so a rerun resumes."""
     if cache.done:
@@ -167,7 +172,7 @@ def fit_teacher(
             pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed,
                               max_positives)
             log(f"teacher fit [{name}]: {len(fit_q)} queries, {len(pairs)} pairs")
-            _train_cross_encoder(pairs, cfg, out)
+            _train_cross_encoder(pairs, cfg, out, progress, name)
         models[name] = str(out)
     return cache.finish(models=models, folds={q: f for q, f in folds.items()}, judged_queries=len(judged))
 

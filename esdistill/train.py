@@ -37,8 +37,9 @@ import pandas as pd
 
 from .cache import StageCache
 from .config import TrainConfig
+from .console import attach_progress
 from .data import Doc, Qrels, relevant
-from .models import bf16_available, embedding_info, load_bi_encoder, st_modules
+from .models import bf16_available, embedding_info, load_bi_encoder, st_modules, warmup
 
 
 def split_dev(qids: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -192,7 +193,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=0.1,
+        **warmup(0.1),
         seed=cfg.seed,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -202,6 +203,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
         batch_sampler="no_duplicates" if cfg.no_duplicates and mnrl else "batch_sampler",
         eval_strategy="epoch" if evaluate_epochs else "no",
         bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
+        disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
     )
 
 
@@ -214,9 +216,11 @@ def train_student(
     cache: StageCache,
     log: Callable[[str], None] = print,
     max_positives: int | None = None,
+    progress=None,
 ) -> dict[str, Any]:
     """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume.
-    ``max_positives`` caps the judged positives a query contributes (``data.max_positives_per_query``)."""
+    ``max_positives`` caps the judged positives a query contributes (``data.max_positives_per_query``);
+    ``progress`` (rich) shows the training steps."""
     if cache.done:
         return {**cache.info(), "cached": True}
     from sentence_transformers import SentenceTransformerTrainer
@@ -276,6 +280,7 @@ def train_student(
     args = training_args(cfg, ckpt, evaluate_epochs=evaluator is not None and cfg.epochs > 1, mnrl=bool(judged))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
+    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train")
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
     for partial in [p for p in found if not (p / "trainer_state.json").exists()]:
         shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last

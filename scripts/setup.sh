@@ -30,6 +30,7 @@ if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs neither Java n
   command -v runuser >/dev/null || apt_install util-linux
   command -v openssl >/dev/null || apt_install openssl   # certificates of the secured test node
 fi
+command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || apt_install golang-go   # fetches the Compose schema
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -41,5 +42,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".[test]"
   touch "$stamp"
+fi
+# The Compose Specification's JSON schema (tests/test_docker.py), from the reference implementation's Go module
+schema=.venv/share/compose-spec/compose-spec.json
+if [ ! -f "$schema" ]; then
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  tmp=$(mktemp -d)
+  dir=$(cd "$tmp" && GOPATH="$tmp/gopath" GOFLAGS=-mod=mod "$go" mod download -json \
+        github.com/compose-spec/compose-go/v2@v2.16.2 | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  mkdir -p "$(dirname "$schema")" && cp "$dir/schema/compose-spec.json" "$schema"
+  chmod -R u+w "$tmp" && rm -rf "$tmp"
 fi
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/esdistill --help >/dev/null && echo esdistill ready))" >&2

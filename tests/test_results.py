@@ -156,9 +156,17 @@ def test_import_unreachable_kibana_names_the_url():
 @pytest.fixture
 def fake_kibana():
     """A local HTTP server answering ``_import`` with ``answer``; records each request."""
-    seen, answer = [], {"body": {"success": True, "successCount": 5}}
+    seen, answer = [], {"body": {"success": True, "successCount": 5}, "not_ready": 0}
 
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # /api/status: 503 while "not ready", as Kibana answers right after it starts
+            ready = answer["not_ready"] <= 0
+            answer["not_ready"] -= 1
+            seen.append({"path": self.path, "ready": ready})
+            self.send_response(200 if ready else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
@@ -194,3 +202,13 @@ def test_import_posts_the_ndjson_and_reports_failures(fake_kibana):
     with pytest.raises(ClusterError) as e:
         import_saved_objects(url, SAVED_OBJECTS, api_key="key-secret")
     assert url in str(e.value) and "missing_references" in str(e.value) and "key-secret" not in str(e.value)
+
+
+def test_import_waits_while_kibana_is_not_ready(fake_kibana):
+    url, seen, answer = fake_kibana
+    answer["not_ready"] = 2
+    assert import_saved_objects(url, SAVED_OBJECTS, wait=30) == answer["body"]
+    assert [r.get("ready") for r in seen if r["path"] == "/api/status"] == [False, False, True]
+    answer["not_ready"] = 100
+    with pytest.raises(ClusterError, match=r"was not ready within 1 s \(HTTP 503"):
+        import_saved_objects(url, SAVED_OBJECTS, wait=1)
