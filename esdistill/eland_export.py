@@ -407,9 +407,12 @@ def upload(client, export: ElandExport, start: bool = False, replace: bool = Fal
     """
     from eland.ml.pytorch import PyTorchModel
 
+    from .ml_ops import check_model
+
     nodes = client.nodes.info(filter_path="nodes.*.version").body.get("nodes", {})
     version = min((n["version"] for n in nodes.values()), default=ES_VERSION)
     check_eland_cluster_version(version)
+    ops = check_model(export.model_path, version)  # refused here, naming the operations, not at deployment
     require_ml(client)
     model = PyTorchModel(client, export.model_id)
     existing = client.options(ignore_status=404).ml.get_trained_models(model_id=export.model_id).body
@@ -423,7 +426,7 @@ def upload(client, export: ElandExport, start: bool = False, replace: bool = Fal
                        vocab_path=str(export.vocab_path))
     if start:
         model.start()
-    return {"model_id": export.model_id, "started": start, "cluster_version": version}
+    return {"model_id": export.model_id, "started": start, "cluster_version": version, "ops_check": ops}
 
 
 def embed_pipeline_body(model_id: str) -> dict:

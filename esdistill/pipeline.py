@@ -340,7 +340,8 @@ class Project:
                                               self.cfg.teacher.chunk_queries, progress=self.progress))
             info = {"pairs": sum(i["pairs"] for i in infos), "queries": sum(i["queries"] for i in infos),
                     "scored_now": sum(i.get("scored_now", 0) for i in infos if not i.get("cached")),
-                    "cached": all(i.get("cached") for i in infos)}
+                    "cached": all(i.get("cached") for i in infos),
+                    "seconds": sum(i.get("seconds") or 0.0 for i in infos)}  # when they were scored
             self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info["cached"] else
                                                                   f" ({info['scored_now']} now)"))
             self._report_labels(info, fit_info is not None)

@@ -1,22 +1,30 @@
-"""Files esdistill reads at run time, found as package data, so an installed wheel has them wherever it runs:
-the JSON bodies of ``mappings/``, Kibana's saved objects (``kibana/``), the example configs (``examples/``) and
-the vendored SciFact (``datasets/``). The repository keeps each at its top, the one place people edit them;
-``pyproject.toml`` maps those folders into the package (``esdistill.mappings`` …) — in a wheel and in an
-editable install alike."""
+"""Files esdistill reads at run time, found where they are installed, so a wheel works wherever it runs: the
+JSON bodies of ``mappings/``, Kibana's saved objects (``kibana/``), the example configs (``examples/``) and the
+vendored SciFact (``datasets/``).
+
+The repository keeps each at its top, the one place people edit them; ``pyproject.toml`` builds those folders
+into the wheel as package data of ``esdistill`` (``esdistill/mappings/…``). So a file is looked up in the
+installed package first, and in the source checkout beside it (an editable install, a clone) second.
+"""
 
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
 
-
-def resource(package: str, name: str) -> Path:
-    """The file ``name`` of ``esdistill.<package>`` (``mappings``, ``kibana``, ``examples``, ``datasets``)."""
-    return Path(str(files(f"esdistill.{package}").joinpath(name)))
+PACKAGES = ("mappings", "kibana", "examples", "datasets")
 
 
 def resource_dir(package: str) -> Path:
-    """The folder of ``esdistill.<package>``, for listing it."""
-    marker = {"mappings": "bm25_index.json", "kibana": "esdistill.ndjson", "examples": "scifact.toml",
-              "datasets": "scifact.tar.xz"}[package]
-    return resource(package, marker).parent
+    """The folder of ``package`` (one of :data:`PACKAGES`): inside the installed package, else the checkout's."""
+    if package not in PACKAGES:
+        raise ValueError(f"unknown resource folder {package!r}")
+    installed = Path(str(files("esdistill"))) / package
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / package
+
+
+def resource(package: str, name: str) -> Path:
+    """The file ``name`` of ``package`` (``mappings``, ``kibana``, ``examples``, ``datasets``)."""
+    return resource_dir(package) / name

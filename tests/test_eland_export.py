@@ -137,3 +137,40 @@ def test_embed_pipeline_is_what_the_cluster_gets(es):
     else:  # the minimal test build: refused, and for exactly this reason
         with pytest.raises(BadRequestError, match=r"No processor type exists with name \[(set|inference)\]"):
             es.ingest.put_pipeline(id="esdistill-test-embed", **body)
+
+
+def test_the_traced_student_passes_every_ml_node_check(export):
+    from esdistill.ml_ops import check_model, rules_for
+
+    for version in ("9.2.0", "9.4.0", "9.4.5", "9.5.1"):
+        assert check_model(export.model_path, version)["checked"]
+    assert rules_for("9.4.2")["scope"] == "all" and rules_for("9.3.0")["allowlist"] is None
+    assert check_model(export.model_path, "8.18.0")["checked"] is False  # no check before 8.19 / 9.1
+
+
+def test_a_model_the_ml_node_would_refuse_is_refused_before_upload(tmp_path):
+    """An operation outside ml-cpp's allowlist (aten::sort) is refused from 9.4 on and named; a forbidden one
+    (aten::save inside forward) on every version that checks."""
+    import torch
+
+    from esdistill.ml_ops import check_model
+
+    class Sorts(torch.nn.Module):
+        def forward(self, x):
+            return torch.sort(x).values * 2
+
+    path = tmp_path / "sorts.pt"
+    torch.jit.trace(Sorts(), torch.rand(4)).save(str(path))
+    assert check_model(path, "9.3.0")["checked"]  # 9.3 only refuses a forbidden list
+    with pytest.raises(ModelError, match=r"9\.4\.5's ML node would refuse this model \(not on its allowlist: aten::sort"):
+        check_model(path, "9.4.5")
+
+    class Saves(torch.nn.Module):
+        def forward(self, x):
+            torch.save(x, "/tmp/x.pt")
+            return x
+
+    scripted = torch.jit.script(Saves())
+    scripted.save(str(tmp_path / "saves.pt"))
+    with pytest.raises(ModelError, match="forbidden: aten::save"):
+        check_model(tmp_path / "saves.pt", "9.2.0")

@@ -1,1 +1,0 @@
-"""Package data of esdistill (`esdistill.datasets`, read with importlib.resources): see README.md beside this file and esdistill/resources.py."""
