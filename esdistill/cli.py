@@ -65,10 +65,10 @@ def friendly(fn):
     return wrapper
 
 
-def _project(config: Path, profile: str | None):
+def _project(config: Path, profile: str | None, **overrides):
     from .pipeline import Project
 
-    return Project(load_config(config, profile), console=console)
+    return Project(load_config(config, profile, **overrides), console=console)
 
 
 # ------------------------------------------------------------------------------------------------ cluster
@@ -219,6 +219,27 @@ def run(config: Annotated[Path | None, typer.Option("--config", "-c", envvar="ES
     if config is None:
         raise EsdistillError("missing --config", hint="esdistill run --config FILE")
     project = _project(config, profile)
+    if start_cluster and not project.cfg.cluster_settings().url:
+        from .cluster import LocalCluster
+
+        lc = LocalCluster(LocalClusterSettings())
+        if not lc.status().running:
+            with console.status("starting the local Elasticsearch …"):
+                lc.start()
+    project.run()
+
+
+@app.command()
+@friendly
+def demo(profile: ProfileOpt = None,
+         workdir: Annotated[Path, typer.Option(help="caches, models and reports")] = Path(".esdistill"),
+         start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True):
+    """The SciFact demo from what is installed with esdistill (its example config and vendored dataset): every
+    stage, against ESDISTILL_ES_URL or a local test cluster."""
+    from .resources import resource
+
+    config = resource("examples", "scifact.toml")
+    project = _project(config, profile, workdir=str(workdir.resolve()))
     if start_cluster and not project.cfg.cluster_settings().url:
         from .cluster import LocalCluster
 

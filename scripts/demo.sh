@@ -8,4 +8,4 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 if [ -z "${ESDISTILL_ES_URL:-}" ]; then
   .venv/bin/esdistill cluster start
 fi
-exec .venv/bin/esdistill run --config examples/scifact.toml --profile "${PROFILE:-quick}"
+exec .venv/bin/esdistill demo --profile "${PROFILE:-quick}"   # examples/scifact.toml on datasets/scifact.tar.xz
