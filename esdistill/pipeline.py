@@ -833,7 +833,8 @@ class Project:
     def write_results(self, summary, results, queries, evaluate_key: str) -> int:
         """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
         now = datetime.now(timezone.utc)
-        meta = {"run_id": f"{evaluate_key[:8]}-{now:%Y%m%dT%H%M%S}", "evaluate_key": evaluate_key,
+        # run ids sort by time (the dashboard lists the newest runs first), then name the evaluation
+        meta = {"run_id": f"{now:%Y%m%dT%H%M%S}-{evaluate_key[:8]}", "evaluate_key": evaluate_key,
                 "dataset": self.cfg.data.name, "profile": self.cfg.profile,
                 "model_id": self.student_path() if {"student", "hybrid"} & set(results) else None,
                 "teacher_id": self.cfg.teacher.model or f"fit:{self._fit_cache().key}", "timestamp": now}

@@ -51,6 +51,11 @@ def test_evaluate_writes_results_for_kibana(tiny_project, es):
     n_q = len(project.dataset.test_qrels)
     got = es.count(index=RESULTS_INDEX, query={"term": {"evaluate_key": key}}).body["count"]
     assert got == 4 * n_q + 4  # one doc per (system, query) and one per system
+    import re
+
+    hit = es.search(index=RESULTS_INDEX, query={"term": {"evaluate_key": key}}, size=1).body["hits"]["hits"][0]
+    # run ids sort by time, so the dashboard's "newest first" is alphabetical order
+    assert re.fullmatch(r"\d{8}T\d{6}-" + key[:8], hit["_source"]["run_id"])
 
 
 def test_bench_systems_fusion_and_unjudged_queries(tmp_path, es, es_url, tiny_models):

@@ -144,6 +144,12 @@ def test_saved_objects_name_only_mapped_fields(es, index_name):
     fields = referenced_fields(objects, set()) - {"___records___"}
     assert {"@timestamp", "system", "run_id", "doc_type", "ndcg_at_10", "outcome_vs_bm25", "latency_ms"} <= fields
     assert fields <= set(mapped_fields(mapping)), fields - set(mapped_fields(mapping))
+    # the dashboard's controls pick a dataset, a profile and a run: options lists need keyword fields
+    controls = json.loads(dash["attributes"]["controlGroupInput"]["panelsJSON"])
+    picked = {c["explicitInput"]["fieldName"] for c in controls.values()}
+    assert {"dataset", "profile", "run_id"} <= picked
+    assert all(mapping[f]["type"] == "keyword" for f in picked)
+    assert all(c["explicitInput"]["dataViewId"] == RESULTS_INDEX for c in controls.values())
 
 
 def test_import_unreachable_kibana_names_the_url():
