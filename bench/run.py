@@ -81,27 +81,10 @@ def table(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from esdistill.evaluate import plot as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in [s for s in SYSTEMS if s in summary["systems"]]:
-        s = summary["systems"][name]
-        ax.scatter(s["latency_ms"]["p50"], s["ndcg@10"], s=60)
-        ax.annotate(LABELS[name], (s["latency_ms"]["p50"], s["ndcg@10"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
-    ax.set_xscale("log")
-    lats = [summary["systems"][n]["latency_ms"]["p50"] for n in summary["systems"]]
-    ax.set_xlim(min(lats) / 1.5, max(lats) * 6)  # room for the labels of the slowest system
-    ax.set_xlabel("p50 latency per query, ms (log scale)")
-    ax.set_ylabel("NDCG@10")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    draw({**summary, "systems": {n: summary["systems"][n] for n in SYSTEMS if n in summary["systems"]}}, path, title,
+         LABELS)
 
 
 def main(

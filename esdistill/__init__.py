@@ -5,7 +5,7 @@ Stages, one module each: :mod:`~esdistill.indexing` (index), :mod:`~esdistill.ca
 :mod:`~esdistill.evaluate`; :mod:`~esdistill.pipeline` chains them; :mod:`~esdistill.cli` is the CLI.
 """
 
-from .config import ES_VERSION, RunConfig, build_config, load_config
+from .config import ES_VERSION, SUPPORTED_ES_VERSIONS, RunConfig, build_config, load_config
 from .errors import ClusterError, ConfigError, EsdistillError, InputError, ModelError
 
 __version__ = "0.1.0"
@@ -19,5 +19,5 @@ def __getattr__(name):  # keep `import esdistill` light: torch loads only when t
     raise AttributeError(name)
 
 
-__all__ = ["ES_VERSION", "RunConfig", "build_config", "load_config", "Project", "EsdistillError", "InputError",
+__all__ = ["ES_VERSION", "SUPPORTED_ES_VERSIONS", "RunConfig", "build_config", "load_config", "Project", "EsdistillError", "InputError",
            "ConfigError", "ClusterError", "ModelError"]

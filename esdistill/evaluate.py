@@ -159,11 +159,42 @@ def markdown(summary: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+def plot(summary: dict[str, Any], path: Path, title: str, labels: dict[str, str] | None = None) -> Path:
+    """Quality against latency, one point per system: NDCG@10 over p50 latency (log scale), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or LABELS
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in summary["systems"].items():
+        ax.scatter(s["latency_ms"]["p50"], s["ndcg@10"], s=60)
+        ax.annotate(labels.get(name, name), (s["latency_ms"]["p50"], s["ndcg@10"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    lats = [s["latency_ms"]["p50"] for s in summary["systems"].values()]
+    ax.set_xlim(min(lats) / 1.5, max(lats) * 6)  # room for the labels of the slowest system
+    ax.set_xlabel("p50 latency per query, ms (log scale)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict[str, Any]) -> tuple[Path, Path]:
+    """``report.md`` (the table, the plot, notes, stage times), ``report.json`` (every number) and ``plot.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"
     js = out_dir / "report.json"
     body = markdown(summary, title)
+    plot(summary, out_dir / "plot.png", f"{title}: quality vs latency")
+    body += "\n![NDCG@10 against p50 latency, per system](plot.png)\n"
+    for name, note in (extra.get("measured") or {}).items():
+        body += f"\n{LABELS.get(name, name)}: {note}\n"
     dep = extra.get("deploy") or {}
     if dep.get("truncated_docs_total"):
         body += (f"\n{dep['truncated_docs_total']} of {dep['docs']} documents are longer than the student's "

@@ -640,7 +640,8 @@ class Project:
                 took.append(float(timing.loc[qid, "took_ms"]))
                 self.progress.advance(task)
             out = {"run": run, "wall_ms": wall, "took_ms": took, "extra_ms": {"rerank_ms": rerank},
-                   "measured": {"rerank": environment_label(), "bm25": "where the bundle was made"}}
+                   "measured": {"reranked on": environment_label(),
+                                "its BM25 request timed": "where the bundle was exported"}}
             cache.path("run.json").write_text(dumps(out))
         return cache.finish(system="pipeline", queries=len(queries), offline=True)
 
@@ -756,7 +757,10 @@ class Project:
         cache = self._eval_cache()
         record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
         deploy_info = json.loads(record.read_text()) if record.exists() else None
+        measured = {n: "; ".join(f"{what}: {how}" for what, how in r["measured"].items())
+                    for n, r in results.items() if r.get("measured")}
         extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "deploy": deploy_info,
+                 "measured": measured,
                  "config": json.loads(self.cfg.model_dump_json()), "left_out_of_training": len(ds.leaked),
                  "stage_seconds": self.stage_seconds, "environment": environment(), "evaluate_key": cache.key}
         out = self.workdir / "reports" / f"{self.cfg.data.name}-{self.cfg.profile}-{cache.key[:8]}"

@@ -22,6 +22,8 @@ def test_run_writes_report_with_all_systems(tiny_project):
     dep = data["deploy"]
     assert dep["docs"] == len(project.dataset.corpus) and dep["truncated_docs_total"] > 0
     assert f"{dep['truncated_docs_total']} of {dep['docs']} documents are longer" in md
+    plot = Path(report["markdown"]).parent / "plot.png"  # quality against latency, shown in the report
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](plot.png)" in md
 
 
 def test_pipeline_keeps_bm25_recall_and_reorders_head(tiny_project):
