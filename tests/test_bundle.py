@@ -63,7 +63,7 @@ def test_offline_round_trip(tmp_path, es, es_url, tiny_models):
         data = json.loads(Path(report["json"]).read_text())
         assert set(data["systems"]) == set(systems)
         runs = {n: json.loads(project._system_cache(n).path("run.json").read_text()) for n in systems}
-        assert "rerank" in runs["pipeline"]["measured"]  # ranked offline, timed there
+        assert "reranked on" in runs["pipeline"]["measured"]  # ranked offline, timed there
         assert "encode" in runs["judgments"]["measured"]  # its query vectors came back, not its weights
         # the student's weights made the trip intact: queries encoded here match the vectors encoded there
         from esdistill.embed import PrecomputedQueryEncoder
