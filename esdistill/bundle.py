@@ -7,7 +7,7 @@ the model-heavy stages run there, and their results come back as cache hits.
     esdistill bundle import back/ -c my.toml                # where the cluster is; then deploy / evaluate
 
 A bundle is the data the offline stages read — the corpus, every query and judgment, the cluster-side stages'
-cache folders (:data:`CLUSTER_STAGES`), the facts only the cluster knows (the index's identity) — plus, on
+cache folders (``candidates``, ``test-candidates``), the facts only the cluster knows (the index's identity) — plus, on
 request, the base models as float16 copies. Both sides compute every stage key the same way
 (:mod:`esdistill.stages`), so what comes back lands in the same cache folders the cluster side looks in.
 What comes back (:func:`pack`) is the offline stages' folders: the fitted teacher's records and scores, the
@@ -33,13 +33,12 @@ from .config import RunConfig, build_config
 from .data import Dataset, Doc, LoadReport
 from .errors import InputError
 from .jsonutil import dumps
+from .stages import STAGES
 
 FORMAT = 1
-#: the stages whose cache folders a bundle carries to the offline side
-CLUSTER_STAGES = ("candidates", "test-candidates")
-#: the stages whose cache folders come back
-OFFLINE_STAGES = ("teacher-fit", "teacher", "teacher-unjudged", "train", "train-judgments", "embed", "query-vectors",
-                  "evaluate-system")
+#: the stages whose cache folders come back: those that need no cluster, and the pipeline's test-query run
+#: (``evaluate-system``), which the offline side computes from the BM25 answers the bundle carries
+OFFLINE_STAGES = tuple(n for n, s in STAGES.items() if not s.needs_cluster) + ("evaluate-system",)
 FP16_MARK = "esdistill-fp16.json"
 
 

@@ -218,7 +218,11 @@ def run(config: Annotated[Path | None, typer.Option("--config", "-c", envvar="ES
         return
     if config is None:
         raise EsdistillError("missing --config", hint="esdistill run --config FILE")
-    project = _project(config, profile)
+    _run_all(_project(config, profile), start_cluster)
+
+
+def _run_all(project, start_cluster: bool) -> None:
+    """Every stage of ``project``, starting the local test cluster first when no URL is set."""
     if start_cluster and not project.cfg.cluster_settings().url:
         from .cluster import LocalCluster
 
@@ -238,16 +242,7 @@ def demo(profile: ProfileOpt = None,
     stage, against ESDISTILL_ES_URL or a local test cluster."""
     from .resources import resource
 
-    config = resource("examples", "scifact.toml")
-    project = _project(config, profile, workdir=str(workdir.resolve()))
-    if start_cluster and not project.cfg.cluster_settings().url:
-        from .cluster import LocalCluster
-
-        lc = LocalCluster(LocalClusterSettings())
-        if not lc.status().running:
-            with console.status("starting the local Elasticsearch …"):
-                lc.start()
-    project.run()
+    _run_all(_project(resource("examples", "scifact.toml"), profile, workdir=str(workdir.resolve())), start_cluster)
 
 
 def _offline_project(bundle: Path, workdir: Path | None, config: Path | None, profile: str | None):
@@ -262,6 +257,21 @@ def _offline_project(bundle: Path, workdir: Path | None, config: Path | None, pr
         raise EsdistillError("this config does not match the bundle's (its training queries or candidates differ)",
                              hint="leave --config out to use the bundle's own, or export the bundle again")
     return project
+
+
+@app.command()
+def stages():
+    """The stages of the loop: what each one's cache key is made of, whether it needs the cluster, what it writes."""
+    from rich.table import Table
+
+    from .stages import STAGES
+
+    table = Table(title="esdistill stages (cache: <workdir>/<stage>/<key>/)")
+    for col in ("stage", "needs the cluster", "key made of", "writes"):
+        table.add_column(col)
+    for s in STAGES.values():
+        table.add_row(s.name, "yes" if s.needs_cluster else "no", s.reads, s.writes)
+    Console().print(table)
 
 
 bundle_app = typer.Typer(help="Run the model stages on a machine that cannot reach the cluster.", no_args_is_help=True)

@@ -34,8 +34,8 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("index", True, "the corpus's content and the BM25 mapping (a user's index: nothing, it is read as is)",
-          "the BM25 index"),
+    Stage("index", True, "the corpus's content and the BM25 mapping; a user's index (never written): its UUIDs, "
+          "document counts and write sequence numbers, and the text fields", "the BM25 index"),
     Stage("candidates", True, "the index's key, the training queries' texts, candidates.k",
           "candidates.parquet: BM25 top-k of every training query"),
     Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth",
