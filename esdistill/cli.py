@@ -342,8 +342,12 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
            = None,
            oversample: Annotated[float | None, typer.Option(help="rescore_vector oversample (int8/bbq indices)")]
            = None,
-           show_request: Annotated[bool, typer.Option(help="print the request body your application would send")]
+           show_request: Annotated[bool, typer.Option(help="print the complete request your application would "
+                                                      "send (index or alias, body with the real vector, a curl line)")]
            = False,
+           vector_builder: Annotated[str | None, typer.Option(help="with --show-request: the query_vector_builder "
+                                                              "form for this uploaded model id (a cluster with ML "
+                                                              "encodes the query itself)")] = None,
            query_encoder: Annotated[str | None, typer.Option(help="torch | onnx | onnx-int8 (default: [evaluate])")]
            = None):
     """Answer one query with one system against the deployed indices; prints hits and timings."""
@@ -370,8 +374,10 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
             raise EsdistillError(f"--filter is not valid JSON: {e}") from None
         student.oversample = oversample
         student.num_candidates = num_candidates or student.num_candidates
-        if show_request:
-            console.print_json(json.dumps({**student.body(["<vector>"])}))  # the body, vector elided
+    if show_request:
+        req = (engine.request(query, model_id=vector_builder) if vector_builder and system == "student"
+               else engine.request(query))
+        print_request(req)
     res = engine.search(query)
     docs = project.docs([d for d, _ in res.hits[:size]])
     table = Table(title=f"{system}: {query!r} — {res.wall_ms:.1f} ms wall, {res.took_ms:.0f} ms in Elasticsearch")
@@ -381,6 +387,24 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
         doc = docs.get(d)
         table.add_row(str(i), d, f"{score:.4f}", (doc.full_text[:100] if doc else ""))
     Console().print(table)
+
+
+def print_request(req: dict) -> None:
+    """A request as an application sends it: the method and path, the body, and a curl line that sends it as is
+    (to stdout, so it can be redirected; ``$ESDISTILL_ES_URL`` in the curl line)."""
+    import json
+
+    if "ndjson" in req:
+        payload = "".join(json.dumps(line) + "\n" for line in req["ndjson"])
+        kind = "application/x-ndjson"
+    else:
+        payload = json.dumps(req["body"], indent=2) + "\n"
+        kind = "application/json"
+    print(f"{req['method']} {req['path']}\n{payload}", end="")
+    print(f"# curl -s -X {req['method']} \"$ESDISTILL_ES_URL{req['path']}\" -H 'Content-Type: {kind}' "
+          f"--data-binary @- <<'EOF'\n{payload}EOF")
+    if req.get("then"):
+        print(f"# then, in the application: {req['then']}")
 
 
 @app.command()

@@ -77,6 +77,10 @@ class BM25:
     def __init__(self, client: Elasticsearch, index: str, fields: list[str], k: int = 100):
         self.client, self.index, self.fields, self.k = client, index, fields, k
 
+    def request(self, text: str) -> dict[str, Any]:
+        """The HTTP request this system sends for ``text``, as an application would send it."""
+        return {"method": "POST", "path": f"/{self.index}/_search", "body": bm25_body(text, self.fields, self.k)}
+
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
         resp = self.client.search(index=self.index, **bm25_body(text, self.fields, self.k)).body
@@ -99,18 +103,26 @@ class Pipeline:
         """BM25's top ``depth`` with their texts (what is reranked) and, when ``k`` is larger, its top ``k`` ids
         alone (the tail kept in BM25 order) in one ``_msearch``: only what is reranked is fetched. Returns
         (head documents, their BM25 scores, top-k ids, Elasticsearch's took in ms)."""
-        head_body = bm25_body(text, self.fields, self.depth)
-        head_body["_source"] = self.fields
-        searches = [{"index": self.index}, head_body]
-        if self.k > self.depth:
-            searches += [{"index": self.index}, bm25_body(text, self.fields, self.k)]
-        responses = self.client.msearch(searches=searches).body["responses"]
+        responses = self.client.msearch(searches=self._searches(text)).body["responses"]
         for r in responses:
             check_shards(r, f"pipeline: BM25 search on {self.index!r}")
         head = responses[0]["hits"]["hits"]
         ranked = [h["_id"] for h in (responses[-1]["hits"]["hits"])]
         docs = [doc_from_source(h["_id"], h.get("_source", {}), self.fields) for h in head]
         return docs, [float(h["_score"]) for h in head], ranked, float(max(r["took"] for r in responses))
+
+    def _searches(self, text: str) -> list[dict[str, Any]]:
+        head_body = bm25_body(text, self.fields, self.depth)
+        head_body["_source"] = self.fields
+        searches = [{"index": self.index}, head_body]
+        if self.k > self.depth:
+            searches += [{"index": self.index}, bm25_body(text, self.fields, self.k)]
+        return searches
+
+    def request(self, text: str) -> dict[str, Any]:
+        return {"method": "POST", "path": "/_msearch", "ndjson": self._searches(text),
+                "then": f"rerank the first response's {self.depth} hits with the cross-encoder (fused with BM25 at "
+                        f"weight {self.bm25_weight:g}); the rest of the second keeps BM25's order"}
 
     def rerank(self, text: str, docs: list[Doc], bm25: list[float], ranked: list[str]) -> list[tuple[str, float]]:
         """The pipeline's ranking: ``docs`` (BM25's head) by the teacher's score — fused with BM25 as in training
@@ -156,6 +168,13 @@ class Student:
     def encode(self, text: str) -> list[float]:
         return self.model.encode(text, normalize_embeddings=True, show_progress_bar=False).tolist()
 
+    def request(self, text: str, model_id: str | None = None) -> dict[str, Any]:
+        """The kNN request for ``text``: with the query vector this model computes, or — ``model_id``, a model
+        uploaded to a cluster with ML — the ``query_vector_builder`` form, where Elasticsearch encodes it."""
+        body = (knn_builder_body(text, model_id, self.k, self.num_candidates, self.filter) if model_id
+                else self.body(self.encode(text)))
+        return {"method": "POST", "path": f"/{self.index}/_search", "body": body}
+
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
         vec = self.encode(text)
@@ -176,14 +195,19 @@ class Hybrid:
         self.student = Student(client, dense_index, model, k, num_candidates, oversample=oversample)
         self.k, self.num_candidates, self.rrf_k = k, num_candidates, rrf_k
 
+    def _searches(self, text: str, vec: list[float]) -> list[dict[str, Any]]:
+        return [{"index": self.bm25_index}, bm25_body(text, self.fields, self.k),
+                {"index": self.dense_index}, self.student.body(vec)]
+
+    def request(self, text: str) -> dict[str, Any]:
+        return {"method": "POST", "path": "/_msearch", "ndjson": self._searches(text, self.student.encode(text)),
+                "then": f"fuse the two rankings by reciprocal rank fusion, score = sum of 1 / ({self.rrf_k} + rank)"}
+
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
         vec = self.student.encode(text)
         t1 = time.perf_counter()
-        resp = self.client.msearch(searches=[
-            {"index": self.bm25_index}, bm25_body(text, self.fields, self.k),
-            {"index": self.dense_index}, self.student.body(vec),
-        ]).body
+        resp = self.client.msearch(searches=self._searches(text, vec)).body
         lexical, dense = (_hits(r, f"hybrid search on {i!r}") for r, i in
                           zip(resp["responses"], (self.bm25_index, self.dense_index), strict=True))
         fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)

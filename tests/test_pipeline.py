@@ -201,3 +201,35 @@ def test_report_is_strict_json(tiny_project):
         raise ValueError(f"non-standard JSON token {token}")
 
     json.loads(Path(report["json"]).read_text(), parse_constant=refuse)
+
+
+def test_show_request_prints_what_an_application_can_send_as_it_is(tiny_project, es, capsys):
+    """The printed request — path, body with the real vector, nothing elided — sent as printed, answers exactly
+    what the system answers."""
+    from esdistill.cli import print_request
+
+    project, _ = tiny_project
+    systems = project.systems(served=True)
+    text = next(iter(project.eval_queries().values()))
+    for name in ("bm25", "student", "hybrid"):
+        engine = systems[name]()
+        print_request(engine.request(text))
+        printed = capsys.readouterr().out
+        method, path = printed.splitlines()[0].split(" ", 1)
+        payload = printed.split("\n", 1)[1].split("# curl", 1)[0]
+        assert "<vector>" not in payload and f"$ESDISTILL_ES_URL{path}" in printed
+        if path == "/_msearch":
+            lines = [json.loads(x) for x in payload.splitlines() if x.strip()]
+            resp = es.msearch(searches=lines).body["responses"]
+            got = [[h["_id"] for h in r["hits"]["hits"]] for r in resp]
+            from esdistill.search import rrf
+
+            got = [d for d, _ in rrf(got, k=project.cfg.evaluate.rrf_k, size=project.cfg.evaluate.k)]
+        else:
+            body = json.loads(payload)
+            import requests
+
+            url = es.transport.node_pool.get().base_url  # what an application does: plain HTTP, JSON as printed
+            resp = requests.request(method, url + path, json=body, timeout=30).json()
+            got = [h["_id"] for h in resp["hits"]["hits"]]
+        assert got == [d for d, _ in engine.search(text).hits], name
