@@ -620,11 +620,14 @@ class Project:
         with self.stage("pipeline (offline rerank)"):
             task = self.progress.add_task("pipeline: rerank the recorded BM25 answers", total=len(queries))
             for n, qid in enumerate(sorted(queries)):
-                g = by_q.get(qid, pd.DataFrame(columns=cands.columns))
-                head = g[g["head"]].sort_values("bm25", ascending=False)
-                texts = self.docs(list(head.docid))
-                docs = [texts[d] for d in head.docid]
-                ranked = list(g[g["rank"] > 0].sort_values("rank").docid)
+                g = by_q.get(qid)
+                if g is None:  # BM25 found nothing for this query: nor does the pipeline
+                    head, docs, ranked = pd.DataFrame({"bm25": []}), [], []
+                else:
+                    head = g[g["head"].astype(bool)].sort_values("bm25", ascending=False)
+                    texts = self.docs(list(head.docid))
+                    docs = [texts[d] for d in head.docid]
+                    ranked = list(g[g["rank"] > 0].sort_values("rank").docid)
                 if n == 0:
                     pipe.rerank(queries[qid], docs, list(head.bm25), ranked)  # warm-up
                 if cuda:
