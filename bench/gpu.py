@@ -63,6 +63,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def _env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.environ.get("ESDISTILL_VERBOSE"):
+        from esdistill.console import quiet_libraries
+
+        quiet_libraries()
 
 
 def gpu_config(dataset: str, workdir: Path, dry_run: bool):
