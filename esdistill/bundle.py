@@ -150,6 +150,9 @@ class Bundle:
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(self.folder / m["path"], target)
                 from_fp16(target)
+                from .models import make_loadable
+
+                make_loadable(target)
             register_model(name, str(target), m["fingerprint"])
             out[name] = str(target)
         return out
@@ -300,9 +303,12 @@ def import_return(folder: Path, workdir: Path) -> dict[str, Any]:
                 raise InputError(f"{folder}: unexpected entry {m.name!r} in the return", hint="it was not made by "
                                  "`esdistill bundle pack`")
         tar.extractall(workdir, filter="data")
+    from .models import make_loadable
+
     upcast = 0
     for arc in manifest["folders"]:
         for mark in (workdir / arc).rglob(FP16_MARK):
             from_fp16(mark.parent)
+            make_loadable(mark.parent)  # saved by another sentence-transformers, perhaps
             upcast += 1
     return {"folders": manifest["folders"], "bytes": manifest["bytes"], "models_upcast": upcast}

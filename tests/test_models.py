@@ -36,3 +36,24 @@ def test_hub_ids_resolve_to_the_cached_revision_or_warn(tmp_path, monkeypatch):
     assert model_fingerprint("org/reranker") == "org/reranker@0123abcd"
     with pytest.warns(UserWarning, match="cannot resolve it to a hub revision"):
         assert model_fingerprint("org/not-cached") == "org/not-cached"
+
+
+def test_a_model_saved_by_another_sentence_transformers_loads(tmp_path, tiny_models):
+    """sentence-transformers 6 saves Normalize as ``…base.modules.normalize.Normalize``, which 5.7 cannot import:
+    a student trained on the GPU machine must still load here."""
+    import json
+    import shutil
+
+    from esdistill.models import load_bi_encoder, make_loadable
+
+    folder = tmp_path / "st6"
+    shutil.copytree(tiny_models["bi"], folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    for m in modules:
+        m["type"] = "sentence_transformers.base.modules.normalize.Normalize" if m["type"].endswith("Normalize") \
+            else m["type"]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    changed = make_loadable(folder)
+    assert len(changed) == 1 and changed[0].endswith(".Normalize")
+    assert make_loadable(folder) == []  # nothing left to rewrite
+    assert load_bi_encoder(str(folder)).encode("a query").shape == (32,)
