@@ -56,7 +56,7 @@ def table(summary: dict) -> str:
     """The seed-style table: latency, quality, share of the pipeline's NDCG@10 gain over BM25, significance."""
     import math
 
-    from esdistill.evaluate import share_of_gain_reportable
+    from esdistill.evaluate import p_value, share_of_gain_reportable
 
     p_b, p_p = summary.get("p_vs_bm25", {}), summary.get("p_vs_pipeline", {})
     gain_ok, why_not = share_of_gain_reportable(summary)
@@ -64,8 +64,7 @@ def table(summary: dict) -> str:
              "|---|---|---|---|---|---|"]
     for name in [s for s in SYSTEMS if s in summary["systems"]]:
         s = summary["systems"][name]
-        marks = ("†" if p_b.get(name, {}).get("ndcg@10", 1) < 0.05 else "") + \
-                ("‡" if p_p.get(name, {}).get("ndcg@10", 1) < 0.05 else "")
+        marks = ("†" if p_value(p_b, name) < 0.05 else "") + ("‡" if p_value(p_p, name) < 0.05 else "")
         share = s.get("share_of_gain")
         share_s = ("—" if name in ("bm25", "pipeline") or share is None or math.isnan(share) else
                    f"{share:.0%}" if gain_ok else "n/a")

@@ -119,6 +119,13 @@ def summarize(qrels: Qrels, results: dict[str, dict[str, Any]]) -> dict[str, Any
             "p_vs_pipeline": significance(qrels, runs, "pipeline"), "queries": len(qrels)}
 
 
+def p_value(pvalues: dict[str, dict[str, float | None]], system: str, metric: str = "ndcg@10") -> float:
+    """A system's p-value from :func:`significance`'s output, or from a report read back (where an undefined one,
+    two identical runs, is ``null``); 1.0 when there is none: no difference shown."""
+    p = pvalues.get(system, {}).get(metric)
+    return 1.0 if p is None or p != p else float(p)
+
+
 def share_of_gain_reportable(summary: dict[str, Any]) -> tuple[bool, str | None]:
     """Whether each system's share of the pipeline's NDCG@10 gain over BM25 means anything, and if not, the
     sentence that says why: undefined when the pipeline does not beat BM25, noise when its gain is not
@@ -129,7 +136,7 @@ def share_of_gain_reportable(summary: dict[str, Any]) -> tuple[bool, str | None]
     gain = sysd["pipeline"]["ndcg@10"] - sysd["bm25"]["ndcg@10"]
     if gain <= 0:
         return False, "Share of gain: undefined — the pipeline does not beat BM25 here (its teacher is too weak)."
-    p_gain = summary.get("p_vs_bm25", {}).get("pipeline", {}).get("ndcg@10", 1.0)
+    p_gain = p_value(summary.get("p_vs_bm25", {}), "pipeline")
     if p_gain >= 0.05:
         return False, (f"Share of gain n/a: the pipeline's NDCG@10 gain over BM25 ({gain:+.3f}, p = {p_gain:.2f}) "
                        "is not significant, so a share of it would be noise.")
@@ -144,7 +151,7 @@ def markdown(summary: dict[str, Any], title: str = "") -> str:
     pv = summary.get("p_vs_bm25", {})
     reportable, why_not = share_of_gain_reportable(summary)
     for name, s in summary["systems"].items():
-        star = "†" if pv.get(name, {}).get("ndcg@10", 1.0) < 0.05 else ""
+        star = "†" if p_value(pv, name) < 0.05 else ""
         share = s.get("share_of_gain")
         share_s = ("—" if share is None or name in ("bm25",) or np.isnan(share) else
                    f"{share * 100:.0f}%" if reportable else "n/a")
