@@ -217,10 +217,12 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
 
 # ------------------------------------------------------------------------------------- the way back
 def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
-         weights: tuple[str, ...] = ("student",)) -> dict[str, Any]:
+         weights: tuple[str, ...] = ("student",), vectors: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The offline stages' folders of ``project`` (only those of its current keys) as one tar, cut into parts of
     at most ``part_mb`` MiB. ``weights`` names the models whose weights travel (float16): ``student``,
-    ``judgments``, ``teacher``; the rest travel as vectors and scores. Refuses to exceed ``budget_mb``."""
+    ``judgments``, ``teacher``; the rest travel as vectors and scores. ``vectors`` names the served models whose
+    corpus and test-query vectors travel (default: all; a model the other side has, such as the zero-shot base,
+    can be left to embed there). Refuses to exceed ``budget_mb``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folders: list[tuple[str, Path, bool]] = []  # (name in the tar, folder, has weights to halve)
@@ -236,12 +238,13 @@ def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
     if "judgments" in project.cfg.evaluate.systems:
         add(project._control_cache(), "judgments" in weights)
     for which in project.served_systems():
-        add(project._embed_cache(which))
-        add(project._query_vectors_cache(which))
+        if vectors is None or which in vectors:
+            add(project._embed_cache(which))
+            add(project._query_vectors_cache(which))
     if "pipeline" in project.cfg.evaluate.systems:
         add(project._system_cache("pipeline"))
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:  # rankings and vectors shrink; weights less
         for arc, folder, keep in folders:
             for p in sorted(folder.rglob("*")):
                 rel = p.relative_to(folder)

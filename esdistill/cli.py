@@ -305,6 +305,8 @@ def bundle_pack(bundle: Annotated[Path, typer.Option(help="the bundle the offlin
                 profile: ProfileOpt = None,
                 weights: Annotated[str, typer.Option(help="comma-separated models whose weights travel back "
                                                      "(float16): student, judgments, teacher; or none")] = "student",
+                vectors: Annotated[str | None, typer.Option(help="comma-separated served models whose vectors "
+                                                            "travel back (default: all)")] = None,
                 part_mb: Annotated[float, typer.Option(help="largest part, MiB")] = 16.0,
                 budget_mb: Annotated[float, typer.Option(help="refuse to write more than this, MiB")] = 64.0):
     """On the offline machine: the offline stages' results, cut into parts to carry back."""
@@ -312,7 +314,8 @@ def bundle_pack(bundle: Annotated[Path, typer.Option(help="the bundle the offlin
 
     project = _offline_project(bundle, workdir, config, profile)
     keep = tuple(w.strip() for w in weights.split(",") if w.strip() and w.strip() != "none")
-    m = pack(project, out, part_mb=part_mb, budget_mb=budget_mb, weights=keep)
+    m = pack(project, out, part_mb=part_mb, budget_mb=budget_mb, weights=keep,
+             vectors=tuple(v.strip() for v in vectors.split(",")) if vectors else None)
     console.print(f"packed {len(m['folders'])} stage folders, {m['bytes'] / 2**20:.1f} MiB in {len(m['parts'])} "
                   f"parts into {out}")
 

@@ -438,6 +438,9 @@ class Project:
 
     def train(self) -> dict[str, Any]:
         """Distill the teacher's scores into the student bi-encoder."""
+        cache = self._train_cache()
+        if cache.done:  # no need to read and fuse every score again
+            return {**cache.info(), "cached": True}
         scores = self.scores_frame()
         with self.stage("train"):
             info = train_student(self.cfg.train, scores, self.train_queries, self.dataset.train_qrels,
@@ -824,7 +827,7 @@ class Project:
             name = f"esdistill-{self.cfg.data.name}-{self._train_cache().key[:8]}"
             export = ex.trace_student(path, cache.dir, self.cfg.deploy.effective_max_length(self.cfg.train),
                                       name=name)
-            sample = [d.full_text for d in list(self.docs(sorted(self.scores_frame().docid.unique())[:16]).values())]
+            sample = [d.full_text for d in list(self.docs(sorted(self.candidates_frame().docid.unique())[:16]).values())]
             sample += list(self.dataset.train_queries.values())[:4]
             cos = ex.verify_traced(export, path, sample)
             self.log(f"export: {export.model_id} traced to {export.model_path} ({export.dims} dims, "

@@ -240,7 +240,7 @@ def score_candidates(
              else candidates.assign(teacher=pd.Series(dtype="float32"), scorer=pd.Series(dtype="object")))
     if len(frame) != len(candidates):
         raise RuntimeError(f"teacher scored {len(frame)} pairs, expected {len(candidates)}")
-    frame.to_parquet(cache.path("scores.parquet"), index=False)
+    frame.to_parquet(cache.path("scores.parquet"), index=False, compression="zstd")
     return cache.finish(pairs=len(frame), queries=len(qids), scored_now=scored_now, output="scores.parquet")
 
 
