@@ -23,8 +23,7 @@ class StageCache:
         self.stage = stage
         self.inputs = inputs
         self.key = fingerprint(inputs)
-        self.dir = Path(workdir) / stage / self.key
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(workdir) / stage / self.key  # made when something is written (asking for a key makes none)
         self.started = time.perf_counter()
 
     @property
@@ -38,10 +37,13 @@ class StageCache:
         # seconds: from this cache object's creation (the stage's start) to now, in the process that finished
         record = {"stage": self.stage, "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "seconds": round(time.perf_counter() - self.started, 2), "inputs": self.inputs, **info}
+        self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "done.json.tmp"
         tmp.write_text(dumps(record, indent=2))
         tmp.replace(self.dir / "done.json")
         return record
 
     def path(self, name: str) -> Path:
+        """A file of this stage's output (its folder is made on first use)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
         return self.dir / name
