@@ -82,8 +82,8 @@ def gpu_config(dataset: str, workdir: Path, dry_run: bool):
     from esdistill.config import _deep_merge, load_config
 
     over = _deep_merge(GPU_OVERRIDES, DATASET_OVERRIDES.get(dataset, {}))
-    if dry_run:
-        over = _deep_merge(over, SLICE)
+    if dry_run:  # its own index names: a slice must never replace the real run's BM25 index on a shared cluster
+        over = _deep_merge(over, _deep_merge(SLICE, {"data": {"name": f"{dataset}-dry-run"}}))
     return load_config(DATASETS[dataset], "full", workdir=str(workdir), **over)
 
 

@@ -209,6 +209,7 @@ class Project:
             return info
 
     def _ensure_index(self) -> None:
+        """Build (or rebuild) the BM25 index unless it holds this project's corpus (its ``_meta`` key)."""
         if not self.cfg.data.index:
             meta = index_meta(self.client, self.cfg.bm25_index)
             if not meta or meta.get("key") != self.index_key:
@@ -731,6 +732,7 @@ class Project:
         if not ds.test_qrels:
             raise InputError("evaluate needs test queries with judgments",
                              hint="BEIR: qrels/<test_split>.tsv; own data: data.test_queries and data.test_qrels")
+        self._ensure_index()  # another project (or a person) may have rebuilt the BM25 index under this name
         queries = self.eval_queries()
         unjudged = len(ds.test_queries) - len(queries)
         if unjudged:

@@ -233,3 +233,17 @@ def test_show_request_prints_what_an_application_can_send_as_it_is(tiny_project,
             resp = requests.request(method, url + path, json=body, timeout=30).json()
             got = [h["_id"] for h in resp["hits"]["hits"]]
         assert got == [d for d, _ in engine.search(text).hits], name
+
+
+def test_evaluate_rebuilds_a_bm25_index_another_project_replaced(tiny_project, es):
+    """Two projects of one name on one cluster share the BM25 index: evaluating after the other one rebuilt it
+    with its corpus must not search that corpus."""
+    from esdistill.indexing import create_index, index_meta, load_mapping
+
+    project, _ = tiny_project
+    index = project.cfg.bm25_index
+    es.indices.delete(index=index)
+    create_index(es, index, load_mapping("bm25_index.json"), {"key": "another-projects-corpus", "docs": 0})
+    project.evaluate()
+    assert index_meta(es, index)["key"] == project.index_key
+    assert es.count(index=index).body["count"] == len(project.dataset.corpus)
