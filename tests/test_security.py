@@ -69,6 +69,8 @@ def test_credentials_scoped_to_indices_work_without_cluster_privileges(secure, e
     from esdistill.indexing import bulk_index, index_identity
 
     admin = connect(secure.client_settings())
+    # the secured node's data outlives a run (it lives under the shared esdistill home): start from nothing
+    admin.indices.delete(index="scoped-docs", ignore_unavailable=True)
     admin.indices.create(index="scoped-docs", mappings={"properties": {"text": {"type": "text"}}})
     bulk_index(admin, "scoped-docs", ({"_id": str(i), "_source": {"text": f"doc {i}"}} for i in range(5)))
     admin.indices.refresh(index="scoped-docs")
@@ -93,6 +95,7 @@ def test_credentials_scoped_to_indices_work_without_cluster_privileges(secure, e
     admin.index(index="scoped-docs", id="2", document={"text": "edited"}, refresh=True)  # an edit, same count
     after = index_identity(reader, "scoped-docs")
     assert after["count"] == 5 and after != before
+    admin.indices.delete(index="scoped-docs")
 
 
 def test_untrusted_certificate_fails_with_a_clear_message(secure):
