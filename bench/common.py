@@ -24,8 +24,13 @@ DEFAULT_OUT = ROOT / "bench" / "results"
 
 
 def prepare_env() -> None:
+    """Offline models, and the same quiet console as the CLI (``ESDISTILL_VERBOSE=1`` shows the libraries')."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("ESDISTILL_VERBOSE", "").lower() not in ("1", "true", "yes"):
+        from esdistill.console import quiet_libraries
+
+        quiet_libraries()
 
 
 def open_project(config: Path, profile: str, workdir: Path | None = None):

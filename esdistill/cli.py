@@ -429,9 +429,23 @@ def sweep(config: ConfigOpt, profile: ProfileOpt = None,
 def export(config: ConfigOpt, profile: ProfileOpt = None,
            upload: Annotated[bool, typer.Option(help="upload to the cluster with eland (needs ML)")] = False,
            start: Annotated[bool, typer.Option(help="start the deployment after upload")] = False,
-           replace: Annotated[bool, typer.Option(help="replace a model with the same id")] = False):
-    """Trace the student to TorchScript with eland and verify it; --upload puts it into the cluster."""
-    _project(config, profile).export(upload, start, replace)
+           replace: Annotated[bool, typer.Option(help="replace a model with the same id")] = False,
+           onnx: Annotated[bool, typer.Option("--onnx", help="instead: the deployed student as a portable query "
+                                              "encoder for applications (ONNX fp32 + int8, tokenizer.json, "
+                                              "manifest.json), e.g. for examples/node and examples/java")] = False,
+           out: Annotated[Path | None, typer.Option(help="with --onnx: the folder to write (default: "
+                                                    "<workdir>/encoders/<deploy key>)")] = None):
+    """Trace the student to TorchScript with eland and verify it; --upload puts it into the cluster. With --onnx,
+    export the query encoder applications in any language use (the free license: no model in the cluster)."""
+    project = _project(config, profile)
+    if onnx:
+        if upload or start or replace:
+            raise EsdistillError("--onnx exports files for applications; --upload/--start/--replace are for the "
+                                 "cluster's own model", hint="run them as two commands")
+        info = project.export_encoder(out)
+        print(Path(out) if out else project.workdir / "encoders" / info["deploy_key"])
+        return
+    project.export(upload, start, replace)
 
 
 @kibana_app.command("import")

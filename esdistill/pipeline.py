@@ -842,6 +842,47 @@ class Project:
                          + f"; ingest pipeline {export.model_id}-embed")
             return info
 
+    def export_encoder(self, out: Path | None = None) -> dict[str, Any]:
+        """The deployed student as a portable query encoder (ONNX fp32 + int8, ``tokenizer.json``, a manifest
+        naming this deploy): see :mod:`esdistill.encoder_export`. Written to ``out`` (default
+        ``<workdir>/encoders/<deploy key>``); an export already there for this deploy is kept."""
+        from . import encoder_export as ee
+        from .deploy import VECTOR_FIELD
+
+        key, alias, index = self._deploy_key("student"), self.cfg.dense_alias, self.dense_index("student")
+        out = Path(out) if out else self.workdir / "encoders" / key
+        with self.stage("export (query encoder)"):
+            meta = index_meta(self.client, index)
+            if not meta or meta.get("key") != key:
+                raise ClusterError(f"this config's deploy {index!r} is not in the cluster, so there is nothing to "
+                                   "encode queries for", hint="run `esdistill deploy` first")
+            try:
+                live = set(self.client.indices.get_alias(name=alias).body)
+            except Exception:  # noqa: BLE001 - no alias yet: said below
+                live = set()
+            if live != {index}:
+                self.log(f"[yellow]note:[/] alias {alias!r} serves {sorted(live) or 'nothing'}, not {index!r}: "
+                         "clients refuse this encoder until `esdistill deploy` points the alias at it")
+            if ee.is_complete(out, key):
+                self.log(f"export: query encoder for {index} in {out} (cached)")
+                return ee.read_manifest(out)
+            mapping = self.client.indices.get_mapping(index=index).body[index]["mappings"]
+            ev = self.cfg.evaluate
+            manifest = ee.manifest_for(
+                deploy_key=key, alias=alias, index=index, vector_field=VECTOR_FIELD,
+                similarity=mapping["properties"][VECTOR_FIELD].get("similarity", "cosine"),
+                model=model_fingerprint(self.student_path()),
+                knn={"k": ev.k, "num_candidates": ev.num_candidates}, bm25_index=self.cfg.bm25_index,
+                bm25_query=cand_mod.bm25_query("{{query}}", self.text_fields), rrf_k=ev.rrf_k)
+            model = load_bi_encoder(self.student_path(), max_length=self.cfg.train.max_length, device="cpu")
+            sample = list(self.eval_queries().values())[:24] + list(self.dataset.train_queries.values())[:8]
+            info = ee.export_query_encoder(model, out, manifest, model.max_seq_length, sample)
+            self.log(f"export: query encoder for {index} in {out} ({info['dims']} dims, max {info['max_length']} "
+                     f"tokens; min cosine vs sentence-transformers: fp32 "
+                     f"{info['min_cosine_vs_sentence_transformers']['model.onnx']:.6f}, int8 "
+                     f"{info['min_cosine_vs_sentence_transformers']['model_int8.onnx']:.4f})")
+            return info
+
     def write_results(self, summary, results, queries, evaluate_key: str) -> int:
         """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
         now = datetime.now(timezone.utc)

@@ -53,4 +53,15 @@ if [ ! -f "$schema" ]; then
   mkdir -p "$(dirname "$schema")" && cp "$dir/schema/compose-spec.json" "$schema"
   chmod -R u+w "$tmp" && rm -rf "$tmp"
 fi
+# The application clients of examples/ (tests/test_clients.py): Node.js and npm, a JDK >= 17 and Maven
+command -v npm >/dev/null || apt_install nodejs npm
+node_stamp=examples/node/node_modules/.package-lock.json
+if [ ! -f "$node_stamp" ] || [ examples/node/package-lock.json -nt "$node_stamp" ]; then
+  # onnxruntime-node bundles its CPU binaries; its install script would fetch optional CUDA ones from NuGet
+  (cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error)
+fi
+java_stamp=examples/java/target/.esdistill-built
+if [ ! -f "$java_stamp" ] || [ -n "$(find examples/java/pom.xml examples/java/src -newer "$java_stamp" -type f)" ]; then
+  (cd examples/java && mvn -q -B package dependency:copy-dependencies && touch target/.esdistill-built)
+fi
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/esdistill --help >/dev/null && echo esdistill ready))" >&2

@@ -1,0 +1,357 @@
+package esdistill;
+
+import ai.djl.huggingface.tokenizers.Encoding;
+import ai.djl.huggingface.tokenizers.HuggingFaceTokenizer;
+import ai.onnxruntime.OnnxTensor;
+import ai.onnxruntime.OrtEnvironment;
+import ai.onnxruntime.OrtException;
+import ai.onnxruntime.OrtSession;
+import co.elastic.clients.elasticsearch.ElasticsearchClient;
+import co.elastic.clients.elasticsearch._types.query_dsl.Query;
+import co.elastic.clients.elasticsearch.core.MsearchResponse;
+import co.elastic.clients.elasticsearch.core.SearchResponse;
+import co.elastic.clients.elasticsearch.core.msearch.MultiSearchResponseItem;
+import co.elastic.clients.elasticsearch.core.search.Hit;
+import co.elastic.clients.elasticsearch.indices.get_mapping.IndexMappingRecord;
+import co.elastic.clients.json.JsonData;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import com.fasterxml.jackson.databind.node.TextNode;
+import java.io.ByteArrayInputStream;
+import java.io.StringReader;
+import java.nio.LongBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.security.KeyStore;
+import java.security.cert.CertificateFactory;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.TrustManagerFactory;
+
+/**
+ * Query an esdistill deploy from Java, as an application does on any Elastic license: encode the query with the
+ * exported student (ONNX Runtime + the student's own tokenizer.json), then send a kNN request — or BM25 and kNN in
+ * one _msearch, fused by reciprocal rank fusion here.
+ *
+ * <pre>
+ *   esdistill export --onnx -c my.toml      # writes the encoder folder and prints its path
+ *   mvn -q -B package dependency:copy-dependencies
+ *   java -cp "target/classes:target/dependency/*" esdistill.Search --encoder FOLDER "my query"
+ * </pre>
+ *
+ * The encoder refuses to run against an alias that serves another deploy: the manifest's deploy_key must equal the
+ * _meta.esdistill.key of the index behind the alias (vectors of another model give wrong, plausible hits).
+ */
+public final class Search {
+  private static final ObjectMapper JSON = new ObjectMapper();
+
+  /** The exported query encoder: tokenizer.json + ONNX graph (token ids in, the normalised vector out). */
+  public static final class QueryEncoder implements AutoCloseable {
+    final JsonNode manifest;
+    private final HuggingFaceTokenizer tokenizer;
+    private final OrtEnvironment env = OrtEnvironment.getEnvironment();
+    private final OrtSession session;
+
+    public QueryEncoder(Path folder, boolean int8, int threads) throws Exception {
+      manifest = JSON.readTree(folder.resolve("manifest.json").toFile());
+      if (!"esdistill.query-encoder/1".equals(manifest.path("format").asText())) {
+        throw new IllegalArgumentException(folder + "/manifest.json is not an esdistill query encoder");
+      }
+      Map<String, String> options = new HashMap<>();
+      options.put("addSpecialTokens", "true");
+      options.put("truncation", "true");
+      options.put("padding", "false");
+      options.put("maxLength", manifest.get("max_length").asText());
+      tokenizer = HuggingFaceTokenizer.newInstance(folder.resolve("tokenizer.json"), options);
+      OrtSession.SessionOptions so = new OrtSession.SessionOptions();
+      so.setIntraOpNumThreads(threads);
+      so.setInterOpNumThreads(1);
+      session = env.createSession(folder.resolve(int8 ? "model_int8.onnx" : "model.onnx").toString(), so);
+    }
+
+    /** The query's vector, exactly as the Python student computes it. */
+    public float[] encode(String text) throws OrtException {
+      String prepared = manifest.get("prefix").asText()
+          + (manifest.get("lowercase").asBoolean() ? text.toLowerCase(java.util.Locale.ROOT) : text);
+      Encoding enc = tokenizer.encode(prepared);
+      Map<String, long[]> arrays = Map.of("input_ids", enc.getIds(), "attention_mask", enc.getAttentionMask(),
+          "token_type_ids", enc.getTypeIds());
+      Map<String, OnnxTensor> feeds = new LinkedHashMap<>();
+      try {
+        for (JsonNode name : manifest.get("inputs")) {
+          long[] values = arrays.get(name.asText());
+          feeds.put(name.asText(), OnnxTensor.createTensor(env, LongBuffer.wrap(values), new long[] {1, values.length}));
+        }
+        try (OrtSession.Result out = session.run(feeds)) {
+          return ((float[][]) out.get(manifest.get("output").asText()).get().getValue())[0];
+        }
+      } finally {
+        feeds.values().forEach(OnnxTensor::close);
+      }
+    }
+
+    @Override
+    public void close() throws OrtException {
+      session.close();
+      tokenizer.close();
+    }
+  }
+
+  /** Thrown when the alias serves another deploy than the encoder's. */
+  public static final class MismatchException extends Exception {
+    MismatchException(String message) {
+      super(message);
+    }
+  }
+
+  public static void checkServedDeploy(ElasticsearchClient client, JsonNode m) throws Exception {
+    String alias = m.get("alias").asText();
+    String expected = m.get("deploy_key").asText();
+    Map<String, IndexMappingRecord> served = client.indices().getMapping(g -> g.index(alias)).mappings();
+    List<String> what = new ArrayList<>();
+    boolean ok = !served.isEmpty();
+    for (Map.Entry<String, IndexMappingRecord> e : served.entrySet()) {
+      JsonData ours = e.getValue().mappings().meta().get("esdistill");
+      String key = ours == null ? null : ours.toJson().asJsonObject().getString("key", null);
+      ok &= expected.equals(key);
+      what.add(e.getKey() + " (deploy " + (key == null ? "none" : key) + ")");
+    }
+    if (!ok) {
+      throw new MismatchException("this encoder belongs to deploy " + expected + " (" + m.get("index").asText()
+          + "), but alias " + alias + " serves " + (what.isEmpty() ? "nothing" : String.join(", ", what))
+          + ": export the encoder of the served deploy (esdistill export --onnx)");
+    }
+  }
+
+  /** One ranking: ids and scores, best first. */
+  public record Hits(List<String> ids, List<Double> scores, float[] vector, double encodeMs, double wallMs, long took) {}
+
+  static List<Float> boxed(float[] v) {
+    List<Float> out = new ArrayList<>(v.length);
+    for (float x : v) {
+      out.add(x);
+    }
+    return out;
+  }
+
+  /** The manifest's BM25 query with the text put where "{{query}}" stands. */
+  static JsonNode fill(JsonNode node, String text) {
+    if (node.isTextual() && node.asText().equals("{{query}}")) {
+      return TextNode.valueOf(text);
+    }
+    if (node.isArray()) {
+      ArrayNode out = JSON.createArrayNode();
+      node.forEach(n -> out.add(fill(n, text)));
+      return out;
+    }
+    if (node.isObject()) {
+      ObjectNode out = JSON.createObjectNode();
+      node.fields().forEachRemaining(e -> out.set(e.getKey(), fill(e.getValue(), text)));
+      return out;
+    }
+    return node;
+  }
+
+  /** Reciprocal rank fusion: score(d) = sum over rankings of 1 / (rrfK + rank), ties broken by id. */
+  static List<Map.Entry<String, Double>> rrf(List<List<String>> rankings, int rrfK, int size) {
+    Map<String, Double> scores = new HashMap<>();
+    for (List<String> ranking : rankings) {
+      for (int i = 0; i < ranking.size(); i++) {
+        scores.merge(ranking.get(i), 1.0 / (rrfK + i + 1), Double::sum);
+      }
+    }
+    List<Map.Entry<String, Double>> fused = new ArrayList<>(scores.entrySet());
+    fused.sort((a, b) -> a.getValue().equals(b.getValue()) ? a.getKey().compareTo(b.getKey())
+        : Double.compare(b.getValue(), a.getValue()));
+    return fused.subList(0, Math.min(size, fused.size()));
+  }
+
+  static void check(SearchResponse<Void> r, String what) {
+    if (r.shards().failed().intValue() > 0) {
+      throw new IllegalStateException(what + ": " + r.shards().failed() + " shard(s) failed");
+    }
+  }
+
+  public static Hits search(ElasticsearchClient client, QueryEncoder encoder, String text, String system)
+      throws Exception {
+    JsonNode m = encoder.manifest;
+    String alias = m.get("alias").asText();
+    String field = m.get("vector_field").asText();
+    int k = m.get("knn").get("k").asInt();
+    int numCandidates = Math.max(m.get("knn").get("num_candidates").asInt(), k);
+    long t0 = System.nanoTime();
+    float[] vector = encoder.encode(text);
+    double encodeMs = (System.nanoTime() - t0) / 1e6;
+    List<Float> qv = boxed(vector);
+    List<String> ids = new ArrayList<>();
+    List<Double> scores = new ArrayList<>();
+    long took;
+    if (system.equals("student")) {
+      SearchResponse<Void> r = client.search(s -> s.index(alias)
+          .knn(kn -> kn.field(field).queryVector(qv).k(k).numCandidates(numCandidates))
+          .size(k).source(src -> src.fetch(false)), Void.class);
+      check(r, "kNN search on " + alias);
+      for (Hit<Void> h : r.hits().hits()) {
+        ids.add(h.id());
+        scores.add(h.score());
+      }
+      took = r.took();
+    } else if (system.equals("hybrid")) {
+      JsonNode hybrid = m.get("hybrid");
+      String bm25Json = JSON.writeValueAsString(fill(hybrid.get("bm25_query"), text));
+      Query bm25 = Query.of(q -> q.withJson(new StringReader(bm25Json)));
+      MsearchResponse<Void> r = client.msearch(ms -> ms
+          .searches(s -> s.header(h -> h.index(hybrid.get("bm25_index").asText()))
+              .body(b -> b.query(bm25).size(k).source(src -> src.fetch(false)).trackTotalHits(t -> t.enabled(false))))
+          .searches(s -> s.header(h -> h.index(alias))
+              .body(b -> b.knn(kn -> kn.field(field).queryVector(qv).k(k).numCandidates(numCandidates))
+                  .size(k).source(src -> src.fetch(false)))), Void.class);
+      List<List<String>> rankings = new ArrayList<>();
+      for (MultiSearchResponseItem<Void> item : r.responses()) {
+        if (item.isFailure()) {
+          throw new IllegalStateException("hybrid search: " + item.failure().error().reason());
+        }
+        rankings.add(item.result().hits().hits().stream().map(Hit::id).toList());
+      }
+      for (Map.Entry<String, Double> e : rrf(rankings, hybrid.get("rrf_k").asInt(), k)) {
+        ids.add(e.getKey());
+        scores.add(e.getValue());
+      }
+      took = r.took();
+    } else {
+      throw new IllegalArgumentException("unknown system " + system + ": student or hybrid");
+    }
+    return new Hits(ids, scores, vector, encodeMs, (System.nanoTime() - t0) / 1e6, took);
+  }
+
+  static ElasticsearchClient clientFromEnv(String url) throws Exception {
+    String apiKey = System.getenv("ESDISTILL_ES_API_KEY");
+    String user = System.getenv("ESDISTILL_ES_USERNAME");
+    String ca = System.getenv("ESDISTILL_ES_CA_CERTS");
+    SSLContext ssl = null;
+    if (ca != null && !ca.isEmpty()) {
+      KeyStore ks = KeyStore.getInstance(KeyStore.getDefaultType());
+      ks.load(null, null);
+      ks.setCertificateEntry("ca", CertificateFactory.getInstance("X.509")
+          .generateCertificate(new ByteArrayInputStream(Files.readAllBytes(Path.of(ca)))));
+      TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+      tmf.init(ks);
+      ssl = SSLContext.getInstance("TLS");
+      ssl.init(null, tmf.getTrustManagers(), null);
+    }
+    SSLContext sslContext = ssl;
+    return ElasticsearchClient.of(b -> {
+      b.host(url);
+      if (apiKey != null && !apiKey.isEmpty()) {
+        b.apiKey(apiKey);
+      } else if (user != null && !user.isEmpty()) {
+        b.usernameAndPassword(user, System.getenv().getOrDefault("ESDISTILL_ES_PASSWORD", ""));
+      }
+      if (sslContext != null) {
+        b.sslContext(sslContext);
+      }
+      return b;
+    });
+  }
+
+  static double percentile(double[] sorted, double p) {
+    return sorted[(int) Math.min(sorted.length - 1, Math.floor(p / 100 * sorted.length))];
+  }
+
+  public static void main(String[] args) throws Exception {
+    Map<String, String> opts = new HashMap<>(Map.of("url",
+        System.getenv().getOrDefault("ESDISTILL_ES_URL", "http://localhost:9200"), "system", "student",
+        "size", "10", "threads", "1"));
+    List<String> queries = new ArrayList<>();
+    for (int i = 0; i < args.length; i++) {
+      switch (args[i]) {
+        case "--int8", "--json", "--help" -> opts.put(args[i].substring(2), "true");
+        case "--encoder", "--url", "--system", "--size", "--queries-file", "--bench-encode", "--threads" ->
+            opts.put(args[i].substring(2), args[++i]);
+        default -> queries.add(args[i]);
+      }
+    }
+    if (opts.containsKey("help") || !opts.containsKey("encoder")) {
+      System.err.println("usage: esdistill.Search --encoder FOLDER [--url URL] [--system student|hybrid] [--size N]"
+          + " [--int8] [--json] [--queries-file FILE] [--bench-encode N] [--threads N] QUERY...\n"
+          + "env: ESDISTILL_ES_URL, ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/PASSWORD, ESDISTILL_ES_CA_CERTS");
+      System.exit(opts.containsKey("help") ? 0 : 2);
+    }
+    if (opts.containsKey("queries-file")) {
+      Files.readAllLines(Path.of(opts.get("queries-file"))).stream().filter(q -> !q.isBlank()).forEach(queries::add);
+    }
+    boolean int8 = opts.containsKey("int8");
+    try (QueryEncoder encoder = new QueryEncoder(Path.of(opts.get("encoder")), int8,
+        Integer.parseInt(opts.get("threads")))) {
+      if (opts.containsKey("bench-encode")) { // encoder latency only: no cluster needed
+        for (String q : queries.subList(0, Math.min(5, queries.size()))) {
+          encoder.encode(q);
+        }
+        int rounds = Integer.parseInt(opts.get("bench-encode"));
+        double[] times = new double[rounds * queries.size()];
+        int n = 0;
+        for (int r = 0; r < rounds; r++) {
+          for (String q : queries) {
+            long t0 = System.nanoTime();
+            encoder.encode(q);
+            times[n++] = (System.nanoTime() - t0) / 1e6;
+          }
+        }
+        Arrays.sort(times);
+        ObjectNode out = JSON.createObjectNode().put("encoder", int8 ? "java onnx-int8" : "java onnx").put("n", n)
+            .put("p50_ms", percentile(times, 50)).put("p99_ms", percentile(times, 99))
+            .put("mean_ms", Arrays.stream(times).average().orElse(0));
+        System.out.println(out);
+        return;
+      }
+      ElasticsearchClient client = clientFromEnv(opts.get("url"));
+      int code = 0;
+      try {
+        checkServedDeploy(client, encoder.manifest);
+        String system = opts.get("system");
+        int size = Integer.parseInt(opts.get("size"));
+        for (String q : queries) {
+          Hits res = search(client, encoder, q, system);
+          int shown = Math.min(size, res.ids().size());
+          if (opts.containsKey("json")) {
+            ObjectNode line = JSON.createObjectNode().put("query", q).put("system", system);
+            ArrayNode vec = line.putArray("vector");
+            for (float x : res.vector()) {
+              vec.add(x);
+            }
+            ArrayNode hits = line.putArray("hits");
+            for (int i = 0; i < shown; i++) {
+              hits.addArray().add(res.ids().get(i)).add(res.scores().get(i));
+            }
+            line.put("encode_ms", res.encodeMs()).put("wall_ms", res.wallMs()).put("took_ms", res.took());
+            System.out.println(line);
+          } else {
+            System.out.printf("%s: \"%s\" — %.1f ms wall (%.1f ms encoding), %d ms in Elasticsearch%n", system, q,
+                res.wallMs(), res.encodeMs(), res.took());
+            for (int i = 0; i < shown; i++) {
+              System.out.printf("%3d  %s  %.4f%n", i + 1, res.ids().get(i), res.scores().get(i));
+            }
+          }
+        }
+      } catch (MismatchException e) {
+        System.err.println("error: " + e.getMessage());
+        code = 3;
+      } catch (Exception e) {
+        System.err.println("error: " + e);
+        code = 1;
+      } finally {
+        client.close();
+      }
+      if (code != 0) {
+        System.exit(code);
+      }
+    }
+  }
+}

@@ -1,0 +1,216 @@
+#!/usr/bin/env node
+// Query an esdistill deploy from Node.js, as an application does on any Elastic license:
+// encode the query with the exported student (ONNX Runtime + the student's own tokenizer.json),
+// then send a kNN request — or BM25 and kNN in one _msearch, fused by reciprocal rank fusion here.
+//
+//   esdistill export --onnx -c my.toml          # writes the encoder folder and prints its path
+//   npm ci && node search.mjs --encoder <folder> "my query"
+//
+// The encoder refuses to run against an alias that serves another deploy: the manifest's deploy_key must equal
+// the _meta.esdistill.key of the index behind the alias (vectors of another model give wrong, plausible hits).
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { parseArgs } from "node:util";
+
+import { Client } from "@elastic/elasticsearch";
+import * as ort from "onnxruntime-node";
+import { Tokenizer } from "tokenizers";
+
+/** The exported query encoder: tokenizer.json + ONNX graph (token ids in, the normalised vector out). */
+export class QueryEncoder {
+  static async load(folder, { int8 = false, threads = 1 } = {}) {
+    const manifest = JSON.parse(readFileSync(join(folder, "manifest.json"), "utf8"));
+    if (manifest.format !== "esdistill.query-encoder/1") {
+      throw new Error(`${folder}/manifest.json is not an esdistill query encoder (format ${manifest.format})`);
+    }
+    const tokenizer = Tokenizer.fromFile(join(folder, "tokenizer.json"));
+    const session = await ort.InferenceSession.create(join(folder, int8 ? "model_int8.onnx" : "model.onnx"), {
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+    });
+    return new QueryEncoder(manifest, tokenizer, session);
+  }
+
+  constructor(manifest, tokenizer, session) {
+    this.manifest = manifest;
+    this.tokenizer = tokenizer;
+    this.session = session;
+  }
+
+  /** The query's vector, exactly as the Python student computes it (the manifest says how the text is prepared). */
+  async encode(text) {
+    const m = this.manifest;
+    const enc = await this.tokenizer.encode(m.prefix + (m.lowercase ? text.toLowerCase() : text));
+    const arrays = { input_ids: enc.getIds(), attention_mask: enc.getAttentionMask(), token_type_ids: enc.getTypeIds() };
+    const feeds = {};
+    for (const name of m.inputs) {
+      const values = arrays[name];
+      feeds[name] = new ort.Tensor("int64", BigInt64Array.from(values, (v) => BigInt(v)), [1, values.length]);
+    }
+    const out = await this.session.run(feeds);
+    return Array.from(out[m.output].data);
+  }
+}
+
+/** Refuse an encoder whose deploy is not the one the alias serves. */
+export async function checkServedDeploy(client, manifest) {
+  const mappings = await client.indices.getMapping({ index: manifest.alias });
+  const served = Object.entries(mappings).map(([index, m]) => [index, m.mappings?._meta?.esdistill?.key]);
+  const wrong = served.filter(([, key]) => key !== manifest.deploy_key);
+  if (served.length === 0 || wrong.length > 0) {
+    const what = served.map(([index, key]) => `${index} (deploy ${key ?? "none"})`).join(", ");
+    throw new MismatchError(
+      `this encoder belongs to deploy ${manifest.deploy_key} (${manifest.index}), but alias ${manifest.alias} ` +
+        `serves ${what || "nothing"}: export the encoder of the served deploy (esdistill export --onnx)`,
+    );
+  }
+}
+
+export class MismatchError extends Error {}
+
+export function knnBody(manifest, vector) {
+  const { k, num_candidates } = manifest.knn;
+  return {
+    knn: { field: manifest.vector_field, query_vector: vector, k, num_candidates: Math.max(num_candidates, k) },
+    size: k,
+    _source: false,
+  };
+}
+
+export function bm25Body(manifest, text) {
+  // the manifest's BM25 query with the text put where "{{query}}" stands
+  const fill = (node) =>
+    node === "{{query}}" ? text
+      : Array.isArray(node) ? node.map(fill)
+        : node && typeof node === "object" ? Object.fromEntries(Object.entries(node).map(([key, v]) => [key, fill(v)]))
+          : node;
+  return { query: fill(manifest.hybrid.bm25_query), size: manifest.knn.k, _source: false, track_total_hits: false };
+}
+
+/** Reciprocal rank fusion: score(d) = sum over rankings of 1 / (rrfK + rank), ties broken by id. */
+export function rrf(rankings, rrfK, size) {
+  const scores = new Map();
+  for (const ranking of rankings) {
+    ranking.forEach((id, i) => scores.set(id, (scores.get(id) ?? 0) + 1 / (rrfK + i + 1)));
+  }
+  return [...scores.entries()]
+    .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+    .slice(0, size);
+}
+
+function hitsOf(resp, what) {
+  if (resp.error) throw new Error(`${what}: ${JSON.stringify(resp.error)}`);
+  if (resp._shards?.failed) throw new Error(`${what}: ${resp._shards.failed} shard(s) failed`);
+  return resp.hits.hits.map((h) => [h._id, h._score]);
+}
+
+export async function search(client, encoder, text, system = "student") {
+  const m = encoder.manifest;
+  const t0 = performance.now();
+  const vector = await encoder.encode(text);
+  const encodeMs = performance.now() - t0;
+  let hits;
+  let took;
+  if (system === "student") {
+    const resp = await client.search({ index: m.alias, ...knnBody(m, vector) });
+    hits = hitsOf(resp, `kNN search on ${m.alias}`);
+    took = resp.took;
+  } else if (system === "hybrid") {
+    const resp = await client.msearch({
+      searches: [{ index: m.hybrid.bm25_index }, bm25Body(m, text), { index: m.alias }, knnBody(m, vector)],
+    });
+    const [lexical, dense] = resp.responses.map((r, i) => hitsOf(r, `hybrid search ${i}`));
+    hits = rrf([lexical.map(([id]) => id), dense.map(([id]) => id)], m.hybrid.rrf_k, m.knn.k);
+    took = resp.took ?? Math.max(...resp.responses.map((r) => r.took));
+  } else {
+    throw new Error(`unknown system ${system}: student or hybrid`);
+  }
+  return { hits, vector, encodeMs, wallMs: performance.now() - t0, took };
+}
+
+function clientFromEnv(url) {
+  const auth = process.env.ESDISTILL_ES_API_KEY
+    ? { apiKey: process.env.ESDISTILL_ES_API_KEY }
+    : process.env.ESDISTILL_ES_USERNAME
+      ? { username: process.env.ESDISTILL_ES_USERNAME, password: process.env.ESDISTILL_ES_PASSWORD ?? "" }
+      : undefined;
+  const tls = process.env.ESDISTILL_ES_CA_CERTS ? { ca: readFileSync(process.env.ESDISTILL_ES_CA_CERTS) } : undefined;
+  return new Client({ node: url, auth, tls });
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function main() {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      encoder: { type: "string" },
+      url: { type: "string", default: process.env.ESDISTILL_ES_URL ?? "http://localhost:9200" },
+      system: { type: "string", default: "student" },
+      size: { type: "string", default: "10" },
+      int8: { type: "boolean", default: false },
+      json: { type: "boolean", default: false },
+      "queries-file": { type: "string" },
+      "bench-encode": { type: "string" },
+      threads: { type: "string", default: "1" },
+      help: { type: "boolean", default: false },
+    },
+  });
+  if (values.help || !values.encoder) {
+    console.error(
+      "usage: node search.mjs --encoder FOLDER [--url URL] [--system student|hybrid] [--size N] [--int8] [--json]\n" +
+        "                       [--queries-file FILE] [--bench-encode N] [--threads N] QUERY...\n" +
+        "env: ESDISTILL_ES_URL, ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/PASSWORD, ESDISTILL_ES_CA_CERTS",
+    );
+    process.exit(values.help ? 0 : 2);
+  }
+  const queries = values["queries-file"]
+    ? readFileSync(values["queries-file"], "utf8").split("\n").filter((q) => q.trim())
+    : positionals;
+  const encoder = await QueryEncoder.load(values.encoder, { int8: values.int8, threads: Number(values.threads) });
+
+  if (values["bench-encode"]) { // encoder latency only: no cluster needed
+    const times = [];
+    for (const q of queries.slice(0, 5)) await encoder.encode(q); // warm-up
+    for (let r = 0; r < Number(values["bench-encode"]); r++) {
+      for (const q of queries) {
+        const t0 = performance.now();
+        await encoder.encode(q);
+        times.push(performance.now() - t0);
+      }
+    }
+    times.sort((a, b) => a - b);
+    console.log(JSON.stringify({ encoder: values.int8 ? "node onnx-int8" : "node onnx", n: times.length,
+      p50_ms: percentile(times, 50), p99_ms: percentile(times, 99),
+      mean_ms: times.reduce((a, b) => a + b, 0) / times.length }));
+    return;
+  }
+
+  const client = clientFromEnv(values.url);
+  try {
+    await checkServedDeploy(client, encoder.manifest);
+    for (const q of queries) {
+      const res = await search(client, encoder, q, values.system);
+      const hits = res.hits.slice(0, Number(values.size));
+      if (values.json) {
+        console.log(JSON.stringify({ query: q, system: values.system, vector: res.vector, hits,
+          encode_ms: res.encodeMs, wall_ms: res.wallMs, took_ms: res.took }));
+      } else {
+        console.log(`${values.system}: ${JSON.stringify(q)} — ${res.wallMs.toFixed(1)} ms wall ` +
+          `(${res.encodeMs.toFixed(1)} ms encoding), ${res.took} ms in Elasticsearch`);
+        hits.forEach(([id, score], i) => console.log(`${String(i + 1).padStart(3)}  ${id}  ${score.toFixed(4)}`));
+      }
+    }
+  } catch (e) {
+    console.error(`error: ${e.message}`);
+    process.exitCode = e instanceof MismatchError ? 3 : 1;
+  } finally {
+    await client.close();
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

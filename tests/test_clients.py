@@ -1,0 +1,160 @@
+"""The student as a portable query encoder (``esdistill export --onnx``) and the application clients that use it:
+examples/node (onnxruntime-node, tokenizers, @elastic/elasticsearch) and examples/java (ONNX Runtime, DJL's
+Hugging Face tokenizers, the Elasticsearch Java client), against the real test cluster. Each client's vectors
+must match the Python student's, its top-10 must equal ``esdistill search``'s, and an encoder of another deploy
+must be refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+NODE_DIR = ROOT / "examples" / "node"
+JAVA_DIR = ROOT / "examples" / "java"
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_project, tmp_path_factory):
+    project, _ = tiny_project
+    out = tmp_path_factory.mktemp("encoder")
+    return project, out, project.export_encoder(out)
+
+
+@pytest.fixture(scope="module")
+def reference(encoder):
+    """What Python answers for the test queries, through the alias (``esdistill search``): vectors and rankings."""
+    project, _, _ = encoder
+    queries = list(project.eval_queries().values())[:6]
+    systems = project.systems(served=True)
+    student, hybrid = systems["student"](), systems["hybrid"]()
+    return {q: {"vector": np.asarray(student.encode(q)), "student": student.search(q).hits[:10],
+                "hybrid": hybrid.search(q).hits[:10]} for q in queries}
+
+
+def test_export_writes_a_checked_encoder_named_after_the_served_deploy(encoder, es):
+    project, out, manifest = encoder
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "model_int8.onnx", "tokenizer.json", "manifest.json"}
+    served = es.indices.get_alias(name=manifest["alias"]).body
+    assert list(served) == [manifest["index"]]
+    assert es.indices.get_mapping(index=manifest["index"]).body[manifest["index"]]["mappings"]["_meta"][
+        "esdistill"]["key"] == manifest["deploy_key"]
+    assert manifest["dims"] == 32 and manifest["normalized"] and manifest["inputs"][:2] == ["input_ids",
+                                                                                          "attention_mask"]
+    assert manifest["max_length"] == project.cfg.train.max_length
+    assert manifest["min_cosine_vs_sentence_transformers"]["model.onnx"] >= 0.9999
+    assert json.loads((out / "tokenizer.json").read_text())["truncation"]["max_length"] == manifest["max_length"]
+    # a second export of the same deploy keeps the files
+    mtime = (out / "model.onnx").stat().st_mtime_ns
+    assert project.export_encoder(out) == manifest
+    assert (out / "model.onnx").stat().st_mtime_ns == mtime
+
+
+def test_export_refuses_a_config_whose_deploy_is_not_in_the_cluster(tiny_project, tmp_path):
+    from esdistill.errors import ClusterError
+    from esdistill.pipeline import Project
+
+    project, _ = tiny_project
+    other = Project(project.cfg.model_copy(update={"deploy": project.cfg.deploy.model_copy(update={"m": 24})}),
+                    client=project.client)
+    with pytest.raises(ClusterError, match="esdistill deploy"):
+        other.export_encoder(tmp_path / "enc")
+
+
+def _same_ranking(got: list, want: list, tol: float) -> None:
+    """Equal ids in equal order, except between hits whose reference scores are within ``tol`` (a float tie)."""
+    assert len(got) == len(want)
+    for (gid, gscore), (wid, wscore) in zip(got, want, strict=True):
+        assert abs(gscore - wscore) <= tol, (got, want)
+        if gid != wid:
+            tied = {d for d, s in want if abs(s - wscore) <= tol}
+            assert gid in tied, (got, want)
+
+
+def _mismatched(out, tmp_path):
+    """The same encoder files with a manifest naming another deploy."""
+    bad = tmp_path / "other-deploy"
+    bad.mkdir()
+    for f in out.iterdir():
+        (bad / f.name).symlink_to(f)
+    (bad / "manifest.json").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "deploy_key": "0" * 16}))
+    return bad
+
+
+def _check_client(cmd: list[str], cwd, out, reference, es_url, tmp_path, int8_tol: float = 0.95) -> None:
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(reference) + "\n")
+    env = dict(os.environ, ESDISTILL_ES_URL=es_url)
+    for system in ("student", "hybrid"):
+        proc = subprocess.run([*cmd, "--encoder", str(out), "--system", system, "--json", "--queries-file",
+                               str(queries)], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [line["query"] for line in lines] == list(reference)
+        for line in lines:
+            ref = reference[line["query"]]
+            vec = np.asarray(line["vector"])
+            assert float(vec @ ref["vector"] / np.linalg.norm(vec) / np.linalg.norm(ref["vector"])) > 0.9999
+            _same_ranking([tuple(h) for h in line["hits"]], ref[system],
+                          tol=1e-4 if system == "student" else 1e-12)
+    # int8: close to the student, and it runs the whole search
+    proc = subprocess.run([*cmd, "--encoder", str(out), "--int8", "--json", "--queries-file", str(queries)],
+                          cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in map(json.loads, proc.stdout.splitlines()):
+        vec, ref = np.asarray(line["vector"]), reference[line["query"]]["vector"]
+        assert float(vec @ ref / np.linalg.norm(vec) / np.linalg.norm(ref)) > int8_tol
+    # an encoder of another deploy is refused before any search
+    proc = subprocess.run([*cmd, "--encoder", str(_mismatched(out, tmp_path)), "some query"], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 3 and "belongs to deploy 0000000000000000" in proc.stderr, proc.stderr[-2000:]
+
+
+def _need(tool: str, folder, what: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    if not folder.exists():
+        pytest.fail(f"{what} is not installed: run scripts/setup.sh")
+
+
+def test_node_client_matches_the_python_student(encoder, reference, es_url, tmp_path):
+    _need("node", NODE_DIR / "node_modules", "examples/node's packages")
+    _check_client(["node", "search.mjs"], NODE_DIR, encoder[1], reference, es_url, tmp_path)
+
+
+def test_java_client_matches_the_python_student(encoder, reference, es_url, tmp_path):
+    _need("java", JAVA_DIR / "target" / "classes", "examples/java's build")
+    _check_client(["java", "-cp", "target/classes:target/dependency/*", "esdistill.Search"], JAVA_DIR,
+                  encoder[1], reference, es_url, tmp_path)
+
+
+def test_cli_export_onnx_prints_the_folder(tiny_project, tmp_path):
+    project, _ = tiny_project
+    values = project.cfg.model_dump(mode="json", exclude={"cluster"}) | {"cluster": {"url": project.cfg.cluster.url}}
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(_toml(values))
+    out = tmp_path / "enc"
+    proc = subprocess.run([sys.executable, "-m", "esdistill", "export", "--onnx", "-c", str(cfg), "--out", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    assert json.loads((out / "manifest.json").read_text())["deploy_key"] == project._deploy_key("student")
+
+
+def _toml(values: dict, table: str = "") -> str:
+    """A config as TOML (scalars, lists of scalars and tables; None left out): enough for a RunConfig."""
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None and not isinstance(v, dict)]
+    text = (f"[{table}]\n" if table else "") + "".join(line + "\n" for line in scalars)
+    for k, v in values.items():
+        if isinstance(v, dict):
+            text += _toml(v, f"{table}.{k}" if table else k)
+    return text
