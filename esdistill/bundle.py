@@ -172,7 +172,8 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
         raise InputError(f"{out} exists and is not empty", hint="give an empty or new folder")
     (out / "data").mkdir(parents=True)
     project.candidates()
-    test_cands = project.test_candidates() if "pipeline" in project.cfg.evaluate.systems else None
+    test_cands = (project.test_candidates() if "pipeline" in project.cfg.evaluate.systems
+                  and project.cfg.teacher.kind != "request" else None)
     ds = project.dataset
     corpus = ds.corpus
     if corpus is None:  # the user's own index: its documents as they are now
@@ -231,7 +232,7 @@ def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
         if cache is not None and cache.done:
             folders.append((f"{cache.stage}/{cache.key}", cache.dir, keep_weights))
 
-    add(project._fit_cache() if not project.cfg.teacher.model else None, "teacher" in weights)
+    add(project._fit_cache() if project.cfg.teacher.kind == "fit" else None, "teacher" in weights)
     add(project._teacher_cache(True))
     add(project._teacher_cache(False))
     add(project._train_cache(), "student" in weights)

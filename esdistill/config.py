@@ -191,12 +191,32 @@ class TeacherConfig(_Strict):
         "auto", description="blend BM25 into the teacher (per-query z-scores): 0 = teacher only, 1 = BM25 only, "
         "'auto' = the weight best on the held-out judged training queries. Labels and the pipeline both use it")
     fit: TeacherFitConfig = Field(default_factory=TeacherFitConfig)
+    request: Path | None = Field(
+        None, description="the search you already serve as the teacher: a JSON file with a search request body in "
+        "which every \"{{query}}\" is replaced by the query text (rescore, function_score, retrievers, "
+        "text_similarity_reranker: whatever the cluster runs). Its top candidates.k hits are the candidates, its "
+        "_score the labels, and it is the pipeline at evaluation. Excludes model (and the fit)")
+    request_template: str | None = Field(
+        None, description="the same with a stored search template id (params: query, size); needs mustache")
 
     @model_validator(mode="after")
     def _weight_range(self) -> TeacherConfig:
         if self.bm25_weight != "auto" and not 0.0 <= float(self.bm25_weight) <= 1.0:
             raise ValueError(f"bm25_weight must be between 0 and 1, or 'auto' (got {self.bm25_weight})")
+        if self.request and self.request_template:
+            raise ValueError("set request or request_template, not both")
+        if (self.request or self.request_template) and self.model:
+            raise ValueError("a search request teacher and a cross-encoder model: set one of them (the request is "
+                             "the whole pipeline, reranker included)")
+        if (self.request or self.request_template) and self.bm25_weight not in ("auto", 0, 0.0):
+            raise ValueError("bm25_weight blends BM25 into a cross-encoder's scores; a search request teacher is "
+                             "used as it is (put BM25 into the request itself)")
         return self
+
+    @property
+    def kind(self) -> Literal["request", "model", "fit"]:
+        """Where the labels come from: the user's search request, a ready cross-encoder, or one fitted here."""
+        return "request" if (self.request or self.request_template) else "model" if self.model else "fit"
 
 
 class TrainConfig(_Strict):
@@ -363,6 +383,9 @@ def load_config(path: Path | str, profile: str | None = None, **overrides: Any) 
     for key in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels", "query_log"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str((base / data[key]).resolve())
+    teacher = values.get("teacher", {})
+    if isinstance(teacher, dict) and isinstance(teacher.get("request"), str) and not Path(teacher["request"]).is_absolute():
+        teacher["request"] = str((base / teacher["request"]).resolve())
     cluster = values.get("cluster", {})
     if isinstance(cluster, dict) and isinstance(cluster.get("ca_certs"), str) and not Path(cluster["ca_certs"]).is_absolute():
         cluster["ca_certs"] = str((base / cluster["ca_certs"]).resolve())

@@ -218,15 +218,38 @@ class Project:
     def _candidates_cache(self) -> StageCache:
         return self._cache("candidates", self.keys.candidates())
 
+    def request_search(self):
+        """The user's search request as the teacher (:mod:`esdistill.request_teacher`), or None."""
+        from .request_teacher import RequestSearch, load_request
+
+        t = self.cfg.teacher
+        if t.kind != "request":
+            return None
+        return self._once("request-search", lambda: RequestSearch(
+            self.client, self.cfg.bm25_index, load_request(t.request) if t.request else None, t.request_template,
+            source=str(t.request) if t.request else f"search template {t.request_template!r}"))
+
     def candidates(self) -> dict[str, Any]:
-        """BM25 top-k of every training query (building the BM25 index first if it is not there yet)."""
+        """BM25 top-k of every training query (building the BM25 index first if it is not there yet) — or, with
+        ``teacher.request``, the top-k of the user's own search request."""
         cache = self._candidates_cache()
         if not cache.done:
             self._ensure_index()
         with self.stage("candidates"):
-            info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.train_queries,
-                                           self.text_fields, self.cfg.candidates.k, self.cfg.candidates.batch_size,
-                                           cache, self.progress)
+            request = self.request_search()
+            if request is not None and not cache.done:
+                from .request_teacher import to_frame
+
+                results = request.run(self.train_queries, self.cfg.candidates.k, self.cfg.candidates.batch_size,
+                                      self.progress)
+                frame = to_frame(results)
+                frame.to_parquet(cache.path("candidates.parquet"), index=False)
+                info = cache.finish(queries=len(results), pairs=len(frame), output="candidates.parquet",
+                                    queries_without_hits=sum(not h for h in results.values()), source="request")
+            else:
+                info = cand_mod.run_candidates(self.client, self.cfg.bm25_index, self.train_queries,
+                                               self.text_fields, self.cfg.candidates.k,
+                                               self.cfg.candidates.batch_size, cache, self.progress)
             self.log(f"candidates: {info['pairs']} pairs for {info['queries']} queries"
                      + (f", {info['queries_without_hits']} queries without any hit" if info["queries_without_hits"] else "")
                      + (" (cached)" if info.get("cached") else ""))
@@ -276,6 +299,10 @@ class Project:
 
     def teacher_fit(self) -> dict[str, Any]:
         """Cross-fit cross-encoder teachers from the train judgments."""
+        if self.cfg.teacher.kind != "fit":
+            raise InputError(f"there is no teacher to fit: the config's teacher is {self.cfg.teacher.kind!r} "
+                             f"({self.cfg.teacher.model or self.cfg.teacher.request or self.cfg.teacher.request_template})",
+                             hint="unset [teacher] model / request to fit one from the judgments")
         frame = self.candidates_frame()
         with self.stage("teacher fit"):
             info = fit_teacher(self.cfg.teacher.fit, self.train_queries, self.dataset.train_qrels, frame,
@@ -287,7 +314,7 @@ class Project:
 
     def _fit_info(self) -> dict[str, Any] | None:
         """The fit's record, its model folders found in this work dir (a record made elsewhere names others)."""
-        if self.cfg.teacher.model:
+        if self.cfg.teacher.kind != "fit":
             return None
         cache = self._fit_cache()
         info = cache.info() if cache.done else self.teacher_fit()
@@ -295,6 +322,8 @@ class Project:
 
     def teacher_model(self) -> str:
         """The reranker of the pipeline: the user's, or the full fitted model."""
+        if self.cfg.teacher.kind == "request":
+            raise InputError("the teacher is a search request: it runs in the cluster, there is no reranker model")
         return self.cfg.teacher.model or self._fit_info()["models"]["full"]
 
     def teacher_pairs(self, judged: bool | None = None) -> pd.DataFrame:
@@ -335,6 +364,15 @@ class Project:
                 if cache is None:
                     continue
                 pairs = self.teacher_pairs(judged)
+                if self.cfg.teacher.kind == "request":  # the labels are the request's own scores
+                    if not cache.done:
+                        from .request_teacher import labels
+
+                        labels(pairs, self.keys.scorer()).to_parquet(cache.path("scores.parquet"), index=False)
+                        cache.finish(pairs=len(pairs), queries=int(pairs.qid.nunique()), scored_now=len(pairs),
+                                     output="scores.parquet")
+                    infos.append({**cache.info(), "cached": False})
+                    continue
                 scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
                 infos.append(score_candidates(pairs, self.train_queries, self.docs, scorers, cache,
                                               self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
@@ -355,6 +393,10 @@ class Project:
         if not quality:
             return
         info["label_quality"] = quality
+        if self.cfg.teacher.kind == "request":  # its labels are its own order: nothing to blend or compare here
+            self.log(f"teacher (your search request) on {quality['queries']} judged training queries: NDCG@10 "
+                     f"{quality['teacher_ndcg@10']:.3f}")
+            return
         held = " (each query held out from the model that labelled it)" if cross_fitted else ""
         self.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
                  f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
@@ -410,6 +452,8 @@ class Project:
         """The BM25 weight of the teacher fusion; ``auto`` is resolved on the held-out judged labels, fusing each
         query's top-``depth`` candidates (None: all scored ones); 0 when no training query is judged."""
         w = self.cfg.teacher.bm25_weight
+        if self.cfg.teacher.kind == "request":
+            return 0.0  # the request is the whole pipeline, BM25 included where the user put it
         if w == "auto":
             return float(self._auto_weight(depth)["weight"] or 0.0)
         return float(w)
@@ -659,7 +703,7 @@ class Project:
         if self.bundle is None:
             raise InputError("run_offline needs a bundle", hint="esdistill run --offline --bundle FOLDER")
         done: dict[str, Any] = {}
-        if not self.cfg.teacher.model:
+        if self.cfg.teacher.kind == "fit":
             done["teacher fit"] = self.teacher_fit()
         done["teacher"] = self.teacher()
         done["train"] = self.train()
@@ -668,8 +712,8 @@ class Project:
         for which in self.served_systems():
             done[f"embed ({which})"] = self.embed(which)
             done[f"query vectors ({which})"] = self.query_vectors(which)
-        if "pipeline" in self.cfg.evaluate.systems:
-            done["pipeline"] = self.pipeline_offline()
+        if "pipeline" in self.cfg.evaluate.systems and self.cfg.teacher.kind != "request":
+            done["pipeline"] = self.pipeline_offline()  # a search request teacher is the pipeline: it runs there
         return done
 
     def _system_cache(self, name: str) -> StageCache:
@@ -710,7 +754,8 @@ class Project:
 
         return {
             "bm25": lambda: search_mod.BM25(c, self.cfg.bm25_index, self.text_fields, ev.k),
-            "pipeline": lambda: search_mod.Pipeline(
+            "pipeline": lambda: search_mod.RequestPipeline(self.request_search(), ev.k)
+            if self.cfg.teacher.kind == "request" else search_mod.Pipeline(
                 c, self.cfg.bm25_index, self.text_fields,
                 load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.pipeline_weight()),
@@ -890,14 +935,15 @@ class Project:
         meta = {"run_id": f"{now:%Y%m%dT%H%M%S}-{evaluate_key[:8]}", "evaluate_key": evaluate_key,
                 "dataset": self.cfg.data.name, "profile": self.cfg.profile,
                 "model_id": self.student_path() if {"student", "hybrid"} & set(results) else None,
-                "teacher_id": self.cfg.teacher.model or f"fit:{self._fit_cache().key}", "timestamp": now}
+                "teacher_id": self.cfg.teacher.model or (self.keys.scorer() if self.cfg.teacher.kind == "request"
+                                                         else f"fit:{self._fit_cache().key}"), "timestamp": now}
         return results_mod.write_results(self.client, results_mod.result_docs(summary, results, queries, meta))
 
     def run(self) -> dict[str, Any]:
         """All stages in order; finished stages are cache hits."""
         self.index()
         self.candidates()
-        if not self.cfg.teacher.model:
+        if self.cfg.teacher.kind == "fit":
             self.teacher_fit()
         self.teacher()
         self.train()

@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch
 
 from .candidates import bm25_body
 from .data import Doc
 from .deploy import VECTOR_FIELD
 from .cluster import check_shards
+from .errors import ClusterError
 from .indexing import doc_from_source
 
 
@@ -85,6 +86,34 @@ class BM25:
         t0 = time.perf_counter()
         resp = self.client.search(index=self.index, **bm25_body(text, self.fields, self.k)).body
         return Result(_hits(resp, f"BM25 search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
+                      float(resp["took"]))
+
+
+class RequestPipeline:
+    """The user's own search request (``teacher.request``) as the pipeline: what the application serves today."""
+
+    name = "pipeline"
+
+    def __init__(self, request_search, k: int = 100):
+        self.rs, self.k = request_search, k
+
+    def request(self, text: str) -> dict[str, Any]:
+        header, body = self.rs.searches(text, self.k)
+        if self.rs.template_id:
+            return {"method": "POST", "path": f"/{header['index']}/_search/template", "body": body}
+        return {"method": "POST", "path": f"/{header['index']}/_search", "body": body}
+
+    def search(self, text: str) -> Result:
+        t0 = time.perf_counter()
+        header, body = self.rs.searches(text, self.k)
+        from .request_teacher import _reason
+
+        try:
+            resp = (self.rs.client.search_template(index=header["index"], body=body) if self.rs.template_id
+                    else self.rs.client.search(index=header["index"], body=body)).body
+        except ApiError as e:
+            raise ClusterError(f"{self.rs.source}: the cluster refused the request: {_reason(e.body) or e}") from None
+        return Result(_hits(resp, f"{self.rs.source} on {header['index']!r}"), (time.perf_counter() - t0) * 1e3,
                       float(resp["took"]))
 
 

@@ -36,14 +36,16 @@ class Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("index", True, "the corpus's content and the BM25 mapping; a user's index (never written): its UUIDs, "
           "document counts and write sequence numbers, and the text fields", "the BM25 index"),
-    Stage("candidates", True, "the index's key, the training queries' texts, candidates.k",
-          "candidates.parquet: BM25 top-k of every training query"),
+    Stage("candidates", True, "the index's key, the training queries' texts, candidates.k; teacher.request's "
+          "body when the teacher is a search request", "candidates.parquet: BM25 top-k of every training query "
+          "(or the request's top-k, its _score in `request`)"),
     Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth",
           "candidates.parquet: BM25 top-N of every test query (the pipeline's input)"),
     Stage("teacher-fit", False, "the index's key, the judged training queries and their judgments, teacher.fit, "
           "the base model", "model-<fold>/ and model-full/: cross-fitted cross-encoders"),
-    Stage("teacher", False, "the judged queries' candidate pairs and texts, the scorer, teacher.max_length",
-          "scores.parquet: raw teacher logits (each query held out from its scorer)"),
+    Stage("teacher", False, "the judged queries' candidate pairs and texts, the scorer (a search request: its "
+          "body), teacher.max_length", "scores.parquet: raw teacher logits (each query held out from its scorer), "
+          "or the request's _score"),
     Stage("teacher-unjudged", False, "the unjudged queries' (query log, pseudo-queries) candidate pairs and texts, "
           "the full scorer, teacher.max_length", "scores.parquet"),
     Stage("train", False, "both teacher keys, the BM25 weight of the labels, train, the base model",
@@ -94,9 +96,17 @@ class StageKeys:
     def index(self) -> dict[str, Any]:
         return self.p.index_identity()
 
+    def request(self) -> str | None:
+        """The user's search request teacher, by its body's (or template id's) fingerprint; None without one."""
+        rs = self.p.request_search()
+        return None if rs is None else fingerprint({"body": rs.body, "template": rs.template_id})
+
     def candidates(self) -> dict[str, Any]:
-        return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "queries": fingerprint(self.p.train_queries), "k": self.cfg.candidates.k}
+        out = {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
+               "queries": fingerprint(self.p.train_queries), "k": self.cfg.candidates.k}
+        if self.request():  # its hits are the candidates (a key without it stays what it was)
+            out["request"] = self.request()
+        return out
 
     def test_candidates(self) -> dict[str, Any]:
         return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
@@ -115,6 +125,8 @@ class StageKeys:
     def scorer(self) -> str:
         """The teacher's identity: the user's reranker by its fingerprint, else the fit's key."""
         t = self.cfg.teacher
+        if t.kind == "request":
+            return f"request-{self.request()}"
         return model_fingerprint(t.model) if t.model else self.p._fit_cache().key
 
     def teacher(self, judged: bool) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""The user's own Elasticsearch search as the teacher: the pipeline they already serve, distilled as it is.
+
+A request body (a JSON file in which every ``"{{query}}"`` is replaced by the query text) — or a stored search
+template (``params.query``) where the cluster has mustache — is sent for every training query with
+``_msearch``: its hits are the candidates and its ``_score`` the labels, on their raw scale, per query. Any
+search the cluster runs works: ``rescore`` (a learning-to-rank rescorer among them), ``function_score``,
+retrievers, ``text_similarity_reranker``. esdistill sets ``size`` (``candidates.k``) and ``_source: false``.
+
+At evaluation the same request is the pipeline system, so the report compares the student with what the
+application really serves.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from elasticsearch import ApiError, Elasticsearch
+
+from .cluster import check_shards
+from .errors import ClusterError, InputError
+
+PLACEHOLDER = "{{query}}"
+
+
+def load_request(path: Path | str) -> dict[str, Any]:
+    """The request body in ``path``; refuses (naming the file, line and column) what cannot be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"teacher.request: no such file: {path}", hint="a JSON search request body with \"{{query}}\"")
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(body, dict):
+        raise InputError(f"{path}: a search request body is a JSON object, not {type(body).__name__}")
+    if PLACEHOLDER not in json.dumps(body):
+        raise InputError(f"{path}: no \"{PLACEHOLDER}\" in the request, so every query would get the same hits",
+                         hint=f'put "{PLACEHOLDER}" where the query text goes, e.g. "match": {{"text": "{PLACEHOLDER}"}}')
+    if body.get("from", 0):
+        raise InputError(f"{path}: \"from\": {body['from']} skips the best hits; the teacher needs them from the top")
+    for key in ("sort", "collapse"):
+        if key in body:
+            raise InputError(f"{path}: \"{key}\" changes the order away from the scores the teacher's labels are",
+                             hint=f"remove \"{key}\" from the teacher's request")
+    return body
+
+
+def fill(node: Any, text: str) -> Any:
+    """``node`` with every ``{{query}}`` in its strings (keys left alone) replaced by ``text``."""
+    if isinstance(node, str):
+        return node.replace(PLACEHOLDER, text)
+    if isinstance(node, list):
+        return [fill(n, text) for n in node]
+    if isinstance(node, dict):
+        return {k: fill(v, text) for k, v in node.items()}
+    return node
+
+
+class RequestSearch:
+    """Runs the user's request (a body, or a stored template id) for queries, in ``_msearch`` batches."""
+
+    def __init__(self, client: Elasticsearch, index: str, body: dict[str, Any] | None = None,
+                 template_id: str | None = None, source: str = "teacher.request"):
+        if (body is None) == (template_id is None):
+            raise ValueError("a request body or a template id, not both")
+        self.client, self.index, self.body, self.template_id, self.source = client, index, body, template_id, source
+
+    def searches(self, text: str, k: int) -> list[dict[str, Any]]:
+        if self.template_id:
+            return [{"index": self.index}, {"id": self.template_id, "params": {"query": text, "size": k}}]
+        body = fill(copy.deepcopy(self.body), text)
+        body.update(size=k, _source=False)
+        return [{"index": self.index}, body]
+
+    def run(self, queries: dict[str, str], k: int, batch_size: int = 32, progress=None,
+            label: str = "candidates (your search request)") -> dict[str, list[tuple[str, float]]]:
+        """qid -> [(docid, _score), ...] in the request's order."""
+        qids = list(queries)
+        out: dict[str, list[tuple[str, float]]] = {}
+        task = progress.add_task(label, total=len(qids)) if progress else None
+        for start in range(0, len(qids), batch_size):
+            batch = qids[start:start + batch_size]
+            searches = [line for q in batch for line in self.searches(queries[q], k)]
+            try:
+                if self.template_id:
+                    resp = self.client.msearch_template(search_templates=searches).body
+                else:
+                    resp = self.client.msearch(searches=searches).body
+            except ApiError as e:
+                raise ClusterError(f"{self.source}: the cluster refused the request: {_reason(e.body) or e}",
+                                   hint=self._hint()) from None
+            for qid, r in zip(batch, resp["responses"], strict=True):
+                if "error" in r:
+                    raise ClusterError(f"{self.source}: the cluster refused the request for query {qid!r} "
+                                       f"({queries[qid][:60]!r}): {_reason(r)}", hint=self._hint())
+                check_shards(r, f"{self.source} for query {qid!r} on {self.index!r}")
+                hits = r["hits"]["hits"]
+                if any(h.get("_score") is None for h in hits):
+                    raise ClusterError(f"{self.source}: hits without a _score (sorted by a field?): the teacher's "
+                                       "labels are the scores", hint="remove the sort, or add \"track_scores\": true")
+                out[qid] = [(h["_id"], float(h["_score"])) for h in hits]
+            if progress:
+                progress.advance(task, len(batch))
+        return out
+
+    def _hint(self) -> str:
+        if self.template_id:
+            return ("stored search templates need the cluster's mustache module (the local test build has none); "
+                    "otherwise check that the template exists and takes params.query")
+        return f"run it once against {self.index!r} (curl, Kibana's console) with a real query in place of {PLACEHOLDER}"
+
+
+def _reason(body: Any) -> str:
+    """The cluster's own explanation from an error body (root cause first)."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            root = (err.get("root_cause") or [{}])[0]
+            parts = [err.get("type"), err.get("reason"), root.get("reason") if root is not err else None]
+            caused = err.get("caused_by", {})
+            if isinstance(caused, dict) and caused.get("reason"):
+                parts.append(caused["reason"])
+            return "; ".join(dict.fromkeys(p for p in parts if p))
+        return str(err)
+    return str(body)
+
+
+def to_frame(results: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:
+    """Candidates as every stage reads them, the request's ``_score`` in ``request`` (``bm25`` is empty: the
+    hits are not BM25's)."""
+    rows = [(q, d, r, float("nan"), s) for q, hits in results.items() for r, (d, s) in enumerate(hits, 1)]
+    return pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25", "request"])
+
+
+def labels(pairs: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """The teacher's scores of ``pairs``: the request's ``_score``. A judged positive the request did not return
+    gets its query's lowest returned score (training's ``judged_above_teacher`` lifts it above the negatives)."""
+    lowest = pairs.groupby("qid")["request"].transform("min")
+    score = pairs["request"].fillna(lowest).fillna(0.0).astype("float32")
+    return pairs.assign(teacher=score, scorer=scorer)

@@ -1,0 +1,131 @@
+"""The user's own Elasticsearch search as the teacher (``teacher.request``), against the real test cluster: a
+request whose ``rescore`` reorders BM25's hits gives the candidates and the labels, exactly as a direct search
+with the same body does, and is the pipeline at evaluation; bad requests are refused with the cluster's reason."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from esdistill.errors import ClusterError, InputError
+from esdistill.request_teacher import RequestSearch, fill, load_request
+
+from .conftest import tiny_config
+
+#: BM25, then its top 20 rescored by a title match (weighted far above the body): a different order than BM25's
+RESCORE = {
+    "query": {"multi_match": {"query": "{{query}}", "fields": ["title", "text"]}},
+    "rescore": {"window_size": 20, "query": {"rescore_query": {"match": {"title": "{{query}}"}},
+                                             "query_weight": 0.1, "rescore_query_weight": 10.0}},
+}
+
+
+@pytest.fixture(scope="module")
+def request_project(tmp_path_factory, es, es_url, tiny_models):
+    from esdistill.pipeline import Project
+
+    root = tmp_path_factory.mktemp("request")
+    path = root / "my_search.json"
+    path.write_text(json.dumps(RESCORE, indent=2))
+    name = f"r{uuid.uuid4().hex[:8]}"
+    cfg = tiny_config(root, es_url, tiny_models, name, teacher={"request": str(path)})
+    project = Project(cfg, client=es)
+    report = project.run()
+    yield project, report
+    es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def _direct(es, index, text, k):
+    body = fill(RESCORE, text) | {"size": k, "_source": False}
+    return [(h["_id"], h["_score"]) for h in es.search(index=index, body=body).body["hits"]["hits"]]
+
+
+def test_candidates_and_labels_are_the_request_s_hits_and_scores(request_project, es):
+    project, _ = request_project
+    index, k = project.cfg.bm25_index, project.cfg.candidates.k
+    frame = project.candidates_frame()
+    scores = project.raw_scores_frame()
+    reordered = 0
+    for qid, text in list(project.train_queries.items())[:8]:
+        want = _direct(es, index, text, k)
+        got = frame[frame.qid == qid].sort_values("rank")
+        assert list(got.docid) == [d for d, _ in want]
+        assert got.request.tolist() == pytest.approx([s for _, s in want], rel=1e-6)
+        labelled = scores[(scores.qid == qid) & (scores.source == "bm25")].set_index("docid").teacher
+        assert [float(labelled[d]) for d, _ in want] == pytest.approx([s for _, s in want], rel=1e-5)
+        bm25 = es.search(index=index, query={"multi_match": {"query": text, "fields": ["title", "text"]}},
+                         size=k, source=False).body["hits"]["hits"]
+        reordered += [h["_id"] for h in bm25] != [d for d, _ in want]
+    assert reordered, "the rescore should reorder BM25's hits for some query (else this test proves nothing)"
+    assert project.bm25_weight() == 0.0 and project._fit_info() is None
+    assert not (project.workdir / "teacher-fit").exists(), "a search request teacher fits nothing"
+
+
+def test_the_request_is_the_pipeline_at_evaluation(request_project, es):
+    project, report = request_project
+    assert "pipeline" in report["summary"]["systems"]
+    pipeline = project.systems()["pipeline"]()
+    for text in list(project.eval_queries().values())[:5]:
+        want = _direct(es, project.cfg.bm25_index, text, project.cfg.evaluate.k)
+        got = pipeline.search(text).hits
+        assert [d for d, _ in got] == [d for d, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-6)
+    req = pipeline.request("obesity")
+    assert req["path"] == f"/{project.cfg.bm25_index}/_search"
+    assert req["body"]["rescore"]["query"]["rescore_query"] == {"match": {"title": "obesity"}}
+
+
+def test_changing_the_request_changes_candidates_not_the_index(request_project, tmp_path):
+    from esdistill.pipeline import Project
+
+    project, _ = request_project
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"query": {"match": {"title": "{{query}}"}}}))
+    cfg = project.cfg.model_copy(update={"teacher": project.cfg.teacher.model_copy(update={"request": other})})
+    p2 = Project(cfg, client=project.client)
+    assert p2.index_key == project.index_key
+    assert p2._candidates_cache().key != project._candidates_cache().key
+    assert p2.keys.scorer() != project.keys.scorer()
+
+
+def test_a_request_the_cluster_refuses_names_the_file_and_the_reason(es, tmp_path, request_project):
+    project, _ = request_project
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"query": {"match": {"text": {"qury": "{{query}}"}}}}))
+    rs = RequestSearch(es, project.cfg.bm25_index, load_request(bad), source=str(bad))
+    with pytest.raises(ClusterError) as e:
+        rs.run({"q1": "obesity"}, 5)
+    assert str(bad) in e.value.message and "qury" in e.value.message
+
+
+def test_stored_templates_are_refused_clearly_without_mustache(es, request_project):
+    project, _ = request_project
+    rs = RequestSearch(es, project.cfg.bm25_index, template_id="my-template")
+    with pytest.raises(ClusterError) as e:
+        rs.run({"q1": "obesity"}, 5)
+    assert "mustache" in e.value.hint
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"query": {"match": {"text": "fixed words"}}}', "no \"{{query}}\""),
+    ('{"query": {"match": {"text": "{{query}}"}},\n "size": 10,,}', r"bad\.json:2:\d+: not valid JSON"),
+    ('[1, 2]', "JSON object"),
+    ('{"query": {"match": {"text": "{{query}}"}}, "sort": [{"date": "desc"}]}', '"sort"'),
+    ('{"query": {"match": {"text": "{{query}}"}}, "from": 10}', '"from": 10'),
+])
+def test_bad_request_files_are_refused_with_the_file(tmp_path, text, match):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    with pytest.raises(InputError, match=match):
+        load_request(bad)
+
+
+def test_config_refuses_a_request_with_a_cross_encoder(tmp_path):
+    from esdistill.config import build_config
+    from esdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set one of them"):
+        build_config({"workdir": str(tmp_path), "data": {"name": "x", "beir": str(tmp_path)},
+                      "teacher": {"request": str(tmp_path / "r.json"), "model": "some/model"}})
