@@ -156,6 +156,31 @@ def deploy(config: ConfigOpt, profile: ProfileOpt = None):
 
 @app.command()
 @friendly
+def monitor(config: ConfigOpt, profile: ProfileOpt = None,
+            queries: Annotated[Path | None, typer.Option(help="recent queries: one per line, or JSONL (default: "
+                                                         "[monitor] queries)")] = None,
+            index: Annotated[str | None, typer.Option(help="or an index of logged queries (default: [monitor] "
+                                                      "index)")] = None,
+            sample: Annotated[int | None, typer.Option(help="queries to draw (default: [monitor] sample)")] = None,
+            min_ndcg: Annotated[float | None, typer.Option(help="exit 4 when the mean agreement NDCG@10 is below "
+                                                           "this (default: [monitor] min_ndcg)")] = None):
+    """Agreement of the deployed student with the pipeline on recent queries (NDCG@10 against the pipeline's top
+    10, overlap@10, Kendall's tau), into the results index; exit 4 below the threshold, for a scheduler."""
+    overrides: dict = {}
+    if sample is not None:
+        overrides["sample"] = sample
+    if min_ndcg is not None:
+        overrides["min_ndcg"] = min_ndcg
+    project = _project(config, profile, **({"monitor": overrides} if overrides else {}))
+    report = project.monitor(str(queries) if queries else None, index)
+    if report["below"]:
+        console.print(f"[bold red]monitor:[/] mean agreement NDCG@10 {report['mean']['ndcg@10']:.3f} is below "
+                      f"{project.cfg.monitor.min_ndcg}: the student no longer agrees with the pipeline — retrain")
+        raise typer.Exit(4)
+
+
+@app.command()
+@friendly
 def rollback(config: ConfigOpt, profile: ProfileOpt = None):
     """Point the student alias back at the previously deployed index version."""
     from .deploy import rollback as do_rollback

@@ -277,6 +277,26 @@ class EvaluateConfig(_Strict):
     )
 
 
+class MonitorConfig(_Strict):
+    """``esdistill monitor``: how well the deployed student still agrees with the pipeline, on recent queries."""
+
+    queries: Path | None = Field(None, description="a log of recent queries: one per line, or JSONL (_id, text)")
+    index: str | None = Field(None, description="or an index of logged queries in the cluster")
+    field: str = Field("query", description="the logged-queries index's field holding the query text")
+    timestamp_field: str = Field("@timestamp", description="the logged-queries index's time field (for since)")
+    since: str | None = Field("7d", description="with index: only queries logged in this window (date math: 24h, "
+                              "7d); None = all")
+    sample: int = Field(200, ge=1, description="queries drawn (deterministically) from the log")
+    min_ndcg: float | None = Field(None, ge=0.0, le=1.0, description="exit with code 4 when the mean agreement "
+                                   "NDCG@10 falls below this (for a scheduler to alert on)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MonitorConfig:
+        if self.queries and self.index:
+            raise ValueError("set queries (a file) or index (logged queries in the cluster), not both")
+        return self
+
+
 class RunConfig(_Strict):
     """One run of the whole loop. Build with :func:`load_config`."""
 
@@ -290,6 +310,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @property
     def bm25_index(self) -> str:
@@ -383,6 +404,9 @@ def load_config(path: Path | str, profile: str | None = None, **overrides: Any) 
     for key in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels", "query_log"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str((base / data[key]).resolve())
+    monitor = values.get("monitor", {})
+    if isinstance(monitor, dict) and isinstance(monitor.get("queries"), str) and not Path(monitor["queries"]).is_absolute():
+        monitor["queries"] = str((base / monitor["queries"]).resolve())
     teacher = values.get("teacher", {})
     if isinstance(teacher, dict) and isinstance(teacher.get("request"), str) and not Path(teacher["request"]).is_absolute():
         teacher["request"] = str((base / teacher["request"]).resolve())

@@ -939,6 +939,31 @@ class Project:
                                                          else f"fit:{self._fit_cache().key}"), "timestamp": now}
         return results_mod.write_results(self.client, results_mod.result_docs(summary, results, queries, meta))
 
+    def monitor(self, source: str | None = None, index: str | None = None) -> dict[str, Any]:
+        """The deployed student's agreement with the pipeline on recent queries (:mod:`esdistill.monitor`): a
+        report in ``<workdir>/monitor/``, documents in the results index, ``below`` when under ``min_ndcg``."""
+        from . import monitor as mon
+
+        with self.stage("monitor"):
+            queries = mon.monitor_queries(self, source, index)
+            report = mon.run_monitor(self, queries, self.progress)
+            import uuid
+
+            # time-sortable and unique: two runs in one second neither share files nor overwrite each other's docs
+            stamp = f"{report['date'].replace(':', '').replace('-', '')[:15]}-{uuid.uuid4().hex[:6]}"
+            md, js = mon.write_report(report, self.workdir / "monitor", stamp)
+            meta = {"run_id": f"{stamp}-monitor", "evaluate_key": f"monitor-{stamp}-{self._deploy_key()[:8]}",
+                    "dataset": self.cfg.data.name, "profile": self.cfg.profile, "model_id": self.student_path(),
+                    "teacher_id": self.cfg.teacher.model or (self.keys.scorer() if self.cfg.teacher.kind == "request"
+                                                             else f"fit:{self._fit_cache().key}")}
+            written = results_mod.write_results(self.client, mon.result_docs(report, meta))
+            threshold = self.cfg.monitor.min_ndcg
+            report.update(markdown=str(md), json=str(js), results_written=written,
+                          below=threshold is not None and report["mean"]["ndcg@10"] < threshold)
+            print(mon.markdown(report), flush=True)
+            self.log(f"monitor: {md}; {written} documents in index {results_mod.RESULTS_INDEX}")
+            return report
+
     def run(self) -> dict[str, Any]:
         """All stages in order; finished stages are cache hits."""
         self.index()

@@ -111,8 +111,14 @@ def doc_id(doc: dict) -> str:
 
 
 def ensure_results_index(client: Elasticsearch, index: str = RESULTS_INDEX) -> bool:
-    """Create ``index`` from ``mappings/results_index.json`` unless it exists; True when created."""
+    """Create ``index`` from ``mappings/results_index.json`` unless it exists (then add the fields a newer
+    esdistill writes: mappings only grow); True when created."""
     if client.indices.exists(index=index):
+        try:
+            client.indices.put_mapping(index=index, properties=load_mapping(RESULTS_MAPPING)["mappings"]["properties"])
+        except es_exc.ApiError as e:
+            raise ClusterError(f"index {index!r} does not have esdistill's results mapping: {e.message}",
+                               hint=f"delete it to recreate it from mappings/{RESULTS_MAPPING}") from None
         return False
     try:
         client.indices.create(index=index, **load_mapping(RESULTS_MAPPING))

@@ -22,6 +22,7 @@ import pytest
 from .conftest import SCIFACT
 
 EXPECTED = Path(__file__).parent / "expected" / "regression-scifact-slice.json"
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def slice_config(workdir: Path, es_url: str, name: str):
@@ -55,16 +56,22 @@ def measure(project) -> dict[str, float]:
     return got
 
 
-@pytest.mark.regression
-def test_scifact_slice_scores_match_the_expected_file(tmp_path, es, es_url):
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory, es, es_url):
+    """The slice's whole loop, run once for this module's tests: (project, measured scores)."""
     from esdistill.pipeline import Project
 
     name = f"reg{uuid.uuid4().hex[:6]}"
-    project = Project(slice_config(tmp_path / "work", es_url, name), client=es)
+    project = Project(slice_config(tmp_path_factory.mktemp("regression") / "work", es_url, name), client=es)
     try:
-        got = measure(project)
+        yield project, measure(project)
     finally:
         es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+@pytest.mark.regression
+def test_scifact_slice_scores_match_the_expected_file(regression):
+    _, got = regression
     expected = json.loads(EXPECTED.read_text())
     if os.environ.get("ESDISTILL_UPDATE_EXPECTED"):
         for key, value in got.items():
@@ -79,3 +86,26 @@ def test_scifact_slice_scores_match_the_expected_file(tmp_path, es, es_url):
     margin = expected["learning_margin"]  # learning itself: both students beat the untrained base model
     assert got["judgments.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
     assert got["student.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
+
+
+@pytest.mark.regression
+def test_monitor_trained_queries_agree_more_than_shifted_ones(regression, tmp_path):
+    """``esdistill monitor``: the student agrees with the pipeline on the queries it was distilled from more than
+    on queries from another dataset (NFCorpus's nutrition questions against SciFact's abstracts)."""
+    from esdistill.data import load_queries
+
+    project, _ = regression
+    nfcorpus = SHARED_DATA / "nfcorpus" / "queries.jsonl"
+    if not nfcorpus.exists():
+        pytest.skip(f"{nfcorpus} is not here (../shared/data)")
+    trained = tmp_path / "trained.txt"
+    trained.write_text("\n".join(list(project.train_queries.values())[:60]) + "\n")
+    shifted = tmp_path / "shifted.txt"
+    shifted.write_text("\n".join(list(load_queries(nfcorpus).values())[:60]) + "\n")
+    project.cfg.monitor.sample = 60
+    on_trained = project.monitor(str(trained))
+    on_shifted = project.monitor(str(shifted))
+    assert on_trained["queries"] >= 50 and on_shifted["queries"] >= 50
+    a, b = on_trained["mean"], on_shifted["mean"]
+    assert a["ndcg@10"] > b["ndcg@10"] + 0.05, (a, b)
+    assert a["overlap@10"] > b["overlap@10"], (a, b)

@@ -131,7 +131,7 @@ def test_saved_objects_name_only_mapped_fields(es, index_name):
     (dash,) = by_type["dashboard"]
     assert dash["id"] == "esdistill-relevance"
     lens_ids = {o["id"] for o in by_type["lens"]}
-    assert len(lens_ids) == 3 and {r["id"] for r in dash["references"]} == lens_ids
+    assert len(lens_ids) == 4 and {r["id"] for r in dash["references"]} == lens_ids
     panels = json.loads(dash["attributes"]["panelsJSON"])
     assert {f"{p['panelIndex']}:{p['panelRefName']}" for p in panels} == {r["name"] for r in dash["references"]}
     for o in by_type["lens"]:
@@ -142,7 +142,8 @@ def test_saved_objects_name_only_mapped_fields(es, index_name):
     ensure_results_index(es, index_name)
     mapping = es.indices.get_mapping(index=index_name).body[index_name]["mappings"]["properties"]
     fields = referenced_fields(objects, set()) - {"___records___"}
-    assert {"@timestamp", "system", "run_id", "doc_type", "ndcg_at_10", "outcome_vs_bm25", "latency_ms"} <= fields
+    assert {"@timestamp", "system", "run_id", "doc_type", "ndcg_at_10", "outcome_vs_bm25", "latency_ms",
+            "agreement_ndcg_at_10", "overlap_at_10"} <= fields
     assert fields <= set(mapped_fields(mapping)), fields - set(mapped_fields(mapping))
     # the dashboard's controls pick a dataset, a profile and a run: options lists need keyword fields
     controls = json.loads(dash["attributes"]["controlGroupInput"]["panelsJSON"])
