@@ -231,6 +231,9 @@ class TrainConfig(_Strict):
     judged_loss: bool = Field(True, description="also train MNRL on judged (query, positive, hard negative) triplets")
     judged_above_teacher: bool = Field(
         True, description="raise a judged positive's label above its sampled negatives where the teacher disagrees")
+    suspect_negatives: Literal["keep", "drop"] = Field(
+        "keep", description="candidates the teacher scores at or above a judged positive (likely relevant, unjudged): "
+        "keep them among that positive's sampled negatives, or drop them (bench/README.md, 'Suspect negatives')")
     score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
     temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
     epochs: float = Field(3.0, gt=0)

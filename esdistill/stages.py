@@ -78,6 +78,17 @@ def pairs_fingerprint(frame: pd.DataFrame) -> str:
     return fingerprint(text)
 
 
+#: Settings added after caches were made: left out of a key while they hold their default (the old behaviour),
+#: so an upgrade does not retrain what it would train the same way.
+LATER_DEFAULTS = {"suspect_negatives": "keep"}
+
+
+def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:
+    """A student's training settings as its key reads them (``save_steps`` changes nothing learned)."""
+    out = train.model_dump(exclude={"save_steps", *exclude})
+    return {k: v for k, v in out.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+
+
 class StageKeys:
     """The inputs each stage's key is made of, read off one :class:`~esdistill.pipeline.Project`."""
 
@@ -140,7 +151,7 @@ class StageKeys:
         unjudged = self.p._teacher_cache(judged=False)
         return {"teacher": self.p._teacher_cache().key, "teacher_unjudged": unjudged.key if unjudged else None,
                 "qrels": fingerprint(self.p.dataset.train_qrels), **self._cap(),
-                "bm25_weight": self.p.label_weight(), "train": self.cfg.train.model_dump(exclude={"save_steps"}),
+                "bm25_weight": self.p.label_weight(), "train": train_settings(self.cfg.train),
                 "base": model_fingerprint(self.cfg.train.base_model)}
 
     def control(self) -> dict[str, Any]:
@@ -149,7 +160,7 @@ class StageKeys:
                 "queries": fingerprint(self.p.dataset.train_queries),
                 "qrels": fingerprint(self.p.dataset.train_qrels), **self._cap(),
                 "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "train": control.model_dump(exclude={"save_steps", "judged_above_teacher"}),
+                "train": train_settings(control, exclude={"judged_above_teacher"}),
                 "base": model_fingerprint(self.cfg.train.base_model)}
 
     def deploy(self, which: str) -> dict[str, Any]:

@@ -57,10 +57,19 @@ def build_examples(
     qrels: Qrels,
     cfg: TrainConfig,
     max_positives: int | None = None,
+    stats: dict[str, int] | None = None,
 ) -> list[tuple[str, str, list[str], list[float]]]:
     """(qid, positive, [negatives], [teacher(pos), teacher(neg_1), ...]) per training example: one per judged
-    positive (at most ``max_positives`` per query), else one for the teacher's top document."""
+    positive (at most ``max_positives`` per query), else one for the teacher's top document.
+
+    A candidate the teacher scores at or above a judged positive is a suspect negative — likely relevant, only
+    unjudged. ``cfg.suspect_negatives`` keeps it (``keep``) or leaves it out of that positive's negatives
+    (``drop``, falling back to the suspects when nothing else is left); ``stats`` counts them (``suspect``,
+    ``dropped``)."""
     rng = random.Random(cfg.seed)
+    if stats is not None:
+        stats.setdefault("suspect", 0)
+        stats.setdefault("dropped", 0)
     out = []
     grouped = {q: g.sort_values("teacher", ascending=False) for q, g in scores[scores.qid.isin(qids)].groupby("qid")}
     for qid in qids:
@@ -79,9 +88,18 @@ def build_examples(
             continue
         spread = float(np.std([s for _, s in ranked])) if cfg.judged_above_teacher else 0.0
         for pos, pos_score in positives:
-            negs = rng.sample(pool, min(cfg.negatives, len(pool)))
+            candidates = pool
+            if pos in judged:
+                clean = [(d, sc) for d, sc in pool if sc < pos_score]
+                if stats is not None:
+                    stats["suspect"] += len(pool) - len(clean)
+                if cfg.suspect_negatives == "drop" and clean:
+                    if stats is not None:
+                        stats["dropped"] += len(pool) - len(clean)
+                    candidates = clean
+            negs = rng.sample(candidates, min(cfg.negatives, len(candidates)))
             while len(negs) < cfg.negatives:  # fixed width: pad by repeating (a short list, rare)
-                negs.append(rng.choice(pool))
+                negs.append(rng.choice(candidates))
             best_neg = max(s for _, s in negs)
             if cfg.judged_above_teacher and pos in judged and pos_score <= best_neg:
                 # the judgment wins where the teacher disagrees: the positive's label tops its list by one spread
@@ -239,7 +257,8 @@ def train_student(
     if judgments_only:
         qids = [q for q in qids if any(g > 0 for g in qrels.get(q, {}).values())]
     train_q, dev_q = split_dev(qids, cfg.dev_fraction)
-    examples = build_examples(scores, train_q, qrels, cfg, max_positives)
+    suspects: dict[str, int] = {}
+    examples = build_examples(scores, train_q, qrels, cfg, max_positives, suspects)
     if not examples:
         raise ValueError("no training examples: every query needs at least two scored candidates")
     needed = {d for _, p, negs, _ in examples for d in [p, *negs]} | set(scores[scores.qid.isin(dev_q)].docid)
@@ -286,6 +305,10 @@ def train_student(
         shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
         found.remove(partial)
     resume = bool(found)
+    if suspects.get("suspect") and not judgments_only:
+        log(f"train: {suspects['suspect']} candidates scored by the teacher at or above a judged positive (likely "
+            f"relevant, unjudged): {suspects['dropped']} left out of that positive's negatives "
+            f"(train.suspect_negatives = {cfg.suspect_negatives!r})")
     skipped = len(set(train_q) - {q for q, *_ in examples})
     if skipped:
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
@@ -311,5 +334,5 @@ def train_student(
         queries_without_examples=len(set(train_q) - used),
         resumed_from=found[-1].name if found else None, steps=trainer.state.global_step,
         dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
-        agreement_before=agree_before, agreement_after=agree_after,
+        agreement_before=agree_before, agreement_after=agree_after, suspect_negatives=suspects,
     )

@@ -95,6 +95,32 @@ def test_judged_positive_label_tops_its_list_when_the_teacher_disagrees():
     assert build_examples(scores, ["q0"], {"q0": {top: 1}}, TrainConfig(negatives=3))[0][3][0] == float(g.teacher.max())
 
 
+def test_suspect_negatives_are_counted_and_dropped_on_request():
+    """Candidates the teacher scores at or above a judged positive (likely relevant, unjudged) are counted; with
+    ``drop`` they never become that positive's negatives, and with nothing else left they are used after all."""
+    queries, docs, scores = synthetic()
+    g = scores[scores.qid == "q0"].sort_values("teacher")
+    mid = g.docid.iloc[3]  # judged; four candidates score above it (the teacher's top is never a negative), three below
+    above = set(g.docid.iloc[4:])
+    kept_stats, drop_stats = {}, {}
+    kept = build_examples(scores, ["q0"], {"q0": {mid: 1}}, TrainConfig(negatives=3, seed=1), stats=kept_stats)
+    dropped = build_examples(scores, ["q0"], {"q0": {mid: 1}}, TrainConfig(negatives=3, seed=1,
+                                                                           suspect_negatives="drop"), stats=drop_stats)
+    assert kept_stats == {"suspect": 3, "dropped": 0} and drop_stats == {"suspect": 3, "dropped": 3}
+    assert not set(dropped[0][2]) & above and len(dropped[0][2]) == 3
+    assert any(set(build_examples(scores, ["q0"], {"q0": {mid: 1}}, TrainConfig(negatives=3, seed=s))[0][2]) & above
+               for s in range(5)), "keep should sample suspects (else the drop above proves nothing)"
+    top_judged = g.docid.iloc[-1]
+    stats = {}
+    build_examples(scores, ["q0"], {"q0": {top_judged: 1}}, TrainConfig(suspect_negatives="drop"), stats=stats)
+    assert stats == {"suspect": 0, "dropped": 0}
+    low = g.docid.iloc[0]  # everything scores above it: nothing clean is left, so the suspects stay
+    stats = {}
+    ex = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3, suspect_negatives="drop"),
+                        stats=stats)
+    assert stats == {"suspect": 6, "dropped": 0} and len(ex[0][2]) == 3
+
+
 def test_mnrl_batches_never_hold_two_rows_of_one_query(tmp_path, tiny_models):
     """A query with several judged positives makes several MNRL rows; in one batch each would be the other's
     negative."""
