@@ -260,6 +260,12 @@ class DeployConfig(_Strict):
     replicas: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="number_of_replicas of the served dense index; auto = 1 on a cluster of several data "
         "nodes, 0 on a single node (where a replica could never be assigned)")
+    embed_in: Literal["client", "cluster"] = Field(
+        "client", description="who embeds the corpus: this process, or the cluster's ML nodes with the uploaded "
+        "student (esdistill export --upload --start), through an ingest pipeline and a sliced _reindex (needs ML)")
+    model_id: str | None = Field(None, description="embed_in = cluster: the uploaded model's id (default: the id "
+                                 "esdistill export gives the student)")
+    slices: int | Literal["auto"] = Field("auto", description="embed_in = cluster: parallel _reindex slices")
 
     def effective_max_length(self, train: TrainConfig) -> int:
         """The token limit documents are embedded with: ``max_length``, else the student's training one."""

@@ -429,12 +429,8 @@ def upload(client, export: ElandExport, start: bool = False, replace: bool = Fal
     return {"model_id": export.model_id, "started": start, "cluster_version": version, "ops_check": ops}
 
 
-def embed_pipeline_body(model_id: str) -> dict:
-    """``mappings/embed_pipeline.json`` with the model id filled in: the ingest pipeline for in-cluster embedding."""
-    from .indexing import load_mapping
+def embed_pipeline_body(model_id: str, text_fields: list[str] | None = None) -> dict:
+    """The ingest pipeline for in-cluster embedding with ``model_id`` (:func:`esdistill.cluster_embed.embed_pipeline`)."""
+    from .cluster_embed import embed_pipeline
 
-    body = load_mapping("embed_pipeline.json")
-    for proc in body["processors"]:
-        if "inference" in proc:
-            proc["inference"]["model_id"] = model_id
-    return body
+    return embed_pipeline(model_id, text_fields or ["title", "text"])

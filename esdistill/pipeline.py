@@ -558,6 +558,8 @@ class Project:
         versioned dense index — syncing an existing one with the source — and, with ``move_alias``, point its
         alias at it. Only ``deploy`` moves an alias: evaluation builds what it measures with ``move_alias=False``."""
         path_of, _, alias = self.dense_models()[which]
+        if self.cfg.deploy.embed_in == "cluster" and which == "student" and move_alias:
+            return self.deploy_in_cluster()
         path = path_of()
         t0 = time.perf_counter()
         label = "deploy" if which == "student" else f"deploy ({which})"
@@ -871,7 +873,7 @@ class Project:
         path = self.student_path()
         cache = self._cache("export", {"student": self._train_cache().key})
         with self.stage("export"):
-            name = f"esdistill-{self.cfg.data.name}-{self._train_cache().key[:8]}"
+            name = self.student_model_id()
             export = ex.trace_student(path, cache.dir, self.cfg.deploy.effective_max_length(self.cfg.train),
                                       name=name)
             sample = [d.full_text for d in list(self.docs(sorted(self.candidates_frame().docid.unique())[:16]).values())]
@@ -882,9 +884,51 @@ class Project:
             info = {"model_id": export.model_id, "folder": str(cache.dir), "min_cosine": cos}
             if upload:
                 info.update(ex.upload(self.client, export, start=start, replace=replace))
-                self.client.ingest.put_pipeline(id=f"{export.model_id}-embed", **ex.embed_pipeline_body(export.model_id))
+                self.client.ingest.put_pipeline(id=f"{export.model_id}-embed",
+                                                **ex.embed_pipeline_body(export.model_id, self.text_fields))
                 self.log(f"export: uploaded {export.model_id}" + (" and started it" if start else "")
                          + f"; ingest pipeline {export.model_id}-embed")
+            return info
+
+    def student_model_id(self) -> str:
+        """The id ``esdistill export`` uploads the student under (``deploy.model_id`` overrides it)."""
+        return self.cfg.deploy.model_id or f"esdistill-{self.cfg.data.name}-{self._train_cache().key[:8]}"
+
+    def deploy_in_cluster(self) -> dict[str, Any]:
+        """``deploy`` with ``deploy.embed_in = "cluster"``: the cluster's ML nodes embed the source index into the
+        versioned dense index through the uploaded student's ingest pipeline (:mod:`esdistill.cluster_embed`);
+        counts verified, then the alias moves. Refused clearly where the cluster has no ML (the test build)."""
+        from .cluster_embed import embed_in_cluster, require_deployed
+        from .deploy import dense_body, point_alias, prune, replica_count
+        from .indexing import create_index, drop_own_index
+
+        cfg, alias, key = self.cfg.deploy, self.cfg.dense_alias, self._deploy_key("student")
+        index, model_id = versioned_index(alias, key), self.student_model_id()
+        with self.stage("deploy (in the cluster)"):
+            require_deployed(self.client, model_id)  # before anything is created
+            source = self.cfg.bm25_index
+            self._ensure_index()
+            self.client.indices.refresh(index=source)
+            total = self.client.count(index=source).body["count"]
+            meta = index_meta(self.client, index)
+            if meta and meta.get("key") == key and self.client.count(index=index).body["count"] == total:
+                info = {"index": index, "docs": total, "embedded_now": 0}
+            else:
+                dims, _ = embedding_info(load_bi_encoder(self.student_path(), device="cpu"))
+                drop_own_index(self.client, index)
+                body = dense_body(dims, True, cfg)
+                body["settings"]["number_of_replicas"] = replica_count(self.client, cfg.replicas)
+                create_index(self.client, index, body, {"key": key, "dims": dims, "model": model_id,
+                                                        "dataset": self.cfg.data.name, "system": "student",
+                                                        "embedded_by": "cluster"})
+                done = embed_in_cluster(self.client, model_id, source, index, self.text_fields, total, cfg.slices,
+                                        self.progress)
+                info = {"index": index, "docs": done["docs"], "embedded_now": done["created"] + done["updated"],
+                        "task": done["task"]}
+            info.update(alias=alias, alias_left=point_alias(self.client, alias, index),
+                        pruned=prune(self.client, alias, cfg.keep_versions), embedded_by=model_id)
+            self.log(f"deploy: alias {alias} → {index} ({info['docs']} documents, embedded in the cluster by "
+                     f"{model_id})")
             return info
 
     def export_encoder(self, out: Path | None = None) -> dict[str, Any]:

@@ -166,8 +166,9 @@ class StageKeys:
     def deploy(self, which: str) -> dict[str, Any]:
         d = self.cfg.deploy
         return {which: self.p.dense_models()[which][1](), "corpus": self.p.corpus_identity(),
+                # who embeds (this process or the cluster's ML nodes) is not what: the same model's vectors
                 "deploy": d.model_dump(exclude={"keep_versions", "batch_size", "encode_batch_size", "replicas",
-                                                "max_length"}),
+                                                "max_length", "embed_in", "model_id", "slices"}),
                 "max_length": d.effective_max_length(self.cfg.train), "fields": self.p.text_fields}
 
     def embed(self, which: str) -> dict[str, Any]:
