@@ -286,6 +286,18 @@ class EvaluateConfig(_Strict):
     )
 
 
+class EngineConfig(_Strict):
+    """Where teacher scoring and corpus embedding run: this process, or Ray (esdistill/engine.py)."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: this process; ray: a pool of Ray actors "
+                                          "(pip install 'esdistill[ray]')")
+    workers: int = Field(2, ge=1, description="ray: actors in the pool")
+    cpus_per_worker: float = Field(1.0, gt=0, description="ray: CPUs per actor (its torch threads)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per actor (1 = one GPU each)")
+    address: str | None = Field(None, description="ray: an existing cluster (auto, ray://head:10001); "
+                                "unset = start Ray locally")
+
+
 class MonitorConfig(_Strict):
     """``esdistill monitor``: how well the deployed student still agrees with the pipeline, on recent queries."""
 
@@ -320,6 +332,7 @@ class RunConfig(_Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def bm25_index(self) -> str:

@@ -13,7 +13,9 @@ On a GPU both run under bf16 autocast (:func:`inference_context`), in batches a 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,29 +90,64 @@ class PrecomputedEmbedder:
         return out, truncated
 
 
-def embed_corpus(model, docs: Iterable[Doc], total: int, cache: StageCache, batch_size: int,
-                 progress=None) -> dict[str, Any]:
-    """The ``embed`` stage: every document's vector (float16), id, text hash and whether it was truncated."""
+def embed_corpus(model_name: str, max_length: int, docs: Iterable[Doc], total: int, cache: StageCache,
+                 batch_size: int, progress=None, engine=None, chunk_docs: int = 2048) -> dict[str, Any]:
+    """The ``embed`` stage: every document's vector (float16), id, text hash and whether it was truncated.
+
+    Chunks of ``chunk_docs`` documents (in the corpus's order) are the unit of work and of resumption
+    (``parts/<n>.npz``, kept with their ids and hashes: a part whose documents changed is redone), run by
+    ``engine`` (:mod:`esdistill.engine`: this process by default, or Ray workers)."""
     if cache.done:
         return {**cache.info(), "cached": True}
-    embedder = ModelEmbedder(model, batch_size)
+    from .engine import LocalEngine
+
+    engine = engine or LocalEngine()
+    parts = cache.path("parts")
+    parts.mkdir(exist_ok=True)
     task = progress.add_task("embed corpus", total=total) if progress else None
-    ids, hashes, truncated, parts = [], [], [], []
-    for batch in _batches(((d, doc_hash(d)) for d in docs), max(batch_size * 8, 256)):
-        vecs, cut = embedder.embed(batch)
-        truncated += [d.id for (d, _), c in zip(batch, cut, strict=True) if c]
-        ids += [d.id for d, _ in batch]
-        hashes += [h for _, h in batch]
-        parts.append(vecs.astype(np.float16))
+    chunks: list[tuple[Path, list[str], list[str]]] = []
+
+    def jobs():
+        for n, batch in enumerate(_batches(((d, doc_hash(d)) for d in docs), chunk_docs)):
+            part = parts / f"{n:05d}.npz"
+            ids, hashes = [d.id for d, _ in batch], [h for _, h in batch]
+            chunks.append((part, ids, hashes))
+            if part.exists():
+                with np.load(part) as old:
+                    if list(old["ids"]) == ids and list(old["hashes"]) == hashes:
+                        if progress:
+                            progress.advance(task, len(batch))
+                        continue
+            yield (part, ids, hashes), ("embed", model_name, max_length, batch_size, [d.full_text for d, _ in batch])
+
+    for (part, ids, hashes), (vecs, lengths, normalized) in engine.map(jobs()):
+        tmp = part.with_suffix(".tmp.npz")
+        np.savez(tmp, vectors=vecs.astype(np.float16), ids=np.asarray(ids), hashes=np.asarray(hashes),
+                 truncated=np.asarray([n > max_length for n in lengths]), normalized=np.asarray(normalized))
+        tmp.replace(part)
         if progress:
-            progress.advance(task, len(batch))
-    matrix = np.concatenate(parts) if parts else np.zeros((0, embedder.dims), dtype=np.float16)
+            progress.advance(task, len(ids))
+    vectors, truncated, ids, hashes, normalized = [], [], [], [], True
+    for part, c_ids, c_hashes in chunks:
+        with np.load(part) as p:
+            vectors.append(p["vectors"])
+            truncated += [i for i, t in zip(c_ids, p["truncated"], strict=True) if t]
+            normalized = bool(p["normalized"])
+        ids += c_ids
+        hashes += c_hashes
+    if len(ids) != total:
+        raise ModelError(f"embedded {len(ids)} documents, the corpus holds {total}")
+    if not vectors:
+        raise ModelError("the corpus is empty: nothing to embed")
+    matrix = np.concatenate(vectors)
+    dims = int(matrix.shape[1])
     np.save(cache.path("vectors.npy"), matrix)
     cache.path("ids.txt").write_text("\n".join(ids))
     cache.path("hashes.txt").write_text("\n".join(hashes))
     cache.path("truncated.txt").write_text("\n".join(truncated))
-    return cache.finish(docs=len(ids), dims=embedder.dims, normalized=embedder.normalized,
-                        max_tokens=embedder.max_tokens, truncated_docs=len(truncated), dtype="float16")
+    shutil.rmtree(parts, ignore_errors=True)
+    return cache.finish(docs=len(ids), dims=dims, normalized=normalized, max_tokens=max_length,
+                        truncated_docs=len(truncated), dtype="float16", engine=engine.name)
 
 
 def embed_queries(model, queries: dict[str, str], cache: StageCache) -> dict[str, Any]:

@@ -10,6 +10,7 @@ a stage's key includes its upstream stage's key, so changing an early parameter 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -218,6 +219,17 @@ class Project:
     def _candidates_cache(self) -> StageCache:
         return self._cache("candidates", self.keys.candidates())
 
+    @contextlib.contextmanager
+    def engine(self):
+        """The engine of the model-heavy stages (``[engine]``: this process, or Ray workers), closed after."""
+        from .engine import make_engine
+
+        eng = make_engine(self.cfg.engine)
+        try:
+            yield eng
+        finally:
+            eng.close()
+
     def request_search(self):
         """The user's search request as the teacher (:mod:`esdistill.request_teacher`), or None."""
         from .request_teacher import RequestSearch, load_request
@@ -374,9 +386,14 @@ class Project:
                     infos.append({**cache.info(), "cached": False})
                     continue
                 scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
-                infos.append(score_candidates(pairs, self.train_queries, self.docs, scorers, cache,
-                                              self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
-                                              self.cfg.teacher.chunk_queries, progress=self.progress))
+                if cache.done:
+                    infos.append({**cache.info(), "cached": True})
+                    continue
+                with self.engine() as engine:
+                    infos.append(score_candidates(pairs, self.train_queries, self.docs, scorers, cache,
+                                                  self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
+                                                  self.cfg.teacher.chunk_queries, progress=self.progress,
+                                                  engine=engine))
             info = {"pairs": sum(i["pairs"] for i in infos), "queries": sum(i["queries"] for i in infos),
                     "scored_now": sum(i.get("scored_now", 0) for i in infos if not i.get("cached")),
                     "cached": all(i.get("cached") for i in infos),
@@ -624,11 +641,10 @@ class Project:
             return {**cache.info(), "cached": True}
         from .embed import embed_corpus
 
-        model = load_bi_encoder(self.dense_models()[which][0](),
-                                max_length=self.cfg.deploy.effective_max_length(self.cfg.train))
-        with self.stage(f"embed ({which})"):
-            info = embed_corpus(model, self.dataset.corpus.values(), len(self.dataset.corpus), cache,
-                                self.cfg.deploy.encode_batch_size, self.progress)
+        with self.stage(f"embed ({which})"), self.engine() as engine:
+            info = embed_corpus(self.dense_models()[which][0](), self.cfg.deploy.effective_max_length(self.cfg.train),
+                                self.dataset.corpus.values(), len(self.dataset.corpus), cache,
+                                self.cfg.deploy.encode_batch_size, self.progress, engine=engine)
             self.log(f"embed ({which}): {info['docs']} documents, {info['dims']} dims, {info['truncated_docs']} "
                      "truncated")
             return info

@@ -197,14 +197,16 @@ def score_candidates(
     batch_size: int,
     chunk_queries: int = 32,
     progress=None,
+    engine=None,
 ) -> dict[str, Any]:
-    """Score every candidate pair with its query's scorer; raw logits in ``scores.parquet``."""
+    """Score every candidate pair with its query's scorer; raw logits in ``scores.parquet``. Chunks of
+    ``chunk_queries`` queries are the unit of work and of resumption (``parts/``), run by ``engine``
+    (:mod:`esdistill.engine`: this process by default, or Ray workers)."""
     if cache.done:
         return {**cache.info(), "cached": True}
-    import torch
+    from .engine import LocalEngine
 
-    from .embed import inference_context
-
+    engine = engine or LocalEngine()
     parts = cache.path("parts")
     parts.mkdir(exist_ok=True)
     qids = sorted(candidates.qid.unique())
@@ -212,36 +214,36 @@ def score_candidates(
     for q in qids:
         by_model.setdefault(scorers[q], []).append(q)
     task = progress.add_task("teacher scoring", total=len(candidates)) if progress else None
+
+    def jobs():
+        for m_idx, (model_name, m_qids) in enumerate(sorted(by_model.items())):
+            for c_idx in range(0, len(m_qids), chunk_queries):
+                part = parts / f"m{m_idx:02d}-c{chunk_queries}-{c_idx // chunk_queries:05d}.parquet"
+                chunk = candidates[candidates.qid.isin(m_qids[c_idx : c_idx + chunk_queries])]
+                if part.exists():
+                    if progress:
+                        progress.advance(task, len(chunk))
+                    continue
+                texts = docs(chunk.docid.unique().tolist())
+                pairs = [(queries[q], texts[d].full_text) for q, d in zip(chunk.qid, chunk.docid, strict=True)]
+                yield (part, chunk, model_name), ("score", model_name, max_length, batch_size, pairs)
+
     scored_now = 0
-    for m_idx, (model_name, m_qids) in enumerate(sorted(by_model.items())):
-        model = None
-        for c_idx in range(0, len(m_qids), chunk_queries):
-            part = parts / f"m{m_idx:02d}-c{chunk_queries}-{c_idx // chunk_queries:05d}.parquet"
-            chunk = candidates[candidates.qid.isin(m_qids[c_idx : c_idx + chunk_queries])]
-            if part.exists():
-                if progress:
-                    progress.advance(task, len(chunk))
-                continue
-            if model is None:
-                model = load_cross_encoder(model_name, max_length=max_length)
-            texts = docs(chunk.docid.unique().tolist())
-            pairs = [(queries[q], texts[d].full_text) for q, d in zip(chunk.qid, chunk.docid, strict=True)]
-            with inference_context():  # bf16 autocast on a GPU
-                logits = model.predict(pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(),
-                                       show_progress_bar=False, convert_to_numpy=True)
-            out = chunk.assign(teacher=logits.reshape(-1).astype("float32"), scorer=model_name)
-            out.to_parquet(part.with_suffix(".tmp"), index=False)
-            part.with_suffix(".tmp").replace(part)
-            scored_now += len(chunk)
-            if progress:
-                progress.advance(task, len(chunk))
+    for (part, chunk, model_name), logits in engine.map(jobs()):
+        out = chunk.assign(teacher=logits.reshape(-1).astype("float32"), scorer=model_name)
+        out.to_parquet(part.with_suffix(".tmp"), index=False)
+        part.with_suffix(".tmp").replace(part)
+        scored_now += len(chunk)
+        if progress:
+            progress.advance(task, len(chunk))
     found = sorted(parts.glob(f"*-c{chunk_queries}-*.parquet"))
     frame = (pd.concat([pd.read_parquet(p) for p in found], ignore_index=True) if found
              else candidates.assign(teacher=pd.Series(dtype="float32"), scorer=pd.Series(dtype="object")))
     if len(frame) != len(candidates):
         raise RuntimeError(f"teacher scored {len(frame)} pairs, expected {len(candidates)}")
     frame.to_parquet(cache.path("scores.parquet"), index=False, compression="zstd")
-    return cache.finish(pairs=len(frame), queries=len(qids), scored_now=scored_now, output="scores.parquet")
+    return cache.finish(pairs=len(frame), queries=len(qids), scored_now=scored_now, output="scores.parquet",
+                        engine=engine.name)
 
 
 def _judged_candidates(scores: pd.DataFrame, qrels: Qrels) -> tuple[Qrels, pd.DataFrame]:

@@ -62,6 +62,9 @@ if [ ! -f "$node_stamp" ] || [ examples/node/package-lock.json -nt "$node_stamp"
 fi
 java_stamp=examples/java/target/.esdistill-built
 if [ ! -f "$java_stamp" ] || [ -n "$(find examples/java/pom.xml examples/java/src -newer "$java_stamp" -type f)" ]; then
-  (cd examples/java && mvn -q -B -Dstyle.color=never package dependency:copy-dependencies && touch target/.esdistill-built)
+  log=$(mktemp)  # Maven prints colour codes even when quiet: its output only when the build fails
+  (cd examples/java && mvn -q -B package dependency:copy-dependencies >"$log" 2>&1 && touch target/.esdistill-built) \
+    || { cat "$log" >&2; rm -f "$log"; exit 1; }
+  rm -f "$log"
 fi
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/esdistill --help >/dev/null && echo esdistill ready))" >&2

@@ -1,0 +1,152 @@
+"""Where the expensive model work runs: in this process (``local``, the default) or on Ray (``ray``).
+
+Teacher scoring (queries × candidates cross-encoder passes) and corpus embedding (every document through the
+student) are cut into chunks; each chunk is one job and one part file of its stage's cache, so a killed run
+redoes only the chunks that have no part yet — on either engine, with the same cache keys and the same outputs.
+
+Why Ray, and Ray Core's :class:`ray.util.ActorPool` rather than Ray Data: the unit of work here is the cache's
+chunk (resumability is per part file), and an actor keeps its models loaded across chunks; Ray Data's
+``map_batches`` would stream rows and own the batching, leaving no place to write a part per finished chunk.
+Locally (a laptop, CI) Ray starts in-process with ``engine.workers`` actors; ``engine.address`` joins an existing
+Ray cluster (``auto``, ``ray://head:10001``) whose workers may be CPU or GPU machines (``engine.gpus_per_worker``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .errors import InputError
+
+#: A job: (kind, model name, max length, batch size, payload). kind "score": payload = [(query, document)];
+#: kind "embed": payload = [text]. Results: float32 logits / (vectors float32, token lengths).
+Job = tuple[str, str, int | None, int, list]
+
+
+def run_job(models: dict, job: Job):
+    """One chunk's model work, with ``models`` as the caller's cache of loaded models (by kind and name)."""
+    import numpy as np
+    import torch
+
+    from .embed import inference_context
+    from .models import load_bi_encoder, load_cross_encoder
+
+    kind, name, max_length, batch_size, payload = job
+    key = (kind, name, max_length)
+    if key not in models:
+        models[key] = (load_cross_encoder(name, max_length=max_length) if kind == "score"
+                       else load_bi_encoder(name, max_length=max_length))
+    model = models[key]
+    with inference_context():
+        if kind == "score":
+            logits = model.predict(payload, batch_size=batch_size, activation_fn=torch.nn.Identity(),
+                                   show_progress_bar=False, convert_to_numpy=True)
+            return np.asarray(logits, dtype=np.float32).reshape(-1)
+        from .models import embedding_info
+
+        _, normalized = embedding_info(model)
+        lengths = model.tokenizer(payload, add_special_tokens=True, truncation=False, return_length=True,
+                                  verbose=False)["length"]
+        vecs = model.encode(payload, batch_size=batch_size, normalize_embeddings=normalized, show_progress_bar=False,
+                            convert_to_numpy=True)
+        return np.asarray(vecs, dtype=np.float32), list(lengths), bool(normalized)
+
+
+class LocalEngine:
+    """Jobs one after another in this process (models loaded once, kept for the run)."""
+
+    name = "local"
+
+    def __init__(self):
+        self.models: dict = {}
+
+    def map(self, jobs: Iterable[tuple[Any, Job]]) -> Iterator[tuple[Any, Any]]:
+        for tag, job in jobs:
+            if (job[0], job[1], job[2]) not in self.models:
+                self.models.clear()  # one model in memory at a time (the jobs come grouped by model)
+            yield tag, run_job(self.models, job)
+
+    def close(self) -> None:
+        self.models.clear()
+
+
+class RayEngine:
+    """Jobs spread over a pool of Ray actors, results in completion order (each is written as it arrives)."""
+
+    name = "ray"
+
+    def __init__(self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0.0,
+                 cpus_per_worker: float = 1.0, quiet: bool = True):
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError:
+            raise InputError("engine.kind = 'ray' needs Ray", hint="pip install 'esdistill[ray]'") from None
+        import os
+
+        self._started = not ray.is_initialized()
+        if self._started:
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": not quiet,
+                                      "configure_logging": not quiet, "ignore_reinit_error": True}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = max(int(workers * cpus_per_worker), workers)
+            # the workers import esdistill from where this process does (a checkout is not on their path)
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": here, "HF_HUB_OFFLINE":
+                                                  os.environ.get("HF_HUB_OFFLINE", "0"),
+                                                  "TOKENIZERS_PARALLELISM": "false"}}
+            ray.init(**kwargs)
+
+        @ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        class Worker:
+            def __init__(self, threads: int):
+                import torch
+
+                torch.set_num_threads(max(1, threads))
+                self.models: dict = {}
+
+            def run(self, tag, job):
+                from esdistill.engine import run_job
+
+                return tag, run_job(self.models, job)
+
+        self._ray = ray
+        self.actors = [Worker.remote(int(cpus_per_worker)) for _ in range(workers)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, jobs: Iterable[tuple[Any, Job]]) -> Iterator[tuple[Any, Any]]:
+        """Results as they finish; at most two jobs per actor in flight (jobs are built lazily: a million queries'
+        chunks are never all in memory)."""
+        in_flight, window = 0, 2 * len(self.actors)
+        for item in jobs:
+            self.pool.submit(lambda actor, it: actor.run.remote(*it), item)
+            in_flight += 1
+            if in_flight >= window:
+                yield self.pool.get_next_unordered()
+                in_flight -= 1
+        while in_flight:
+            yield self.pool.get_next_unordered()
+            in_flight -= 1
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_engine(cfg) -> LocalEngine | RayEngine:
+    """The engine ``[engine]`` asks for (:class:`esdistill.config.EngineConfig`)."""
+    if cfg.kind == "ray":
+        return RayEngine(cfg.workers, cfg.address, cfg.gpus_per_worker, cfg.cpus_per_worker)
+    return LocalEngine()
+
+
+def chunked(items: list, size: int) -> Iterator[tuple[int, list]]:
+    for start in range(0, len(items), size):
+        yield start // size, items[start:start + size]
+
+
+Progress = Callable[[int], None]

@@ -1,0 +1,80 @@
+"""Teacher scoring and corpus embedding on Ray (``[engine] kind = "ray"``, 2 local workers): the same outputs as
+the single-process path, the same part files, and the same resumption (a finished chunk is never redone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from esdistill.cache import StageCache
+from esdistill.data import Doc
+from esdistill.embed import embed_corpus
+from esdistill.engine import LocalEngine, RayEngine
+from esdistill.teacher import score_candidates
+
+TOPICS = ["malaria vaccine trial", "statin therapy cholesterol", "tumour suppressor p53", "gut bacteria diet",
+          "stem cell regeneration", "air pollution asthma", "sleep and memory", "insulin resistance"]
+
+
+@pytest.fixture(scope="module")
+def ray_engine():
+    engine = RayEngine(workers=2)
+    yield engine
+    engine.close()
+
+
+def _pairs():
+    docs, rows, queries = {}, [], {}
+    for qi, topic in enumerate(TOPICS):
+        queries[f"q{qi}"] = topic
+        for di in range(6):
+            did = f"q{qi}d{di}"
+            docs[did] = Doc(did, f"title {di}", f"study {di} on {topic} with cohort {di * 7}")
+            rows.append((f"q{qi}", did, di + 1, float(10 - di)))
+    return queries, docs, pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25"])
+
+
+def _score(tmp_path, name, engine, tiny_models):
+    queries, docs, cands = _pairs()
+    cache = StageCache(tmp_path / name, "teacher", {"k": name})
+    scorers = {q: tiny_models["ce"] for q in queries}
+    info = score_candidates(cands, queries, lambda ids: {d: docs[d] for d in ids}, scorers, cache, 48, 8,
+                            chunk_queries=3, engine=engine)
+    return info, cache
+
+
+def test_ray_scores_equal_local_and_resume_by_chunk(tmp_path, tiny_models, ray_engine):
+    local, lc = _score(tmp_path, "local", LocalEngine(), tiny_models)
+    remote, rc = _score(tmp_path, "ray", ray_engine, tiny_models)
+    assert remote["engine"] == "ray" and local["engine"] == "local"
+    a = pd.read_parquet(lc.path("scores.parquet")).sort_values(["qid", "docid"]).reset_index(drop=True)
+    b = pd.read_parquet(rc.path("scores.parquet")).sort_values(["qid", "docid"]).reset_index(drop=True)
+    assert len(a) == len(b) == 48 and (a.docid == b.docid).all()
+    np.testing.assert_allclose(a.teacher, b.teacher, rtol=1e-4, atol=1e-5)
+    assert sorted(p.name for p in lc.path("parts").iterdir()) == sorted(p.name for p in rc.path("parts").iterdir())
+    # killed after some chunks: the finished ones are kept, only the missing one is scored again
+    parts = sorted(rc.path("parts").iterdir())
+    kept = {p.name: p.stat().st_mtime_ns for p in parts[1:]}
+    parts[0].unlink()
+    rc.path("done.json").unlink()
+    again, _ = _score(tmp_path, "ray", ray_engine, tiny_models)
+    assert again["scored_now"] == 18  # one chunk: 3 queries × 6 candidates
+    assert {p.name: p.stat().st_mtime_ns for p in sorted(rc.path("parts").iterdir())[1:]} == kept
+
+
+def _embed(tmp_path, name, engine, tiny_models, docs):
+    cache = StageCache(tmp_path / name, "embed", {"k": name})
+    return embed_corpus(tiny_models["bi"], 48, docs, len(docs), cache, 8, engine=engine, chunk_docs=10), cache
+
+
+def test_ray_embedding_equals_local_in_corpus_order(tmp_path, tiny_models, ray_engine):
+    _, docs, _ = _pairs()
+    corpus = list(docs.values())
+    local, lc = _embed(tmp_path, "local", LocalEngine(), tiny_models, corpus)
+    remote, rc = _embed(tmp_path, "ray", ray_engine, tiny_models, corpus)
+    assert local["docs"] == remote["docs"] == 48 and local["dims"] == remote["dims"] == 32
+    assert lc.path("ids.txt").read_text() == rc.path("ids.txt").read_text() == "\n".join(d.id for d in corpus)
+    np.testing.assert_allclose(np.load(lc.path("vectors.npy")).astype(np.float32),
+                               np.load(rc.path("vectors.npy")).astype(np.float32), atol=2e-3)
+    assert not rc.path("parts").exists(), "the parts are folded into vectors.npy when the stage finishes"
