@@ -409,6 +409,12 @@ def build_config(values: dict[str, Any], profile: str | None = None, where: str 
         raise ConfigError(humanize_validation_error(e, where)) from None
 
 
+#: (table, key) of the settings that name files: relative to the config file's folder.
+PATH_SETTINGS = [("data", k) for k in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels",
+                                       "query_log")] + [("monitor", "queries"), ("teacher", "request"),
+                                                        ("cluster", "ca_certs"), (None, "workdir")]
+
+
 def load_config(path: Path | str, profile: str | None = None, **overrides: Any) -> RunConfig:
     """Read a TOML config file. Relative paths inside it are taken relative to the file's folder."""
     path = Path(path)
@@ -421,22 +427,10 @@ def load_config(path: Path | str, profile: str | None = None, **overrides: Any) 
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     values = _deep_merge(values, overrides)
-    base = path.parent
-    data = values.get("data", {})
-    for key in ("beir", "train_queries", "train_qrels", "test_queries", "test_qrels", "query_log"):
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str((base / data[key]).resolve())
-    monitor = values.get("monitor", {})
-    if isinstance(monitor, dict) and isinstance(monitor.get("queries"), str) and not Path(monitor["queries"]).is_absolute():
-        monitor["queries"] = str((base / monitor["queries"]).resolve())
-    teacher = values.get("teacher", {})
-    if isinstance(teacher, dict) and isinstance(teacher.get("request"), str) and not Path(teacher["request"]).is_absolute():
-        teacher["request"] = str((base / teacher["request"]).resolve())
-    cluster = values.get("cluster", {})
-    if isinstance(cluster, dict) and isinstance(cluster.get("ca_certs"), str) and not Path(cluster["ca_certs"]).is_absolute():
-        cluster["ca_certs"] = str((base / cluster["ca_certs"]).resolve())
-    if isinstance(values.get("workdir"), str) and not Path(values["workdir"]).is_absolute():
-        values["workdir"] = str((base / values["workdir"]).resolve())
+    for table, key in PATH_SETTINGS:
+        where = values if table is None else values.get(table)
+        if isinstance(where, dict) and isinstance(where.get(key), str) and not Path(where[key]).is_absolute():
+            where[key] = str((path.parent / where[key]).resolve())
     return build_config(values, profile=profile, where=str(path))
 
 
