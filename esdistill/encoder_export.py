@@ -162,7 +162,10 @@ def export_query_encoder(model, out: Path, manifest: dict[str, Any], max_length:
         level = root.level
         root.setLevel(max(level, logging.ERROR))
         try:
-            quantize_dynamic(str(out / "model.onnx"), str(out / "model_int8.onnx"), weight_type=QuantType.QInt8)
+            # per-channel weights keep the vectors close (min cosine 0.989 vs 0.936 per-tensor on the SciFact
+            # student, 200 queries); reduce_range avoids int8 saturation on CPUs without VNNI
+            quantize_dynamic(str(out / "model.onnx"), str(out / "model_int8.onnx"), weight_type=QuantType.QInt8,
+                             per_channel=True, reduce_range=True)
         finally:
             root.setLevel(level)
     except Exception as exc:  # noqa: BLE001 - the exporter's own message, with what was being exported
