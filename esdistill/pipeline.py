@@ -377,13 +377,14 @@ class Project:
                     continue
                 pairs = self.teacher_pairs(judged)
                 if self.cfg.teacher.kind == "request":  # the labels are the request's own scores
-                    if not cache.done:
+                    was_done = cache.done
+                    if not was_done:
                         from .request_teacher import labels
 
                         labels(pairs, self.keys.scorer()).to_parquet(cache.path("scores.parquet"), index=False)
                         cache.finish(pairs=len(pairs), queries=int(pairs.qid.nunique()), scored_now=len(pairs),
                                      output="scores.parquet")
-                    infos.append({**cache.info(), "cached": False})
+                    infos.append({**cache.info(), "cached": was_done})
                     continue
                 scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
                 if cache.done:
@@ -988,6 +989,11 @@ class Project:
                      f"{info['min_cosine_vs_sentence_transformers']['model_int8.onnx']:.4f})")
             return info
 
+    def teacher_id(self) -> str:
+        """The teacher as the results index names it: the user's model, the search request, or the fit."""
+        t = self.cfg.teacher
+        return t.model or (self.keys.scorer() if t.kind == "request" else f"fit:{self._fit_cache().key}")
+
     def write_results(self, summary, results, queries, evaluate_key: str) -> int:
         """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
         now = datetime.now(timezone.utc)
@@ -995,8 +1001,7 @@ class Project:
         meta = {"run_id": f"{now:%Y%m%dT%H%M%S}-{evaluate_key[:8]}", "evaluate_key": evaluate_key,
                 "dataset": self.cfg.data.name, "profile": self.cfg.profile,
                 "model_id": self.student_path() if {"student", "hybrid"} & set(results) else None,
-                "teacher_id": self.cfg.teacher.model or (self.keys.scorer() if self.cfg.teacher.kind == "request"
-                                                         else f"fit:{self._fit_cache().key}"), "timestamp": now}
+                "teacher_id": self.teacher_id(), "timestamp": now}
         return results_mod.write_results(self.client, results_mod.result_docs(summary, results, queries, meta))
 
     def monitor(self, source: str | None = None, index: str | None = None) -> dict[str, Any]:
@@ -1014,8 +1019,7 @@ class Project:
             md, js = mon.write_report(report, self.workdir / "monitor", stamp)
             meta = {"run_id": f"{stamp}-monitor", "evaluate_key": f"monitor-{stamp}-{self._deploy_key()[:8]}",
                     "dataset": self.cfg.data.name, "profile": self.cfg.profile, "model_id": self.student_path(),
-                    "teacher_id": self.cfg.teacher.model or (self.keys.scorer() if self.cfg.teacher.kind == "request"
-                                                             else f"fit:{self._fit_cache().key}")}
+                    "teacher_id": self.teacher_id()}
             written = results_mod.write_results(self.client, mon.result_docs(report, meta))
             threshold = self.cfg.monitor.min_ndcg
             report.update(markdown=str(md), json=str(js), results_written=written,
