@@ -118,12 +118,12 @@ def embed_corpus(model_name: str, max_length: int, docs: Iterable[Doc], total: i
                         if progress:
                             progress.advance(task, len(batch))
                         continue
-            yield (part, ids, hashes), ("embed", model_name, max_length, batch_size, [d.full_text for d, _ in batch])
+            yield (part, ids, hashes), ("embed", model_name, max_length, batch_size, batch)
 
-    for (part, ids, hashes), (vecs, lengths, normalized) in engine.map(jobs()):
+    for (part, ids, hashes), (vecs, cut, normalized) in engine.map(jobs()):
         tmp = part.with_suffix(".tmp.npz")
         np.savez(tmp, vectors=vecs.astype(np.float16), ids=np.asarray(ids), hashes=np.asarray(hashes),
-                 truncated=np.asarray([n > max_length for n in lengths]), normalized=np.asarray(normalized))
+                 truncated=np.asarray(cut, dtype=bool), normalized=np.asarray(normalized))
         tmp.replace(part)
         if progress:
             progress.advance(task, len(ids))

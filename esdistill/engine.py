@@ -13,13 +13,14 @@ Ray cluster (``auto``, ``ray://head:10001``) whose workers may be CPU or GPU mac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import InputError
 
 #: A job: (kind, model name, max length, batch size, payload). kind "score": payload = [(query, document)];
-#: kind "embed": payload = [text]. Results: float32 logits / (vectors float32, token lengths).
+#: kind "embed": payload = [(Doc, text hash)]. Results: float32 logits / (vectors float32, truncated flags,
+#: whether the vectors are normalised).
 Job = tuple[str, str, int | None, int, list]
 
 
@@ -37,19 +38,16 @@ def run_job(models: dict, job: Job):
         models[key] = (load_cross_encoder(name, max_length=max_length) if kind == "score"
                        else load_bi_encoder(name, max_length=max_length))
     model = models[key]
-    with inference_context():
-        if kind == "score":
-            logits = model.predict(payload, batch_size=batch_size, activation_fn=torch.nn.Identity(),
-                                   show_progress_bar=False, convert_to_numpy=True)
-            return np.asarray(logits, dtype=np.float32).reshape(-1)
-        from .models import embedding_info
+    if kind == "embed":  # as the deploy embeds: the same class, vectors and truncation flags
+        from .embed import ModelEmbedder
 
-        _, normalized = embedding_info(model)
-        lengths = model.tokenizer(payload, add_special_tokens=True, truncation=False, return_length=True,
-                                  verbose=False)["length"]
-        vecs = model.encode(payload, batch_size=batch_size, normalize_embeddings=normalized, show_progress_bar=False,
-                            convert_to_numpy=True)
-        return np.asarray(vecs, dtype=np.float32), list(lengths), bool(normalized)
+        embedder = ModelEmbedder(model, batch_size)
+        vecs, truncated = embedder.embed(payload)
+        return vecs, truncated, bool(embedder.normalized)
+    with inference_context():
+        logits = model.predict(payload, batch_size=batch_size, activation_fn=torch.nn.Identity(),
+                               show_progress_bar=False, convert_to_numpy=True)
+    return np.asarray(logits, dtype=np.float32).reshape(-1)
 
 
 class LocalEngine:
@@ -143,10 +141,3 @@ def make_engine(cfg) -> LocalEngine | RayEngine:
         return RayEngine(cfg.workers, cfg.address, cfg.gpus_per_worker, cfg.cpus_per_worker)
     return LocalEngine()
 
-
-def chunked(items: list, size: int) -> Iterator[tuple[int, list]]:
-    for start in range(0, len(items), size):
-        yield start // size, items[start:start + size]
-
-
-Progress = Callable[[int], None]

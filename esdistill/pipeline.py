@@ -931,7 +931,11 @@ class Project:
             if meta and meta.get("key") == key and self.client.count(index=index).body["count"] == total:
                 info = {"index": index, "docs": total, "embedded_now": 0}
             else:
-                dims, _ = embedding_info(load_bi_encoder(self.student_path(), device="cpu"))
+                from .models import read_meta
+
+                # the trained student's record says its dims; a model from elsewhere is loaded to ask
+                dims = read_meta(Path(self.student_path())).get("dims") or embedding_info(
+                    load_bi_encoder(self.student_path(), device="cpu"))[0]
                 drop_own_index(self.client, index)
                 body = dense_body(dims, True, cfg)
                 body["settings"]["number_of_replicas"] = replica_count(self.client, cfg.replicas)
