@@ -38,9 +38,13 @@ def stage_times(project) -> dict[str, float | None]:
     def recorded(cache):
         return cache.info().get("seconds") if cache.done else None
 
+    fits = project.fits_needed()
     out = {"index": project.stage_seconds.get("index"), "candidates": recorded(project._candidates_cache()),
-           "teacher fit": recorded(project._fit_cache()) if not project.cfg.teacher.model else None,
-           "teacher": recorded(project._teacher_cache()),
+           "inverse-cloze pairs": recorded(project._ict_pairs_cache()) if "ict" in fits else None,
+           "teacher fit (corpus)": recorded(project._ict_cache()) if "ict" in fits else None,
+           "teacher fit": recorded(project._fit_cache()) if "judged" in fits else None,
+           "teacher": (sum(recorded(c) or 0.0 for c in project.member_caches())
+                       if project.cfg.teacher.kind == "ensemble" else recorded(project._teacher_cache())),
            "teacher (unjudged)": recorded(unjudged) if (unjudged := project._teacher_cache(judged=False)) else None,
            "train": recorded(project._train_cache()),
            "train (judgments only)": recorded(project._control_cache())}

@@ -192,6 +192,9 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
                   for q, docs in qr.items() for d, g in docs.items()],
                  columns=["split", "qid", "docid", "grade"]).to_parquet(out / "data" / "qrels.parquet", index=False)
     stages = {"candidates": project._candidates_cache()}
+    if "ict" in project.fits_needed():
+        project.ict_pairs()  # the corpus teacher's BM25 negatives: BM25 runs here
+        stages["ict-pairs"] = project._ict_pairs_cache()
     if test_cands is not None:
         stages["test-candidates"] = project._test_candidates_cache()
     for name, cache in stages.items():
@@ -232,9 +235,13 @@ def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
         if cache is not None and cache.done:
             folders.append((f"{cache.stage}/{cache.key}", cache.dir, keep_weights))
 
-    add(project._fit_cache() if project.cfg.teacher.kind == "fit" else None, "teacher" in weights)
-    add(project._teacher_cache(True))
-    add(project._teacher_cache(False))
+    fits = project.fits_needed()
+    add(project._ict_cache() if "ict" in fits else None, "teacher" in weights)
+    add(project._fit_cache() if "judged" in fits else None, "teacher" in weights)
+    teacher_caches = (project.member_caches() if project.cfg.teacher.kind == "ensemble"
+                      else [project._teacher_cache(True), project._teacher_cache(False)])
+    for cache in teacher_caches:
+        add(cache)
     add(project._train_cache(), "student" in weights)
     if "judgments" in project.cfg.evaluate.systems:
         add(project._control_cache(), "judgments" in weights)

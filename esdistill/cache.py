@@ -34,9 +34,15 @@ class StageCache:
         return json.loads((self.dir / "done.json").read_text())
 
     def finish(self, **info: Any) -> dict[str, Any]:
+        """Write the stage's record (``done.json``) and return it. Under data-parallel training (torchrun) only
+        rank 0 writes; the others get the record they would have written."""
+        from .distributed import is_main
+
         # seconds: from this cache object's creation (the stage's start) to now, in the process that finished
         record = {"stage": self.stage, "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "seconds": round(time.perf_counter() - self.started, 2), "inputs": self.inputs, **info}
+        if not is_main():
+            return record
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "done.json.tmp"
         tmp.write_text(dumps(record, indent=2))

@@ -116,8 +116,12 @@ def index(config: ConfigOpt, profile: ProfileOpt = None):
 @app.command()
 @friendly
 def candidates(config: ConfigOpt, profile: ProfileOpt = None):
-    """BM25 top-k for every training query (_msearch)."""
-    _project(config, profile).candidates()
+    """BM25 top-k for every training query (_msearch), and the corpus teacher's inverse-cloze pairs when it is
+    configured: everything training reads from the cluster."""
+    project = _project(config, profile)
+    project.candidates()
+    if "ict" in project.fits_needed():
+        project.ict_pairs()
 
 
 @teacher_app.callback()

@@ -160,9 +160,35 @@ class CandidatesConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="queries per _msearch")
 
 
-class TeacherFitConfig(_Strict):
-    """``teacher fit``: a cross-encoder fine-tuned from judgments, cross-fitted in ``folds`` folds."""
+class CorpusFitConfig(_Strict):
+    """``[teacher.fit.corpus]``: the teacher from the corpus alone (:mod:`esdistill.ict`). A sentence taken out
+    of a document is the query, the rest of that document its positive, BM25's top documents for the sentence
+    its negatives; a listwise fit, with no judgment and no query seen."""
 
+    pairs: int = Field(1500, ge=1, description="inverse-cloze sentences (one per document, a stable sample)")
+    negatives: int = Field(3, ge=1, description="BM25 negatives per sentence")
+    negative_depth: int = Field(10, ge=1, description="negatives are drawn from BM25 ranks 1..depth (its own "
+                                "document left out)")
+    in_batch_negatives: int = Field(4, ge=0, description="other sentences' positives per row")
+    min_words: int = Field(6, ge=1, description="shortest sentence drawn")
+    max_words: int = Field(40, ge=2, description="longest sentence drawn")
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(3e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=16)
+    no_duplicates: bool = True
+    seed: int = 42
+
+
+class TeacherFitConfig(_Strict):
+    """``teacher fit``: a cross-encoder fitted here — from judgments (cross-fitted in ``folds`` folds), from the
+    corpus alone (inverse cloze), or from the judgments starting at the corpus teacher."""
+
+    source: Literal["judgments", "corpus", "corpus+judgments"] = Field(
+        "judgments", description="judgments: cross-fitted on the judged training queries; corpus: fitted on "
+        "inverse-cloze pairs of the corpus (no judgments needed, nothing to cross-fit); corpus+judgments: the "
+        "judged cross-fit starts from the corpus teacher")
+    corpus: CorpusFitConfig = Field(default_factory=CorpusFitConfig)
     base_model: str = DEFAULT_BASE_MODEL
     loss: Literal["bce", "listwise"] = Field(
         "listwise", description="bce: pointwise on positives and BM25 negatives; listwise: softmax of the positive "
@@ -199,6 +225,42 @@ class TeacherConfig(_Strict):
     request_template: str | None = Field(
         None, description="the same with a stored search template id (params: query, size); needs mustache")
 
+    ensemble: list[str] = Field(
+        default_factory=list, description="several teachers fused per query into one label, with weights chosen on "
+        "the held-out judged training queries: fit, corpus, bm25, cross_encoder:<model>, bi_encoder:<model> "
+        "(esdistill/ensemble.py). The pipeline at evaluation fuses the same members. Excludes model and request")
+    ensemble_weights: list[float] | None = Field(
+        None, description="fixed weights of the ensemble's members, in order (default: chosen on the judged "
+        "training queries)")
+
+    @model_validator(mode="after")
+    def _ensemble(self) -> TeacherConfig:
+        if not self.ensemble:
+            if self.ensemble_weights is not None:
+                raise ValueError("ensemble_weights without an ensemble")
+            return self
+        from .ensemble import parse
+
+        members = [parse(s) for s in self.ensemble]  # ValueError names the member
+        if len(set(self.ensemble)) != len(self.ensemble):
+            raise ValueError(f"ensemble: a member is named twice ({self.ensemble})")
+        if len(members) < 2:
+            raise ValueError("ensemble: give at least two members (one teacher alone is teacher.model or the fit)")
+        if all(m.kind == "bm25" for m in members):
+            raise ValueError("ensemble: at least one member must be a model (fit, corpus, cross_encoder:, bi_encoder:)")
+        if {"fit", "corpus"} <= set(self.ensemble) and self.fit.source == "corpus":
+            raise ValueError("ensemble: fit and corpus are the same teacher when teacher.fit.source = 'corpus'")
+        if self.model or self.request or self.request_template:
+            raise ValueError("ensemble excludes teacher.model and teacher.request: name a ready cross-encoder as the "
+                             "member cross_encoder:<model>")
+        if self.bm25_weight != "auto":
+            raise ValueError("ensemble: BM25 is a member (bm25) with a weight like the others; leave bm25_weight unset")
+        if self.ensemble_weights is not None and (
+                len(self.ensemble_weights) != len(self.ensemble) or any(w < 0 for w in self.ensemble_weights)
+                or sum(self.ensemble_weights) <= 0):
+            raise ValueError(f"ensemble_weights: one weight >= 0 per member ({len(self.ensemble)}), not all 0")
+        return self
+
     @model_validator(mode="after")
     def _weight_range(self) -> TeacherConfig:
         if self.bm25_weight != "auto" and not 0.0 <= float(self.bm25_weight) <= 1.0:
@@ -214,8 +276,11 @@ class TeacherConfig(_Strict):
         return self
 
     @property
-    def kind(self) -> Literal["request", "model", "fit"]:
-        """Where the labels come from: the user's search request, a ready cross-encoder, or one fitted here."""
+    def kind(self) -> Literal["request", "model", "fit", "ensemble"]:
+        """Where the labels come from: the user's search request, a ready cross-encoder, one fitted here, or an
+        ensemble of several."""
+        if self.ensemble:
+            return "ensemble"
         return "request" if (self.request or self.request_template) else "model" if self.model else "fit"
 
 
@@ -356,6 +421,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data": {"max_train_queries": 400},
         "candidates": {"k": 30},
         "teacher": {
+            # the zero-shot bi-encoder fused with BM25: no fit, and the best labels measured on 2 CPU cores
+            # (held-out NDCG@10 0.686 vs BM25 0.650; the judged cross-fit 0.650, the corpus teacher 0.657 —
+            # bench/README.md, "Teachers"). A config that names its own teacher replaces it (TEACHER_CHOICES)
+            "ensemble": ["bi_encoder:minilm", "bm25"],
             "max_length": 128,
             "batch_size": 32,  # the best batch on 2 CPU cores (bench/throughput.py); larger is better on a GPU
             "fit": {"folds": 2, "negatives": 3, "negative_depth": 20, "epochs": 2.0, "max_length": 128,
@@ -396,12 +465,22 @@ def humanize_validation_error(err: ValidationError, where: str) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+#: A config whose ``[teacher]`` names any of these chose its own teacher: the profile's teacher ensemble yields to it.
+TEACHER_CHOICES = ("model", "request", "request_template", "ensemble", "bm25_weight", "fit")
+
+
 def build_config(values: dict[str, Any], profile: str | None = None, where: str = "config") -> RunConfig:
-    """Lay profile defaults under ``values`` and validate. ``profile`` overrides ``values['profile']``."""
+    """Lay profile defaults under ``values`` and validate. ``profile`` overrides ``values['profile']``. A profile's
+    teacher ensemble applies only when the config chose no teacher of its own (:data:`TEACHER_CHOICES`)."""
     profile = profile or values.get("profile", "quick")
     if profile not in PROFILES:
         raise ConfigError(f"{where}: profile: unknown profile {profile!r}", hint=f"use one of {sorted(PROFILES)}")
-    merged = _deep_merge(PROFILES[profile], values)
+    defaults = PROFILES[profile]
+    own = values.get("teacher") if isinstance(values.get("teacher"), dict) else {}
+    if "ensemble" in defaults.get("teacher", {}) and any(k in own for k in TEACHER_CHOICES):
+        defaults = copy.deepcopy(defaults)
+        del defaults["teacher"]["ensemble"]
+    merged = _deep_merge(defaults, values)
     merged["profile"] = profile
     try:
         return RunConfig(**merged)

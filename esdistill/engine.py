@@ -18,7 +18,8 @@ from typing import Any
 
 from .errors import InputError
 
-#: A job: (kind, model name, max length, batch size, payload). kind "score": payload = [(query, document)];
+#: A job: (kind, model name, max length, batch size, payload). kind "score" (a cross-encoder's logits) or "cosine"
+#: (a bi-encoder's): payload = [(query, document)];
 #: kind "embed": payload = [(Doc, text hash)]. Results: float32 logits / (vectors float32, truncated flags,
 #: whether the vectors are normalised).
 Job = tuple[str, str, int | None, int, list]
@@ -38,6 +39,14 @@ def run_job(models: dict, job: Job):
         models[key] = (load_cross_encoder(name, max_length=max_length) if kind == "score"
                        else load_bi_encoder(name, max_length=max_length))
     model = models[key]
+    if kind == "cosine":  # a bi-encoder as a teacher (an ensemble member): cosine of query and document
+        with inference_context():
+            texts = sorted({q for q, _ in payload})
+            qv = dict(zip(texts, model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                              show_progress_bar=False), strict=True))
+            dv = model.encode([d for _, d in payload], batch_size=batch_size, normalize_embeddings=True,
+                              show_progress_bar=False)
+        return np.array([float(np.dot(qv[q], v)) for (q, _), v in zip(payload, dv, strict=True)], dtype=np.float32)
     if kind == "embed":  # as the deploy embeds: the same class, vectors and truncation flags
         from .embed import ModelEmbedder
 

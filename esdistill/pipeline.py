@@ -28,6 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import candidates as cand_mod
 from . import evaluate as eval_mod
+from . import distributed
+from . import ensemble as ensemble_mod
+from . import ict as ict_mod
 from . import results as results_mod
 from . import search as search_mod
 from .cache import StageCache
@@ -35,7 +38,7 @@ from .cluster import connect
 from .config import RunConfig, fingerprint
 from .data import Dataset, Doc, load_dataset, pseudo_queries, relevant
 from .deploy import check_dims, deploy_student, versioned_index
-from .errors import ClusterError, InputError, ModelError
+from .errors import ClusterError, InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_identity, index_meta, iter_index_docs
 from .jsonutil import dumps
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, load_query_encoder, model_fingerprint
@@ -65,7 +68,8 @@ class Project:
         """``bundle`` (an :class:`esdistill.bundle.Bundle`): run the model stages from it, with no cluster —
         its data, the cluster-side facts and caches it carries, its base models."""
         self.cfg = cfg
-        self.console = console or Console(stderr=True)
+        # data-parallel training (torchrun): rank 0 speaks for every process
+        self.console = console or Console(stderr=True, quiet=not distributed.is_main())
         self._client = client
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -309,33 +313,179 @@ class Project:
     def _fit_cache(self) -> StageCache:
         return self._cache("teacher-fit", self.keys.teacher_fit())
 
+    def _ict_pairs_cache(self) -> StageCache:
+        return self._cache("ict-pairs", self.keys.ict_pairs())
+
+    def _ict_cache(self) -> StageCache:
+        return self._cache("teacher-ict", self.keys.teacher_ict())
+
+    def _teacher_fit_cache(self) -> StageCache:
+        """The cache of the fitted teacher that labels: the corpus teacher's, or the judged (cross-)fit's."""
+        return self._ict_cache() if self.cfg.teacher.fit.source == "corpus" else self._fit_cache()
+
+    def ict_pairs(self) -> dict[str, Any]:
+        """The corpus teacher's inverse-cloze sentences, their masked documents and BM25 negatives (needs the
+        cluster: the negatives are BM25's answers to the sentences)."""
+        cache = self._ict_pairs_cache()
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        self._ensure_index()
+        c, ds = self.cfg.teacher.fit.corpus, self.dataset
+        with self.stage("inverse-cloze pairs"):
+            docs = (ds.corpus.values() if ds.corpus is not None
+                    else iter_index_docs(self.client, self.cfg.data.index, self.text_fields))
+
+            def search(queries: dict[str, str]):
+                return cand_mod.msearch_bm25(self.client, self.cfg.bm25_index, queries, self.text_fields,
+                                             c.negative_depth + 1, self.cfg.candidates.batch_size, self.progress)
+
+            info = ict_mod.draw_pairs(docs, self.docs, search, c, cache, avoid=ds.test_queries.values())
+            lost = info["drawn"] - info["pairs"]
+            self.log(f"inverse-cloze pairs: {info['pairs']} sentences with BM25 negatives"
+                     + (f" ({lost} drawn without any other BM25 hit, left out)" if lost else "")
+                     + (f"; BM25 ranks the source document first for {info['source_ranked_first']:.0%}"
+                        if info.get("source_ranked_first") is not None else ""))
+            if info["pairs"] < c.pairs:
+                self.log(f"inverse-cloze pairs: {info['pairs']} of the {c.pairs} asked for (documents without a "
+                         f"sentence of {c.min_words}-{c.max_words} words, or without BM25 neighbours)")
+            return info
+
+    def teacher_ict(self) -> dict[str, Any]:
+        """The cross-encoder fitted on the corpus alone (``teacher.fit.source`` corpus or corpus+judgments)."""
+        cache = self._ict_cache()
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        pairs_cache = self._ict_pairs_cache()
+        if not pairs_cache.done:
+            self.ict_pairs()
+        pairs = pd.read_parquet(pairs_cache.path("pairs.parquet"))
+        with self.stage("teacher fit (corpus)"):
+            info = ict_mod.fit_ict(pairs, self.docs, self.cfg.teacher.fit.corpus, self.cfg.teacher.fit.base_model,
+                                   cache, self.log, self.progress)
+            self.log(f"teacher fit [corpus]: fitted on {info['sentences']} inverse-cloze sentences"
+                     + (" (cached)" if info.get("cached") else ""))
+            return info
+
+    def fits_needed(self) -> list[str]:
+        """Which teachers must be fitted here: ``ict`` (the corpus teacher), ``judged`` (the judged cross-fit)
+        — for the fitted teacher (by ``teacher.fit.source``) or for the ensemble members that name them."""
+        t = self.cfg.teacher
+        of_fit = {"judgments": ["judged"], "corpus": ["ict"], "corpus+judgments": ["ict", "judged"]}[t.fit.source]
+        if t.kind == "fit":
+            return of_fit
+        if t.kind != "ensemble":
+            return []
+        kinds = {m.kind for m in self.members()}
+        wanted = set(of_fit if "fit" in kinds else []) | ({"ict"} if "corpus" in kinds else set())
+        return [x for x in ("ict", "judged") if x in wanted]
+
     def teacher_fit(self) -> dict[str, Any]:
-        """Cross-fit cross-encoder teachers from the train judgments."""
-        if self.cfg.teacher.kind != "fit":
+        """Fit the teacher: cross-fitted from the train judgments, from the corpus alone, or both in turn."""
+        needed = self.fits_needed()
+        if not needed:
             raise InputError(f"there is no teacher to fit: the config's teacher is {self.cfg.teacher.kind!r} "
-                             f"({self.cfg.teacher.model or self.cfg.teacher.request or self.cfg.teacher.request_template})",
+                             f"({self.cfg.teacher.model or self.cfg.teacher.request or self.cfg.teacher.request_template or ', '.join(self.cfg.teacher.ensemble)})",
                              hint="unset [teacher] model / request to fit one from the judgments")
+        self._parallel_inputs("teacher fit", [self._candidates_cache()]
+                              + ([self._ict_pairs_cache()] if "ict" in needed else []), "esdistill candidates -c CONFIG")
+        source = self.cfg.teacher.fit.source
+        base = None
+        if "ict" in needed:
+            info = self.teacher_ict()
+            if "judged" not in needed:
+                return info
+            if source == "corpus+judgments":
+                base = str(self._ict_cache().path(ict_mod.MODEL))
         frame = self.candidates_frame()
         with self.stage("teacher fit"):
             info = fit_teacher(self.cfg.teacher.fit, self.train_queries, self.dataset.train_qrels, frame,
                                self.docs, self._fit_cache(), self.log, self.cfg.data.max_positives_per_query,
-                               self.progress)
+                               self.progress, base_model=base)
             self.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
-                     "judged queries" + (" (cached)" if info.get("cached") else ""))
+                     "judged queries" + (" from the corpus teacher" if base else "")
+                     + (" (cached)" if info.get("cached") else ""))
             return info
 
-    def _fit_info(self) -> dict[str, Any] | None:
-        """The fit's record, its model folders found in this work dir (a record made elsewhere names others)."""
-        if self.cfg.teacher.kind != "fit":
+    def _fit_info(self, corpus: bool = False) -> dict[str, Any] | None:
+        """The fitted teacher's record (``corpus``: the corpus teacher's), its model folders found in this work dir
+        (a record made elsewhere names others); None when the config fits none."""
+        needed = self.fits_needed()
+        if corpus and "ict" not in needed:
             return None
-        cache = self._fit_cache()
-        info = cache.info() if cache.done else self.teacher_fit()
+        if not corpus and (not needed or self.cfg.teacher.kind == "ensemble"
+                           and "fit" not in {m.kind for m in self.members()}):
+            return None
+        cache = self._ict_cache() if corpus else self._teacher_fit_cache()
+        if not cache.done:
+            self.teacher_fit()
+        info = cache.info()
         return {**info, "models": {n: str(cache.path(f"model-{n}")) for n in info["models"]}}
+
+    # -- teacher ensembles (esdistill.ensemble) -------------------------------------------------------------
+    def members(self) -> list[ensemble_mod.Member]:
+        return [ensemble_mod.parse(s) for s in self.cfg.teacher.ensemble]
+
+    def _model_members(self) -> list[ensemble_mod.Member]:
+        return [m for m in self.members() if m.kind != "bm25"]
+
+    def _member_cache(self, member, judged: bool) -> StageCache | None:
+        if not judged and self.teacher_pairs(judged=False).empty:
+            return None
+        return self._cache("teacher" if judged else "teacher-unjudged", self.keys.teacher(judged, member))
+
+    def member_caches(self) -> list[StageCache]:
+        """Every model member's scores of the judged and the unjudged queries."""
+        return [c for m in self._model_members() for j in (True, False) if (c := self._member_cache(m, j))]
+
+    def _member_scorers(self, member, qids: list[str]) -> tuple[str, dict[str, str]]:
+        """(job kind, qid → model) of one member: the fit's held-out fold models, the corpus teacher, a ready
+        cross-encoder, or a bi-encoder's cosine."""
+        if member.kind == "fit":
+            return "score", assign_scorers(qids, self._fit_info(), None)
+        if member.kind == "corpus":
+            return "score", assign_scorers(qids, self._fit_info(corpus=True), None)
+        return ("cosine" if member.kind == "bi_encoder" else "score"), {q: member.model for q in qids}
+
+    def ensemble_weights(self, depth: int | None) -> list[float]:
+        """The members' weights: ``teacher.ensemble_weights``, else chosen on the judged training queries (each
+        query's top-``depth`` candidates; None: all scored ones)."""
+        t = self.cfg.teacher
+        if t.ensemble_weights is not None:
+            return list(t.ensemble_weights)
+        chosen = self._once(("ensemble-weights", depth), lambda: ensemble_mod.choose_weights(
+            self.raw_scores_frame(), self.members(), self.dataset.train_qrels, depth))
+        if chosen["weights"] is None:
+            raise InputError("the teacher ensemble's weights are chosen on judged training queries, and none has "
+                             "candidates", hint="set [teacher] ensemble_weights = [...] (one per member)")
+        return chosen["weights"]
+
+    def pipeline_depth(self) -> int:
+        """How many BM25 candidates the pipeline reranks that the teacher also scored in training."""
+        return min(self.cfg.evaluate.rerank_depth, self.cfg.teacher.depth or self.cfg.candidates.k)
+
+    def pipeline_reranker(self):
+        """What the pipeline reranks BM25's head with: the cross-encoder, or the ensemble's members loaded."""
+        if self.cfg.teacher.kind != "ensemble":
+            return load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length)
+        scorers = []
+        for m in self.members():
+            if m.kind == "bm25":
+                scorers.append((m, None))
+            elif m.kind == "bi_encoder":
+                scorers.append((m, load_bi_encoder(m.model, max_length=self.cfg.teacher.max_length)))
+            else:
+                path = (m.model if m.kind == "cross_encoder"
+                        else self._fit_info(corpus=m.kind == "corpus")["models"]["full"])
+                scorers.append((m, load_cross_encoder(path, max_length=self.cfg.teacher.max_length)))
+        return ensemble_mod.EnsembleReranker(scorers, self.ensemble_weights(self.pipeline_depth()))
 
     def teacher_model(self) -> str:
         """The reranker of the pipeline: the user's, or the full fitted model."""
         if self.cfg.teacher.kind == "request":
             raise InputError("the teacher is a search request: it runs in the cluster, there is no reranker model")
+        if self.cfg.teacher.kind == "ensemble":
+            raise InputError("the teacher is an ensemble: the pipeline reranks with all its members",
+                             hint="Project.pipeline_reranker() loads them")
         return self.cfg.teacher.model or self._fit_info()["models"]["full"]
 
     def teacher_pairs(self, judged: bool | None = None) -> pd.DataFrame:
@@ -360,7 +510,10 @@ class Project:
         return pairs[pairs.qid.isin(self.judged_qids) == judged].reset_index(drop=True)
 
     def _teacher_cache(self, judged: bool = True) -> StageCache | None:
-        """The judged queries' teacher scores (always), or the unjudged ones' (None when there are none)."""
+        """The judged queries' teacher scores (always), or the unjudged ones' (None when there are none). For an
+        ensemble: its first model member's (the others' are :meth:`member_caches`)."""
+        if self.cfg.teacher.kind == "ensemble":
+            return self._member_cache(self._model_members()[0], judged)
         if not judged and self.teacher_pairs(judged=False).empty:
             return None
         return self._cache("teacher" if judged else "teacher-unjudged", self.keys.teacher(judged))
@@ -369,10 +522,13 @@ class Project:
         """Score every candidate pair with the teacher (fitting it first when none is given): the judged queries
         each by the fold model that never saw it, the unjudged ones (query log, pseudo-queries) by the full one."""
         fit_info = self._fit_info()
+        ensemble = self.cfg.teacher.kind == "ensemble"
+        work = ([(m, j) for m in self._model_members() for j in (True, False)] if ensemble
+                else [(None, j) for j in (True, False)])
         with self.stage("teacher"):
             infos = []
-            for judged in (True, False):
-                cache = self._teacher_cache(judged)
+            for member, judged in work:
+                cache = self._member_cache(member, judged) if ensemble else self._teacher_cache(judged)
                 if cache is None:
                     continue
                 pairs = self.teacher_pairs(judged)
@@ -386,25 +542,32 @@ class Project:
                                      output="scores.parquet")
                     infos.append({**cache.info(), "cached": was_done})
                     continue
-                scorers = assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)
                 if cache.done:
                     infos.append({**cache.info(), "cached": True})
                     continue
+                kind, scorers = (self._member_scorers(member, sorted(pairs.qid.unique())) if ensemble else (
+                    "score", assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)))
+                if member is not None:
+                    self.log(f"teacher: ensemble member {member.spec}, {'judged' if judged else 'unjudged'} queries")
                 with self.engine() as engine:
                     infos.append(score_candidates(pairs, self.train_queries, self.docs, scorers, cache,
                                                   self.cfg.teacher.max_length, self.cfg.teacher.batch_size,
                                                   self.cfg.teacher.chunk_queries, progress=self.progress,
-                                                  engine=engine))
+                                                  engine=engine, kind=kind))
             info = {"pairs": sum(i["pairs"] for i in infos), "queries": sum(i["queries"] for i in infos),
                     "scored_now": sum(i.get("scored_now", 0) for i in infos if not i.get("cached")),
                     "cached": all(i.get("cached") for i in infos),
                     "seconds": sum(i.get("seconds") or 0.0 for i in infos)}  # when they were scored
             self.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info["cached"] else
                                                                   f" ({info['scored_now']} now)"))
-            self._report_labels(info, fit_info is not None)
+            if ensemble:
+                self._report_ensemble(info)
+            else:
+                self._report_labels(info, "never saw a query" if self.cfg.teacher.fit.source == "corpus"
+                                    and fit_info else "held out" if fit_info else "")
             return info
 
-    def _report_labels(self, info: dict[str, Any], cross_fitted: bool) -> None:
+    def _report_labels(self, info: dict[str, Any], held_out: str) -> None:
         """How good the labels are on the judged training queries, alone and fused with BM25; warns when they
         rank no better than BM25."""
         quality = label_quality(self.raw_scores_frame(), self.dataset.train_qrels)
@@ -415,7 +578,8 @@ class Project:
             self.log(f"teacher (your search request) on {quality['queries']} judged training queries: NDCG@10 "
                      f"{quality['teacher_ndcg@10']:.3f}")
             return
-        held = " (each query held out from the model that labelled it)" if cross_fitted else ""
+        held = {"held out": " (each query held out from the model that labelled it)",
+                "never saw a query": " (the corpus teacher never saw a query)"}.get(held_out, "")
         self.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
                  f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
         weight = self.label_weight()
@@ -447,14 +611,57 @@ class Project:
         elif quality["teacher_ndcg@10"] < quality["bm25_ndcg@10"]:
             self.log("teacher: alone it ranks worse than BM25; only its blend with BM25 beats BM25")
 
+    def _report_ensemble(self, info: dict[str, Any]) -> None:
+        """Each member's label quality on the judged training queries, the weights, and the ensemble's — also
+        with weights chosen on the other half of the queries."""
+        members, qrels = self.members(), self.dataset.train_qrels
+        raw = self.raw_scores_frame()
+        chosen = ensemble_mod.choose_weights(raw, members, qrels, None)
+        if chosen["weights"] is None:
+            self.log("teacher ensemble: no judged training query has candidates; its label quality is unknown")
+            return
+        weights = self.ensemble_weights(None)
+        held = ensemble_mod.heldout_quality(raw, members, qrels, None)
+        fused = label_quality(self.scores_frame(), qrels)
+        info.update(ensemble={"members": [m.spec for m in members], "alone": chosen["alone"], "weights": weights,
+                              "chosen_on": chosen["queries"], "label_quality_fused": fused,
+                              "label_quality_fused_heldout": held},
+                    label_quality_fused=fused)
+        self.log(f"teacher ensemble on {chosen['queries']} judged training queries, NDCG@10 alone: "
+                 + ", ".join(f"{m} {v:.3f}" for m, v in chosen["alone"].items()))
+        self.log("teacher ensemble: weights " + ", ".join(f"{m.spec} {w:g}" for m, w in zip(members, weights,
+                                                                                            strict=True))
+                 + (" (fixed)" if self.cfg.teacher.ensemble_weights is not None else " (chosen on these queries)")
+                 + f"; fused NDCG@10 {fused['teacher_ndcg@10']:.3f}"
+                 + (f", {held['ndcg@10']:.3f} with weights chosen on the other half" if held else ""))
+        if fused["teacher_ndcg@10"] <= fused["bm25_ndcg@10"]:
+            self.console.print("[bold yellow]warning:[/] the ensemble's labels rank the candidates no better than "
+                               "BM25 does; a student distilled from them learns BM25's mistakes.")
+
     def raw_scores_frame(self) -> pd.DataFrame:
-        """The teacher's raw logits for every labelled pair (the judged and the unjudged queries' ``scores.parquet``)."""
+        """The teacher's raw logits for every labelled pair (the judged and the unjudged queries' ``scores.parquet``).
+        For an ensemble, ``teacher`` is its first model member's and every member has its column (``m:<name>``;
+        BM25's is ``bm25``)."""
         caches = [c for c in (self._teacher_cache(True), self._teacher_cache(False)) if c is not None]
-        if not all(c.done for c in caches):
+        every = self.member_caches() if self.cfg.teacher.kind == "ensemble" else caches
+        if not all(c.done for c in every):
             self.teacher()
-        key = tuple(c.key for c in caches)
-        return self._once(("raw", key), lambda: pd.concat(
-            [pd.read_parquet(c.path("scores.parquet")) for c in caches], ignore_index=True))
+        key = tuple(c.key for c in every)
+        return self._once(("raw", key), lambda: self._read_scores(caches))
+
+    def _read_scores(self, caches: list[StageCache]) -> pd.DataFrame:
+        frame = pd.concat([pd.read_parquet(c.path("scores.parquet")) for c in caches], ignore_index=True)
+        if self.cfg.teacher.kind != "ensemble":
+            return frame
+        for m in self._model_members():
+            part = pd.concat([pd.read_parquet(c.path("scores.parquet"), columns=["qid", "docid", "teacher"])
+                              for j in (True, False) if (c := self._member_cache(m, j))], ignore_index=True)
+            frame = frame.merge(part.rename(columns={"teacher": m.column}), on=["qid", "docid"], how="left",
+                                validate="one_to_one")
+            if frame[m.column].isna().any():
+                raise RuntimeError(f"teacher ensemble: member {m.spec} has no score for "
+                                   f"{int(frame[m.column].isna().sum())} pairs")
+        return frame
 
     def _judged_scores(self) -> pd.DataFrame:
         cache = self._teacher_cache(True)
@@ -470,8 +677,8 @@ class Project:
         """The BM25 weight of the teacher fusion; ``auto`` is resolved on the held-out judged labels, fusing each
         query's top-``depth`` candidates (None: all scored ones); 0 when no training query is judged."""
         w = self.cfg.teacher.bm25_weight
-        if self.cfg.teacher.kind == "request":
-            return 0.0  # the request is the whole pipeline, BM25 included where the user put it
+        if self.cfg.teacher.kind in ("request", "ensemble"):
+            return 0.0  # the request is the whole pipeline, BM25 included where the user put it; BM25 is a member
         if w == "auto":
             return float(self._auto_weight(depth)["weight"] or 0.0)
         return float(w)
@@ -483,8 +690,7 @@ class Project:
     def pipeline_weight(self) -> float:
         """The BM25 weight of the pipeline at evaluation, chosen over lists of its rerank depth: z-scores over
         30 candidates are not those over 100, so a weight chosen at one depth is not the best at another."""
-        scored = self.cfg.teacher.depth or self.cfg.candidates.k
-        return self.bm25_weight(min(self.cfg.evaluate.rerank_depth, scored))
+        return self.bm25_weight(self.pipeline_depth())
 
     def _label_scale(self) -> float:
         return self._once("label-scale", lambda: label_scale(self.raw_scores_frame()))
@@ -493,17 +699,31 @@ class Project:
         """The training signal: the teacher's scores, fused with BM25 when ``teacher.bm25_weight`` > 0 (the raw
         logit stays in ``teacher_raw``)."""
         raw = self.raw_scores_frame()
+        if self.cfg.teacher.kind == "ensemble":  # every member's z-scores, weighted, on the first member's scale
+            return self._once(("ensemble-labels", tuple(self.ensemble_weights(None))), lambda: ensemble_mod.fuse_frame(
+                raw, self.members(), self.ensemble_weights(None), self._label_scale()))
         w = self.label_weight()
         return fuse_frame(raw, w, self._label_scale() if w else None)
 
     def _train_cache(self) -> StageCache:
         return self._cache("train", self.keys.train())
 
+    def _parallel_inputs(self, what: str, caches: list[StageCache], first: str) -> None:
+        """Under torchrun every process reads the same cached inputs; computing them in each would do the work
+        once per process (and the cluster-side stages would all query the cluster)."""
+        if distributed.world_size() > 1 and not all(c.done for c in caches):
+            missing = sorted({c.stage for c in caches if not c.done})
+            raise InputError(f"{what} under torchrun ({distributed.world_size()} processes) needs its inputs cached "
+                             f"first; not cached: {', '.join(missing)}", hint=f"run `{first}` in one process first")
+
     def train(self) -> dict[str, Any]:
         """Distill the teacher's scores into the student bi-encoder."""
         cache = self._train_cache()
         if cache.done:  # no need to read and fuse every score again
             return {**cache.info(), "cached": True}
+        teacher_caches = (self.member_caches() if self.cfg.teacher.kind == "ensemble" else
+                          [c for c in (self._teacher_cache(True), self._teacher_cache(False)) if c is not None])
+        self._parallel_inputs("train", teacher_caches, "esdistill teacher -c CONFIG")
         scores = self.scores_frame()
         with self.stage("train"):
             info = train_student(self.cfg.train, scores, self.train_queries, self.dataset.train_qrels,
@@ -534,6 +754,7 @@ class Project:
         """The control: a student trained on the judgments alone (BM25 hard negatives, no teacher), with the
         same base model and settings as the student. A distilled student that does not beat it has not earned
         its teacher."""
+        self._parallel_inputs("train --judgments", [self._candidates_cache()], "esdistill candidates -c CONFIG")
         pairs = self.teacher_pairs(judged=True)  # BM25 candidates plus the judged positives BM25 missed
         floor = pairs.groupby("qid").bm25.transform("min").fillna(0.0) - 1.0
         scores = pairs.assign(teacher=pairs.bm25.fillna(floor).astype("float32"))
@@ -676,8 +897,7 @@ class Project:
         cands = pd.read_parquet(tc.path("candidates.parquet"))
         timing = pd.read_parquet(tc.path("timing.parquet")).set_index("qid")
         ev = self.cfg.evaluate
-        pipe = search_mod.Pipeline(None, self.cfg.bm25_index, self.text_fields,
-                                   load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
+        pipe = search_mod.Pipeline(None, self.cfg.bm25_index, self.text_fields, self.pipeline_reranker(),
                                    ev.rerank_depth, ev.k, self.cfg.teacher.batch_size,
                                    bm25_weight=self.pipeline_weight())
         queries = self.eval_queries()
@@ -722,7 +942,7 @@ class Project:
         if self.bundle is None:
             raise InputError("run_offline needs a bundle", hint="esdistill run --offline --bundle FOLDER")
         done: dict[str, Any] = {}
-        if self.cfg.teacher.kind == "fit":
+        if self.fits_needed():
             done["teacher fit"] = self.teacher_fit()
         done["teacher"] = self.teacher()
         done["train"] = self.train()
@@ -775,8 +995,7 @@ class Project:
             "bm25": lambda: search_mod.BM25(c, self.cfg.bm25_index, self.text_fields, ev.k),
             "pipeline": lambda: search_mod.RequestPipeline(self.request_search(), ev.k)
             if self.cfg.teacher.kind == "request" else search_mod.Pipeline(
-                c, self.cfg.bm25_index, self.text_fields,
-                load_cross_encoder(self.teacher_model(), max_length=self.cfg.teacher.max_length),
+                c, self.cfg.bm25_index, self.text_fields, self.pipeline_reranker(),
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.pipeline_weight()),
             "zero_shot": lambda: knn("zero_shot"),
             "judgments": lambda: knn("judgments"),
@@ -996,7 +1215,8 @@ class Project:
     def teacher_id(self) -> str:
         """The teacher as the results index names it: the user's model, the search request, or the fit."""
         t = self.cfg.teacher
-        return t.model or (self.keys.scorer() if t.kind == "request" else f"fit:{self._fit_cache().key}")
+        return t.model or (self.keys.scorer() if t.kind in ("request", "ensemble")
+                           else f"fit:{self._teacher_fit_cache().key}")
 
     def write_results(self, summary, results, queries, evaluate_key: str) -> int:
         """Per-query and per-system results into the results index (overwriting this evaluation's earlier ones)."""
@@ -1036,7 +1256,7 @@ class Project:
         """All stages in order; finished stages are cache hits."""
         self.index()
         self.candidates()
-        if self.cfg.teacher.kind == "fit":
+        if self.fits_needed():
             self.teacher_fit()
         self.teacher()
         self.train()

@@ -149,9 +149,11 @@ class Pipeline:
         return searches
 
     def request(self, text: str) -> dict[str, Any]:
+        how = (f"the teacher ensemble ({self.reranker.describe()}, z-scores per query)" if hasattr(
+            self.reranker, "fused") else f"the cross-encoder (fused with BM25 at weight {self.bm25_weight:g})")
         return {"method": "POST", "path": "/_msearch", "ndjson": self._searches(text),
-                "then": f"rerank the first response's {self.depth} hits with the cross-encoder (fused with BM25 at "
-                        f"weight {self.bm25_weight:g}); the rest of the second keeps BM25's order"}
+                "then": f"rerank the first response's {self.depth} hits with {how}; the rest of the second keeps "
+                        "BM25's order"}
 
     def rerank(self, text: str, docs: list[Doc], bm25: list[float], ranked: list[str]) -> list[tuple[str, float]]:
         """The pipeline's ranking: ``docs`` (BM25's head) by the teacher's score — fused with BM25 as in training
@@ -161,9 +163,12 @@ class Pipeline:
         from .embed import inference_context
 
         with inference_context():
-            scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
-                                            activation_fn=torch.nn.Identity(), show_progress_bar=False)
-                      if docs else [])
+            if hasattr(self.reranker, "fused"):  # a teacher ensemble (esdistill.ensemble), BM25 among its members
+                scores = self.reranker.fused(text, docs, bm25, self.batch_size) if docs else []
+            else:
+                scores = (self.reranker.predict([(text, d.full_text) for d in docs], batch_size=self.batch_size,
+                                                activation_fn=torch.nn.Identity(), show_progress_bar=False)
+                          if docs else [])
         if docs and self.bm25_weight:
             from .teacher import fuse
 

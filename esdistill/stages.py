@@ -41,6 +41,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "(or the request's top-k, its _score in `request`)"),
     Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth",
           "candidates.parquet: BM25 top-N of every test query (the pipeline's input)"),
+    Stage("ict-pairs", True, "the index's key, the corpus teacher's sampling settings (teacher.fit.corpus), the "
+          "test queries (never drawn as sentences)", "pairs.parquet: inverse-cloze sentences, the rest of their "
+          "document, BM25's negatives"),
+    Stage("teacher-ict", False, "the ict-pairs key, teacher.fit.corpus, the base model",
+          "model-full/: the cross-encoder fitted on the corpus alone"),
     Stage("teacher-fit", False, "the index's key, the judged training queries and their judgments, teacher.fit, "
           "the base model", "model-<fold>/ and model-full/: cross-fitted cross-encoders"),
     Stage("teacher", False, "the judged queries' candidate pairs and texts, the scorer (a search request: its "
@@ -128,31 +133,76 @@ class StageKeys:
         ds = self.p.dataset
         judged = {q: t for q, t in ds.train_queries.items() if q in ds.train_qrels}
         fit = self.cfg.teacher.fit
+        out = {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
+               "k": self.cfg.candidates.k, "judged_queries": fingerprint(judged),
+               "qrels": fingerprint(ds.train_qrels), "fit": fit.model_dump(exclude={"source", "corpus"}),
+               "base": model_fingerprint(fit.base_model), **self._cap()}
+        if fit.source == "corpus+judgments":  # starts from the corpus teacher (a judged-only key stays as it was)
+            out.update(source=fit.source, base=f"teacher-ict-{self.p._ict_cache().key}")
+        return out
+
+    def ict_pairs(self) -> dict[str, Any]:
+        c = self.cfg.teacher.fit.corpus
         return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "k": self.cfg.candidates.k, "judged_queries": fingerprint(judged),
-                "qrels": fingerprint(ds.train_qrels), "fit": fit.model_dump(),
-                "base": model_fingerprint(fit.base_model), **self._cap()}
+                "sampling": c.model_dump(include={"pairs", "negatives", "negative_depth", "min_words", "max_words",
+                                                  "seed"}),
+                "avoid": fingerprint(sorted(self.p.dataset.test_queries.values()))}
+
+    def teacher_ict(self) -> dict[str, Any]:
+        fit = self.cfg.teacher.fit
+        return {"pairs": self.p._ict_pairs_cache().key, "fit": fit.corpus.model_dump(),
+                "base": model_fingerprint(fit.base_model)}
+
+    def member_scorer(self, member) -> str:
+        """One ensemble member's identity (:mod:`esdistill.ensemble`); its scores' cache is keyed on it."""
+        if member.kind == "fit":
+            return self.fitted()
+        if member.kind == "corpus":
+            return self.p._ict_cache().key
+        if member.kind == "cross_encoder":
+            return model_fingerprint(member.model)
+        if member.kind == "bi_encoder":
+            return f"cosine-{model_fingerprint(member.model)}"
+        return "bm25"
+
+    def fitted(self) -> str:
+        """The teacher fitted here (``teacher.fit.source``): the corpus teacher's key, or the judged fit's."""
+        return self.p._ict_cache().key if self.cfg.teacher.fit.source == "corpus" else self.p._fit_cache().key
 
     def scorer(self) -> str:
-        """The teacher's identity: the user's reranker by its fingerprint, else the fit's key."""
+        """The teacher's identity: the user's reranker by its fingerprint, the request's body, the fit's key, or
+        an ensemble's members (with its fixed weights, if any)."""
         t = self.cfg.teacher
+        if t.kind == "ensemble":
+            return "ensemble-" + fingerprint({"members": {m.spec: self.member_scorer(m) for m in self.p.members()},
+                                              "weights": t.ensemble_weights})
         if t.kind == "request":
             return f"request-{self.request()}"
-        return model_fingerprint(t.model) if t.model else self.p._fit_cache().key
+        if t.model:
+            return model_fingerprint(t.model)
+        return self.fitted()
 
-    def teacher(self, judged: bool) -> dict[str, Any]:
+    def teacher(self, judged: bool, member=None) -> dict[str, Any]:
+        """The scores of one part (judged or not) by the teacher — or by one ensemble ``member``: a member that
+        is the single teacher of another config (the fit, a cross-encoder) has that teacher's key, so its scores
+        are shared."""
         pairs = self.p.teacher_pairs(judged)
         return {"part": "judged" if judged else "unjudged", "pairs": pairs_fingerprint(pairs),
                 "queries": fingerprint({q: self.p.train_queries[q] for q in pairs.qid.unique()}),
-                "index_key": self.p.index_key, "fields": self.p.text_fields, "scorer": self.scorer(),
+                "index_key": self.p.index_key, "fields": self.p.text_fields,
+                "scorer": self.member_scorer(member) if member is not None else self.scorer(),
                 "max_length": self.cfg.teacher.max_length}
 
     def train(self) -> dict[str, Any]:
+        out = {"teacher": self.p._teacher_cache().key, "qrels": fingerprint(self.p.dataset.train_qrels),
+               **self._cap(), "bm25_weight": self.p.label_weight(), "train": train_settings(self.cfg.train),
+               "base": model_fingerprint(self.cfg.train.base_model)}
         unjudged = self.p._teacher_cache(judged=False)
-        return {"teacher": self.p._teacher_cache().key, "teacher_unjudged": unjudged.key if unjudged else None,
-                "qrels": fingerprint(self.p.dataset.train_qrels), **self._cap(),
-                "bm25_weight": self.p.label_weight(), "train": train_settings(self.cfg.train),
-                "base": model_fingerprint(self.cfg.train.base_model)}
+        out["teacher_unjudged"] = unjudged.key if unjudged else None
+        if self.cfg.teacher.kind == "ensemble":  # the labels: every member's scores, fused with these weights
+            out["ensemble"] = {"scores": [c.key for c in self.p.member_caches()],
+                               "weights": self.p.ensemble_weights(None)}
+        return out
 
     def control(self) -> dict[str, Any]:
         control = self.p._control_config()
@@ -187,6 +237,8 @@ class StageKeys:
         if name == "pipeline":
             out.update(reranker=self.scorer(), depth=ev.rerank_depth, max_length=self.cfg.teacher.max_length,
                        bm25_weight=self.p.pipeline_weight())
+            if self.cfg.teacher.kind == "ensemble":
+                out["ensemble_weights"] = self.p.ensemble_weights(self.p.pipeline_depth())
         elif name == "hybrid":
             out.update(deploy=self.p._deploy_key("student"), rrf_k=ev.rrf_k, **dense)
         elif name != "bm25":

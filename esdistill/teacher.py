@@ -101,20 +101,33 @@ def listwise_rows(frame: pd.DataFrame, negatives: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path):
-    """The trainer of one fold's cross-encoder, from :func:`fit_pairs`' rows (not started)."""
+def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, base_model: str | None = None):
+    """The trainer of one fold's cross-encoder, from :func:`fit_pairs`' rows (not started). ``base_model``
+    overrides ``cfg.base_model`` (the corpus teacher, when the judged fit starts from it)."""
+    from datasets import Dataset as HFDataset
+
+    base = base_model or cfg.base_model
+    if cfg.loss == "listwise":
+        return _trainer(listwise_rows(frame, cfg.negatives).sample(frac=1.0, random_state=cfg.seed), cfg, base, out,
+                        listwise=True)
+    data = HFDataset.from_pandas(frame[["query", "document", "label"]].sample(frac=1.0, random_state=cfg.seed),
+                                 preserve_index=False)
+    return _trainer(data, cfg, base, out, listwise=False)
+
+
+def _trainer(data, cfg, base: str, out: Path, listwise: bool):
+    """A cross-encoder trainer: ``listwise`` rows (``query, positive, negative_i``; a DataFrame) under
+    MultipleNegativesRankingLoss with ``cfg.in_batch_negatives``, else (query, document, label) rows under BCE.
+    ``cfg`` is a :class:`TeacherFitConfig` or a :class:`~esdistill.config.CorpusFitConfig`."""
     from datasets import Dataset as HFDataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, MultipleNegativesRankingLoss
 
-    model = load_cross_encoder(cfg.base_model, max_length=cfg.max_length, num_labels=1)
-    if cfg.loss == "listwise":
-        rows = listwise_rows(frame, cfg.negatives).sample(frac=1.0, random_state=cfg.seed)
-        data = HFDataset.from_pandas(rows, preserve_index=False)
+    model = load_cross_encoder(base, max_length=cfg.max_length, num_labels=1)
+    if listwise:
+        data = HFDataset.from_pandas(data, preserve_index=False)
         loss = MultipleNegativesRankingLoss(model, num_negatives=cfg.in_batch_negatives)
     else:
-        data = HFDataset.from_pandas(frame[["query", "document", "label"]].sample(frac=1.0, random_state=cfg.seed),
-                                     preserve_index=False)
         loss = BinaryCrossEntropyLoss(model)
     args = CrossEncoderTrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -129,20 +142,33 @@ def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path):
         dataloader_drop_last=False,
         # listwise: another row of the same query in the batch would hand the query one of its own relevant
         # documents as an in-batch negative; NO_DUPLICATES keeps rows that share a text in separate batches
-        batch_sampler="no_duplicates" if cfg.loss == "listwise" and cfg.no_duplicates else "batch_sampler",
+        batch_sampler="no_duplicates" if listwise and cfg.no_duplicates else "batch_sampler",
         bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
         disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
     )
     return CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
 
 
-def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, progress=None,
-                         name: str = "") -> None:
-    trainer = fit_trainer(frame, cfg, out)
+def _run(trainer, out: Path, progress, name: str) -> None:
+    from . import distributed
+
     attach_progress(trainer, progress, f"teacher fit [{name}]")
     trainer.train()
-    trainer.model.save_pretrained(str(out))
-    (out / COMPLETE).write_text("")  # last: a folder without it was interrupted while being written
+    if distributed.is_main():  # data parallel (torchrun): one process writes
+        trainer.model.save_pretrained(str(out))
+        (out / COMPLETE).write_text("")  # last: a folder without it was interrupted while being written
+    distributed.barrier()  # the next fit may start from this one (the corpus teacher): wait until it is written
+
+
+def train_listwise(rows: pd.DataFrame, cfg, base_model: str, out: Path, progress=None, name: str = "") -> None:
+    """Fit a cross-encoder on listwise rows (``query, positive, negative_0..n-1``) into ``out``."""
+    _run(_trainer(rows.sample(frac=1.0, random_state=cfg.seed), cfg, base_model, out, listwise=True), out, progress,
+         name)
+
+
+def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, progress=None,
+                         name: str = "", base_model: str | None = None) -> None:
+    _run(fit_trainer(frame, cfg, out, base_model), out, progress, name)
 
 
 def fit_teacher(
@@ -155,8 +181,10 @@ def fit_teacher(
     log: Callable[[str], None] = print,
     max_positives: int | None = None,
     progress=None,
+    base_model: str | None = None,
 ) -> dict[str, Any]:
-    """Fit ``cfg.folds`` fold models and one full model; each finished model is kept, so a rerun resumes."""
+    """Fit ``cfg.folds`` fold models and one full model; each finished model is kept, so a rerun resumes.
+    ``base_model`` (a folder) replaces ``cfg.base_model`` as the starting point: the corpus teacher."""
     if cache.done:
         return {**cache.info(), "cached": True}
     judged = sorted(q for q in queries if any(g > 0 for g in qrels.get(q, {}).values()))
@@ -172,9 +200,10 @@ def fit_teacher(
             pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed,
                               max_positives)
             log(f"teacher fit [{name}]: {len(fit_q)} queries, {len(pairs)} pairs")
-            _train_cross_encoder(pairs, cfg, out, progress, name)
+            _train_cross_encoder(pairs, cfg, out, progress, name, base_model)
         models[name] = str(out)
-    return cache.finish(models=models, folds={q: f for q, f in folds.items()}, judged_queries=len(judged))
+    return cache.finish(models=models, folds={q: f for q, f in folds.items()}, judged_queries=len(judged),
+                        base_model=base_model or cfg.base_model)
 
 
 def assign_scorers(qids: list[str], fit_info: dict[str, Any] | None, model: str | None) -> dict[str, str]:
@@ -198,6 +227,7 @@ def score_candidates(
     chunk_queries: int = 32,
     progress=None,
     engine=None,
+    kind: str = "score",
 ) -> dict[str, Any]:
     """Score every candidate pair with its query's scorer; raw logits in ``scores.parquet``. Chunks of
     ``chunk_queries`` queries are the unit of work and of resumption (``parts/``), run by ``engine``
@@ -226,7 +256,7 @@ def score_candidates(
                     continue
                 texts = docs(chunk.docid.unique().tolist())
                 pairs = [(queries[q], texts[d].full_text) for q, d in zip(chunk.qid, chunk.docid, strict=True)]
-                yield (part, chunk, model_name), ("score", model_name, max_length, batch_size, pairs)
+                yield (part, chunk, model_name), (kind, model_name, max_length, batch_size, pairs)
 
     scored_now = 0
     for (part, chunk, model_name), logits in engine.map(jobs()):

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import distributed
 from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
@@ -200,6 +201,10 @@ def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, t
     )
 
 
+def _silent(_msg: str) -> None:
+    """The log of a process other than rank 0 (data-parallel training): rank 0 speaks for all."""
+
+
 def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True):
     """The trainer's arguments. With MNRL in the mix (``mnrl``) and ``cfg.no_duplicates``, batches never hold
     two rows that share a text: MNRL takes the other rows' documents as negatives, and a second row of the same
@@ -290,9 +295,11 @@ def train_student(
     elif judgments_only:
         raise ValueError("loss 'judgments' needs judged training queries (qrels) with a BM25 candidate each")
     evaluator = dev_evaluator(dev_q, queries, qrels, scores, texts)
-    before = evaluator(model) if evaluator else {}
+    main = distributed.is_main()  # under torchrun only rank 0 measures and writes
+    before = evaluator(model) if evaluator and main else {}
     dev_scores = scores[scores.qid.isin(dev_q)]
-    agree_before = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) and not judgments_only else {}
+    agree_before = (teacher_agreement(model, dev_scores, queries, texts) if main and len(dev_q) and not judgments_only
+                    else {})
 
     ckpt = cache.path("checkpoints")
     # the dev slice is also evaluated at each epoch's end when there are several epochs
@@ -302,21 +309,27 @@ def train_student(
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train")
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
     for partial in [p for p in found if not (p / "trainer_state.json").exists()]:
-        shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
+        if distributed.is_main():
+            shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
         found.remove(partial)
     resume = bool(found)
-    if suspects.get("suspect") and not judgments_only:
+    if suspects.get("suspect") and not judgments_only and main:
         log(f"train: {suspects['suspect']} candidates scored by the teacher at or above a judged positive (likely "
             f"relevant, unjudged): {suspects['dropped']} left out of that positive's negatives "
             f"(train.suspect_negatives = {cfg.suspect_negatives!r})")
     skipped = len(set(train_q) - {q for q, *_ in examples})
-    if skipped:
+    if skipped and main:
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
+    if not main:
+        log = _silent
     log(f"train: {len(examples)} examples from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
         + (f"MNRL on {len(judged)} judged pairs only (no teacher)" if judgments_only else
            f"loss {cfg.loss}" + (f" + MNRL on {len(judged)} judged pairs" if judged else ""))
         + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=str(found[-1]) if resume else None)
+    if not distributed.is_main():  # data parallel (torchrun): rank 0 writes the model and the record
+        distributed.barrier()
+        return {"rank": distributed.rank(), "steps": trainer.state.global_step}
 
     after = evaluator(model) if evaluator else {}
     agree_after = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) and not judgments_only else {}
@@ -328,11 +341,14 @@ def train_student(
     (out / "esdistill.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(ckpt, ignore_errors=True)
     used = {q for q, *_ in examples}
-    return cache.finish(
+    record = cache.finish(
         model=str(out), examples=len(examples), judged_pairs=len(judged), train_queries=len(train_q),
         dev_queries=len(dev_q),
         queries_without_examples=len(set(train_q) - used),
         resumed_from=found[-1].name if found else None, steps=trainer.state.global_step,
         dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
         agreement_before=agree_before, agreement_after=agree_after, suspect_negatives=suspects,
+        processes=distributed.world_size(),
     )
+    distributed.barrier()  # the others wait until the model and the record are written
+    return record

@@ -14,6 +14,21 @@ def test_profile_defaults_and_user_override():
     assert full.candidates.k == 100 and full.evaluate.rerank_depth == 100
 
 
+def test_the_quick_teacher_yields_to_a_teacher_the_config_names():
+    base = {"data": {"name": "s", "beir": "x"}}
+    quick = build_config(base, profile="quick")
+    assert quick.teacher.kind == "ensemble" and quick.teacher.ensemble == ["bi_encoder:minilm", "bm25"]
+    assert build_config(base, profile="full").teacher.kind == "fit"
+    for own in ({"model": "my/reranker"}, {"fit": {"source": "corpus"}}, {"fit": {"epochs": 1.0}},
+                {"bm25_weight": 0.5}, {"request_template": "tpl"}):
+        cfg = build_config({**base, "teacher": own}, profile="quick")
+        assert not cfg.teacher.ensemble, own
+        assert cfg.teacher.fit.folds == 2  # the rest of the profile's teacher settings stay
+    mine = build_config({**base, "teacher": {"ensemble": ["fit", "bm25"]}}, profile="quick")
+    assert mine.teacher.ensemble == ["fit", "bm25"]
+    assert build_config({**base, "teacher": {"max_length": 64}}, profile="quick").teacher.kind == "ensemble"
+
+
 def test_unknown_key_and_wrong_type_are_named(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[data]\nname = "s"\nbeir = "x"\n[train]\nepochz = 3\nbatch_size = "big"\n')
