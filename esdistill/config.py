@@ -160,7 +160,18 @@ class CandidatesConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="queries per _msearch")
 
 
-class CorpusFitConfig(_Strict):
+class _FitSettings(_Strict):
+    """What every cross-encoder fit here shares (the listwise loss's in-batch negatives, the optimiser, the seed)."""
+
+    in_batch_negatives: int = Field(4, ge=0, description="listwise: other rows' positives per row")
+    learning_rate: float = Field(3e-5, gt=0)
+    no_duplicates: bool = Field(
+        True, description="listwise: never batch two rows of one query (or one document) together, so a query's "
+        "other relevant document is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")
+    seed: int = 42
+
+
+class CorpusFitConfig(_FitSettings):
     """``[teacher.fit.corpus]``: the teacher from the corpus alone (:mod:`esdistill.ict`). A sentence taken out
     of a document is the query, the rest of that document its positive, BM25's top documents for the sentence
     its negatives; a listwise fit, with no judgment and no query seen."""
@@ -169,18 +180,14 @@ class CorpusFitConfig(_Strict):
     negatives: int = Field(3, ge=1, description="BM25 negatives per sentence")
     negative_depth: int = Field(10, ge=1, description="negatives are drawn from BM25 ranks 1..depth (its own "
                                 "document left out)")
-    in_batch_negatives: int = Field(4, ge=0, description="other sentences' positives per row")
     min_words: int = Field(6, ge=1, description="shortest sentence drawn")
     max_words: int = Field(40, ge=2, description="longest sentence drawn")
     epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(3e-5, gt=0)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(128, ge=16)
-    no_duplicates: bool = True
-    seed: int = 42
 
 
-class TeacherFitConfig(_Strict):
+class TeacherFitConfig(_FitSettings):
     """``teacher fit``: a cross-encoder fitted here — from judgments (cross-fitted in ``folds`` folds), from the
     corpus alone (inverse cloze), or from the judgments starting at the corpus teacher."""
 
@@ -193,18 +200,12 @@ class TeacherFitConfig(_Strict):
     loss: Literal["bce", "listwise"] = Field(
         "listwise", description="bce: pointwise on positives and BM25 negatives; listwise: softmax of the positive "
         "against its BM25 negatives and in-batch negatives")
-    in_batch_negatives: int = Field(4, ge=0, description="listwise only: other queries' positives per example")
     folds: int = Field(5, ge=2, description="k: fit on k-1 folds, label the held-out fold")
     negatives: int = Field(15, ge=1, description="BM25-mined negatives per judged positive")
     negative_depth: int = Field(30, ge=1, description="negatives are drawn from BM25 ranks 1..depth")
     epochs: float = Field(2.0, gt=0)
-    learning_rate: float = Field(3e-5, gt=0)
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(256, ge=16)
-    no_duplicates: bool = Field(
-        True, description="listwise: never batch two rows of one query (or one document) together, so a query's "
-        "other relevant document is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")
-    seed: int = 42
 
 
 class TeacherConfig(_Strict):

@@ -52,7 +52,10 @@ def quiet_libraries(console: Console | None = None) -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, EsdistillWarning):
-            out.print(f"[yellow]warning:[/] {escape(str(message))}")
+            from .distributed import is_main
+
+            if is_main():  # under torchrun rank 0 speaks for every process
+                out.print(f"[yellow]warning:[/] {escape(str(message))}")
         else:
             shown(message, category, filename, lineno, file, line)
 

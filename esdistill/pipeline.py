@@ -68,8 +68,9 @@ class Project:
         """``bundle`` (an :class:`esdistill.bundle.Bundle`): run the model stages from it, with no cluster —
         its data, the cluster-side facts and caches it carries, its base models."""
         self.cfg = cfg
-        # data-parallel training (torchrun): rank 0 speaks for every process
-        self.console = console or Console(stderr=True, quiet=not distributed.is_main())
+        self.console = console or Console(stderr=True)
+        if not distributed.is_main():  # data-parallel training (torchrun): rank 0 speaks for every process
+            self.console = Console(stderr=True, quiet=True)
         self._client = client
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
