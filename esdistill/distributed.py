@@ -35,3 +35,25 @@ def barrier() -> None:
         return
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def trainer_kwargs() -> dict:
+    """Training arguments for the launch this process is in: under torchrun on a machine without CUDA, the Hugging
+    Face trainer runs data-parallel on CPUs (gloo) only when told to use the CPU — otherwise every process would
+    train on all the data alone."""
+    if world_size() <= 1:
+        return {}
+    import torch
+
+    return {} if torch.cuda.is_available() else {"use_cpu": True}
+
+
+def max_steps(batches_per_epoch: int, epochs: float) -> dict:
+    """``{"max_steps": N}`` under torchrun: each process's share of the batches, for ``epochs``. Sharded, the
+    no-duplicates batch samplers have no length the trainer can read (it then refuses to count epochs), so the
+    steps are counted here — the same optimiser steps a single process takes, divided among the processes."""
+    if world_size() <= 1:
+        return {}
+    import math
+
+    return {"max_steps": max(1, math.ceil(math.ceil(batches_per_epoch / world_size()) * epochs))}

@@ -22,6 +22,7 @@ is blind to a constant shift of all scores, so the model cannot settle on the la
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import shutil
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import distributed
 from .cache import StageCache
 from .config import TeacherFitConfig
 from .console import attach_progress
@@ -145,13 +147,13 @@ def _trainer(data, cfg, base: str, out: Path, listwise: bool):
         batch_sampler="no_duplicates" if listwise and cfg.no_duplicates else "batch_sampler",
         bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
         disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
+        **distributed.trainer_kwargs(),  # torchrun on CPUs: data-parallel over gloo
+        **distributed.max_steps(math.ceil(len(data) / cfg.batch_size), cfg.epochs),
     )
     return CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
 
 
 def _run(trainer, out: Path, progress, name: str) -> None:
-    from . import distributed
-
     attach_progress(trainer, progress, f"teacher fit [{name}]")
     trainer.train()
     if distributed.is_main():  # data parallel (torchrun): one process writes

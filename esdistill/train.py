@@ -205,7 +205,8 @@ def _silent(_msg: str) -> None:
     """The log of a process other than rank 0 (data-parallel training): rank 0 speaks for all."""
 
 
-def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True):
+def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True,
+                  batches_per_epoch: int = 0):
     """The trainer's arguments. With MNRL in the mix (``mnrl``) and ``cfg.no_duplicates``, batches never hold
     two rows that share a text: MNRL takes the other rows' documents as negatives, and a second row of the same
     query would hand it one of its own relevant documents as a negative."""
@@ -227,6 +228,8 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
         eval_strategy="epoch" if evaluate_epochs else "no",
         bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
         disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
+        **distributed.trainer_kwargs(),  # torchrun on CPUs: data-parallel over gloo
+        **distributed.max_steps(batches_per_epoch, cfg.epochs),
     )
 
 
@@ -303,7 +306,10 @@ def train_student(
 
     ckpt = cache.path("checkpoints")
     # the dev slice is also evaluated at each epoch's end when there are several epochs
-    args = training_args(cfg, ckpt, evaluate_epochs=evaluator is not None and cfg.epochs > 1, mnrl=bool(judged))
+    parts = train_data.values() if isinstance(train_data, dict) else [train_data]
+    batches = sum(-(-len(d) // cfg.batch_size) for d in parts)  # what one process takes per epoch
+    args = training_args(cfg, ckpt, evaluate_epochs=evaluator is not None and cfg.epochs > 1, mnrl=bool(judged),
+                         batches_per_epoch=batches)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train")
