@@ -453,12 +453,16 @@ class Project:
         t = self.cfg.teacher
         if t.ensemble_weights is not None:
             return list(t.ensemble_weights)
-        chosen = self._once(("ensemble-weights", depth), lambda: ensemble_mod.choose_weights(
-            self.raw_scores_frame(), self.members(), self.dataset.train_qrels, depth))
+        chosen = self._ensemble_choice(depth)
         if chosen["weights"] is None:
             raise InputError("the teacher ensemble's weights are chosen on judged training queries, and none has "
                              "candidates", hint="set [teacher] ensemble_weights = [...] (one per member)")
         return chosen["weights"]
+
+    def _ensemble_choice(self, depth: int | None) -> dict[str, Any]:
+        """The best weights on the judged training queries, each member alone, how many queries decided it."""
+        return self._once(("ensemble-weights", depth), lambda: ensemble_mod.choose_weights(
+            self.raw_scores_frame(), self.members(), self.dataset.train_qrels, depth))
 
     def pipeline_depth(self) -> int:
         """How many BM25 candidates the pipeline reranks that the teacher also scored in training."""
@@ -617,7 +621,7 @@ class Project:
         with weights chosen on the other half of the queries."""
         members, qrels = self.members(), self.dataset.train_qrels
         raw = self.raw_scores_frame()
-        chosen = ensemble_mod.choose_weights(raw, members, qrels, None)
+        chosen = self._ensemble_choice(None)
         if chosen["weights"] is None:
             self.log("teacher ensemble: no judged training query has candidates; its label quality is unknown")
             return

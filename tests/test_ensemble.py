@@ -39,8 +39,14 @@ def test_members_parse_and_bad_ones_are_named():
     ({"ensemble_weights": [1.0, 0.0]}, "ensemble_weights without an ensemble"),
 ])
 def test_bad_ensembles_are_refused_with_the_key(teacher, message):
-    with pytest.raises(ConfigError, match=message):
-        build_config({"data": {"name": "x", "beir": "d"}, "teacher": teacher})
+    with pytest.raises(ConfigError, match=message):  # full: a profile without an ensemble of its own
+        build_config({"data": {"name": "x", "beir": "d"}, "teacher": teacher}, profile="full")
+
+
+def test_weights_alone_fix_the_quick_profiles_ensemble():
+    cfg = build_config({"data": {"name": "x", "beir": "d"}, "teacher": {"ensemble_weights": [0.7, 0.3]}},
+                       profile="quick")
+    assert cfg.teacher.ensemble == ["bi_encoder:minilm", "bm25"] and cfg.teacher.ensemble_weights == [0.7, 0.3]
 
 
 def test_simplex_and_fusion():
