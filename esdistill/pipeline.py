@@ -41,7 +41,8 @@ from .deploy import check_dims, deploy_student, versioned_index
 from .errors import ClusterError, InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_identity, index_meta, iter_index_docs
 from .jsonutil import dumps
-from .models import embedding_info, load_bi_encoder, load_cross_encoder, load_query_encoder, model_fingerprint
+from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
+from .query_encoder import BatchingEncoder, load_query_encoder, served_encoder_label
 from .stages import StageKeys
 from .teacher import (
     assign_scorers,
@@ -984,8 +985,10 @@ class Project:
                     dims = m.dims
                 else:
                     m = load_query_encoder(path, ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
-                                           max_length=self.cfg.train.max_length)
+                                           max_length=self.cfg.train.max_length, threads=ev.encoder_threads)
                     dims = embedding_info(m)[0]
+                    if ev.encode_batch > 1:  # concurrent queries (search under load) share batched passes
+                        m = BatchingEncoder(m, ev.encode_batch)
                 check_dims(c, self._dense_target(which, served), dims)
                 loaded[which] = m
             return loaded[which]
@@ -1045,6 +1048,8 @@ class Project:
                     if getattr(encoder, "precomputed", False):
                         run["measured"] = {"encode": "query vectors computed where the model was trained: the latency "
                                                      "here excludes encoding"}
+                    elif encoder is not None:
+                        run["measured"] = {"encode": f"queries encoded by {served_encoder_label(self.cfg.evaluate)}"}
                     cache.path("run.json").write_text(dumps(run))
                     cache.finish(system=name, queries=len(queries))
                 results[name] = json.loads(cache.path("run.json").read_text())

@@ -30,11 +30,14 @@ def encoder(tiny_project, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(encoder):
-    """What Python answers for the test queries, through the alias (``esdistill search``): vectors and rankings."""
+    """What Python answers for the test queries, through the alias (``esdistill search``): vectors and rankings,
+    with the PyTorch encoder (the fp32 graph must match sentence-transformers itself, not the served int8)."""
     project, _, _ = encoder
     queries = list(project.eval_queries().values())[:6]
+    served, project.cfg.evaluate.query_encoder = project.cfg.evaluate.query_encoder, "torch"
     systems = project.systems(served=True)
     student, hybrid = systems["student"](), systems["hybrid"]()
+    project.cfg.evaluate.query_encoder = served  # the project is shared with other tests
     return {q: {"vector": np.asarray(student.encode(q)), "student": student.search(q).hits[:10],
                 "hybrid": hybrid.search(q).hits[:10]} for q in queries}
 

@@ -54,32 +54,6 @@ def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path, loss
     assert after["pair_accuracy"] > before["pair_accuracy"]
 
 
-@pytest.mark.parametrize("backend,min_cos", [("onnx", 0.9999), ("onnx-int8", 0.95)])
-def test_onnx_query_encoder_matches_pytorch(tmp_path, tiny_models, backend, min_cos):
-    import numpy as np
-
-    from esdistill.models import embedding_info, load_bi_encoder, load_query_encoder
-
-    texts = ["vitamin d and bone density", "smoking raises lung cancer risk", "a"]
-    ref = load_bi_encoder(tiny_models["bi"]).encode(texts, normalize_embeddings=True)
-    model = load_query_encoder(tiny_models["bi"], backend, tmp_path / "onnx")
-    got = model.encode(texts, normalize_embeddings=True)
-    assert embedding_info(model) == embedding_info(load_bi_encoder(tiny_models["bi"]))
-    cos = (ref * got).sum(1)
-    assert cos.min() >= min_cos, cos
-    assert (tmp_path / "onnx" / "onnx" / "model.onnx").exists()  # exported once, reused by the next load
-    again = load_query_encoder(tiny_models["bi"], backend, tmp_path / "onnx").encode(texts, normalize_embeddings=True)
-    assert np.allclose(again, got, atol=1e-6)
-
-
-def test_unknown_query_encoder_is_refused(tiny_models):
-    from esdistill.errors import ModelError
-    from esdistill.models import load_query_encoder
-
-    with pytest.raises(ModelError, match="unknown query encoder"):
-        load_query_encoder(tiny_models["bi"], "tensorrt")
-
-
 def test_judged_positive_label_tops_its_list_when_the_teacher_disagrees():
     import numpy as np
 
