@@ -57,6 +57,12 @@ def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elas
         kwargs["ssl_assert_fingerprint"] = settings.ca_fingerprint.replace(":", "").lower()
     if url.startswith("https") or settings.cloud_id:
         kwargs["verify_certs"] = settings.verify_certs
+    try:  # elasticsearch-py's orjson serializer: much faster on query vectors and large hit lists
+        from elasticsearch.serializer import OrjsonSerializer
+
+        kwargs["serializer"] = OrjsonSerializer()
+    except ImportError:  # the orjson extra of elasticsearch is not installed: the standard json module
+        pass
     if settings.cloud_id:
         client = Elasticsearch(cloud_id=settings.cloud_id, **kwargs)
     else:

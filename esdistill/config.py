@@ -347,10 +347,10 @@ class EvaluateConfig(_Strict):
     query_encoder: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
         "auto", description="how the student encodes queries at search time: auto is onnx-int8 on a CPU where the "
         "onnx extra is installed, else torch (esdistill/query_encoder.py)")
-    encoder_threads: int | None = Field(None, ge=1, description="intra-op threads of the ONNX query encoder "
-                                        "(default: the cores this process may use)")
-    encode_batch: int = Field(32, ge=1, description="concurrent queries encoded together, at most (1: each "
-                              "alone); a query alone is never held back")
+    encoder_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads per query "
+                                        "(default 1: concurrent queries run side by side, one core each)")
+    encode_batch: int = Field(32, ge=1, description="PyTorch: concurrent queries encoded together, at most "
+                              "(1: each alone); a query alone is never held back")
     systems: list[Literal["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]] = Field(
         default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"],
         description="zero_shot: the untrained base bi-encoder; judgments: a student trained on judgments only",

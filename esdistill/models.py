@@ -218,6 +218,8 @@ def make_loadable(folder: Path | str) -> list[str]:
 
 def embedding_info(model) -> tuple[int, bool]:
     """(dims, normalized): whether the model ends in a Normalize module (unit vectors → ``dot_product``)."""
+    if hasattr(model, "dims") and hasattr(model, "normalized"):  # an exported or precomputed query encoder
+        return int(model.dims), bool(model.normalized)
     (Normalize,) = st_modules("Normalize")
     get_dims = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dims = get_dims()

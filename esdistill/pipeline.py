@@ -42,7 +42,7 @@ from .errors import ClusterError, InputError
 from .indexing import MAPPINGS_DIR, build_bm25_index, fetch_docs, index_identity, index_meta, iter_index_docs
 from .jsonutil import dumps
 from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_fingerprint
-from .query_encoder import BatchingEncoder, load_query_encoder, served_encoder_label
+from .query_encoder import BatchingEncoder, batches, load_query_encoder, served_encoder_label
 from .stages import StageKeys
 from .teacher import (
     assign_scorers,
@@ -987,7 +987,7 @@ class Project:
                     m = load_query_encoder(path, ev.query_encoder, self.workdir / "onnx" / key_of()[:16],
                                            max_length=self.cfg.train.max_length, threads=ev.encoder_threads)
                     dims = embedding_info(m)[0]
-                    if ev.encode_batch > 1:  # concurrent queries (search under load) share batched passes
+                    if batches(ev):  # PyTorch: concurrent queries (search under load) share batched passes
                         m = BatchingEncoder(m, ev.encode_batch)
                 check_dims(c, self._dense_target(which, served), dims)
                 loaded[which] = m

@@ -31,11 +31,8 @@ QUERY_ENCODERS = ("torch", "onnx", "onnx-int8")
 
 
 def onnx_installed() -> bool:
-    """Whether the ``onnx`` extra (ONNX Runtime and optimum's ONNX Runtime models) can be imported."""
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "optimum.onnxruntime"))
-    except ModuleNotFoundError:  # "optimum" itself missing
-        return False
+    """Whether the ``onnx`` extra (ONNX Runtime, and ``onnx`` for the int8 quantizer) can be imported."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
 def resolve_query_encoder(backend: str) -> str:
@@ -51,81 +48,128 @@ def resolve_query_encoder(backend: str) -> str:
     return "onnx-int8" if onnx_installed() and not torch.cuda.is_available() else "torch"
 
 
-def encoder_threads(threads: int | None = None) -> int:
-    """Intra-op threads for the query encoder: ``threads``, or every core this process may run on (its CPU
-    affinity, which containers and ``taskset`` narrow — ``os.cpu_count()`` would count the host's)."""
-    if threads:
-        return threads
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow —
+    ``os.cpu_count()`` would count the host's)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
 
 
+def encoder_threads(threads: int | None = None) -> int:
+    """ONNX Runtime intra-op threads per query: ``threads``, else 1. A query is a few dozen tokens: under load,
+    concurrent queries each on one core (ONNX Runtime releases the GIL, so they run side by side on every core)
+    serve more than one query spread over all of them — 362 against 305 QPS with 2 threads on 2 cores
+    (``bench/README.md``, "Load on the query path")."""
+    return threads or 1
+
+
+def batches(ev) -> bool:
+    """Whether concurrent queries are encoded in batches (:class:`BatchingEncoder`): with PyTorch, where each
+    call would otherwise spread over every core and compete with the others (``evaluate.encode_batch`` > 1).
+    ONNX Runtime runs concurrent queries side by side instead; batching them was slower (dynamic int8
+    quantises a batch's activations together, so a vector would also depend on its batch-mates)."""
+    return resolve_query_encoder(ev.query_encoder) == "torch" and ev.encode_batch > 1
+
+
 def served_encoder_label(ev) -> str:
     """How ``[evaluate]`` (:class:`esdistill.config.EvaluateConfig`) serves queries, in words for reports."""
     backend = resolve_query_encoder(ev.query_encoder)
-    runtime = {"torch": "PyTorch", "onnx": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}[backend]
-    threads = f", {encoder_threads(ev.encoder_threads)} threads" if backend != "torch" else ""
-    return f"{runtime}{threads}, concurrent queries batched by up to {ev.encode_batch}"
+    if backend == "torch":
+        how = f"concurrent queries batched by up to {ev.encode_batch}" if batches(ev) else "one query per call"
+        return f"PyTorch, {how}"
+    runtime = {"onnx": "the exported ONNX graph, fp32", "onnx-int8": "the exported ONNX graph, int8"}[backend]
+    return f"{runtime} (ONNX Runtime, {encoder_threads(ev.encoder_threads)} thread per query, queries side by side)"
 
 
-def _quantization_config() -> str:
-    """The ONNX Runtime dynamic-quantization preset matching this CPU (what ``optimum`` names them)."""
-    import platform
-
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
+#: queries the export is checked on (min cosine against sentence-transformers, encoder_export.MIN_COSINE)
+CHECK_SAMPLE = ["what causes vitamin d deficiency", "does smoking raise the risk of lung cancer",
+                "aspirin and heart attack prevention in older adults", "a", "COVID-19 transmission in schools",
+                "how do statins lower cholesterol levels in the blood of patients with diabetes"]
 
 
 def load_query_encoder(name: str, backend: str = "auto", export_dir: Path | None = None,
                        max_length: int | None = None, threads: int | None = None):
-    """The student for encoding queries: ``torch``, or exported once to ONNX (``onnx``, ``onnx-int8``) through
-    sentence-transformers' ONNX backend (needs the ``onnx`` extra: optimum-onnx, onnxruntime); ``auto`` as in
-    :func:`resolve_query_encoder`. ONNX Runtime sessions get ``threads`` intra-op threads (default: this
+    """The student for encoding queries: ``torch`` (sentence-transformers), or ``onnx`` / ``onnx-int8`` — the
+    student exported once as one ONNX graph with its tokenizer (:mod:`esdistill.encoder_export`, what the
+    Node.js and Java clients run; the int8 graph has per-channel weights) and run by :class:`ExportedEncoder`.
+    ``auto`` as in :func:`resolve_query_encoder`. ONNX Runtime gets ``threads`` intra-op threads (default: this
     process's cores); PyTorch's are process-wide and left as they are.
 
-    The export lands in ``export_dir`` (default: ``<model>.onnx`` next to the model folder) and is reused.
-    Documents stay embedded by the PyTorch model; only the query side changes, so check the quality with
-    ``bench/query_encoder.py`` (int8 moves scores slightly)."""
+    The export lands in ``export_dir`` (default: ``<model>.onnx`` next to the model folder) and is reused; it is
+    checked against sentence-transformers on :data:`CHECK_SAMPLE` before use. Documents stay embedded by the
+    PyTorch model; only the query side changes (``bench/query_encoder.py`` measures what int8 moves)."""
     backend = resolve_query_encoder(backend)
     if backend == "torch":
         return load_bi_encoder(name, max_length=max_length)
     try:
-        import onnxruntime
-        from optimum.onnxruntime import ORTModelForFeatureExtraction  # noqa: F401
-        from sentence_transformers import SentenceTransformer
+        import onnxruntime  # noqa: F401
+        from tokenizers import Tokenizer  # noqa: F401
     except ImportError as exc:
-        raise ModelError(f"query encoder {backend!r} needs ONNX Runtime and optimum ({exc.name} is missing)",
+        raise ModelError(f"query encoder {backend!r} needs ONNX Runtime ({exc.name} is missing)",
                          hint="pip install 'esdistill[onnx]'") from None
+    from .encoder_export import export_query_encoder, read_manifest
+
     target = resolve(name)
     out = Path(export_dir) if export_dir else Path(str(Path(target).resolve()) + ".onnx")
-    if not (out / "onnx" / "model.onnx").exists():
+    manifest = read_manifest(out)
+    if manifest is None or (max_length and manifest.get("max_length") != max_length):
+        model = load_bi_encoder(name, max_length=max_length)
         try:
-            SentenceTransformer(target, backend="onnx", device="cpu").save_pretrained(str(out))
+            export_query_encoder(model, out, {"model": name}, max_length or model.max_seq_length, CHECK_SAMPLE)
+        except ModelError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _wrap("ONNX export of", name, target, exc) from exc
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = encoder_threads(threads)
-    kwargs: dict[str, Any] = {"session_options": options}
-    if backend == "onnx-int8":
-        from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+    return ExportedEncoder(out, int8=backend == "onnx-int8", threads=threads)
 
-        qcfg = _quantization_config()
 
-        def quantized() -> Path | None:  # model_qint8_<cfg>.onnx or model_quint8_<cfg>.onnx, by optimum version
-            return next(iter(sorted((out / "onnx").glob(f"model_*int8_{qcfg}.onnx"))), None)
+class ExportedEncoder:
+    """The exported query encoder (``model.onnx`` or ``model_int8.onnx``, ``tokenizer.json``, ``manifest.json``)
+    run in Python with ONNX Runtime and Hugging Face ``tokenizers`` — as applications in other languages run it.
+    No PyTorch in the loop, and ONNX Runtime releases the GIL while the graph runs, so concurrent searches in
+    other threads keep going. ``encode`` takes one text (a vector) or a list (a matrix, padded as one batch;
+    the graph pools over the attention mask, so padding leaves each vector as it is alone). Vectors are
+    L2-normalised by the graph itself."""
 
-        if quantized() is None:
-            export_dynamic_quantized_onnx_model(SentenceTransformer(str(out), backend="onnx", device="cpu"),
-                                                qcfg, str(out))
-        kwargs["file_name"] = f"onnx/{quantized().name}"
-    model = SentenceTransformer(str(out), backend="onnx", device="cpu", model_kwargs=kwargs)
-    if max_length:
-        model.max_seq_length = max_length
-    return model
+    def __init__(self, folder: Path, int8: bool = True, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from .encoder_export import read_manifest
+
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if manifest is None:
+            raise ModelError(f"{folder}: no exported query encoder (manifest.json missing)",
+                             hint="esdistill export --onnx writes one")
+        self.file = "model_int8.onnx" if int8 else "model.onnx"
+        self.manifest, self.inputs = manifest, list(manifest["inputs"])
+        self.dims, self.normalized, self.max_seq_length = int(manifest["dims"]), True, int(manifest["max_length"])
+        self.prefix, self.lower = manifest.get("prefix", ""), bool(manifest.get("lowercase"))
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.padded = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.padded.enable_padding()  # masked positions: their id does not matter
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = encoder_threads(threads), 1
+        self.session = ort.InferenceSession(str(folder / self.file), options, providers=["CPUExecutionProvider"])
+
+    def _feed(self, encodings) -> dict[str, np.ndarray]:
+        arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                  "token_type_ids": [e.type_ids for e in encodings]}
+        return {n: np.asarray(arrays[n], dtype=np.int64) for n in self.inputs}
+
+    def encode(self, text: str | list[str], normalize_embeddings: bool = True, **_: Any) -> np.ndarray:
+        """The vector of ``text``, or a matrix for a list (other ``SentenceTransformer.encode`` arguments are
+        accepted and ignored: the graph normalises, and a list is one batch)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            return np.zeros((0, self.dims), dtype=np.float32)
+        texts = [self.prefix + (t.lower() if self.lower else t) for t in texts]
+        encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.padded.encode_batch(texts)
+        vectors = self.session.run(["sentence_embedding"], self._feed(encodings))[0].astype(np.float32)
+        return vectors[0] if isinstance(text, str) else vectors
 
 
 class BatchingEncoder:
