@@ -1,12 +1,13 @@
 """The student's query encoder at serving time: which runtime encodes, with how many threads, in what batches.
 
-* :func:`resolve_query_encoder` — ``auto`` (the default) serves with ONNX Runtime's dynamic int8 graph on a CPU
-  when the ``onnx`` extra is installed (3× PyTorch's speed at −0.001 NDCG@10 on SciFact, ``bench/README.md``),
-  else with PyTorch; ``torch``, ``onnx`` and ``onnx-int8`` pick one.
-* :func:`load_query_encoder` — the student in that runtime, exported once to ONNX next to the caches.
-* :func:`encoder_threads` — intra-op threads sized to the cores this process may use.
-* :class:`BatchingEncoder` — queries sent concurrently from many threads are encoded together: one encoding
-  thread takes the first waiting query and every other one already waiting (up to ``max_batch``) and encodes
+* :func:`resolve_query_encoder` — ``auto`` (the default) serves with ONNX Runtime's dynamic int8 graph on a
+  CPU when the ``onnx`` extra is installed (4.6× PyTorch's encoding speed at −0.004 NDCG@10 on SciFact,
+  ``bench/README.md``), else with PyTorch; ``torch``, ``onnx`` and ``onnx-int8`` pick one.
+* :func:`load_query_encoder` — the student in that runtime: PyTorch, or the exported ONNX graph
+  (:class:`ExportedEncoder`), exported once next to the caches.
+* :func:`encoder_threads` — ONNX Runtime's intra-op threads per query (1: concurrent queries use the cores).
+* :class:`BatchingEncoder` — with PyTorch, queries sent concurrently from many threads are encoded together:
+  one encoding thread takes the first waiting query and every other one already waiting (up to ``max_batch``) and encodes
   them in one call. Alone, a query is encoded at once (no wait is added); under load, batches form while the
   previous one is encoded, so the cores run one batched forward pass instead of many competing small ones.
 """
