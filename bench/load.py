@@ -82,8 +82,9 @@ def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", work
     print(f"\ntarget (student ≥ ½ BM25's QPS, p99 < 100 ms, 0 errors): "
           + (f"{'met' if target['met'] else 'not met'} — {best['label']} at {target['ratio']:.2f}× BM25's QPS"
              if best else "not met — no student row had p99 < 100 ms and no errors"))
-    write_result(out, f"load-{hardware_label()}", {"rows": rows, "target": target, "workers": workers,
-                                                   "seconds": seconds, "encoder_threads": encoder_threads(ev.encoder_threads)})
+    write_result(out, f"load-{hardware_label()}", {
+        "rows": rows, "target": target, "workers": workers, "seconds": seconds,
+        "encoder_threads": encoder_threads(ev.encoder_threads)})
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", work
         report = Path(tmp) / "report.csv"
         exe = _esrally(esrally)  # through the wrapper: the test build answers GET / (Rally's version probe) with 405
         python = Path(exe).with_name("python")
-        cmd = [str(python), str(TRACK / "esrally_any_build.py"), "race", f"--track-path={track}", "--pipeline=benchmark-only", "--offline",
+        cmd = [str(python), str(TRACK / "esrally_any_build.py"), "race", f"--track-path={track}",
+               "--pipeline=benchmark-only", "--offline",
                f"--target-hosts={parsed.hostname}:{parsed.port or 9200}", f"--client-options={','.join(options)}",
                "--track-params=" + ",".join(f"{k}:{v}" for k, v in params.items()),
                "--report-format=csv", f"--report-file={report}", "--on-error=abort", "--kill-running-processes",
@@ -96,7 +97,8 @@ def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", work
         metric, task = row.get("Metric", ""), row.get("Task", "")
         if metric in KEPT and task:
             tasks.setdefault(task, {})[KEPT[metric]] = float(row["Value"]) if row["Value"] else None
-    print(f"\n| task | QPS | p50 ms | p99 ms | service p50 ms | service p99 ms | errors % |\n|---|---|---|---|---|---|---|")
+    print("\n| task | QPS | p50 ms | p99 ms | service p50 ms | service p99 ms | errors % |\n"
+          "|---|---|---|---|---|---|---|")
     for task, m in tasks.items():
         print(f"| {task} | {m.get('qps', 0):.1f} | {m.get('p50_ms', 0):.2f} | {m.get('p99_ms', 0):.2f} | "
               f"{m.get('service_p50_ms', 0):.2f} | {m.get('service_p99_ms', 0):.2f} | {m.get('error_rate_pct', 0):g} |")

@@ -7,8 +7,8 @@
   (:class:`ExportedEncoder`), exported once next to the caches.
 * :func:`encoder_threads` — ONNX Runtime's intra-op threads per query (1: concurrent queries use the cores).
 * :class:`BatchingEncoder` — with PyTorch, queries sent concurrently from many threads are encoded together:
-  one encoding thread takes the first waiting query and every other one already waiting (up to ``max_batch``) and encodes
-  them in one call. Alone, a query is encoded at once (no wait is added); under load, batches form while the
+  one encoding thread takes the first waiting query and every other one already waiting (up to ``max_batch``)
+  and encodes them in one call. Alone, a query is encoded at once (no wait is added); under load, batches form while the
   previous one is encoded, so the cores run one batched forward pass instead of many competing small ones.
 """
 
