@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 #: imports that only an extra needs (and that the code guards with a clear error when it is missing)
-EXTRAS = {"onnxruntime": "onnx", "optimum": "onnx", "ray": "ray"}
+EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "ray": "ray"}
 
 
 def _imports() -> set[str]:
