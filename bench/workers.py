@@ -14,7 +14,6 @@ Each configuration is warmed with one chunk (models loaded) before it is timed. 
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
@@ -35,6 +34,7 @@ def main(pairs_n: Annotated[int, typer.Option("--pairs", help="query-document pa
     prepare_env()
     from esdistill.data import load_corpus, load_qrels, load_queries, resolve_beir
     from esdistill.engine import LocalEngine, RayEngine
+    from esdistill.query_encoder import usable_cores
 
     root = resolve_beir(ROOT / "datasets" / "scifact.tar.xz", ROOT / ".esdistill" / "datasets")
     corpus, queries = load_corpus(root / "corpus.jsonl"), load_queries(root / "queries.jsonl")
@@ -42,7 +42,7 @@ def main(pairs_n: Annotated[int, typer.Option("--pairs", help="query-document pa
     rng, ids = random.Random(0), sorted(corpus)
     pairs = [(queries[train[i % len(train)]], corpus[rng.choice(ids)].full_text) for i in range(pairs_n)]
     docs = [(corpus[d], "") for d in ids[:docs_n]]
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
 
     def jobs(kind: str, items: list) -> list:
         return [((kind, i), (kind, "minilm", max_length, 32, items[i: i + chunk])) for i in range(0, len(items), chunk)]

@@ -95,8 +95,8 @@ def load_query_encoder(name: str, backend: str = "auto", export_dir: Path | None
     """The student for encoding queries: ``torch`` (sentence-transformers), or ``onnx`` / ``onnx-int8`` — the
     student exported once as one ONNX graph with its tokenizer (:mod:`esdistill.encoder_export`, what the
     Node.js and Java clients run; the int8 graph has per-channel weights) and run by :class:`ExportedEncoder`.
-    ``auto`` as in :func:`resolve_query_encoder`. ONNX Runtime gets ``threads`` intra-op threads (default: this
-    process's cores); PyTorch's are process-wide and left as they are.
+    ``auto`` as in :func:`resolve_query_encoder`. ONNX Runtime gets ``threads`` intra-op threads per query
+    (default 1, :func:`encoder_threads`); PyTorch's are process-wide and left as they are.
 
     The export lands in ``export_dir`` (default: ``<model>.onnx`` next to the model folder) and is reused; it is
     checked against sentence-transformers on :data:`CHECK_SAMPLE` before use. Documents stay embedded by the
@@ -131,8 +131,8 @@ class ExportedEncoder:
     run in Python with ONNX Runtime and Hugging Face ``tokenizers`` — as applications in other languages run it.
     No PyTorch in the loop, and ONNX Runtime releases the GIL while the graph runs, so concurrent searches in
     other threads keep going. ``encode`` takes one text (a vector) or a list (a matrix, padded as one batch;
-    the graph pools over the attention mask, so padding leaves each vector as it is alone). Vectors are
-    L2-normalised by the graph itself."""
+    the graph pools over the attention mask, so in fp32 each vector is the one it gets alone — int8 quantises
+    the batch's activations together, so there it is close, not equal). Vectors are L2-normalised by the graph."""
 
     def __init__(self, folder: Path, int8: bool = True, threads: int | None = None):
         import onnxruntime as ort
