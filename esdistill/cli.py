@@ -380,8 +380,8 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
            vector_builder: Annotated[str | None, typer.Option(help="with --show-request: the query_vector_builder "
                                                               "form for this uploaded model id (a cluster with ML "
                                                               "encodes the query itself)")] = None,
-           query_encoder: Annotated[str | None, typer.Option(help="auto | torch | onnx | onnx-int8 (default: [evaluate])")]
-           = None):
+           query_encoder: Annotated[str | None, typer.Option(
+               help="auto | torch | onnx | onnx-int8 (default: [evaluate])")] = None):
     """Answer one query with one system against the deployed indices; prints hits and timings."""
     import json
 
@@ -393,7 +393,8 @@ def search(query: Annotated[str, typer.Argument(help="the user's query")], confi
         try:
             project.cfg.evaluate.query_encoder = query_encoder
         except ValidationError:
-            raise EsdistillError(f"unknown query encoder {query_encoder!r}", hint="auto, torch, onnx or onnx-int8") from None
+            raise EsdistillError(f"unknown query encoder {query_encoder!r}",
+                                 hint="auto, torch, onnx or onnx-int8") from None
     builders = project.systems(served=True)  # what applications query now: the alias
     if system not in builders:
         raise EsdistillError(f"unknown system {system!r}", hint=f"one of {', '.join(builders)}")

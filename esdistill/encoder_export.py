@@ -107,6 +107,16 @@ def _tokenizer_json(model, max_length: int) -> str:
     return tok.to_str(pretty=True)
 
 
+def onnx_feed(encodings, input_names: list[str]) -> dict:
+    """The graph's inputs for ``tokenizers`` encodings of equal length (one, or a padded batch): int64 arrays of
+    the ids, attention mask and token types, as many of them as the graph takes."""
+    import numpy as np
+
+    arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+              "token_type_ids": [e.type_ids for e in encodings]}
+    return {n: np.asarray(arrays[n], dtype=np.int64) for n in input_names}
+
+
 def _onnx_vectors(path: Path, tokenizer_json: str, texts: list[str], input_names: list[str]):
     """What a client computes: tokenizer.json + ONNX Runtime, one query at a time (as applications encode)."""
     import numpy as np
@@ -117,10 +127,7 @@ def _onnx_vectors(path: Path, tokenizer_json: str, texts: list[str], input_names
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = []
     for text in texts:
-        enc = tok.encode(text)
-        arrays = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
-        feed = {n: np.asarray([arrays[n]], dtype=np.int64) for n in input_names}
-        out.append(sess.run(["sentence_embedding"], feed)[0][0])
+        out.append(sess.run(["sentence_embedding"], onnx_feed([tok.encode(text)], input_names))[0][0])
     return np.asarray(out)
 
 

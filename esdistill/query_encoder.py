@@ -8,8 +8,8 @@
 * :func:`encoder_threads` — ONNX Runtime's intra-op threads per query (1: concurrent queries use the cores).
 * :class:`BatchingEncoder` — with PyTorch, queries sent concurrently from many threads are encoded together:
   one encoding thread takes the first waiting query and every other one already waiting (up to ``max_batch``)
-  and encodes them in one call. Alone, a query is encoded at once (no wait is added); under load, batches form while the
-  previous one is encoded, so the cores run one batched forward pass instead of many competing small ones.
+  and encodes them in one call. Alone, a query is encoded at once (no wait is added); under load, batches form
+  while the previous one is encoded, so the cores run one batched forward pass instead of many competing small ones.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .encoder_export import onnx_feed, read_manifest
 from .errors import ModelError
 from .models import _wrap, load_bi_encoder, resolve
 
@@ -110,7 +111,7 @@ def load_query_encoder(name: str, backend: str = "auto", export_dir: Path | None
     except ImportError as exc:
         raise ModelError(f"query encoder {backend!r} needs ONNX Runtime ({exc.name} is missing)",
                          hint="pip install 'esdistill[onnx]'") from None
-    from .encoder_export import export_query_encoder, read_manifest
+    from .encoder_export import export_query_encoder
 
     target = resolve(name)
     out = Path(export_dir) if export_dir else Path(str(Path(target).resolve()) + ".onnx")
@@ -138,8 +139,6 @@ class ExportedEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from .encoder_export import read_manifest
-
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest is None:
@@ -156,11 +155,6 @@ class ExportedEncoder:
         options.intra_op_num_threads, options.inter_op_num_threads = encoder_threads(threads), 1
         self.session = ort.InferenceSession(str(folder / self.file), options, providers=["CPUExecutionProvider"])
 
-    def _feed(self, encodings) -> dict[str, np.ndarray]:
-        arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-                  "token_type_ids": [e.type_ids for e in encodings]}
-        return {n: np.asarray(arrays[n], dtype=np.int64) for n in self.inputs}
-
     def encode(self, text: str | list[str], normalize_embeddings: bool = True, **_: Any) -> np.ndarray:
         """The vector of ``text``, or a matrix for a list (other ``SentenceTransformer.encode`` arguments are
         accepted and ignored: the graph normalises, and a list is one batch)."""
@@ -169,7 +163,7 @@ class ExportedEncoder:
             return np.zeros((0, self.dims), dtype=np.float32)
         texts = [self.prefix + (t.lower() if self.lower else t) for t in texts]
         encodings = [self.tokenizer.encode(texts[0])] if len(texts) == 1 else self.padded.encode_batch(texts)
-        vectors = self.session.run(["sentence_embedding"], self._feed(encodings))[0].astype(np.float32)
+        vectors = self.session.run(["sentence_embedding"], onnx_feed(encodings, self.inputs))[0].astype(np.float32)
         return vectors[0] if isinstance(text, str) else vectors
 
 

@@ -234,7 +234,8 @@ class StageKeys:
         ev = self.cfg.evaluate
         out: dict[str, Any] = {"system": name, "queries": fingerprint(self.p.eval_queries()), "k": ev.k,
                                "index_key": self.p.index_key, "fields": self.p.text_fields}
-        dense = {"num_candidates": ev.num_candidates, "oversample": ev.oversample, "encoder": resolve_query_encoder(ev.query_encoder)}
+        dense = {"num_candidates": ev.num_candidates, "oversample": ev.oversample,
+                 "encoder": resolve_query_encoder(ev.query_encoder)}
         if name == "pipeline":
             out.update(reranker=self.scorer(), depth=ev.rerank_depth, max_length=self.cfg.teacher.max_length,
                        bm25_weight=self.p.pipeline_weight())
