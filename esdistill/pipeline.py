@@ -45,6 +45,7 @@ from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_f
 from .query_encoder import BatchingEncoder, batches, load_query_encoder, served_encoder_label
 from .stages import StageKeys
 from .teacher import (
+    judged_candidates,
     assign_scorers,
     choose_bm25_weight,
     fit_teacher,
@@ -573,6 +574,15 @@ class Project:
                                     and fit_info else "held out" if fit_info else "")
             return info
 
+    def _plain_bm25_quality(self, qids: list[str]) -> float:
+        """NDCG@10 of esdistill's own BM25 query (top ``candidates.k``) on the judged training queries ``qids``:
+        what a search request as the teacher is measured against."""
+        queries = {q: self.train_queries[q] for q in qids}
+        hits = cand_mod.msearch_bm25(self.client, self.cfg.bm25_index, queries, self.text_fields,
+                                     self.cfg.candidates.k, self.cfg.candidates.batch_size)
+        judged = {q: self.dataset.train_qrels[q] for q in qids}
+        return float(eval_mod.metrics(judged, {q: dict(h) for q, h in hits.items()})["ndcg@10"])
+
     def _report_labels(self, info: dict[str, Any], held_out: str) -> None:
         """How good the labels are on the judged training queries, alone and fused with BM25; warns when they
         rank no better than BM25."""
@@ -580,9 +590,16 @@ class Project:
         if not quality:
             return
         info["label_quality"] = quality
-        if self.cfg.teacher.kind == "request":  # its labels are its own order: nothing to blend or compare here
+        if self.cfg.teacher.kind == "request":  # its labels are its own order: nothing to blend, BM25 to compare
+            quality["bm25_ndcg@10"] = self._plain_bm25_quality(
+                sorted(judged_candidates(self.raw_scores_frame(), self.dataset.train_qrels)[0]))
+            ours, bm25 = quality["teacher_ndcg@10"], quality["bm25_ndcg@10"]
             self.log(f"teacher (your search request) on {quality['queries']} judged training queries: NDCG@10 "
-                     f"{quality['teacher_ndcg@10']:.3f}")
+                     f"{ours:.3f} vs plain BM25 {bm25:.3f} on {self.cfg.bm25_index!r}")
+            if ours <= bm25:
+                self.console.print(
+                    "[bold yellow]warning:[/] your search request ranks these judged queries no better than plain "
+                    f"BM25 ({ours:.3f} vs {bm25:.3f}): a student distilled from it has no gain over BM25 to keep")
             return
         held = {"held out": " (each query held out from the model that labelled it)",
                 "never saw a query": " (the corpus teacher never saw a query)"}.get(held_out, "")

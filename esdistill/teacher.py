@@ -278,7 +278,7 @@ def score_candidates(
                         engine=engine.name)
 
 
-def _judged_candidates(scores: pd.DataFrame, qrels: Qrels) -> tuple[Qrels, pd.DataFrame]:
+def judged_candidates(scores: pd.DataFrame, qrels: Qrels) -> tuple[Qrels, pd.DataFrame]:
     """The judgments of the queries that have BM25 candidates, and those candidates' rows (judged positives
     BM25 missed, ``source == "judged"``, are left out: BM25 has no rank for them)."""
     cands = scores[scores["source"] == "bm25"] if "source" in scores else scores
@@ -294,7 +294,7 @@ def label_quality(scores: pd.DataFrame, qrels: Qrels) -> dict[str, Any] | None:
     is judged."""
     from .evaluate import metrics
 
-    judged, sub = _judged_candidates(scores, qrels)
+    judged, sub = judged_candidates(scores, qrels)
     if not judged:
         return None
     teacher = {q: dict(zip(g.docid, g.teacher.astype(float), strict=True)) for q, g in sub.groupby("qid")}
@@ -361,7 +361,7 @@ def choose_bm25_weight(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float, ..
     judged)."""
     from .evaluate import metrics
 
-    judged, sub = _judged_candidates(scores, qrels)
+    judged, sub = judged_candidates(scores, qrels)
     if depth is not None:
         sub = sub[sub["rank"] <= depth]
     if not judged:
@@ -378,7 +378,7 @@ def heldout_fusion_quality(scores: pd.DataFrame, qrels: Qrels, grid: tuple[float
     measured on the queries it was picked on, which flatters it."""
     from .evaluate import metrics
 
-    judged, sub = _judged_candidates(scores, qrels)
+    judged, sub = judged_candidates(scores, qrels)
     if depth is not None:
         sub = sub[sub["rank"] <= depth]
     if len(judged) < 4:

@@ -63,6 +63,26 @@ def test_ray_scores_equal_local_and_resume_by_chunk(tmp_path, tiny_models, ray_e
     assert {p.name: p.stat().st_mtime_ns for p in sorted(rc.path("parts").iterdir())[1:]} == kept
 
 
+def test_bi_encoder_cosines_encode_each_document_once_across_chunks(tiny_models):
+    """The bi-encoder teacher's cosines equal each pair's own encoding; a document met again in a later chunk
+    (another query's candidate) comes from the process's vector cache, not a second encoding."""
+    from esdistill.engine import run_job
+    from esdistill.models import load_bi_encoder
+
+    queries, docs, cands = _pairs()
+    shared = docs["q0d0"].full_text  # one document in every query's list
+    pairs = [(queries[q], shared if d.endswith("d5") else docs[d].full_text) for q, d in zip(cands.qid, cands.docid)]
+    models: dict = {}
+    got = np.concatenate([run_job(models, ("cosine", tiny_models["bi"], 48, 8, pairs[i:i + 18]))
+                          for i in range(0, len(pairs), 18)])
+    cache = models[("cosine", tiny_models["bi"], 48, "vectors")]
+    assert len(cache) == len({d for _, d in pairs}) == 48 - len(TOPICS)  # each d5 is q0d0 again
+    bi = load_bi_encoder(tiny_models["bi"], max_length=48)
+    q = bi.encode([p[0] for p in pairs], normalize_embeddings=True)
+    d = bi.encode([p[1] for p in pairs], normalize_embeddings=True)
+    np.testing.assert_allclose(got, (q * d).sum(axis=1), atol=1e-5)
+
+
 def _embed(tmp_path, name, engine, tiny_models, docs):
     cache = StageCache(tmp_path / name, "embed", {"k": name})
     return embed_corpus(tiny_models["bi"], 48, docs, len(docs), cache, 8, engine=engine, chunk_docs=10), cache

@@ -63,6 +63,27 @@ def test_candidates_and_labels_are_the_request_s_hits_and_scores(request_project
     assert not (project.workdir / "teacher-fit").exists(), "a search request teacher fits nothing"
 
 
+def test_the_request_s_labels_are_measured_against_plain_bm25(request_project, es):
+    """The report compares the user's search with esdistill's plain BM25 on the same judged queries (a search
+    no better than BM25 has nothing to distil), not with itself."""
+    from esdistill.candidates import bm25_query
+    from esdistill.evaluate import metrics
+
+    project, _ = request_project
+    quality = project.teacher()["label_quality"]
+    qrels, have = project.dataset.train_qrels, set(project.candidates_frame().qid)
+    judged = {q: qrels[q] for q in project.train_queries if q in qrels and q in have}
+    run = {}
+    for q in judged:
+        hits = es.search(index=project.cfg.bm25_index, query=bm25_query(project.train_queries[q], ["title", "text"]),
+                         size=project.cfg.candidates.k, source=False).body["hits"]["hits"]
+        run[q] = {h["_id"]: h["_score"] for h in hits}
+    assert quality["queries"] == len(judged) > 0
+    assert quality["bm25_ndcg@10"] == pytest.approx(metrics(judged, run)["ndcg@10"], abs=1e-9)
+    reqrun = {q: dict(zip(g.docid, g.request)) for q, g in project.candidates_frame().groupby("qid") if q in judged}
+    assert quality["teacher_ndcg@10"] == pytest.approx(metrics(judged, reqrun)["ndcg@10"], abs=1e-9)
+
+
 def test_the_request_is_the_pipeline_at_evaluation(request_project, es):
     project, report = request_project
     assert "pipeline" in report["summary"]["systems"]

@@ -169,19 +169,19 @@ def test_listwise_fit_never_batches_two_rows_of_one_query(tmp_path, tiny_models)
         assert len(queries) == len(set(queries))
 
 
-def test_judged_candidates_scale_linearly():
+def testjudged_candidates_scale_linearly():
     """20,000 judged queries x 10 candidates: a set rebuilt per judgment made this take minutes (hours at real
     sizes); built once it takes well under a second. The bound is loose: it only catches the quadratic form."""
     import time
 
-    from esdistill.teacher import _judged_candidates
+    from esdistill.teacher import judged_candidates
 
     n = 20_000
     scores = pd.DataFrame({"qid": [f"q{i // 10}" for i in range(n * 10)], "docid": [f"d{i}" for i in range(n * 10)],
                            "rank": [i % 10 + 1 for i in range(n * 10)], "source": "bm25"})
     qrels = {f"q{i}": {f"d{i * 10}": 1} for i in range(n)}
     t0 = time.perf_counter()
-    judged, sub = _judged_candidates(scores, qrels)
+    judged, sub = judged_candidates(scores, qrels)
     assert len(judged) == n and len(sub) == n * 10
     assert time.perf_counter() - t0 < 20
 
