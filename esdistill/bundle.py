@@ -173,7 +173,7 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
     (out / "data").mkdir(parents=True)
     project.candidates()
     test_cands = (project.test_candidates() if "pipeline" in project.cfg.evaluate.systems
-                  and project.cfg.teacher.kind != "request" else None)
+                  and project.cfg.teacher.kind != "request" and project.request_member_search() is None else None)
     ds = project.dataset
     corpus = ds.corpus
     if corpus is None:  # the user's own index: its documents as they are now
@@ -197,6 +197,8 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
         stages["ict-pairs"] = project._ict_pairs_cache()
     if test_cands is not None:
         stages["test-candidates"] = project._test_candidates_cache()
+    for cache in project.request_member_caches():  # the user's search as an ensemble member runs here
+        stages[cache.stage] = cache
     for name, cache in stages.items():
         shutil.copytree(cache.dir, out / "cache" / name / cache.key)
     carried = {}

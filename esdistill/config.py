@@ -248,12 +248,20 @@ class TeacherConfig(_Strict):
         if len(members) < 2:
             raise ValueError("ensemble: give at least two members (one teacher alone is teacher.model or the fit)")
         if all(m.kind == "bm25" for m in members):
-            raise ValueError("ensemble: at least one member must be a model (fit, corpus, cross_encoder:, bi_encoder:)")
+            raise ValueError("ensemble: at least one member must be a teacher other than bm25 (fit, corpus, request, "
+                             "cross_encoder:, bi_encoder:)")
         if {"fit", "corpus"} <= set(self.ensemble) and self.fit.source == "corpus":
             raise ValueError("ensemble: fit and corpus are the same teacher when teacher.fit.source = 'corpus'")
-        if self.model or self.request or self.request_template:
-            raise ValueError("ensemble excludes teacher.model and teacher.request: name a ready cross-encoder as the "
-                             "member cross_encoder:<model>")
+        if self.model:
+            raise ValueError("ensemble excludes teacher.model: name a ready cross-encoder as the member "
+                             "cross_encoder:<model>")
+        has_request = bool(self.request or self.request_template)
+        if "request" in self.ensemble and not has_request:
+            raise ValueError("ensemble: the member request is your search request: set teacher.request (a JSON body "
+                             "file) or teacher.request_template")
+        if has_request and "request" not in self.ensemble:
+            raise ValueError("ensemble: teacher.request is set but not a member: add \"request\" to the ensemble, "
+                             "or leave the ensemble out to distil the request alone")
         if self.bm25_weight != "auto":
             raise ValueError("ensemble: BM25 is a member (bm25) with a weight like the others; leave bm25_weight unset")
         if self.ensemble_weights is not None and (

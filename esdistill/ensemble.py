@@ -7,6 +7,8 @@ Members, named as the config names them:
 * ``corpus`` — the inverse-cloze teacher from the corpus alone (:mod:`esdistill.ict`);
 * ``cross_encoder:<model>`` — a ready cross-encoder (hub id or folder);
 * ``bi_encoder:<model>`` — the cosine of a bi-encoder (e.g. ``bi_encoder:minilm``, the zero-shot base);
+* ``request`` — the user's own search (``teacher.request``): its ``_score`` of each candidate, from the request
+  run with the candidates' ids as its ``post_filter`` (so its ``rescore`` reaches all of them);
 * ``bm25`` — BM25's own score.
 
 Every member scores the same candidate pairs. Per query, each member's scores become z-scores over the query's
@@ -29,13 +31,13 @@ import pandas as pd
 from .data import Qrels
 
 MODEL_KINDS = ("cross_encoder", "bi_encoder")
-PLAIN_KINDS = ("fit", "corpus", "bm25")
+PLAIN_KINDS = ("fit", "corpus", "bm25", "request")
 
 
 @dataclass(frozen=True)
 class Member:
     spec: str  #: as the config names it
-    kind: str  #: fit | corpus | bm25 | cross_encoder | bi_encoder
+    kind: str  #: fit | corpus | bm25 | request | cross_encoder | bi_encoder
     model: str | None = None
 
     @property
@@ -51,8 +53,8 @@ def parse(spec: str) -> Member:
         return Member(spec, kind)
     if kind in MODEL_KINDS and model:
         return Member(spec, kind, model)
-    raise ValueError(f"unknown teacher ensemble member {spec!r}: use fit, corpus, bm25, cross_encoder:<model> or "
-                     "bi_encoder:<model>")
+    raise ValueError(f"unknown teacher ensemble member {spec!r}: use fit, corpus, bm25, request, "
+                     "cross_encoder:<model> or bi_encoder:<model>")
 
 
 def _z(x: np.ndarray) -> np.ndarray:
@@ -176,6 +178,8 @@ class EnsembleReranker:
         for member, model in self.scorers:
             if member.kind == "bm25":
                 cols.append(np.asarray(bm25, dtype=float))
+            elif member.kind == "request":  # the user's search, restricted to these documents
+                cols.append(model.score_docs(text, [x.id for x in docs]))
             elif member.kind == "bi_encoder":
                 q = model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
                 d = model.encode([x.full_text for x in docs], batch_size=batch_size, normalize_embeddings=True,

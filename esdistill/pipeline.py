@@ -239,11 +239,20 @@ class Project:
 
     def request_search(self):
         """The user's search request as the teacher (:mod:`esdistill.request_teacher`), or None."""
-        from .request_teacher import RequestSearch, load_request
-
         t = self.cfg.teacher
         if t.kind != "request":
             return None
+        return self._request()
+
+    def request_member_search(self):
+        """The user's search request as a member of the teacher ensemble (``request``), or None."""
+        t = self.cfg.teacher
+        return self._request() if t.kind == "ensemble" and "request" in t.ensemble else None
+
+    def _request(self):
+        from .request_teacher import RequestSearch, load_request
+
+        t = self.cfg.teacher
         return self._once("request-search", lambda: RequestSearch(
             self.client, self.cfg.bm25_index, load_request(t.request) if t.request else None, t.request_template,
             source=str(t.request) if t.request else f"search template {t.request_template!r}"))
@@ -480,6 +489,8 @@ class Project:
                 scorers.append((m, None))
             elif m.kind == "bi_encoder":
                 scorers.append((m, load_bi_encoder(m.model, max_length=self.cfg.teacher.max_length)))
+            elif m.kind == "request":
+                scorers.append((m, self.request_member_search()))
             else:
                 path = (m.model if m.kind == "cross_encoder"
                         else self._fit_info(corpus=m.kind == "corpus")["models"]["full"])
@@ -552,6 +563,9 @@ class Project:
                 if cache.done:
                     infos.append({**cache.info(), "cached": True})
                     continue
+                if member is not None and member.kind == "request":
+                    infos.append(self._score_request_member(pairs, cache))
+                    continue
                 kind, scorers = (self._member_scorers(member, sorted(pairs.qid.unique())) if ensemble else (
                     "score", assign_scorers(sorted(pairs.qid.unique()), fit_info, self.cfg.teacher.model)))
                 if member is not None:
@@ -573,6 +587,33 @@ class Project:
                 self._report_labels(info, "never saw a query" if self.cfg.teacher.fit.source == "corpus"
                                     and fit_info else "held out" if fit_info else "")
             return info
+
+    def request_member_caches(self) -> list[StageCache]:
+        """The scores of the ensemble member ``request`` (judged and unjudged queries), scored now where they are
+        not yet: it runs in the cluster, so a bundle for a machine without one carries them
+        (:func:`esdistill.bundle.export`). Empty without that member."""
+        if self.request_member_search() is None:
+            return []
+        member = next(m for m in self.members() if m.kind == "request")
+        out = []
+        for judged in (True, False):
+            cache = self._member_cache(member, judged)
+            if cache is not None:
+                if not cache.done:
+                    self._score_request_member(self.teacher_pairs(judged), cache)
+                out.append(cache)
+        return out
+
+    def _score_request_member(self, pairs: pd.DataFrame, cache: StageCache) -> dict[str, Any]:
+        """The ensemble member ``request``: the user's search run for each query over its candidates only."""
+        ids = {q: g.docid.tolist() for q, g in pairs.groupby("qid", sort=False)}
+        scores = self.request_member_search().score({q: self.train_queries[q] for q in ids}, ids,
+                                                    self.cfg.candidates.batch_size, self.progress)
+        out = pairs.assign(teacher=[scores[q][d] for q, d in zip(pairs.qid, pairs.docid, strict=True)],
+                           scorer="request")
+        out["teacher"] = out["teacher"].astype("float32")
+        out.to_parquet(cache.path("scores.parquet"), index=False)
+        return cache.finish(pairs=len(out), queries=len(ids), scored_now=len(out), output="scores.parquet")
 
     def _plain_bm25_quality(self, qids: list[str]) -> float:
         """NDCG@10 of esdistill's own BM25 query (top ``candidates.k``) on the judged training queries ``qids``:
@@ -974,8 +1015,9 @@ class Project:
         for which in self.served_systems():
             done[f"embed ({which})"] = self.embed(which)
             done[f"query vectors ({which})"] = self.query_vectors(which)
-        if "pipeline" in self.cfg.evaluate.systems and self.cfg.teacher.kind != "request":
-            done["pipeline"] = self.pipeline_offline()  # a search request teacher is the pipeline: it runs there
+        if ("pipeline" in self.cfg.evaluate.systems and self.cfg.teacher.kind != "request"
+                and self.request_member_search() is None):
+            done["pipeline"] = self.pipeline_offline()  # a search request (teacher or member) runs in the cluster
         return done
 
     def _system_cache(self, name: str) -> StageCache:

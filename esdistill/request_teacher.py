@@ -81,12 +81,46 @@ class RequestSearch:
     def run(self, queries: dict[str, str], k: int, batch_size: int = 32, progress=None,
             label: str = "candidates (your search request)") -> dict[str, list[tuple[str, float]]]:
         """qid -> [(docid, _score), ...] in the request's order."""
+        return self._each(queries, lambda text, _q: self.searches(text, k), batch_size, progress, label)
+
+    def restricted(self, text: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The request for ``text`` with only ``ids`` let through (a ``post_filter``, which applies before
+        ``rescore``, so a rescorer reaches each of them), all of them returned."""
+        if self.template_id:
+            raise InputError(f"{self.source}: a stored search template cannot be limited to the candidates, so it "
+                             "cannot be an ensemble member", hint="give the request body as teacher.request instead")
+        body = fill(copy.deepcopy(self.body), text)
+        only = {"ids": {"values": list(ids)}}
+        body["post_filter"] = {"bool": {"filter": [body["post_filter"], only]}} if "post_filter" in body else only
+        body.update(size=len(ids), _source=False)
+        return [{"index": self.index}, body]
+
+    def score(self, queries: dict[str, str], ids: dict[str, list[str]], batch_size: int = 32, progress=None,
+              label: str = "teacher (your search request)") -> dict[str, dict[str, float]]:
+        """qid -> {docid: the request's ``_score``} for each query's documents ``ids[qid]``; a document the
+        request does not match gets the query's lowest returned score (0 when it returns none)."""
+        hits = self._each(queries, lambda text, q: self.restricted(text, ids[q]), batch_size, progress, label)
+        out = {}
+        for q, found in hits.items():
+            got = dict(found)
+            low = min(got.values(), default=0.0)
+            out[q] = {d: got.get(d, low) for d in ids[q]}
+        return out
+
+    def score_docs(self, text: str, ids: list[str]):
+        """The request's scores of ``ids`` for one query, in that order (the pipeline's ensemble member)."""
+        import numpy as np
+
+        scores = self.score({"q": text}, {"q": ids})["q"]
+        return np.array([scores[d] for d in ids], dtype=float)
+
+    def _each(self, queries: dict[str, str], lines, batch_size: int, progress, label: str):
         qids = list(queries)
         out: dict[str, list[tuple[str, float]]] = {}
         task = progress.add_task(label, total=len(qids)) if progress else None
         for start in range(0, len(qids), batch_size):
             batch = qids[start:start + batch_size]
-            searches = [line for q in batch for line in self.searches(queries[q], k)]
+            searches = [line for q in batch for line in lines(queries[q], q)]
             try:
                 if self.template_id:
                     resp = self.client.msearch_template(search_templates=searches).body

@@ -164,6 +164,9 @@ class StageKeys:
             return model_fingerprint(member.model)
         if member.kind == "bi_encoder":
             return f"cosine-{model_fingerprint(member.model)}"
+        if member.kind == "request":
+            rs = self.p.request_member_search()
+            return "request-" + fingerprint({"body": rs.body, "template": rs.template_id})
         return "bm25"
 
     def fitted(self) -> str:

@@ -22,6 +22,7 @@ def test_members_parse_and_bad_ones_are_named():
     assert parse("fit") == Member("fit", "fit") and parse("bm25").column == "bm25"
     assert parse("bi_encoder:minilm") == Member("bi_encoder:minilm", "bi_encoder", "minilm")
     assert parse("cross_encoder:some/model").column == "m:cross_encoder:some/model"
+    assert parse("request") == Member("request", "request") and parse("request").column == "m:request"
     for bad in ("bm42", "cross_encoder", "fit:x"):
         with pytest.raises(ValueError, match="unknown teacher ensemble member"):
             parse(bad)
@@ -34,6 +35,8 @@ def test_members_parse_and_bad_ones_are_named():
     ({"ensemble": ["bm25", "bm25 "]}, "unknown"),
     ({"ensemble": ["fit", "bm25"], "bm25_weight": 0.3}, "BM25 is a member"),
     ({"ensemble": ["fit", "bm25"], "model": "x"}, "excludes teacher.model"),
+    ({"ensemble": ["request", "bm25"]}, "set teacher.request"),
+    ({"ensemble": ["fit", "bm25"], "request": "my.json"}, "not a member"),
     ({"ensemble": ["fit", "bm25"], "ensemble_weights": [1.0]}, "one weight >= 0 per member"),
     ({"ensemble": ["fit", "corpus"], "fit": {"source": "corpus"}}, "the same teacher"),
     ({"ensemble_weights": [1.0, 0.0]}, "ensemble_weights without an ensemble"),

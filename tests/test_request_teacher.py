@@ -98,6 +98,42 @@ def test_the_request_is_the_pipeline_at_evaluation(request_project, es):
     assert req["body"]["rescore"]["query"]["rescore_query"] == {"match": {"title": "obesity"}}
 
 
+def test_the_request_as_an_ensemble_member_scores_bm25_s_candidates(request_project, es, tiny_models):
+    """``ensemble = ["request", "bi_encoder:…", "bm25"]``: the candidates stay BM25's; the member ``request`` is
+    the user's search over each query's candidates — the score a direct search gives a document it rescored —
+    and the pipeline at evaluation fuses the same three."""
+    from esdistill.pipeline import Project
+
+    project, _ = request_project
+    members = ["request", f"bi_encoder:{tiny_models['bi']}", "bm25"]
+    cfg = project.cfg.model_copy(update={"teacher": project.cfg.teacher.model_copy(update={"ensemble": members})})
+    ens = Project(cfg, client=project.client)
+    ens.candidates()
+    frame = ens.candidates_frame()
+    assert "request" not in frame and frame.bm25.notna().all()  # BM25's hits, not the request's
+    ens.teacher()
+    raw = ens.raw_scores_frame()
+    assert raw["m:request"].notna().all()
+    window = RESCORE["rescore"]["window_size"]
+    compared = 0
+    for qid in sorted(raw.qid.unique())[:8]:
+        mine = raw[raw.qid == qid].set_index("docid")["m:request"]
+        # a document the plain request rescored (its first pass's top window) is rescored among fewer too
+        for d, score in _direct(es, project.cfg.bm25_index, ens.train_queries[qid], window):
+            if d in mine.index:
+                assert float(mine[d]) == pytest.approx(score, rel=1e-5)
+                compared += 1
+        others = set(mine.index) - {d for d, _ in _direct(es, project.cfg.bm25_index, ens.train_queries[qid], 200)}
+        assert all(float(mine[d]) == pytest.approx(float(mine.min())) for d in others)  # not matched: the lowest
+    assert compared > 20
+    weights = ens.ensemble_weights(None)
+    assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-9
+    pipeline = ens.systems()["pipeline"]()
+    text = next(iter(ens.eval_queries().values()))
+    assert len(pipeline.search(text).hits) == cfg.evaluate.k
+    assert ens._member_cache(ens.members()[0], True).key != ens._member_cache(ens.members()[1], True).key
+
+
 def test_changing_the_request_changes_candidates_not_the_index(request_project, tmp_path):
     from esdistill.pipeline import Project
 
