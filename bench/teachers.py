@@ -25,9 +25,12 @@ def main(
     config: Annotated[Path, typer.Option(help="the dataset's config")] = DEFAULT_CONFIG,
     profile: Annotated[str, typer.Option(help="quick | full")] = "quick",
     workdir: Annotated[Path, typer.Option(help="cache folder")] = DEFAULT_WORKDIR,
-    teacher: Annotated[list[str], typer.Option(help="a fitted teacher's source: judgments, corpus, "
-                                               "corpus+judgments (repeat)")] = ["judgments", "corpus"],  # noqa: B006
+    teacher: Annotated[list[str], typer.Option(
+        help="a fitted teacher's source: judgments, corpus, corpus+judgments (repeat; none by default: a fit "
+             "takes long)")] = [],  # noqa: B006
     ensemble: Annotated[list[str], typer.Option(help="an ensemble's members, comma-separated (repeat)")] = [],  # noqa: B006
+    request: Annotated[Path | None, typer.Option(help="a search request body (JSON, \"{{query}}\"): a teacher alone, "
+                                                "and the member `request` of the ensembles")] = None,
     out: Annotated[Path, typer.Option(help="folder for the result file")] = DEFAULT_OUT,
 ):
     prepare_env()
@@ -35,8 +38,11 @@ def main(
     from esdistill.pipeline import Project
 
     rows = []
+    req = {"request": str(request.resolve())} if request else {}
     variants = ([(f"fit: {s}", {"teacher": {"fit": {"source": s}}}) for s in teacher]
-                + [(f"ensemble: {e}", {"teacher": {"ensemble": e.split(",")}}) for e in ensemble])
+                + ([(f"request: {request.name}", {"teacher": req})] if request else [])
+                + [(f"ensemble: {e}", {"teacher": {"ensemble": e.split(","),
+                                                   **(req if "request" in e.split(",") else {})}}) for e in ensemble])
     for name, over in variants:
         project = Project(load_config(config, profile, workdir=str(workdir.resolve()), **over))
         project.candidates()
