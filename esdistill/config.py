@@ -222,14 +222,16 @@ class TeacherConfig(_Strict):
         None, description="the search you already serve as the teacher: a JSON file with a search request body in "
         "which every \"{{query}}\" is replaced by the query text (rescore, function_score, retrievers, "
         "text_similarity_reranker: whatever the cluster runs). Its top candidates.k hits are the candidates, its "
-        "_score the labels, and it is the pipeline at evaluation. Excludes model (and the fit)")
+        "_score the labels, and it is the pipeline at evaluation. Excludes model (and the fit); in an ensemble it is the "
+        "member request")
     request_template: str | None = Field(
         None, description="the same with a stored search template id (params: query, size); needs mustache")
 
     ensemble: list[str] = Field(
         default_factory=list, description="several teachers fused per query into one label, with weights chosen on "
-        "the held-out judged training queries: fit, corpus, bm25, cross_encoder:<model>, bi_encoder:<model> "
-        "(esdistill/ensemble.py). The pipeline at evaluation fuses the same members. Excludes model and request")
+        "the held-out judged training queries: fit, corpus, bm25, request (teacher.request scoring BM25's "
+        "candidates), cross_encoder:<model>, bi_encoder:<model> (esdistill/ensemble.py). The pipeline at evaluation "
+        "fuses the same members. Excludes model")
     ensemble_weights: list[float] | None = Field(
         None, description="fixed weights of the ensemble's members, in order (default: chosen on the judged "
         "training queries)")
