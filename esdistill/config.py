@@ -431,7 +431,8 @@ class RunConfig(_Strict):
             raise ConfigError(humanize_validation_error(e, "[cluster]")) from None
 
 
-#: Profile defaults, laid under the user's config. ``quick`` finishes on 2 CPU cores in well under an hour.
+#: Profile defaults, laid under the user's config. ``quick`` runs SciFact's 400 training queries on 2 CPU cores in
+#: about 21 minutes after indexing (NFCorpus's, with 4 positives each, in about an hour).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "data": {"max_train_queries": 400},
