@@ -261,6 +261,9 @@ class TeacherConfig(_Strict):
         if "request" in self.ensemble and not has_request:
             raise ValueError("ensemble: the member request is your search request: set teacher.request (a JSON body "
                              "file) or teacher.request_template")
+        if self.request_template and "request" in self.ensemble:
+            raise ValueError("ensemble: a stored search template cannot be limited to the candidates, so it cannot "
+                             "be the member request: give the request body as teacher.request instead")
         if has_request and "request" not in self.ensemble:
             raise ValueError("ensemble: teacher.request is set but not a member: add \"request\" to the ensemble, "
                              "or leave the ensemble out to distil the request alone")

@@ -45,12 +45,12 @@ from .models import embedding_info, load_bi_encoder, load_cross_encoder, model_f
 from .query_encoder import BatchingEncoder, batches, load_query_encoder, served_encoder_label
 from .stages import StageKeys
 from .teacher import (
-    judged_candidates,
     assign_scorers,
     choose_bm25_weight,
     fit_teacher,
     fuse_frame,
     heldout_fusion_quality,
+    judged_candidates,
     label_quality,
     label_scale,
     score_candidates,

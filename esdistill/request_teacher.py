@@ -21,6 +21,7 @@ import pandas as pd
 from elasticsearch import ApiError, Elasticsearch
 
 from .cluster import check_shards
+from .config import fingerprint
 from .errors import ClusterError, InputError
 
 PLACEHOLDER = "{{query}}"
@@ -71,6 +72,10 @@ class RequestSearch:
             raise ValueError("a request body or a template id, not both")
         self.client, self.index, self.body, self.template_id, self.source = client, index, body, template_id, source
 
+    def fingerprint(self) -> str:
+        """What identifies this search in cache keys: its body, or its template id."""
+        return fingerprint({"body": self.body, "template": self.template_id})
+
     def searches(self, text: str, k: int) -> list[dict[str, Any]]:
         if self.template_id:
             return [{"index": self.index}, {"id": self.template_id, "params": {"query": text, "size": k}}]
@@ -86,9 +91,7 @@ class RequestSearch:
     def restricted(self, text: str, ids: list[str]) -> list[dict[str, Any]]:
         """The request for ``text`` with only ``ids`` let through (a ``post_filter``, which applies before
         ``rescore``, so a rescorer reaches each of them), all of them returned."""
-        if self.template_id:
-            raise InputError(f"{self.source}: a stored search template cannot be limited to the candidates, so it "
-                             "cannot be an ensemble member", hint="give the request body as teacher.request instead")
+        assert self.body is not None, "a stored template cannot be restricted (refused by the config)"
         body = fill(copy.deepcopy(self.body), text)
         only = {"ids": {"values": list(ids)}}
         body["post_filter"] = {"bool": {"filter": [body["post_filter"], only]}} if "post_filter" in body else only

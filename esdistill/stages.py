@@ -116,7 +116,7 @@ class StageKeys:
     def request(self) -> str | None:
         """The user's search request teacher, by its body's (or template id's) fingerprint; None without one."""
         rs = self.p.request_search()
-        return None if rs is None else fingerprint({"body": rs.body, "template": rs.template_id})
+        return None if rs is None else rs.fingerprint()
 
     def candidates(self) -> dict[str, Any]:
         out = {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
@@ -165,8 +165,7 @@ class StageKeys:
         if member.kind == "bi_encoder":
             return f"cosine-{model_fingerprint(member.model)}"
         if member.kind == "request":
-            rs = self.p.request_member_search()
-            return "request-" + fingerprint({"body": rs.body, "template": rs.template_id})
+            return "request-" + self.p.request_member_search().fingerprint()
         return "bm25"
 
     def fitted(self) -> str:

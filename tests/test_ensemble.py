@@ -37,6 +37,7 @@ def test_members_parse_and_bad_ones_are_named():
     ({"ensemble": ["fit", "bm25"], "model": "x"}, "excludes teacher.model"),
     ({"ensemble": ["request", "bm25"]}, "set teacher.request"),
     ({"ensemble": ["fit", "bm25"], "request": "my.json"}, "not a member"),
+    ({"ensemble": ["request", "bm25"], "request_template": "tpl"}, "cannot be the member request"),
     ({"ensemble": ["fit", "bm25"], "ensemble_weights": [1.0]}, "one weight >= 0 per member"),
     ({"ensemble": ["fit", "corpus"], "fit": {"source": "corpus"}}, "the same teacher"),
     ({"ensemble_weights": [1.0, 0.0]}, "ensemble_weights without an ensemble"),
