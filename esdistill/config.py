@@ -313,6 +313,25 @@ class TrainConfig(_Strict):
     suspect_negatives: Literal["keep", "drop"] = Field(
         "keep", description="candidates the teacher scores at or above a judged positive (likely relevant, unjudged): "
         "keep them among that positive's sampled negatives, or drop them (bench/README.md, 'Suspect negatives')")
+    lists: Literal["per_query", "per_positive"] = Field(
+        "per_query", description="per_query: one list per query over its scored candidates (a judged positive first, "
+        "the rest drawn weighted toward the teacher's top, its rank 1 included), drawn again every epoch; "
+        "per_positive: one list per judged positive with `negatives` drawn uniformly from ranks 2.., the same every "
+        "epoch (before 2026-12)")
+    list_size: Annotated[int, Field(ge=2)] | Literal["all"] = Field(
+        8, description="per_query: documents in a query's list, its positive included (all: every scored "
+        "candidate)")
+    label_scale: Annotated[float, Field(gt=0)] | Literal["auto", "raw"] = Field(
+        "auto", description="how teacher scores become labels: per query z-scores times this number; auto = the "
+        "base model's own within-query spread of score_scale * cosine over the candidates (so the student starts "
+        "on the labels' scale); raw = the teacher's scores as they are (before 2026-12)")
+    mask_judged_negatives: bool = Field(
+        True, description="MNRL: a document judged relevant to a row's query is never its in-batch negative (the "
+        "positive or hard negative of another row in the batch)")
+    use_judgments: bool = Field(
+        True, description="false: the training queries are an unjudged log — labels from the teacher only, no MNRL "
+        "on judged pairs, no judged positive, and teacher weights fixed (teacher.ensemble_weights, else equal); "
+        "judgments only evaluate")
     score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
     temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
     epochs: float = Field(3.0, gt=0)

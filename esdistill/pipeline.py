@@ -464,6 +464,8 @@ class Project:
         t = self.cfg.teacher
         if t.ensemble_weights is not None:
             return list(t.ensemble_weights)
+        if not self.cfg.train.use_judgments:  # an unjudged log: no judgment chooses anything
+            return [1 / len(t.ensemble)] * len(t.ensemble)
         chosen = self._ensemble_choice(depth)
         if chosen["weights"] is None:
             raise InputError("the teacher ensemble's weights are chosen on judged training queries, and none has "
@@ -744,6 +746,8 @@ class Project:
         if self.cfg.teacher.kind in ("request", "ensemble"):
             return 0.0  # the request is the whole pipeline, BM25 included where the user put it; BM25 is a member
         if w == "auto":
+            if not self.cfg.train.use_judgments:  # an unjudged log: no judgment chooses the blend
+                return 0.0
             return float(self._auto_weight(depth)["weight"] or 0.0)
         return float(w)
 

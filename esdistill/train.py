@@ -120,7 +120,154 @@ def judged_triplets(examples, qrels: Qrels, seed: int) -> list[tuple[str, str, s
     return out
 
 
-def to_hf_dataset(examples, queries: dict[str, str], texts: dict[str, Doc], loss: str):
+def standardize(scores: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` with ``teacher`` replaced by per-query z-scores over the query's scored candidates (a query whose
+    scores are all equal gets zeros): labels independent of the teacher's own scale — a cross-encoder's logits, an
+    ensemble's weighted z-sum, a search request's ``_score`` — and of an ensemble's member order. The scores as
+    they were stay in ``teacher_unscaled``."""
+    g = scores.groupby("qid").teacher
+    sd = g.transform("std", ddof=0).to_numpy(dtype=float)
+    z = (scores.teacher.to_numpy(dtype=float) - g.transform("mean").to_numpy(dtype=float))
+    z = np.divide(z, sd, out=np.zeros_like(z), where=sd > 0)
+    return scores.assign(teacher_unscaled=scores.teacher, teacher=z.astype("float32"))
+
+
+def base_spread(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc], score_scale: float,
+                batch_size: int = 32) -> float:
+    """The mean within-query standard deviation of ``score_scale * cosine`` that ``model`` gives the queries'
+    candidates in ``scores``: the spread of the student's own logits before training, so standardized labels
+    times it start the listwise loss on the student's scale (not at a temperature mismatch it could only fix by
+    flattening every cosine)."""
+    sds = []
+    for qid, g in scores.groupby("qid"):
+        if len(g) < 2:
+            continue
+        q = model.encode([queries[qid]], normalize_embeddings=True, show_progress_bar=False)
+        d = model.encode([texts[x].full_text for x in g.docid], batch_size=batch_size, normalize_embeddings=True,
+                         show_progress_bar=False)
+        sds.append(float(np.std(score_scale * (d @ q[0]))))
+    if not sds:
+        raise ValueError("train.label_scale = 'auto' needs queries with at least two scored candidates")
+    return float(np.mean(sds))
+
+
+def _top_weighted_sample(rng: np.random.Generator, pool: list, n: int) -> list:
+    """``n`` of ``pool`` (in the teacher's order, best first) without replacement, the i-th drawn with weight
+    1/sqrt(i): every candidate can appear, the teacher's head most often; kept in the teacher's order."""
+    if n >= len(pool):
+        return list(pool)
+    w = 1.0 / np.sqrt(np.arange(1, len(pool) + 1))
+    idx = np.sort(rng.choice(len(pool), size=n, replace=False, p=w / w.sum()))
+    return [pool[i] for i in idx]
+
+
+def build_lists(
+    scores: pd.DataFrame,
+    qids: list[str],
+    qrels: Qrels,
+    cfg: TrainConfig,
+    max_positives: int | None = None,
+    epoch: int = 0,
+) -> list[tuple[str, str, list[str], list[float]]]:
+    """One list per query for one epoch: ``(qid, first document, [the others], [labels in that order])``.
+
+    The first document is a judged positive where the query has one (``cfg.use_judged_positives``; a query with
+    several takes them in turn, epoch by epoch), else the teacher's top document. The others are drawn from
+    every other scored candidate — the teacher's rank 1 included — weighted toward the teacher's top
+    (:func:`_top_weighted_sample`), ``cfg.list_size`` documents in all (``all``: every candidate), drawn anew
+    for each ``epoch``. Judged documents other than the list's positive are never drawn (under
+    ``max_positives`` the capped ones are still relevant). Lists shorter than the width are padded by repeating
+    their own documents. Labels are the ``teacher`` column; with ``cfg.judged_above_teacher`` a judged positive
+    the teacher ranks below a drawn document is raised one standard deviation of the query's labels above it."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    grouped = {q: g.sort_values("teacher", ascending=False, kind="stable")
+               for q, g in scores[scores.qid.isin(qids)].groupby("qid")}
+    width = max((len(g) for g in grouped.values()), default=0) if cfg.list_size == "all" else cfg.list_size
+    out = []
+    for qid in qids:
+        g = grouped.get(qid)
+        if g is None or len(g) < 2:
+            continue
+        ranked = list(zip(g.docid, g.teacher.astype(float), strict=True))
+        judged = {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
+        chosen = set(relevant(qid, qrels.get(qid, {}), max_positives))
+        positives = [(d, s) for d, s in ranked if d in chosen] if cfg.use_judged_positives else []
+        first = positives[epoch % len(positives)] if positives else ranked[0]
+        pool = [(d, s) for d, s in ranked if d != first[0] and d not in judged]
+        if not pool:
+            continue
+        drawn = _top_weighted_sample(rng, pool, min(width, len(ranked)) - 1)
+        while len(drawn) < width - 1:  # fixed width: pad by repeating (a short list, rare)
+            drawn.append(drawn[int(rng.integers(len(drawn)))])
+        label = first[1]
+        best = max(s for _, s in drawn)
+        if cfg.judged_above_teacher and first[0] in judged and label <= best:
+            label = best + float(np.std([s for _, s in ranked]))
+        out.append((qid, first[0], [d for d, _ in drawn], [float(label)] + [float(s) for _, s in drawn]))
+    return out
+
+
+def judged_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: TrainConfig,
+                max_positives: int | None = None, epoch: int = 0) -> list[tuple[str, str, str]]:
+    """(qid, judged positive, hard negative) for every judged positive of ``qids`` (at most ``max_positives`` a
+    query) among the scored candidates: the supervised half of the student's loss (MNRL). The hard negative is
+    drawn, anew each ``epoch``, from the teacher's top ``cfg.negative_depth`` candidates that are not judged
+    (with ``suspect_negatives = drop``, from those the teacher scores below the positive where any are)."""
+    rng = np.random.default_rng([cfg.seed, epoch, 1])
+    out = []
+    for qid, g in scores[scores.qid.isin(qids)].groupby("qid", sort=True):
+        judged = {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
+        chosen = set(relevant(qid, qrels.get(qid, {}), max_positives))
+        g = g.sort_values("teacher", ascending=False, kind="stable")
+        ranked = list(zip(g.docid, g.teacher.astype(float), strict=True))
+        pool = [(d, s) for d, s in ranked[: cfg.negative_depth or len(ranked)] if d not in judged]
+        if not pool:
+            continue
+        for pos, pos_score in ((d, s) for d, s in ranked if d in chosen):
+            cands = pool
+            if cfg.suspect_negatives == "drop":
+                cands = [(d, s) for d, s in pool if s < pos_score] or pool
+            out.append((qid, pos, cands[int(rng.integers(len(cands)))][0]))
+    return out
+
+
+def masked_mnrl(model, scale: float, rows: list[tuple[str, str, str]], qrels: Qrels):
+    """:class:`MultipleNegativesRankingLoss` whose in-batch negatives skip documents judged relevant to the row's
+    query: another row's positive (or hard negative) that the judgments call relevant to this query is a false
+    negative, masked out of the softmax. Each row's index into ``rows`` (qid, positive, negative) travels in the
+    dataset's ``label`` column; the loss counts what it masked in ``.masked``."""
+    import torch
+
+    try:
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    relevant_to = {q: {d for d, g in qrels.get(q, {}).items() if g > 0} for q in {r[0] for r in rows}}
+
+    class MaskedMNRL(MultipleNegativesRankingLoss):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.masked = 0  #: false negatives masked so far (the train record keeps it)
+
+        def forward(self, sentence_features, labels):
+            reps = [self.model(f)["sentence_embedding"] for f in sentence_features]
+            anchors, cands = reps[0], torch.cat(reps[1:])
+            logits = self.similarity_fct(anchors, cands) * self.scale
+            idx = labels.long().tolist()
+            docs = [rows[i][1] for i in idx] + [rows[i][2] for i in idx]
+            mask = torch.tensor([[j != a and d in relevant_to[rows[i][0]] for j, d in enumerate(docs)]
+                                 for a, i in enumerate(idx)], dtype=torch.bool, device=logits.device)
+            self.masked += int(mask.sum())
+            logits = logits.masked_fill(mask, float("-inf"))
+            return torch.nn.functional.cross_entropy(logits, torch.arange(len(idx), device=logits.device))
+
+    return MaskedMNRL(model, scale=scale)
+
+
+def to_hf_dataset(examples, queries: dict[str, str], texts: dict[str, Doc], loss: str, scale: float = 1.0):
+    """The distilling rows as a dataset: query, positive, negative_0.., and the labels times ``scale`` (for
+    ``margin_mse`` the positive's margins over each other document)."""
     from datasets import Dataset as HFDataset
 
     n = len(examples[0][2])
@@ -130,6 +277,7 @@ def to_hf_dataset(examples, queries: dict[str, str], texts: dict[str, Doc], loss
         cols["positive"].append(texts[pos].full_text)
         for i, d in enumerate(negs):
             cols[f"negative_{i}"].append(texts[d].full_text)
+        t = [scale * x for x in t]
         cols["label"].append([t[0] - x for x in t[1:]] if loss == "margin_mse" else t)
     return HFDataset.from_dict(cols)
 
@@ -147,21 +295,36 @@ class ScaledCosine:
         return self.scale * (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
 
 
+def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
+                   batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """``{qid: {docid: cosine}}``: ``model`` scoring each query's candidates in ``scores`` (its own reranking of
+    the teacher's candidates)."""
+    out = {}
+    for qid, g in scores.groupby("qid"):
+        q = model.encode([queries[qid]], normalize_embeddings=True, show_progress_bar=False)
+        d = model.encode([texts[x].full_text for x in g.docid], batch_size=batch_size, normalize_embeddings=True,
+                         show_progress_bar=False)
+        out[qid] = dict(zip(g.docid, (d @ q[0]).astype(float).tolist(), strict=True))
+    return out
+
+
 def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc]) -> dict:
     """How closely the student's ranking of each query's candidates follows the teacher's.
 
-    Returns mean per-query Spearman correlation and pairwise ordering accuracy (pairs whose teacher scores
-    differ). Used to show that training moves the student toward its teacher.
-    """
+    Returns the rank agreement of :func:`esdistill.agreement.agreement` (NDCG@10 graded by the teacher's order,
+    overlap@10, rank-biased overlap, each with a bootstrap 95% interval), the mean per-query Spearman
+    correlation and the pairwise ordering accuracy (pairs whose teacher scores differ)."""
     from scipy.stats import spearmanr
 
+    from .agreement import agreement
+
+    student = student_scores(model, scores, queries, texts)
+    teacher = {q: dict(zip(g.docid, g.teacher.astype(float), strict=True)) for q, g in scores.groupby("qid")}
     rhos, acc = [], []
     for qid, g in scores.groupby("qid"):
         if len(g) < 3:
             continue
-        q = model.encode([queries[qid]], normalize_embeddings=True, show_progress_bar=False)
-        d = model.encode([texts[x].full_text for x in g.docid], normalize_embeddings=True, show_progress_bar=False)
-        s = (d @ q[0]).astype(float)
+        s = np.array([student[qid][d] for d in g.docid])
         t = g.teacher.to_numpy(dtype=float)
         rho = spearmanr(s, t).statistic
         if not np.isnan(rho):
@@ -170,8 +333,28 @@ def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], text
         diff_s = np.sign(s[:, None] - s[None, :])
         mask = diff_t != 0
         acc.append(float((diff_t[mask] == diff_s[mask]).mean()))
-    return {"spearman": float(np.mean(rhos)) if rhos else float("nan"), "pair_accuracy": float(np.mean(acc)),
-            "queries": len(acc)}
+    return {**agreement(teacher, student), "spearman": float(np.mean(rhos)) if rhos else float("nan"),
+            "pair_accuracy": float(np.mean(acc)) if acc else float("nan"), "queries": len(acc)}
+
+
+def agreement_evaluator(scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc]):
+    """A sentence-transformers evaluator of :func:`teacher_agreement` on ``scores`` (the dev slice), so the
+    trainer measures the student's agreement with its teacher after every epoch (``agreement_*`` metrics)."""
+    try:
+        from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers.evaluation import SentenceEvaluator
+
+    class AgreementEvaluator(SentenceEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.primary_metric = "agreement_ndcg@10"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            a = teacher_agreement(model, scores, queries, texts)
+            return {f"agreement_{k}": float(v) for k, v in a.items() if isinstance(v, (int, float))}
+
+    return AgreementEvaluator()
 
 
 def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, texts: dict[str, Doc]):
@@ -206,7 +389,7 @@ def _silent(_msg: str) -> None:
 
 
 def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True,
-                  batches_per_epoch: int = 0):
+                  batches_per_epoch: int = 0, eval_steps: int | None = None):
     """The trainer's arguments. With MNRL in the mix (``mnrl``) and ``cfg.no_duplicates``, batches never hold
     two rows that share a text: MNRL takes the other rows' documents as negatives, and a second row of the same
     query would hand it one of its own relevant documents as a negative."""
@@ -225,12 +408,29 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
         logging_steps=25,
         report_to="none",
         batch_sampler="no_duplicates" if cfg.no_duplicates and mnrl else "batch_sampler",
-        eval_strategy="epoch" if evaluate_epochs else "no",
+        eval_strategy="steps" if eval_steps else "epoch" if evaluate_epochs else "no",
+        **({"eval_steps": eval_steps} if eval_steps else {}),
         bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
         disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
         **distributed.trainer_kwargs(),  # torchrun on CPUs: data-parallel over gloo
         **distributed.max_steps(batches_per_epoch, cfg.epochs),
     )
+
+
+def _examples_for(cfg: TrainConfig, scores: pd.DataFrame, train_q: list[str], qrels: Qrels,
+                  max_positives: int | None, passes: int, suspects: dict[str, int]):
+    """The distilling rows of every pass and the judged (MNRL) rows: per-query lists drawn anew for each pass, or
+    the per-positive examples of before (the same each pass). The judged rows are MNRL's: next to the teacher
+    (``judged_loss``) or alone (``loss = judgments``, the control)."""
+    supervised = cfg.judged_loss or cfg.loss == "judgments"
+    if cfg.lists == "per_positive":
+        examples = build_examples(scores, train_q, qrels, cfg, max_positives, suspects)
+        judged = judged_triplets(examples, qrels, cfg.seed) if supervised else []
+        return [examples] * passes, [judged] * passes
+    examples = [build_lists(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
+    judged = ([judged_rows(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
+              if supervised else [[] for _ in range(passes)])
+    return examples, judged
 
 
 def train_student(
@@ -246,50 +446,81 @@ def train_student(
 ) -> dict[str, Any]:
     """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume.
     ``max_positives`` caps the judged positives a query contributes (``data.max_positives_per_query``);
-    ``progress`` (rich) shows the training steps."""
+    ``progress`` (rich) shows the training steps.
+
+    Labels (``cfg.label_scale``): the teacher's scores become per-query z-scores (:func:`standardize`) times the
+    base model's own logit spread (``auto``, :func:`base_spread`) or a given number; ``raw`` keeps them as they
+    are. Each of ``ceil(epochs)`` passes draws its own lists (``cfg.lists = per_query``); the dev slice's
+    agreement with the teacher is measured before training and after every pass. With ``cfg.use_judgments``
+    off, no judgment is read: the training queries are an unjudged log."""
     if cache.done:
         return {**cache.info(), "cached": True}
+    import math
+
+    from datasets import Dataset as HFDataset
+    from datasets import concatenate_datasets
     from sentence_transformers import SentenceTransformerTrainer
     try:
+        from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
         from sentence_transformers.sentence_transformer.losses import (
             DistillKLDivLoss,
             MarginMSELoss,
             MultipleNegativesRankingLoss,
         )
     except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers.evaluation import SequentialEvaluator
         from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss, MultipleNegativesRankingLoss
     (Normalize,) = st_modules("Normalize")
 
     judgments_only = cfg.loss == "judgments"
+    if not cfg.use_judgments:
+        if judgments_only:
+            raise ValueError("train.loss = 'judgments' needs the judgments: it cannot run with use_judgments = false")
+        qrels = {}
+        cfg = cfg.model_copy(update={"use_judged_positives": False, "judged_loss": False,
+                                     "judged_above_teacher": False})
     qids = sorted(scores.qid.unique())
     if judgments_only:
         qids = [q for q in qids if any(g > 0 for g in qrels.get(q, {}).values())]
     train_q, dev_q = split_dev(qids, cfg.dev_fraction)
+    if cfg.label_scale != "raw":
+        scores = standardize(scores)
+    passes = max(1, math.ceil(cfg.epochs)) if cfg.lists == "per_query" else 1
     suspects: dict[str, int] = {}
-    examples = build_examples(scores, train_q, qrels, cfg, max_positives, suspects)
+    examples_by_pass, judged_by_pass = _examples_for(cfg, scores, train_q, qrels, max_positives, passes, suspects)
+    examples = examples_by_pass[0]
     if not examples:
         raise ValueError("no training examples: every query needs at least two scored candidates")
-    needed = {d for _, p, negs, _ in examples for d in [p, *negs]} | set(scores[scores.qid.isin(dev_q)].docid)
-    needed |= {d for q in dev_q for d in qrels.get(q, {})}
-    judged = judged_triplets(examples, qrels, cfg.seed) if (cfg.judged_loss or judgments_only) else []
+    judged = judged_by_pass[0]
+    needed = {d for ex in examples_by_pass for _, p, negs, _ in ex for d in [p, *negs]}
+    needed |= {d for rows in judged_by_pass for _, p, n in rows for d in (p, n)}
+    needed |= set(scores[scores.qid.isin(dev_q)].docid) | {d for q in dev_q for d in qrels.get(q, {})}
     texts = docs(sorted(needed))
-    data = to_hf_dataset(examples, queries, texts, cfg.loss)
 
     model = load_bi_encoder(cfg.base_model, max_length=cfg.max_length)
     _, normalized = embedding_info(model)
     if not normalized:
         model.append(Normalize())  # unit vectors: dot_product in Elasticsearch == the cosine trained here
+    main = distributed.is_main()  # under torchrun only rank 0 measures and writes
+    dev_scores = scores[scores.qid.isin(dev_q)]
+    if cfg.label_scale == "auto" and not judgments_only:
+        sample = dev_scores if dev_q else scores[scores.qid.isin(train_q[:50])]
+        scale = base_spread(model, sample, queries, texts, cfg.score_scale)
+    else:
+        scale = 1.0 if cfg.label_scale == "raw" else float(cfg.label_scale)
+    data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])
     sim = ScaledCosine(cfg.score_scale)
     loss = (MarginMSELoss(model, similarity_fct=sim) if cfg.loss == "margin_mse"
             else DistillKLDivLoss(model, similarity_fct=sim, temperature=cfg.temperature))
-    train_data, train_loss = data, loss
+    train_data, train_loss, mnrl = data, loss, None
     if judged:
-        from datasets import Dataset as HFDataset
-
+        rows = [r for rs in judged_by_pass for r in rs]
         judged_data = HFDataset.from_dict({
-            "anchor": [queries[q] for q, _, _ in judged], "positive": [texts[p].full_text for _, p, _ in judged],
-            "negative": [texts[n].full_text for _, _, n in judged]})
-        mnrl = MultipleNegativesRankingLoss(model, scale=cfg.score_scale)
+            "anchor": [queries[q] for q, _, _ in rows], "positive": [texts[p].full_text for _, p, _ in rows],
+            "negative": [texts[n].full_text for _, _, n in rows],
+            **({"label": list(range(len(rows)))} if cfg.mask_judged_negatives else {})})
+        mnrl = (masked_mnrl(model, cfg.score_scale, rows, qrels) if cfg.mask_judged_negatives
+                else MultipleNegativesRankingLoss(model, scale=cfg.score_scale))
         if judgments_only:
             train_data, train_loss = judged_data, mnrl
         else:
@@ -297,19 +528,21 @@ def train_student(
             train_loss = {"distill": loss, "judged": mnrl}
     elif judgments_only:
         raise ValueError("loss 'judgments' needs judged training queries (qrels) with a BM25 candidate each")
-    evaluator = dev_evaluator(dev_q, queries, qrels, scores, texts)
-    main = distributed.is_main()  # under torchrun only rank 0 measures and writes
-    before = evaluator(model) if evaluator and main else {}
-    dev_scores = scores[scores.qid.isin(dev_q)]
-    agree_before = (teacher_agreement(model, dev_scores, queries, texts) if main and len(dev_q) and not judgments_only
-                    else {})
+    ir_eval = dev_evaluator(dev_q, queries, qrels, scores, texts) if cfg.use_judgments else None
+    agree_eval = (agreement_evaluator(dev_scores, queries, texts) if len(dev_q) and not judgments_only else None)
+    evaluators = [e for e in (ir_eval, agree_eval) if e is not None]
+    evaluator = SequentialEvaluator(evaluators) if evaluators else None
+    before = ir_eval(model) if ir_eval and main else {}
+    agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
 
     ckpt = cache.path("checkpoints")
-    # the dev slice is also evaluated at each epoch's end when there are several epochs
     parts = train_data.values() if isinstance(train_data, dict) else [train_data]
-    batches = sum(-(-len(d) // cfg.batch_size) for d in parts)  # what one process takes per epoch
-    args = training_args(cfg, ckpt, evaluate_epochs=evaluator is not None and cfg.epochs > 1, mnrl=bool(judged),
-                         batches_per_epoch=batches)
+    batches = sum(-(-len(d) // cfg.batch_size) for d in parts)  # what one process takes over every pass
+    per_pass = max(1, batches // passes)
+    epochs = cfg.epochs / passes  # the passes are in the data: one trainer epoch holds them all
+    args = training_args(cfg.model_copy(update={"epochs": epochs}), ckpt, mnrl=bool(judged),
+                         batches_per_epoch=batches,
+                         eval_steps=per_pass if evaluator is not None and cfg.epochs > 1 else None)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train")
@@ -328,17 +561,26 @@ def train_student(
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
     if not main:
         log = _silent
-    log(f"train: {len(examples)} examples from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
+    shape = (f"{len(examples)} lists of {len(examples[0][2]) + 1} (drawn anew in each of {passes} passes)"
+             if cfg.lists == "per_query" else f"{len(examples)} examples")
+    log(f"train: {shape} from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
         + (f"MNRL on {len(judged)} judged pairs only (no teacher)" if judgments_only else
-           f"loss {cfg.loss}" + (f" + MNRL on {len(judged)} judged pairs" if judged else ""))
+           f"loss {cfg.loss}, labels "
+           + ("raw" if cfg.label_scale == "raw" else f"z-scored x {scale:.2f}"
+              + (" (the base model's spread)" if cfg.label_scale == "auto" else ""))
+           + (f" + MNRL on {len(judged)} judged pairs" if judged else "")
+           + ("" if cfg.use_judgments else "; judgments unused (an unjudged query log)"))
         + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=str(found[-1]) if resume else None)
     if not distributed.is_main():  # data parallel (torchrun): rank 0 writes the model and the record
         distributed.barrier()
         return {"rank": distributed.rank(), "steps": trainer.state.global_step}
 
-    after = evaluator(model) if evaluator else {}
-    agree_after = teacher_agreement(model, dev_scores, queries, texts) if len(dev_q) and not judgments_only else {}
+    after = ir_eval(model) if ir_eval else {}
+    agree_after = teacher_agreement(model, dev_scores, queries, texts) if agree_eval else {}
+    by_pass = [{k.removeprefix("eval_"): v for k, v in h.items() if "agreement_" in k or "ndcg@10" in k}
+               | {"epoch": h.get("epoch"), "step": h.get("step")}
+               for h in trainer.state.log_history if any("agreement_" in k for k in h)]
     out = cache.path("model")
     model.save(str(out))
     dims, _ = embedding_info(model)
@@ -353,7 +595,9 @@ def train_student(
         queries_without_examples=len(set(train_q) - used),
         resumed_from=found[-1].name if found else None, steps=trainer.state.global_step,
         dev_before={k: float(v) for k, v in before.items()}, dev_after={k: float(v) for k, v in after.items()},
-        agreement_before=agree_before, agreement_after=agree_after, suspect_negatives=suspects,
+        agreement_before=agree_before, agreement_after=agree_after, agreement_by_pass=by_pass,
+        suspect_negatives=suspects, lists=cfg.lists, passes=passes, label_scale=scale,
+        masked_false_negatives=getattr(mnrl, "masked", 0), use_judgments=cfg.use_judgments,
         processes=distributed.world_size(),
     )
     distributed.barrier()  # the others wait until the model and the record are written

@@ -122,3 +122,92 @@ def test_mnrl_batches_never_hold_two_rows_of_one_query(tmp_path, tiny_models):
     for batch in batches:
         anchors = [data[i]["anchor"] for i in batch]
         assert len(anchors) == len(set(anchors))
+
+
+def test_labels_are_standardized_per_query_whatever_the_teacher_s_scale():
+    """A teacher on any scale (a cross-encoder's logits, a request's _score, an ensemble in any member order)
+    gives the same labels: per-query z-scores."""
+    import numpy as np
+
+    from esdistill.train import standardize
+
+    _, _, scores = synthetic()
+    z = standardize(scores)
+    again = standardize(scores.assign(teacher=scores.teacher * 37.0 - 5.0))
+    assert np.allclose(z.teacher, again.teacher, atol=1e-5)
+    per_q = z.groupby("qid").teacher
+    assert np.allclose(per_q.mean(), 0, atol=1e-6) and np.allclose(per_q.std(ddof=0), 1, atol=1e-5)
+    assert (z.teacher_unscaled == scores.teacher).all()
+    flat = standardize(scores.assign(teacher=1.0))
+    assert (flat.teacher == 0).all()  # a query whose teacher scores are all equal: no preference, no NaN
+
+
+def test_lists_cover_the_teacher_s_head_and_change_every_epoch():
+    from collections import Counter
+
+    from esdistill.train import build_lists
+
+    _, _, scores = synthetic(n_q=1, n_d=20)
+    cfg = TrainConfig(list_size=5)
+    order = list(scores.sort_values("teacher", ascending=False, kind="stable").docid)
+    drawn = Counter()
+    lists = [build_lists(scores, ["q0"], {}, cfg, epoch=e)[0] for e in range(200)]
+    for qid, first, others, labels in lists:
+        assert first == order[0] and len(others) == 4  # no judgment: the teacher's top leads its list
+        assert labels == sorted(labels, reverse=True)  # labels follow the teacher
+        drawn.update(others)
+    assert len({tuple(x[2]) for x in lists}) > 20  # drawn anew every epoch
+    assert drawn[order[1]] > drawn[order[-1]] > 0  # weighted toward the top, the tail still reachable
+    judged = build_lists(scores, ["q0"], {"q0": {order[10]: 1, order[3]: 1}}, cfg, epoch=0)[0]
+    assert judged[1] in (order[10], order[3]) and not {order[10], order[3]} & set(judged[2])
+    firsts = {build_lists(scores, ["q0"], {"q0": {order[10]: 1, order[3]: 1}}, cfg, epoch=e)[0][1] for e in (0, 1)}
+    assert firsts == {order[10], order[3]}  # several judged positives take the lead in turn
+    raised = build_lists(scores, ["q0"], {"q0": {order[10]: 1}}, cfg, epoch=0)[0]
+    assert raised[3][0] > max(raised[3][1:])  # the judged positive tops its list
+    every = build_lists(scores, ["q0"], {}, TrainConfig(list_size="all"))[0]
+    assert [every[1], *every[2]] == order
+
+
+def test_masked_mnrl_never_uses_a_document_judged_relevant_to_the_query_as_its_negative(tiny_models):
+    """Row 1's positive is judged relevant to row 0's query too: for row 0 it is masked, and the loss equals
+    MNRL's over the other candidates."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from esdistill.train import masked_mnrl
+
+    model = load_bi_encoder(tiny_models["bi"])
+    rows = [("qa", "d1", "n1"), ("qb", "d2", "n2"), ("qc", "d3", "n3")]
+    qrels = {"qa": {"d1": 1, "d2": 1}, "qb": {"d2": 1}, "qc": {"d3": 1}}
+    text = {"qa": "malaria vaccine", "qb": "statin therapy", "qc": "p53 tumour", "d1": "vaccine trial",
+            "d2": "statins lower cholesterol", "d3": "tumour suppressor", "n1": "weather", "n2": "music",
+            "n3": "football"}
+    feats = [model.tokenize([text[r[c]] for r in rows]) for c in range(3)]
+    loss = masked_mnrl(model, 20.0, rows, qrels)
+    got = loss(feats, torch.tensor([0, 1, 2]))
+    assert loss.masked == 1
+    with torch.no_grad():
+        reps = [model(f)["sentence_embedding"] for f in feats]
+        logits = loss.similarity_fct(reps[0], torch.cat(reps[1:])) * 20.0
+        logits[0, 1] = float("-inf")
+        expected = torch.nn.functional.cross_entropy(logits, torch.arange(3))
+        plain = MultipleNegativesRankingLoss(model, scale=20.0)(feats, torch.tensor([0, 1, 2]))
+    assert torch.isclose(got, expected, atol=1e-5) and not torch.isclose(got, plain, atol=1e-4)
+
+
+def test_training_records_agreement_after_each_pass_and_can_ignore_judgments(tmp_path, tiny_models):
+    """Lists drawn per pass, labels on the base model's scale, the dev agreement measured before training and
+    after every pass; with use_judgments = false no judgment is read."""
+    queries, docs, scores = synthetic(n_q=6, n_d=8)
+    qrels = {q: {f"{q}d3": 1} for q in queries}
+    cfg = TrainConfig(base_model=tiny_models["bi"], epochs=2, batch_size=4, max_length=32, dev_fraction=0.34,
+                      list_size=4)
+    info = train_student(cfg, scores, queries, qrels, lambda ids: {i: docs[i] for i in ids},
+                         StageCache(tmp_path, "train", {"t": 1}), log=lambda m: None)
+    assert info["passes"] == 2 and len(info["agreement_by_pass"]) == 2
+    assert info["judged_pairs"] > 0 and info["label_scale"] > 0
+    assert {"ndcg@10", "overlap@10", "rbo", "ndcg@10_ci95"} <= set(info["agreement_after"])
+    log_only = train_student(cfg.model_copy(update={"use_judgments": False}), scores, queries, qrels,
+                             lambda ids: {i: docs[i] for i in ids}, StageCache(tmp_path, "train", {"t": 2}),
+                             log=lambda m: None)
+    assert log_only["judged_pairs"] == 0 and log_only["use_judgments"] is False
