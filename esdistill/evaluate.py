@@ -192,6 +192,20 @@ def plot(summary: dict[str, Any], path: Path, title: str, labels: dict[str, str]
     return path
 
 
+def agreement_table(agreement: dict[str, dict[str, Any]]) -> str:
+    """Markdown: each bi-encoder reranking the pipeline's own candidates, against the pipeline's order."""
+    if not agreement:
+        return ""
+    def cell(a: dict, m: str) -> str:
+        lo, hi = a.get(f"{m}_ci95") or (None, None)
+        return f"{a[m]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+    rows = "".join(f"| {LABELS.get(n, n)} | {cell(a, 'ndcg@10')} | {cell(a, 'overlap@10')} | {cell(a, 'rbo')} |\n"
+                   for n, a in agreement.items())
+    return ("\nAgreement with the pipeline on its own candidates (each test query's reranked BM25 head; 95% "
+            "bootstrap intervals):\n\n| system | NDCG@10 vs the pipeline's order | overlap@10 | RBO |\n|---|---|---|---|\n"
+            + rows)
+
+
 def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict[str, Any]) -> tuple[Path, Path]:
     """``report.md`` (the table, the plot, notes, stage times), ``report.json`` (every number) and ``plot.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +214,7 @@ def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict
     body = markdown(summary, title)
     plot(summary, out_dir / "plot.png", f"{title}: quality vs latency")
     body += "\n![NDCG@10 against p50 latency, per system](plot.png)\n"
+    body += agreement_table(summary.get("agreement_with_pipeline") or {})
     for name, note in (extra.get("measured") or {}).items():
         body += f"\n{LABELS.get(name, name)}: {note}\n"
     dep = extra.get("deploy") or {}

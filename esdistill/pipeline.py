@@ -1118,6 +1118,10 @@ class Project:
                 results[name] = json.loads(cache.path("run.json").read_text())
             summary = eval_mod.summarize(qrels, results)
             summary["test_queries_without_relevant"] = unjudged
+            if "pipeline" in results:
+                summary["agreement_with_pipeline"] = {
+                    n: self.agreement_with_pipeline(builders[n](), results["pipeline"]["run"], queries)
+                    for n in ("zero_shot", "student", "judgments") if n in results}
         cache = self._eval_cache()
         record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
         deploy_info = json.loads(record.read_text()) if record.exists() else None
@@ -1135,6 +1139,25 @@ class Project:
         written = self.write_results(summary, results, queries, cache.key)
         self.log(f"results: {written} documents in index {results_mod.RESULTS_INDEX} (Kibana dashboards read it)")
         return {"markdown": str(md), "json": str(js), "summary": summary}
+
+    def agreement_with_pipeline(self, knn, pipeline_run: dict[str, dict[str, float]],
+                                queries: dict[str, str]) -> dict[str, Any]:
+        """A served bi-encoder (``knn``: a :class:`~esdistill.search.Student`) reranking the pipeline's own
+        candidates — the head it reranked, BM25's top ``rerank_depth`` of each test query — scored against the
+        pipeline's order (:func:`esdistill.agreement.agreement`: NDCG@10 graded by the pipeline's order,
+        overlap@10, RBO, bootstrap intervals). Distillation shows here first: the student must agree more with its
+        teacher than the zero-shot base does. The documents' vectors are the deployed ones (a kNN search
+        restricted to the candidates' ids, exact at that size)."""
+        from .agreement import agreement
+
+        depth = self.cfg.evaluate.rerank_depth
+        heads = {q: dict(sorted(r.items(), key=lambda kv: -kv[1])[:depth]) for q, r in pipeline_run.items()}
+        knn.k = knn.num_candidates = depth
+        tested = {}
+        for qid, head in heads.items():
+            knn.filter = {"ids": {"values": sorted(head)}}
+            tested[qid] = dict(knn.search(queries[qid]).hits)
+        return agreement(heads, tested)
 
     def sweep(self, index_types: list[str], num_candidates: list[int], oversample: float | None = None,
               k: int = 10) -> dict[str, Any]:

@@ -507,7 +507,7 @@ def train_student(
         sample = dev_scores if dev_q else scores[scores.qid.isin(train_q[:50])]
         scale = base_spread(model, sample, queries, texts, cfg.score_scale)
     else:
-        scale = 1.0 if cfg.label_scale == "raw" else float(cfg.label_scale)
+        scale = 1.0 if isinstance(cfg.label_scale, str) else float(cfg.label_scale)  # MNRL alone reads no label
     data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])
     sim = ScaledCosine(cfg.score_scale)
     loss = (MarginMSELoss(model, similarity_fct=sim) if cfg.loss == "margin_mse"

@@ -247,3 +247,30 @@ def test_evaluate_rebuilds_a_bm25_index_another_project_replaced(tiny_project, e
     project.evaluate()
     assert index_meta(es, index)["key"] == project.index_key
     assert es.count(index=index).body["count"] == len(project.dataset.corpus)
+
+
+def test_the_student_is_measured_against_the_pipeline_on_its_own_candidates(tiny_project):
+    """The report's agreement: the deployed student reranking each test query's pipeline head (via kNN limited to
+    those ids), against the pipeline's order — the same numbers as encoding those documents here."""
+    from esdistill.agreement import agreement
+    from esdistill.models import load_bi_encoder
+
+    project, report = tiny_project
+    data = json.loads(Path(report["json"]).read_text())
+    got = data["agreement_with_pipeline"]["student"]
+    n = len(project.dataset.test_qrels)
+    assert got["queries"] == n and 0.0 <= got["ndcg@10"] <= 1.0 and got["ndcg@10_ci95"][0] <= got["ndcg@10"]
+    assert "Agreement with the pipeline on its own candidates" in Path(report["markdown"]).read_text()
+    run = json.loads((project._system_cache("pipeline").path("run.json")).read_text())["run"]
+    depth = project.cfg.evaluate.rerank_depth
+    heads = {q: dict(sorted(r.items(), key=lambda kv: -kv[1])[:depth]) for q, r in run.items()}
+    model = load_bi_encoder(project.student_path(), max_length=project.cfg.train.max_length)
+    docs = project.docs(sorted({d for h in heads.values() for d in h}))
+    queries = project.eval_queries()
+    local = {}
+    for q, head in heads.items():
+        qv = model.encode([queries[q]], normalize_embeddings=True)[0]
+        dv = model.encode([docs[d].full_text for d in head], normalize_embeddings=True)
+        local[q] = dict(zip(head, (dv @ qv).tolist(), strict=True))
+    mine = agreement(heads, local)
+    assert abs(mine["ndcg@10"] - got["ndcg@10"]) < 0.02 and abs(mine["rbo"] - got["rbo"]) < 0.02
