@@ -1037,10 +1037,12 @@ class Project:
         deploy recorded them (:mod:`esdistill.served`): nothing is trained, fitted or scored."""
         ev, c = self.cfg.evaluate, self.client
         loaded: dict[str, Any] = {}
+        served_index: dict[str, str] = {}  # served: the index whose model was loaded
 
         def dense_model(which: str):  # one load shared by the student and hybrid systems
             if which not in loaded and served:
                 d = self.served_deploy(which)
+                served_index[which] = d.index
                 m = load_query_encoder(d.model_path(), ev.query_encoder, self.workdir / "onnx" / d.model_key[:16],
                                        max_length=d.meta.get("query_max_length") or self.cfg.train.max_length,
                                        threads=ev.encoder_threads)
@@ -1065,9 +1067,12 @@ class Project:
                 loaded[which] = m
             return loaded[which]
 
+        def expect(which: str) -> str | None:  # checked on every hit (call after dense_model)
+            return served_index.get(which)
+
         def knn(which: str):  # a served bi-encoder: the student, the zero-shot base, the control
             s = search_mod.Student(c, self._dense_target(which, served), dense_model(which), ev.k, ev.num_candidates,
-                                   oversample=ev.oversample)
+                                   oversample=ev.oversample, expect_index=expect(which))
             s.name = which
             return s
 
@@ -1083,7 +1088,8 @@ class Project:
             "student": lambda: knn("student"),
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields,
                                                 self._dense_target("student", served), dense_model("student"), ev.k,
-                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample),
+                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample,
+                                                expect_index=expect("student")),
         }
 
     def served_deploy(self, which: str = "student") -> served_mod.ServedDeploy:

@@ -68,6 +68,14 @@ def test_deploy_a_deploy_b_rollback_then_search_and_monitor_serve_a_without_trai
         direct = es.search(index=info_a["index"], **knn_body(vec_a, student.k, student.num_candidates)).body
         assert [d for d, _ in student.search(query).hits] == [h["_id"] for h in direct["hits"]["hits"]]
         assert hybrid.search(query).hits and pipeline.search(query).hits
+        # the alias moves while the system is loaded: its hits come from another model's index, and are refused
+        from esdistill.deploy import point_alias
+
+        point_alias(es, a.cfg.dense_alias, info_b["index"], by="test")
+        for system in (student, hybrid):
+            with pytest.raises(ModelError, match="alias moved"):
+                system.search(query)
+        point_alias(es, a.cfg.dense_alias, info_a["index"], by="test")
         assert pipeline.depth == a.cfg.evaluate.rerank_depth
         assert pipeline.bm25_weight == pytest.approx(a.pipeline_weight())
 
@@ -87,6 +95,17 @@ def test_deploy_a_deploy_b_rollback_then_search_and_monitor_serve_a_without_trai
         # evaluating B (served once, no longer) only reads its index
         assert b.deploy(move_alias=False)["read_only"]
         assert [v["index"] for v in versions(es, a.cfg.dense_alias)] == [info_a["index"], info_b["index"]]
+
+        # a deploy whose record names no pipeline (an older esdistill): the pipeline is refused, not guessed
+        from esdistill.indexing import index_meta
+
+        meta = index_meta(es, served.index)
+        es.indices.put_mapping(index=served.index, meta={"esdistill": {k: v for k, v in meta.items()
+                                                                       if k != "pipeline"}})
+        with pytest.raises(ModelError, match=a._deploy_key()) as e:
+            c.systems(served=True)["pipeline"]()
+        assert "which pipeline taught it" in str(e.value)
+        es.indices.put_mapping(index=served.index, meta={"esdistill": meta})
 
         # the served model's folder gone from this machine: refused, naming the deploy key and what rebuilds it
         model_dir = Path(a.student_path())
