@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from elasticsearch import exceptions as es_exc
 
-from .errors import ClusterError, ModelError
+from .errors import ClusterError, EsdistillError, ModelError
 from .indexing import index_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,7 +111,11 @@ def deploy_record(project: Project, which: str, path: str) -> dict[str, Any]:
                            "system": which}
     if which == "student":
         out["teacher"] = project._teacher_cache().key
-        out["pipeline"] = pipeline_record(project)
+        try:
+            out["pipeline"] = pipeline_record(project)
+        except EsdistillError as e:  # the deploy goes on; the served pipeline will be refused, saying why
+            project.log(f"deploy: the pipeline that taught this student is not recorded: {e.message}")
+            out["pipeline"] = None
     return out
 
 

@@ -78,6 +78,7 @@ def test_deploy_a_deploy_b_rollback_then_search_and_monitor_serve_a_without_trai
         point_alias(es, a.cfg.dense_alias, info_a["index"], by="test")
         assert pipeline.depth == a.cfg.evaluate.rerank_depth
         assert pipeline.bm25_weight == pytest.approx(a.pipeline_weight())
+        assert pipeline.search(query).hits == a.systems()["pipeline"]().search(query).hits  # A's own pipeline
 
         served = c.served_deploy()
         assert (served.index, served.key) == (info_a["index"], a._deploy_key())
@@ -130,3 +131,25 @@ def test_an_alias_without_an_esdistill_deploy_is_refused(es, index_name):
     es.indices.create(index=f"{index_name}-x", aliases={index_name: {}})
     with pytest.raises(ClusterError, match="esdistill did not deploy"):
         served_deploy(es, index_name)
+
+
+def test_the_served_pipeline_of_a_teacher_ensemble_is_the_deployed_one(es, es_url, tmp_path, tiny_models):
+    """An ensemble teacher: the served pipeline fuses the members the deploy recorded, with the weights chosen
+    for it — also when the config now fixes other weights."""
+    from esdistill.pipeline import Project
+
+    name = f"e{uuid.uuid4().hex[:8]}"
+    members = [f"cross_encoder:{tiny_models['ce']}", f"bi_encoder:{tiny_models['bi']}", "bm25"]
+    try:
+        a = Project(tiny_config(tmp_path, es_url, tiny_models, name, teacher={"ensemble": members}), client=es)
+        a.deploy()
+        c = Project(tiny_config(tmp_path, es_url, tiny_models, name, teacher={
+            "ensemble": members, "ensemble_weights": [0.5, 0.5, 0.0]}), client=es)
+        served = c.systems(served=True)["pipeline"]()
+        assert served.reranker.weights == a.ensemble_weights(a.pipeline_depth()) != [0.5, 0.5, 0.0]
+        assert [m.spec for m, _ in served.reranker.scorers] == members
+        own = a.systems()["pipeline"]()
+        for query in list(a.eval_queries().values())[:3]:
+            assert served.search(query).hits == own.search(query).hits
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
