@@ -33,6 +33,7 @@ from . import ensemble as ensemble_mod
 from . import ict as ict_mod
 from . import results as results_mod
 from . import search as search_mod
+from . import served as served_mod
 from .cache import StageCache
 from .cluster import connect
 from .config import RunConfig, fingerprint
@@ -886,12 +887,15 @@ class Project:
                 self.client.indices.refresh(index=self.cfg.data.index)
                 docs = iter_index_docs(self.client, self.cfg.data.index, self.text_fields)
                 total = self.client.count(index=self.cfg.data.index).body["count"]
-            meta = {"model": path, "dataset": self.cfg.data.name, "system": which}
-            if which == "student":
-                meta["teacher"] = self._teacher_cache().key
+            meta = served_mod.deploy_record(self, which, path)
             key = self._deploy_key(which)
             info = deploy_student(self.client, model, docs, total, alias, key, self.cfg.deploy, meta, self.progress,
                                   move_alias=move_alias)
+            if info.get("read_only"):  # served (or once served): evaluation measures it as it is
+                self.log(f"deploy: {info['index']} is served by deploy key {key[:10]}; evaluation reads it as it is "
+                         f"({info['docs']} documents" + (f", the source has {total}: `esdistill deploy` syncs it)"
+                                                         if info["docs"] != total else ")"))
+                return info
             record = self.workdir / "deploy" / f"{key}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             prev = json.loads(record.read_text()) if record.exists() else {}
@@ -1032,11 +1036,22 @@ class Project:
 
     def systems(self, served: bool = False) -> dict[str, Callable[[], Any]]:
         """Builders of each system to evaluate (models load only when a system runs). Dense systems search the
-        configured deploy's versioned index, or with ``served`` the alias (what applications query now)."""
+        configured deploy's versioned index, or with ``served`` the alias (what applications query now) with the
+        model of the deploy behind it, and the pipeline is the one that taught that deploy's student — as the
+        deploy recorded them (:mod:`esdistill.served`): nothing is trained, fitted or scored."""
         ev, c = self.cfg.evaluate, self.client
         loaded: dict[str, Any] = {}
+        served_index: dict[str, str] = {}  # served: the index whose model was loaded
 
         def dense_model(which: str):  # one load shared by the student and hybrid systems
+            if which not in loaded and served:
+                d = self.served_deploy(which)
+                served_index[which] = d.index
+                m = load_query_encoder(d.model_path(), ev.query_encoder, self.workdir / "onnx" / d.model_key[:16],
+                                       max_length=d.meta.get("query_max_length") or self.cfg.train.max_length,
+                                       threads=ev.encoder_threads)
+                check_dims(c, d.index, embedding_info(m)[0])
+                loaded[which] = BatchingEncoder(m, ev.encode_batch) if batches(ev) else m
             if which not in loaded:
                 path_of, key_of, _ = self.dense_models()[which]
                 path, vectors = path_of(), self._query_vectors_cache(which)
@@ -1056,15 +1071,19 @@ class Project:
                 loaded[which] = m
             return loaded[which]
 
+        def expect(which: str) -> str | None:  # checked on every hit (call after dense_model)
+            return served_index.get(which)
+
         def knn(which: str):  # a served bi-encoder: the student, the zero-shot base, the control
             s = search_mod.Student(c, self._dense_target(which, served), dense_model(which), ev.k, ev.num_candidates,
-                                   oversample=ev.oversample)
+                                   oversample=ev.oversample, expect_index=expect(which))
             s.name = which
             return s
 
         return {
             "bm25": lambda: search_mod.BM25(c, self.cfg.bm25_index, self.text_fields, ev.k),
-            "pipeline": lambda: search_mod.RequestPipeline(self.request_search(), ev.k)
+            "pipeline": lambda: served_mod.served_pipeline(self, self.served_deploy("student")) if served
+            else search_mod.RequestPipeline(self.request_search(), ev.k)
             if self.cfg.teacher.kind == "request" else search_mod.Pipeline(
                 c, self.cfg.bm25_index, self.text_fields, self.pipeline_reranker(),
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.pipeline_weight()),
@@ -1073,8 +1092,13 @@ class Project:
             "student": lambda: knn("student"),
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields,
                                                 self._dense_target("student", served), dense_model("student"), ev.k,
-                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample),
+                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample,
+                                                expect_index=expect("student")),
         }
+
+    def served_deploy(self, which: str = "student") -> served_mod.ServedDeploy:
+        """The deploy the alias of ``which`` serves now (its index and the record its deploy wrote)."""
+        return served_mod.served_deploy(self.client, self.dense_models()[which][2])
 
     def _dense_target(self, which: str, served: bool) -> str:
         return self.dense_models()[which][2] if served else self.dense_index(which)
@@ -1231,7 +1255,7 @@ class Project:
         versioned dense index through the uploaded student's ingest pipeline (:mod:`esdistill.cluster_embed`);
         counts verified, then the alias moves. Refused clearly where the cluster has no ML (the test build)."""
         from .cluster_embed import embed_in_cluster, require_deployed
-        from .deploy import dense_body, point_alias, prune, replica_count
+        from .deploy import dense_body, point_alias, prune, replica_count, update_meta
         from .indexing import create_index, drop_own_index
 
         cfg, alias, key = self.cfg.deploy, self.cfg.dense_alias, self._deploy_key("student")
@@ -1243,7 +1267,10 @@ class Project:
             self.client.indices.refresh(index=source)
             total = self.client.count(index=source).body["count"]
             meta = index_meta(self.client, index)
+            record = {**served_mod.deploy_record(self, "student", self.student_path()), "model": model_id,
+                      "model_path": served_mod.local_path(self.student_path()), "embedded_by": "cluster"}
             if meta and meta.get("key") == key and self.client.count(index=index).body["count"] == total:
+                update_meta(self.client, index, record)
                 info = {"index": index, "docs": total, "embedded_now": 0}
             else:
                 from .models import read_meta
@@ -1254,9 +1281,7 @@ class Project:
                 drop_own_index(self.client, index)
                 body = dense_body(dims, True, cfg)
                 body["settings"]["number_of_replicas"] = replica_count(self.client, cfg.replicas)
-                create_index(self.client, index, body, {"key": key, "dims": dims, "model": model_id,
-                                                        "dataset": self.cfg.data.name, "system": "student",
-                                                        "embedded_by": "cluster"})
+                create_index(self.client, index, body, {"key": key, "dims": dims, **record})
                 done = embed_in_cluster(self.client, model_id, source, index, self.text_fields, total, cfg.slices,
                                         self.progress)
                 info = {"index": index, "docs": done["docs"], "embedded_now": done["created"] + done["updated"],
@@ -1331,15 +1356,18 @@ class Project:
 
         with self.stage("monitor"):
             queries = mon.monitor_queries(self, source, index)
+            served = self.served_deploy()
             report = mon.run_monitor(self, queries, self.progress)
+            report["deploy"] = {"alias": served.alias, "index": served.index, "key": served.key,
+                                "model": served.model}
             import uuid
 
             # time-sortable and unique: two runs in one second neither share files nor overwrite each other's docs
             stamp = f"{report['date'].replace(':', '').replace('-', '')[:15]}-{uuid.uuid4().hex[:6]}"
             md, js = mon.write_report(report, self.workdir / "monitor", stamp)
-            meta = {"run_id": f"{stamp}-monitor", "evaluate_key": f"monitor-{stamp}-{self._deploy_key()[:8]}",
-                    "dataset": self.cfg.data.name, "profile": self.cfg.profile, "model_id": self.student_path(),
-                    "teacher_id": self.teacher_id()}
+            meta = {"run_id": f"{stamp}-monitor", "evaluate_key": f"monitor-{stamp}-{served.key[:8]}",
+                    "dataset": self.cfg.data.name, "profile": self.cfg.profile, "model_id": served.model,
+                    "teacher_id": (served.meta.get("pipeline") or {}).get("teacher_id")}
             written = results_mod.write_results(self.client, mon.result_docs(report, meta))
             threshold = self.cfg.monitor.min_ndcg
             report.update(markdown=str(md), json=str(js), results_written=written,
