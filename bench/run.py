@@ -26,9 +26,10 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_OUT, ROOT, hardware, prepare_env  # noqa: E402
-SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]
+SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
           "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
+          "log_only": "student from the log alone, no judgments (kNN)",
           "hybrid": "hybrid (student + BM25, RRF)"}
 
 
@@ -47,7 +48,8 @@ def stage_times(project) -> dict[str, float | None]:
                        if project.cfg.teacher.kind == "ensemble" else recorded(project._teacher_cache())),
            "teacher (unjudged)": recorded(unjudged) if (unjudged := project._teacher_cache(judged=False)) else None,
            "train": recorded(project._train_cache()),
-           "train (judgments only)": recorded(project._control_cache())}
+           "train (judgments only)": recorded(project._control_cache()),
+           "train (log only)": recorded(project._log_only_cache())}
     for which in project.dense_models():
         rec = project.workdir / "deploy" / f"{project._deploy_key(which)}.json"
         out["deploy" if which == "student" else f"deploy ({which})"] = (
@@ -145,6 +147,7 @@ def main(
             "bm25_weight": project.label_weight(), "pipeline_bm25_weight": project.pipeline_weight()},
         "train": {k: v for k, v in project._train_cache().info().items() if k != "model"},
         "train_judgments": {k: v for k, v in project._control_cache().info().items() if k != "model"},
+        "train_log_only": {k: v for k, v in project._log_only_cache().info().items() if k != "model"},
         "config": json.loads(cfg.model_dump_json()),
         "report": report["json"],
     }

@@ -466,7 +466,7 @@ class Project:
         if t.ensemble_weights is not None:
             return list(t.ensemble_weights)
         if not self.cfg.train.use_judgments:  # an unjudged log: no judgment chooses anything
-            return [1 / len(t.ensemble)] * len(t.ensemble)
+            return self.log_weights()
         chosen = self._ensemble_choice(depth)
         if chosen["weights"] is None:
             raise InputError("the teacher ensemble's weights are chosen on judged training queries, and none has "
@@ -748,7 +748,7 @@ class Project:
             return 0.0  # the request is the whole pipeline, BM25 included where the user put it; BM25 is a member
         if w == "auto":
             if not self.cfg.train.use_judgments:  # an unjudged log: no judgment chooses the blend
-                return 0.0
+                return self.log_weights()
             return float(self._auto_weight(depth)["weight"] or 0.0)
         return float(w)
 
@@ -764,15 +764,37 @@ class Project:
     def _label_scale(self) -> float:
         return self._once("label-scale", lambda: label_scale(self.raw_scores_frame()))
 
-    def scores_frame(self) -> pd.DataFrame:
+    def scores_frame(self, log_only: bool = False) -> pd.DataFrame:
         """The training signal: the teacher's scores, fused with BM25 when ``teacher.bm25_weight`` > 0 (the raw
-        logit stays in ``teacher_raw``)."""
+        logit stays in ``teacher_raw``). ``log_only``: the candidates BM25 found (not the judged positives it missed,
+        which only the judgments name), fused as no judgment chooses (:meth:`log_weights`)."""
         raw = self.raw_scores_frame()
+        if log_only and "source" in raw:
+            raw = raw[raw.source == "bm25"].reset_index(drop=True)
         if self.cfg.teacher.kind == "ensemble":  # every member's z-scores, weighted, on the first member's scale
-            return self._once(("ensemble-labels", tuple(self.ensemble_weights(None))), lambda: ensemble_mod.fuse_frame(
-                raw, self.members(), self.ensemble_weights(None), self._label_scale()))
-        w = self.label_weight()
+            weights = self.log_weights() if log_only else self.ensemble_weights(None)
+            return self._once(("ensemble-labels", tuple(weights), log_only), lambda: ensemble_mod.fuse_frame(
+                raw, self.members(), weights, self._label_scale()))
+        w = self.log_weights() if log_only else self.label_weight()
         return fuse_frame(raw, w, self._label_scale() if w else None)
+
+    def log_weights(self):
+        """The teacher's fusion without judgments (the log-only student, ``train.use_judgments = false``): an
+        ensemble's fixed ``teacher.ensemble_weights``, else equal weights; a fixed ``teacher.bm25_weight``, else
+        none (``auto`` is chosen on judgments). A teacher fitted on the judgments is refused: its labels carry
+        them."""
+        t = self.cfg.teacher
+        fitted = [m.spec for m in self.members() if m.kind == "fit"] if t.kind == "ensemble" else (
+            ["fit"] if t.kind == "fit" else [])
+        if fitted and t.fit.source != "corpus":
+            raise InputError(f"a student trained without judgments cannot learn from a teacher fitted on them "
+                             f"({', '.join(fitted)}: teacher.fit.source = {t.fit.source!r})",
+                             hint="use a teacher that needs no judgment (a cross-encoder, bi_encoder:<model>, the "
+                                  "corpus teacher, your search request), or leave log_only out of the systems")
+        if t.kind == "ensemble":
+            return list(t.ensemble_weights) if t.ensemble_weights is not None else [1 / len(t.ensemble)] * len(
+                t.ensemble)
+        return 0.0 if t.kind == "request" or t.bm25_weight == "auto" else float(t.bm25_weight)
 
     def _train_cache(self) -> StageCache:
         return self._cache("train", self.keys.train())
@@ -837,6 +859,30 @@ class Project:
                 self.log(f"train (judgments only): dev NDCG@10 {b:.3f} → {a:.3f}")
             return info
 
+    def _log_only_config(self):
+        return self.cfg.train.model_copy(update={"use_judgments": False})
+
+    def _log_only_cache(self) -> StageCache:
+        return self._cache("train-log", self.keys.log_only())
+
+    def train_log_only(self) -> dict[str, Any]:
+        """The student of a user with a query log and no judgments: the same teacher's labels on the same training
+        queries, fused without judgments (:meth:`log_weights`), no judged positive and no MNRL — no judgment
+        touches it; the judgments only evaluate it (system ``log_only``)."""
+        cache = self._log_only_cache()
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        scores = self.scores_frame(log_only=True)
+        with self.stage("train (log only)"):
+            return train_student(self._log_only_config(), scores, self.train_queries, {}, self.docs, cache,
+                                 self.log, None, self.progress)
+
+    def log_only_path(self) -> str:
+        cache = self._log_only_cache()
+        if not cache.done:
+            self.train_log_only()
+        return str(cache.path("model"))
+
     def judgments_path(self) -> str:
         cache = self._control_cache()
         if not cache.done:
@@ -852,6 +898,7 @@ class Project:
                           f"{self.cfg.dense_alias}-zero-shot"),
             "judgments": (self.judgments_path, lambda: self._control_cache().key,
                           f"{self.cfg.dense_alias}-judgments"),
+            "log_only": (self.log_only_path, lambda: self._log_only_cache().key, f"{self.cfg.dense_alias}-log-only"),
         }
 
     def _deploy_key(self, which: str = "student") -> str:
@@ -1020,6 +1067,8 @@ class Project:
         done["train"] = self.train()
         if "judgments" in self.cfg.evaluate.systems:
             done["train (judgments only)"] = self.train_judgments()
+        if "log_only" in self.cfg.evaluate.systems:
+            done["train (log only)"] = self.train_log_only()
         for which in self.served_systems():
             done[f"embed ({which})"] = self.embed(which)
             done[f"query vectors ({which})"] = self.query_vectors(which)
@@ -1089,6 +1138,7 @@ class Project:
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.pipeline_weight()),
             "zero_shot": lambda: knn("zero_shot"),
             "judgments": lambda: knn("judgments"),
+            "log_only": lambda: knn("log_only"),
             "student": lambda: knn("student"),
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields,
                                                 self._dense_target("student", served), dense_model("student"), ev.k,
@@ -1145,7 +1195,7 @@ class Project:
             if "pipeline" in results:
                 summary["agreement_with_pipeline"] = {
                     n: self.agreement_with_pipeline(builders[n](), results["pipeline"]["run"], queries)
-                    for n in ("zero_shot", "student", "judgments") if n in results}
+                    for n in ("zero_shot", "student", "log_only", "judgments") if n in results}
         cache = self._eval_cache()
         record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
         deploy_info = json.loads(record.read_text()) if record.exists() else None
