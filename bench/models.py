@@ -33,8 +33,12 @@ def _cosines(name: str, queries: dict[str, str], hits: dict[str, list[tuple[str,
     from esdistill.embed import inference_context
     from esdistill.models import load_bi_encoder, model_fingerprint
 
+    import hashlib
+
     fp = model_fingerprint(name)
-    path = cache_dir / f"{fp}-{max_length}-{len(queries)}q-{sum(map(len, hits.values()))}p.npz"
+    pairs = hashlib.sha256("\n".join(f"{q}\t{queries[q]}\t{','.join(d for d, _ in hits[q])}"
+                                     for q in sorted(queries)).encode()).hexdigest()[:12]
+    path = cache_dir / f"{fp}-{max_length}-{pairs}.npz"  # keyed on the queries and their candidates, in order
     if path.exists():
         data = np.load(path, allow_pickle=False)
         info = {"model": name, "fingerprint": fp, "cached": True, "seconds": float(data["__seconds"])}
@@ -73,7 +77,7 @@ def main(
         LocalCluster().start()
     from esdistill import candidates as cand_mod
     from esdistill.ensemble import fuse_many
-    from esdistill.evaluate import metrics, significance
+    from esdistill.evaluate import metrics, metrics_numpy, significance
     from esdistill.model_source import known
 
     project.index()
@@ -106,6 +110,10 @@ def main(
                 {q: fuse_many([cos[a][q], cos[b][q], bm25[q]], [w / 2, w / 2, 1 - w]) for q in queries})
 
     scores = {n: metrics(qrels, r) for n, r in runs.items()}
+    for n, r in runs.items():  # ranx against the project's own numpy definitions: the same numbers or no result
+        check = metrics_numpy(qrels, r)["ndcg@10"]
+        if abs(check - scores[n]["ndcg@10"]) > 1e-9:
+            raise SystemExit(f"{n}: ranx says NDCG@10 {scores[n]['ndcg@10']:.4f}, numpy {check:.4f}")
     p_bm25 = significance(qrels, runs, "BM25")
     rows = [{"system": n, "ndcg@10": s["ndcg@10"], "mrr@10": s["mrr@10"],
              "p_vs_bm25": p_bm25.get(n, {}).get("ndcg@10")} for n, s in scores.items()]
