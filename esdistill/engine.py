@@ -60,7 +60,11 @@ VECTOR_CACHE = 200_000
 def _cosines(model, cache: dict, payload: list, batch_size: int):
     """The cosine of each (query, document) pair. Each distinct text is encoded once; document vectors are kept
     in ``cache`` (one per process and model) across jobs, since BM25's candidates of different queries overlap
-    (SciFact's 400 training queries: 12k pairs, at most 5,183 documents)."""
+    (SciFact's 400 training queries: 12k pairs, at most 5,183 documents).
+
+    Queries go through ``encode_query`` and documents through ``encode_document``, so a model's own prompts apply
+    (bge-small's query instruction, e5's ``query: `` / ``passage: ``); for a model without prompts (MiniLM) both
+    equal plain ``encode``."""
     import hashlib
 
     import numpy as np
@@ -77,11 +81,11 @@ def _cosines(model, cache: dict, payload: list, batch_size: int):
         todo = {k: d for k, (_, d) in zip(keys, payload, strict=True)}
     texts = sorted({q for q, _ in payload})
     with inference_context():
-        qv = dict(zip(texts, model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                          show_progress_bar=False), strict=True))
+        qv = dict(zip(texts, model.encode_query(texts, batch_size=batch_size, normalize_embeddings=True,
+                                                show_progress_bar=False), strict=True))
         if todo:
-            vecs = model.encode(list(todo.values()), batch_size=batch_size, normalize_embeddings=True,
-                                show_progress_bar=False)
+            vecs = model.encode_document(list(todo.values()), batch_size=batch_size, normalize_embeddings=True,
+                                         show_progress_bar=False)
             cache.update(zip(todo, vecs, strict=True))
     return np.array([float(np.dot(qv[q], cache[k])) for (q, _), k in zip(payload, keys, strict=True)],
                     dtype=np.float32)

@@ -180,10 +180,10 @@ class EnsembleReranker:
                 cols.append(np.asarray(bm25, dtype=float))
             elif member.kind == "request":  # the user's search, restricted to these documents
                 cols.append(model.score_docs(text, [x.id for x in docs]))
-            elif member.kind == "bi_encoder":
-                q = model.encode([text], normalize_embeddings=True, show_progress_bar=False)[0]
-                d = model.encode([x.full_text for x in docs], batch_size=batch_size, normalize_embeddings=True,
-                                 show_progress_bar=False)
+            elif member.kind == "bi_encoder":  # with the model's query / document prompts, as the labels were
+                q = model.encode_query([text], normalize_embeddings=True, show_progress_bar=False)[0]
+                d = model.encode_document([x.full_text for x in docs], batch_size=batch_size,
+                                          normalize_embeddings=True, show_progress_bar=False)
                 cols.append(np.asarray(d @ q, dtype=float))
             else:
                 cols.append(np.asarray(model.predict([(text, x.full_text) for x in docs], batch_size=batch_size,

