@@ -17,7 +17,7 @@ def test_profile_defaults_and_user_override():
 def test_the_quick_teacher_yields_to_a_teacher_the_config_names():
     base = {"data": {"name": "s", "beir": "x"}}
     quick = build_config(base, profile="quick")
-    assert quick.teacher.kind == "ensemble" and quick.teacher.ensemble == ["bi_encoder:minilm", "bm25"]
+    assert quick.teacher.kind == "ensemble" and quick.teacher.ensemble == ["bi_encoder:bge-small", "bm25"]
     assert build_config(base, profile="full").teacher.kind == "fit"
     for own in ({"model": "my/reranker"}, {"fit": {"source": "corpus"}}, {"fit": {"epochs": 1.0}},
                 {"bm25_weight": 0.5}, {"request_template": "tpl"}):

@@ -50,7 +50,7 @@ def test_bad_ensembles_are_refused_with_the_key(teacher, message):
 def test_weights_alone_fix_the_quick_profiles_ensemble():
     cfg = build_config({"data": {"name": "x", "beir": "d"}, "teacher": {"ensemble_weights": [0.7, 0.3]}},
                        profile="quick")
-    assert cfg.teacher.ensemble == ["bi_encoder:minilm", "bm25"] and cfg.teacher.ensemble_weights == [0.7, 0.3]
+    assert cfg.teacher.ensemble == ["bi_encoder:bge-small", "bm25"] and cfg.teacher.ensemble_weights == [0.7, 0.3]
 
 
 def test_simplex_and_fusion():
