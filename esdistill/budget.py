@@ -68,27 +68,32 @@ def fmt_seconds(s: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- training
-def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: int = 2) -> float:
-    """Seconds one text costs a training step of ``model`` on this machine: forward and backward passes over
-    ``batches`` batches of ``texts`` (after one warm-up batch, not counted). Gradients are cleared afterwards and
-    no optimiser steps, so the model's weights are untouched (the trainer seeds its own randomness later)."""
+def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: int = 5,
+                             enough: float = 3.0) -> float:
+    """Seconds one text costs a training step of ``model`` on this machine: tokenizing, forward and backward
+    passes over batches of ``texts``, after one warm-up batch (not counted) — up to ``batches`` of them, fewer once
+    ``enough`` seconds are spent (at least two); the median batch, so one stalled by another process does not
+    decide. Gradients are cleared afterwards and no optimiser steps, so the model's weights are untouched (the
+    trainer seeds its own randomness later)."""
+    prepare = getattr(model, "preprocess", None) or model.tokenize  # tokenize: sentence-transformers < 5.7
     was_training = model.training
     model.train()
-    spent, n = 0.0, 0
+    times: list[float] = []
     try:
         for i in range(batches + 1):
             batch = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
-            feats = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in model.tokenize(batch).items()}
             t0 = time.perf_counter()
+            feats = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in prepare(batch).items()}
             emb = model(feats)["sentence_embedding"]
             emb.float().pow(2).sum().backward()
             if i:  # the first batch warms up (allocations, kernels)
-                spent += time.perf_counter() - t0
-                n += len(batch)
+                times.append(time.perf_counter() - t0)
+                if len(times) >= 2 and sum(times) >= enough:
+                    break
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return spent / max(n, 1)
+    return statistics.median(times) / batch_size
 
 
 @dataclass
@@ -132,7 +137,8 @@ def plan_training(
     ``record`` (kept in the train record as ``budget``) holds the measurement, the estimate, the budget and the
     rows and steps kept."""
     bs = cfg.batch_size
-    width = 1 + len(examples_by_pass[0][0][2]) if distill and examples_by_pass and examples_by_pass[0] else 0
+    # a distilling row encodes its query, its first document and the others; 0 for the control (no list trains)
+    width = 2 + len(examples_by_pass[0][0][2]) if distill and examples_by_pass and examples_by_pass[0] else 0
     doc_sample = [texts[d].full_text for _, p, negs, _ in examples_by_pass[0][:64] for d in [p, *negs] if d in texts]
     doc_sample += [texts[d].full_text for rows in judged_by_pass[:1] for _, p, n in rows[:64] for d in (p, n)
                    if d in texts]
@@ -171,19 +177,19 @@ def plan_training(
 
     sampled = spent < whole
     record = {
-        "minutes": budget, "profile": profile, "seconds_per_text": per_text, "texts_measured": 2 * bs,
+        "minutes": budget, "profile": profile, "seconds_per_text": per_text,
         "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
         "passes": len(examples_by_pass), "passes_kept": round(kept_passes, 3),
         "lists": [sum(len(x) for x in examples), sum(len(x) for x in examples_by_pass)],
         "judged_rows": [sum(len(x) for x in judged), sum(len(x) for x in judged_by_pass)],
-        "encodings": sum(len(x) for x in examples) * width + 3 * sum(len(x) for x in judged),  # width 0: control
+        "encodings": sum(len(x) for x in examples) * width + 3 * sum(len(x) for x in judged),
         "encodings_whole": sum(len(x) for x in examples_by_pass) * width + 3 * sum(len(x) for x in judged_by_pass),
         "steps_allowed": steps(examples, judged), "steps_whole": steps(examples_by_pass, judged_by_pass),
     }
-    where = f"{per_text * 1000:.0f} ms a text, measured on the first {2 * bs} training texts"
+    where = f"{per_text * 1000:.0f} ms a text, measured on the first batches of training texts"
     if sampled:
-        lift = ("--profile full (no training budget)" if profile == "quick" else "a larger one") \
-            + " or train.budget_minutes = N ('none': no budget)"
+        lift = ("--profile full (no training budget), or " if profile == "quick" else "") \
+            + "train.budget_minutes = N (minutes; 'none': no budget)"
         log(f"train: the data would train {fmt_seconds(whole)} on this machine ({where}); the "
             f"{profile or 'configured'} budget is {fmt_seconds(allowed)}: sampled down to {kept_passes:.2f} of "
             f"{len(examples_by_pass)} passes — {record['lists'][0]:,} of {record['lists'][1]:,} lists, "

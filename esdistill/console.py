@@ -102,17 +102,19 @@ class EstimatingProgress(Progress):
 
     A task added with an ``estimate`` field (seconds, e.g. the training's from
     :func:`esdistill.budget.plan_training`) shows it from the start. Any other task with a total is timed on its
-    first batches: at its second update that took real work (at least ``min_interval`` seconds after the one
-    before — the first one pays for loading the model, and work skipped from a cache counts nothing), its total
-    wall time is estimated as the time so far plus what is left at the rate of that last batch. The estimate is
-    then frozen into the task's description (``≈ 3.5 min``) and passed to ``on_estimate(description,
-    seconds)`` (the project keeps it for the report's stage table)."""
+    first batches: its clock starts at its first update after the first burst of updates (the burst: updates
+    less than ``burst`` seconds apart, e.g. work skipped because a cache had it; the gap after it may pay for
+    loading a model), and once ``measure`` seconds of work have passed, its total wall time is estimated as the time so far plus what is left at the rate measured since.
+    The estimate is then frozen into the task's description (``≈ 3.5 min``) and passed to
+    ``on_estimate(description, seconds)`` (the project keeps it for the report's stage table). A task that ends
+    sooner gets none."""
 
-    def __init__(self, *columns, on_estimate=None, min_interval: float = 0.05, **kwargs):
+    def __init__(self, *columns, on_estimate=None, burst: float = 0.05, measure: float = 2.0, **kwargs):
         super().__init__(*columns, **kwargs)
         self.on_estimate = on_estimate
-        self.min_interval = min_interval
-        self._seen: dict = {}  # task id -> (time, completed) at its last update, real updates so far
+        self.burst = burst
+        self.measure = measure
+        self._ref: dict = {}  # task id -> [time, completed, frozen] of the point the rate is measured from
 
     def add_task(self, description, start=True, total=100.0, completed=0, visible=True, **fields):
         estimate = fields.pop("estimate", None)
@@ -121,13 +123,13 @@ class EstimatingProgress(Progress):
         if estimate is not None:
             self._said(task_id, float(estimate))
         else:
-            self._seen[task_id] = (self.get_time(), completed, 0)
+            self._ref[task_id] = None  # no update yet
         return task_id
 
     def _said(self, task_id, seconds: float) -> None:
         from .budget import fmt_seconds
 
-        self._seen[task_id] = None
+        self._ref.pop(task_id, None)
         with self._lock:
             task = self._tasks[task_id]
             base = task.description
@@ -136,24 +138,20 @@ class EstimatingProgress(Progress):
             self.on_estimate(base, seconds)
 
     def _check(self, task_id) -> None:
-        seen = self._seen.get(task_id)
-        if seen is None:
-            return
-        t_prev, c_prev, real = seen
+        if task_id not in self._ref:
+            return  # estimated already, or added with one
         with self._lock:
             task = self._tasks[task_id]
             total, done, started = task.total, task.completed, task.start_time
         now = self.get_time()
-        if done <= c_prev:
+        ref = self._ref[task_id]
+        if ref is None or not ref[2]:
+            # the first burst slides the reference along; the first update after it starts the clock (what came
+            # between them, a model's loading for one, is not measured)
+            self._ref[task_id] = [now, done, ref is not None and now - ref[0] >= self.burst]
             return
-        if now - t_prev < self.min_interval:  # a jump over cached work, not a measurement
-            self._seen[task_id] = (now, done, real)
-            return
-        real += 1
-        if real >= 2 and total and done < total and started is not None:
-            self._said(task_id, (now - started) + (total - done) * (now - t_prev) / (done - c_prev))
-        else:
-            self._seen[task_id] = (now, done, real)
+        if (now - ref[0] >= self.measure and done > ref[1] and total and done < total and started is not None):
+            self._said(task_id, (now - started) + (total - done) * (now - ref[0]) / (done - ref[1]))
 
     def update(self, task_id, **kwargs):
         super().update(task_id, **kwargs)
