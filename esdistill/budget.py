@@ -13,11 +13,13 @@ The time estimates of the other long stages (teacher scoring, corpus embedding) 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,6 +126,7 @@ def plan_training(
     log: Callable[[str], None] = print,
     measure: Callable[..., float] = measure_seconds_per_text,
     distill: bool = True,
+    saved: Path | None = None,
 ) -> TrainingPlan:
     """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
 
@@ -135,8 +138,19 @@ def plan_training(
     kept); the log says what was sampled down and how to lift it. Without a budget only the estimate is made.
     ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
     ``record`` (kept in the train record as ``budget``) holds the measurement, the estimate, the budget and the
-    rows and steps kept."""
+    rows and steps kept. With ``saved`` (a file in the stage's folder), the plan is written there, and a plan found
+    there (a run that was killed and resumes from its checkpoint) is kept as it was: the rows must be those the
+    checkpoint was trained on, not a new measurement's."""
     bs = cfg.batch_size
+    if saved is not None and saved.exists():
+        record = json.loads(saved.read_text())
+        kept = record["kept"]
+        examples = [_subset(ex, n_ex, cfg.seed, p) for p, (ex, (n_ex, _)) in enumerate(zip(examples_by_pass, kept))]
+        judged = [_subset(jd, n_jd, cfg.seed, p) for p, (jd, (_, n_jd)) in enumerate(zip(judged_by_pass, kept))]
+        log(f"train: the plan of the run this one resumes: estimated {fmt_seconds(record['estimate_seconds'])}"
+            + (f", sampled down to {record['passes_kept']:.2f} of {record['passes']} passes" if record["sampled_down"]
+               else ""))
+        return TrainingPlan(examples, judged, record)
     # a distilling row encodes its query, its first document and the others; 0 for the control (no list trains)
     width = 2 + len(examples_by_pass[0][0][2]) if distill and examples_by_pass and examples_by_pass[0] else 0
     doc_sample = [texts[d].full_text for _, p, negs, _ in examples_by_pass[0][:64] for d in [p, *negs] if d in texts]
@@ -185,7 +199,10 @@ def plan_training(
         "encodings": sum(len(x) for x in examples) * width + 3 * sum(len(x) for x in judged),
         "encodings_whole": sum(len(x) for x in examples_by_pass) * width + 3 * sum(len(x) for x in judged_by_pass),
         "steps_allowed": steps(examples, judged), "steps_whole": steps(examples_by_pass, judged_by_pass),
+        "kept": [[len(ex), len(jd)] for ex, jd in zip(examples, judged, strict=True)],
     }
+    if saved is not None:
+        saved.write_text(json.dumps(record, indent=2))
     where = f"{per_text * 1000:.0f} ms a text, measured on the first batches of training texts"
     if sampled:
         lift = ("--profile full (no training budget), or " if profile == "quick" else "") \

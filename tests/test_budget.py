@@ -80,6 +80,48 @@ def test_the_profiles_budget_is_not_in_the_key_but_a_changed_one_is():
     assert budget_key(build_config({**base, "train": {"budget_minutes": 5}}, profile="full")) == {"budget_minutes": 5}
 
 
+# ------------------------------------------------------------------------------------------- the plan
+def _rows(passes=3, lists=100, judged=50, negs=7):
+    from esdistill.data import Doc
+
+    ex = [[(f"q{i}", f"p{i}", [f"n{i}-{j}" for j in range(negs)], [1.0] * (negs + 1)) for i in range(lists)]
+          for _ in range(passes)]
+    jd = [[(f"q{i}", f"p{i}", f"n{i}-0") for i in range(judged)] for _ in range(passes)]
+    texts = {d: Doc(d, "", f"text of {d}") for i in range(lists) for d in [f"p{i}"] + [f"n{i}-{j}" for j in range(negs)]}
+    return ex, jd, texts
+
+
+def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run_keeps_the_plan(tmp_path):
+    """At 10 ms a text, a pass of 100 lists of 9 texts and 50 MNRL rows of 3 costs 10.5 s; 30 s keep passes 1
+    and 2 and 6/7 of pass 3 (85 lists, 42 rows). Written to the stage's folder, the plan is what a resumed run
+    trains on, whatever its own measurement would say."""
+    from esdistill.budget import plan_training
+    from esdistill.config import TrainConfig
+
+    ex, jd, texts = _rows()
+    cfg = TrainConfig(batch_size=16, budget_minutes=0.5)
+    lines: list[str] = []
+    saved = tmp_path / "budget.json"
+    plan = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
+                         saved=saved)
+    assert [len(x) for x in plan.examples] == [100, 100, 85] and [len(x) for x in plan.judged] == [50, 50, 42]
+    r = plan.record
+    assert r["sampled_down"] and r["passes_kept"] == pytest.approx(2.85) and r["estimate_seconds"] <= 30
+    assert r["estimate_seconds_whole"] == pytest.approx(31.5) and (r["steps_allowed"], r["steps_whole"]) == (27, 29)
+    assert {r[0] for r in plan.examples[2]} < {r[0] for r in ex[2]} and plan.examples[:2] == ex[:2]
+    assert "sampled down to 2.85 of 3 passes" in lines[0] and "285 of 300 lists" in lines[0]
+
+    def no_measure(*_):
+        raise AssertionError("a resumed run measures nothing")
+
+    again = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=no_measure, saved=saved)
+    assert again.examples == plan.examples and again.judged == plan.judged
+    # without a budget: only the estimate
+    free = plan_training(None, TrainConfig(batch_size=16), ex, jd, {}, texts, None, lines.append,
+                         measure=lambda m, t, bs: 0.01)
+    assert free.examples == ex and not free.record["sampled_down"] and free.record["minutes"] is None
+
+
 # ------------------------------------------------------------------------------------ the quick budget, end to end
 def many_judgments(root: Path, queries: int = 30, positives: int = 40) -> Path:
     """A small BEIR folder judged like NFCorpus: ``queries`` training queries with ``positives`` judged documents
