@@ -26,9 +26,10 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_OUT, ROOT, hardware, prepare_env  # noqa: E402
-SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]
+SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
           "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
+          "log_only": "student from the log alone, no judgments (kNN)",
           "hybrid": "hybrid (student + BM25, RRF)"}
 
 
@@ -47,7 +48,8 @@ def stage_times(project) -> dict[str, float | None]:
                        if project.cfg.teacher.kind == "ensemble" else recorded(project._teacher_cache())),
            "teacher (unjudged)": recorded(unjudged) if (unjudged := project._teacher_cache(judged=False)) else None,
            "train": recorded(project._train_cache()),
-           "train (judgments only)": recorded(project._control_cache())}
+           "train (judgments only)": recorded(project._control_cache()),
+           "train (log only)": recorded(project._log_only_cache())}
     for which in project.dense_models():
         rec = project.workdir / "deploy" / f"{project._deploy_key(which)}.json"
         out["deploy" if which == "student" else f"deploy ({which})"] = (
@@ -60,7 +62,8 @@ def stage_estimates(project) -> dict[str, float]:
     """Each stage's wall time as estimated before it was spent (issue 24): this process's progress bars, and the
     training plan its record keeps (so a rerun that finds the student cached still shows it)."""
     out = dict(project.stage_estimates)
-    for name, cache in (("train", project._train_cache()), ("train (judgments only)", project._control_cache())):
+    for name, cache in (("train", project._train_cache()), ("train (judgments only)", project._control_cache()),
+                        ("train (log only)", project._log_only_cache())):
         est = (cache.info().get("budget") or {}).get("estimate_seconds") if cache.done else None
         if name not in out and est is not None:
             out[name] = est
@@ -156,6 +159,7 @@ def main(
             "bm25_weight": project.label_weight(), "pipeline_bm25_weight": project.pipeline_weight()},
         "train": {k: v for k, v in project._train_cache().info().items() if k != "model"},
         "train_judgments": {k: v for k, v in project._control_cache().info().items() if k != "model"},
+        "train_log_only": {k: v for k, v in project._log_only_cache().info().items() if k != "model"},
         "config": json.loads(cfg.model_dump_json()),
         "report": report["json"],
     }

@@ -247,6 +247,8 @@ def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
     add(project._train_cache(), "student" in weights)
     if "judgments" in project.cfg.evaluate.systems:
         add(project._control_cache(), "judgments" in weights)
+    if "log_only" in project.cfg.evaluate.systems:
+        add(project._log_only_cache(), "log_only" in weights)
     for which in project.served_systems():
         if vectors is None or which in vectors:
             add(project._embed_cache(which))

@@ -197,12 +197,14 @@ def rollback(config: ConfigOpt, profile: ProfileOpt = None):
 @app.command()
 @friendly
 def versions(config: ConfigOpt, profile: ProfileOpt = None):
-    """List the deployed index versions behind the student alias (oldest first)."""
+    """List the index versions the student alias served (first served first); indices built only for
+    evaluation are not versions."""
     from .deploy import versions as list_versions
 
     project = _project(config, profile)
     for v in list_versions(project.client, project.cfg.dense_alias):
-        console.print(f"{'*' if v['live'] else ' '} {v['index']}  created {v['created']}  model {v['model']}")
+        console.print(f"{'*' if v['live'] else ' '} {v['index']}  created {v['created']}  first served "
+                      f"{v['served'] or 'before esdistill kept the history'}  model {v['model']}")
 
 
 @app.command()

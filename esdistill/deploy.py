@@ -78,8 +78,14 @@ def _batches(it: Iterable[Doc], n: int) -> Iterator[list[Doc]]:
         yield batch
 
 
-def point_alias(client: Elasticsearch, alias: str, index: str) -> list[str]:
-    """Move ``alias`` to ``index`` in one atomic request; returns the indices it left."""
+def point_alias(client: Elasticsearch, alias: str, index: str, by: str = "deploy") -> list[str]:
+    """Move ``alias`` to ``index`` in one atomic request; returns the indices it left.
+
+    The move is then written into the ``_meta.esdistill.served`` history of the indices esdistill made: the index
+    the alias moved onto gets ``{"from": <time>, "by": <deploy|rollback>}``, each index it left has its open
+    entry closed with ``until`` (an index served before esdistill kept this history gets ``{"from": null,
+    "until": <time>}``: it was served). Only indices with such a history (or the live one) are versions of the
+    alias (:func:`versions`): an index built for evaluation alone never is."""
     try:
         old = list(client.indices.get_alias(name=alias).body)
     except es_exc.NotFoundError:
@@ -87,7 +93,57 @@ def point_alias(client: Elasticsearch, alias: str, index: str) -> list[str]:
     actions = [{"remove": {"index": i, "alias": alias}} for i in old if i != index]
     actions.append({"add": {"index": index, "alias": alias}})
     client.indices.update_aliases(actions=actions)
-    return [i for i in old if i != index]
+    now = _now()
+    left = [i for i in old if i != index]
+    for name in left:
+        meta = index_meta(client, name)
+        if meta:
+            history = list(meta.get(SERVED, []))
+            if history and "until" not in history[-1]:
+                history[-1] = {**history[-1], "until": now}
+            else:
+                history.append({"from": None, "until": now})
+            update_meta(client, name, {SERVED: history})
+    if index not in old:
+        meta = index_meta(client, index)
+        if meta:
+            update_meta(client, index, {SERVED: [*meta.get(SERVED, []), {"from": now, "by": by}]})
+    return left
+
+
+#: the ``_meta.esdistill`` field holding when an alias served the index (:func:`point_alias`)
+SERVED = "served"
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def update_meta(client: Elasticsearch, index: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``fields`` into the ``_meta.esdistill`` of ``index`` (the mapping's ``_meta`` is replaced whole, so
+    it is read first); returns the new record."""
+    meta = {**(index_meta(client, index) or {}), **fields}
+    client.indices.put_mapping(index=index, meta={"esdistill": meta})
+    return meta
+
+
+def was_served(meta: dict[str, Any] | None) -> bool:
+    """Whether an alias ever moved onto the index with this ``_meta.esdistill`` (its history says so)."""
+    return bool(meta and meta.get(SERVED))
+
+
+def in_use(client: Elasticsearch, index: str, meta: dict[str, Any] | None = None) -> bool:
+    """Whether ``index`` is or was served: an alias points at it now, or its history says one did. Such an index
+    is only written by ``esdistill deploy``: evaluation reads it as it is."""
+    if was_served(meta if meta is not None else index_meta(client, index)):
+        return True
+    try:
+        aliases = client.indices.get_alias(index=index).body
+    except es_exc.NotFoundError:
+        return False
+    return any(v.get("aliases") for v in aliases.values())
 
 
 def versioned_index(alias: str, key: str) -> str:
@@ -102,7 +158,10 @@ def is_version_of(index: str, alias: str) -> bool:
 
 
 def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
-    """esdistill's versions behind ``alias``, oldest first: name, creation time, doc count, whether live."""
+    """esdistill's versions behind ``alias``, in the order the alias first served them (oldest first): name,
+    creation time, when it was first served and its whole ``served`` history, doc count, whether live. Only
+    indices the alias serves or served are versions: one that ``evaluate`` built for an experiment (the alias
+    never moved onto it) is not, so it is neither rolled back to nor counted by :func:`prune`."""
     try:
         live = set(client.indices.get_alias(name=alias).body)
     except es_exc.NotFoundError:
@@ -116,14 +175,26 @@ def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
         if not is_version_of(name, alias):
             continue
         meta = index_meta(client, name)
-        if meta:  # only indices esdistill made
-            out.append({"index": name, "created": int(s["settings"]["index"]["creation_date"]),
+        # only indices esdistill made, and only those an alias served
+        if meta and (was_served(meta) or name in live):
+            created = int(s["settings"]["index"]["creation_date"])
+            history = meta.get(SERVED, [])
+            first = next((h["from"] for h in history if h.get("from")), None)
+            out.append({"index": name, "created": created, "served": first, "history": history,
                         "live": name in live, "key": meta.get("key"), "model": meta.get("model")})
-    return sorted(out, key=lambda v: (v["created"], v["index"]))
+
+    def order(v):  # first served (ISO times sort as text); served before the history was kept: its creation
+        from datetime import datetime, timezone
+
+        ms = (datetime.fromisoformat(v["served"]).timestamp() * 1000 if v["served"] else v["created"])
+        return (ms, v["created"], v["index"])
+
+    return sorted(out, key=order)
 
 
 def rollback(client: Elasticsearch, alias: str) -> tuple[str, str]:
-    """Point ``alias`` back at the version deployed before the live one; returns (from, to)."""
+    """Point ``alias`` back at the version served before the live one (:func:`versions`: only indices the alias
+    served, never one built for evaluation alone); returns (from, to)."""
     vs = versions(client, alias)
     live = [i for i, v in enumerate(vs) if v["live"]]
     if not live:
@@ -131,12 +202,13 @@ def rollback(client: Elasticsearch, alias: str) -> tuple[str, str]:
     if live[-1] == 0:
         raise ClusterError(f"{vs[0]['index']} is the oldest version kept behind {alias!r}; nothing to roll back to")
     cur, prev = vs[live[-1]]["index"], vs[live[-1] - 1]["index"]
-    point_alias(client, alias, prev)
+    point_alias(client, alias, prev, by="rollback")
     return cur, prev
 
 
 def prune(client: Elasticsearch, alias: str, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` versions; the live one is never deleted."""
+    """Delete all but the newest ``keep`` versions (:func:`versions`: indices the alias served); the live one is
+    never deleted, nor is an index built for evaluation alone."""
     vs = versions(client, alias)
     doomed = [v["index"] for v in vs[: max(0, len(vs) - keep)] if not v["live"]]
     for name in doomed:
@@ -185,19 +257,32 @@ def deploy_student(
     ``model`` is a bi-encoder, or an embedder of :mod:`esdistill.embed` (vectors computed elsewhere). An index
     already made for ``key`` is brought in line with ``docs``: documents that are new or whose title or text
     changed are embedded, documents whose ids are gone from ``docs`` are deleted, the rest are kept. Its count
-    must then equal ``total`` and the number of documents ``docs`` yielded, or the alias does not move."""
+    must then equal ``total`` and the number of documents ``docs`` yielded, or the alias does not move.
+
+    Without ``move_alias`` (an index built for evaluation) an index of ``key`` that is or was served
+    (:func:`in_use`) is only read: nothing is embedded, deleted or set on it (``read_only`` in the result) —
+    only ``esdistill deploy`` writes to what an alias serves. With ``move_alias`` the record ``meta`` is merged
+    into its ``_meta``."""
     from .embed import ModelEmbedder
 
+    index = versioned_index(alias, key)
+    existing = index_meta(client, index)
+    if existing and existing.get("key") == key and not move_alias and in_use(client, index, existing):
+        client.indices.refresh(index=index)
+        n = int(client.count(index=index).body["count"])
+        return {"index": index, "alias": alias, "docs": n, "source_docs": total, "embedded_now": 0,
+                "deleted_now": 0, "from_vectors": 0, "dims": index_dims(client, index), "pruned": [],
+                "truncated_docs": 0, "read_only": True, "alias_left": [], "alias_moved": False}
     embedder = model if hasattr(model, "embed") and hasattr(model, "dims") else ModelEmbedder(
         model, cfg.encode_batch_size)
-    index = versioned_index(alias, key)
     dims, normalized = embedder.dims, embedder.normalized
-    existing = index_meta(client, index)
     replicas = replica_count(client, cfg.replicas)
     if existing and existing.get("key") == key:
         check_dims(client, index, dims)
         have = dense_hashes(client, index)
         client.indices.put_settings(index=index, settings={"number_of_replicas": replicas})
+        if move_alias:
+            update_meta(client, index, {k: v for k, v in meta.items() if k not in ("key", "dims")})
     else:
         drop_own_index(client, index)
         body = dense_body(dims, normalized, cfg)

@@ -95,7 +95,9 @@ def monitor_queries(project, source: str | None = None, index: str | None = None
 
 def run_monitor(project, queries: dict[str, str], progress=None) -> dict[str, Any]:
     """Both systems over ``queries``; per-query agreement and the means. Queries the pipeline answers with no
-    hit are counted and left out (there is nothing to agree with)."""
+    hit are counted and left out (there is nothing to agree with). Both are what the alias serves: the student of
+    the deploy behind it and the pipeline that taught it (``Project.systems(served=True)``), never trained or
+    scored here."""
     systems = project.systems(served=True)
     teacher, student = systems["pipeline"](), systems["student"]()
     task = progress.add_task("monitor (pipeline and student)", total=len(queries)) if progress else None
@@ -133,6 +135,8 @@ def markdown(report: dict[str, Any], worst: int = 5) -> str:
     m = report["mean"]
     lines = [f"# monitor — {report['date']}", "",
              f"{report['queries']} queries ({report['without_pipeline_hits']} without pipeline hits left out)", "",
+             *([f"served: {d['index']} behind alias {d['alias']} (deploy key {d['key'][:10]}, model {d['model']})", ""]
+               if (d := report.get("deploy")) else []),
              "| agreement (student vs pipeline) | mean |", "|---|---|",
              f"| NDCG@10 against the pipeline's top 10 | {m['ndcg@10']:.3f} |",
              f"| overlap@10 | {m['overlap@10']:.3f} |", f"| Kendall's tau | {m['kendall_tau']:.3f} |", "",

@@ -33,6 +33,7 @@ from . import ensemble as ensemble_mod
 from . import ict as ict_mod
 from . import results as results_mod
 from . import search as search_mod
+from . import served as served_mod
 from .budget import resolve_max_positives
 from .cache import StageCache
 from .cluster import connect
@@ -487,7 +488,7 @@ class Project:
         if t.ensemble_weights is not None:
             return list(t.ensemble_weights)
         if not self.cfg.train.use_judgments:  # an unjudged log: no judgment chooses anything
-            return [1 / len(t.ensemble)] * len(t.ensemble)
+            return self.log_weights()
         chosen = self._ensemble_choice(depth)
         if chosen["weights"] is None:
             raise InputError("the teacher ensemble's weights are chosen on judged training queries, and none has "
@@ -769,7 +770,7 @@ class Project:
             return 0.0  # the request is the whole pipeline, BM25 included where the user put it; BM25 is a member
         if w == "auto":
             if not self.cfg.train.use_judgments:  # an unjudged log: no judgment chooses the blend
-                return 0.0
+                return self.log_weights()
             return float(self._auto_weight(depth)["weight"] or 0.0)
         return float(w)
 
@@ -785,15 +786,37 @@ class Project:
     def _label_scale(self) -> float:
         return self._once("label-scale", lambda: label_scale(self.raw_scores_frame()))
 
-    def scores_frame(self) -> pd.DataFrame:
+    def scores_frame(self, log_only: bool = False) -> pd.DataFrame:
         """The training signal: the teacher's scores, fused with BM25 when ``teacher.bm25_weight`` > 0 (the raw
-        logit stays in ``teacher_raw``)."""
+        logit stays in ``teacher_raw``). ``log_only``: the candidates BM25 found (not the judged positives it missed,
+        which only the judgments name), fused as no judgment chooses (:meth:`log_weights`)."""
         raw = self.raw_scores_frame()
+        if log_only and "source" in raw:
+            raw = raw[raw.source == "bm25"].reset_index(drop=True)
         if self.cfg.teacher.kind == "ensemble":  # every member's z-scores, weighted, on the first member's scale
-            return self._once(("ensemble-labels", tuple(self.ensemble_weights(None))), lambda: ensemble_mod.fuse_frame(
-                raw, self.members(), self.ensemble_weights(None), self._label_scale()))
-        w = self.label_weight()
+            weights = self.log_weights() if log_only else self.ensemble_weights(None)
+            return self._once(("ensemble-labels", tuple(weights), log_only), lambda: ensemble_mod.fuse_frame(
+                raw, self.members(), weights, self._label_scale()))
+        w = self.log_weights() if log_only else self.label_weight()
         return fuse_frame(raw, w, self._label_scale() if w else None)
+
+    def log_weights(self):
+        """The teacher's fusion without judgments (the log-only student, ``train.use_judgments = false``): an
+        ensemble's fixed ``teacher.ensemble_weights``, else equal weights; a fixed ``teacher.bm25_weight``, else
+        none (``auto`` is chosen on judgments). A teacher fitted on the judgments is refused: its labels carry
+        them."""
+        t = self.cfg.teacher
+        fitted = [m.spec for m in self.members() if m.kind == "fit"] if t.kind == "ensemble" else (
+            ["fit"] if t.kind == "fit" else [])
+        if fitted and t.fit.source != "corpus":
+            raise InputError(f"a student trained without judgments cannot learn from a teacher fitted on them "
+                             f"({', '.join(fitted)}: teacher.fit.source = {t.fit.source!r})",
+                             hint="use a teacher that needs no judgment (a cross-encoder, bi_encoder:<model>, the "
+                                  "corpus teacher, your search request), or leave log_only out of the systems")
+        if t.kind == "ensemble":
+            return list(t.ensemble_weights) if t.ensemble_weights is not None else [1 / len(t.ensemble)] * len(
+                t.ensemble)
+        return 0.0 if t.kind == "request" or t.bm25_weight == "auto" else float(t.bm25_weight)
 
     def _train_cache(self) -> StageCache:
         return self._cache("train", self.keys.train())
@@ -862,6 +885,30 @@ class Project:
                 self.log(f"train (judgments only): dev NDCG@10 {b:.3f} → {a:.3f}")
             return info
 
+    def _log_only_config(self):
+        return self.cfg.train.model_copy(update={"use_judgments": False})
+
+    def _log_only_cache(self) -> StageCache:
+        return self._cache("train-log", self.keys.log_only())
+
+    def train_log_only(self) -> dict[str, Any]:
+        """The student of a user with a query log and no judgments: the same teacher's labels on the same training
+        queries, fused without judgments (:meth:`log_weights`), no judged positive and no MNRL — no judgment
+        touches it; the judgments only evaluate it (system ``log_only``)."""
+        cache = self._log_only_cache()
+        if cache.done:
+            return {**cache.info(), "cached": True}
+        scores = self.scores_frame(log_only=True)
+        with self.stage("train (log only)"):
+            return train_student(self._log_only_config(), scores, self.train_queries, {}, self.docs, cache,
+                                 self.log, None, self.progress, self.cfg.profile)
+
+    def log_only_path(self) -> str:
+        cache = self._log_only_cache()
+        if not cache.done:
+            self.train_log_only()
+        return str(cache.path("model"))
+
     def judgments_path(self) -> str:
         cache = self._control_cache()
         if not cache.done:
@@ -877,6 +924,7 @@ class Project:
                           f"{self.cfg.dense_alias}-zero-shot"),
             "judgments": (self.judgments_path, lambda: self._control_cache().key,
                           f"{self.cfg.dense_alias}-judgments"),
+            "log_only": (self.log_only_path, lambda: self._log_only_cache().key, f"{self.cfg.dense_alias}-log-only"),
         }
 
     def _deploy_key(self, which: str = "student") -> str:
@@ -912,12 +960,15 @@ class Project:
                 self.client.indices.refresh(index=self.cfg.data.index)
                 docs = iter_index_docs(self.client, self.cfg.data.index, self.text_fields)
                 total = self.client.count(index=self.cfg.data.index).body["count"]
-            meta = {"model": path, "dataset": self.cfg.data.name, "system": which}
-            if which == "student":
-                meta["teacher"] = self._teacher_cache().key
+            meta = served_mod.deploy_record(self, which, path)
             key = self._deploy_key(which)
             info = deploy_student(self.client, model, docs, total, alias, key, self.cfg.deploy, meta, self.progress,
                                   move_alias=move_alias)
+            if info.get("read_only"):  # served (or once served): evaluation measures it as it is
+                self.log(f"deploy: {info['index']} is served by deploy key {key[:10]}; evaluation reads it as it is "
+                         f"({info['docs']} documents" + (f", the source has {total}: `esdistill deploy` syncs it)"
+                                                         if info["docs"] != total else ")"))
+                return info
             record = self.workdir / "deploy" / f"{key}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
             prev = json.loads(record.read_text()) if record.exists() else {}
@@ -1042,6 +1093,8 @@ class Project:
         done["train"] = self.train()
         if "judgments" in self.cfg.evaluate.systems:
             done["train (judgments only)"] = self.train_judgments()
+        if "log_only" in self.cfg.evaluate.systems:
+            done["train (log only)"] = self.train_log_only()
         for which in self.served_systems():
             done[f"embed ({which})"] = self.embed(which)
             done[f"query vectors ({which})"] = self.query_vectors(which)
@@ -1058,11 +1111,22 @@ class Project:
 
     def systems(self, served: bool = False) -> dict[str, Callable[[], Any]]:
         """Builders of each system to evaluate (models load only when a system runs). Dense systems search the
-        configured deploy's versioned index, or with ``served`` the alias (what applications query now)."""
+        configured deploy's versioned index, or with ``served`` the alias (what applications query now) with the
+        model of the deploy behind it, and the pipeline is the one that taught that deploy's student — as the
+        deploy recorded them (:mod:`esdistill.served`): nothing is trained, fitted or scored."""
         ev, c = self.cfg.evaluate, self.client
         loaded: dict[str, Any] = {}
+        served_index: dict[str, str] = {}  # served: the index whose model was loaded
 
         def dense_model(which: str):  # one load shared by the student and hybrid systems
+            if which not in loaded and served:
+                d = self.served_deploy(which)
+                served_index[which] = d.index
+                m = load_query_encoder(d.model_path(), ev.query_encoder, self.workdir / "onnx" / d.model_key[:16],
+                                       max_length=d.meta.get("query_max_length") or self.cfg.train.max_length,
+                                       threads=ev.encoder_threads)
+                check_dims(c, d.index, embedding_info(m)[0])
+                loaded[which] = BatchingEncoder(m, ev.encode_batch) if batches(ev) else m
             if which not in loaded:
                 path_of, key_of, _ = self.dense_models()[which]
                 path, vectors = path_of(), self._query_vectors_cache(which)
@@ -1082,25 +1146,35 @@ class Project:
                 loaded[which] = m
             return loaded[which]
 
+        def expect(which: str) -> str | None:  # checked on every hit (call after dense_model)
+            return served_index.get(which)
+
         def knn(which: str):  # a served bi-encoder: the student, the zero-shot base, the control
             s = search_mod.Student(c, self._dense_target(which, served), dense_model(which), ev.k, ev.num_candidates,
-                                   oversample=ev.oversample)
+                                   oversample=ev.oversample, expect_index=expect(which))
             s.name = which
             return s
 
         return {
             "bm25": lambda: search_mod.BM25(c, self.cfg.bm25_index, self.text_fields, ev.k),
-            "pipeline": lambda: search_mod.RequestPipeline(self.request_search(), ev.k)
+            "pipeline": lambda: served_mod.served_pipeline(self, self.served_deploy("student")) if served
+            else search_mod.RequestPipeline(self.request_search(), ev.k)
             if self.cfg.teacher.kind == "request" else search_mod.Pipeline(
                 c, self.cfg.bm25_index, self.text_fields, self.pipeline_reranker(),
                 ev.rerank_depth, ev.k, self.cfg.teacher.batch_size, bm25_weight=self.pipeline_weight()),
             "zero_shot": lambda: knn("zero_shot"),
             "judgments": lambda: knn("judgments"),
+            "log_only": lambda: knn("log_only"),
             "student": lambda: knn("student"),
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.text_fields,
                                                 self._dense_target("student", served), dense_model("student"), ev.k,
-                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample),
+                                                ev.num_candidates, ev.rrf_k, oversample=ev.oversample,
+                                                expect_index=expect("student")),
         }
+
+    def served_deploy(self, which: str = "student") -> served_mod.ServedDeploy:
+        """The deploy the alias of ``which`` serves now (its index and the record its deploy wrote)."""
+        return served_mod.served_deploy(self.client, self.dense_models()[which][2])
 
     def _dense_target(self, which: str, served: bool) -> str:
         return self.dense_models()[which][2] if served else self.dense_index(which)
@@ -1147,7 +1221,7 @@ class Project:
             if "pipeline" in results:
                 summary["agreement_with_pipeline"] = {
                     n: self.agreement_with_pipeline(builders[n](), results["pipeline"]["run"], queries)
-                    for n in ("zero_shot", "student", "judgments") if n in results}
+                    for n in ("zero_shot", "student", "log_only", "judgments") if n in results}
         cache = self._eval_cache()
         record = self.workdir / "deploy" / f"{self._deploy_key()}.json"
         deploy_info = json.loads(record.read_text()) if record.exists() else None
@@ -1257,7 +1331,7 @@ class Project:
         versioned dense index through the uploaded student's ingest pipeline (:mod:`esdistill.cluster_embed`);
         counts verified, then the alias moves. Refused clearly where the cluster has no ML (the test build)."""
         from .cluster_embed import embed_in_cluster, require_deployed
-        from .deploy import dense_body, point_alias, prune, replica_count
+        from .deploy import dense_body, point_alias, prune, replica_count, update_meta
         from .indexing import create_index, drop_own_index
 
         cfg, alias, key = self.cfg.deploy, self.cfg.dense_alias, self._deploy_key("student")
@@ -1269,7 +1343,10 @@ class Project:
             self.client.indices.refresh(index=source)
             total = self.client.count(index=source).body["count"]
             meta = index_meta(self.client, index)
+            record = {**served_mod.deploy_record(self, "student", self.student_path()), "model": model_id,
+                      "model_path": served_mod.local_path(self.student_path()), "embedded_by": "cluster"}
             if meta and meta.get("key") == key and self.client.count(index=index).body["count"] == total:
+                update_meta(self.client, index, record)
                 info = {"index": index, "docs": total, "embedded_now": 0}
             else:
                 from .models import read_meta
@@ -1280,9 +1357,7 @@ class Project:
                 drop_own_index(self.client, index)
                 body = dense_body(dims, True, cfg)
                 body["settings"]["number_of_replicas"] = replica_count(self.client, cfg.replicas)
-                create_index(self.client, index, body, {"key": key, "dims": dims, "model": model_id,
-                                                        "dataset": self.cfg.data.name, "system": "student",
-                                                        "embedded_by": "cluster"})
+                create_index(self.client, index, body, {"key": key, "dims": dims, **record})
                 done = embed_in_cluster(self.client, model_id, source, index, self.text_fields, total, cfg.slices,
                                         self.progress)
                 info = {"index": index, "docs": done["docs"], "embedded_now": done["created"] + done["updated"],
@@ -1357,15 +1432,18 @@ class Project:
 
         with self.stage("monitor"):
             queries = mon.monitor_queries(self, source, index)
+            served = self.served_deploy()
             report = mon.run_monitor(self, queries, self.progress)
+            report["deploy"] = {"alias": served.alias, "index": served.index, "key": served.key,
+                                "model": served.model}
             import uuid
 
             # time-sortable and unique: two runs in one second neither share files nor overwrite each other's docs
             stamp = f"{report['date'].replace(':', '').replace('-', '')[:15]}-{uuid.uuid4().hex[:6]}"
             md, js = mon.write_report(report, self.workdir / "monitor", stamp)
-            meta = {"run_id": f"{stamp}-monitor", "evaluate_key": f"monitor-{stamp}-{self._deploy_key()[:8]}",
-                    "dataset": self.cfg.data.name, "profile": self.cfg.profile, "model_id": self.student_path(),
-                    "teacher_id": self.teacher_id()}
+            meta = {"run_id": f"{stamp}-monitor", "evaluate_key": f"monitor-{stamp}-{served.key[:8]}",
+                    "dataset": self.cfg.data.name, "profile": self.cfg.profile, "model_id": served.model,
+                    "teacher_id": (served.meta.get("pipeline") or {}).get("teacher_id")}
             written = results_mod.write_results(self.client, mon.result_docs(report, meta))
             threshold = self.cfg.monitor.min_ndcg
             report.update(markdown=str(md), json=str(js), results_written=written,

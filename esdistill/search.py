@@ -189,12 +189,27 @@ class Pipeline:
 
 
 class Student:
+    """kNN with the query encoded here. ``expect_index``: the versioned index whose model ``model`` is (the served
+    path searches the alias); a hit from any other index — the alias moved since the model was loaded — raises."""
+
     name = "student"
 
     def __init__(self, client, index: str, model, k: int = 100, num_candidates: int = 200,
-                 filter: dict | None = None, oversample: float | None = None):
+                 filter: dict | None = None, oversample: float | None = None, expect_index: str | None = None):
         self.client, self.index, self.model, self.k, self.num_candidates = client, index, model, k, num_candidates
-        self.filter, self.oversample = filter, oversample
+        self.filter, self.oversample, self.expect_index = filter, oversample, expect_index
+
+    def check_index(self, resp: dict) -> dict:
+        """Refuse hits of an index other than ``expect_index``: vectors of another model give plausible, wrong hits."""
+        if self.expect_index:
+            other = {h["_index"] for h in resp.get("hits", {}).get("hits", [])} - {self.expect_index}
+            if other:
+                from .errors import ModelError
+
+                raise ModelError(f"{self.index!r} now serves {', '.join(sorted(other))}, but the query was encoded "
+                                 f"by the model of {self.expect_index!r} (the alias moved after it was loaded)",
+                                 hint="load the served system again (a new `esdistill search` / `monitor` run)")
+        return resp
 
     def body(self, vector: list[float]) -> dict[str, Any]:
         return knn_body(vector, self.k, self.num_candidates, self.filter, self.oversample)
@@ -213,7 +228,7 @@ class Student:
         t0 = time.perf_counter()
         vec = self.encode(text)
         t1 = time.perf_counter()
-        resp = self.client.search(index=self.index, **self.body(vec)).body
+        resp = self.check_index(self.client.search(index=self.index, **self.body(vec)).body)
         return Result(_hits(resp, f"kNN search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
                       float(resp["took"]), {"encode_ms": (t1 - t0) * 1e3})
 
@@ -224,9 +239,11 @@ class Hybrid:
     name = "hybrid"
 
     def __init__(self, client, bm25_index: str, fields: list[str], dense_index: str, model, k: int = 100,
-                 num_candidates: int = 200, rrf_k: int = 60, oversample: float | None = None):
+                 num_candidates: int = 200, rrf_k: int = 60, oversample: float | None = None,
+                 expect_index: str | None = None):
         self.client, self.bm25_index, self.fields, self.dense_index = client, bm25_index, fields, dense_index
-        self.student = Student(client, dense_index, model, k, num_candidates, oversample=oversample)
+        self.student = Student(client, dense_index, model, k, num_candidates, oversample=oversample,
+                               expect_index=expect_index)
         self.k, self.num_candidates, self.rrf_k = k, num_candidates, rrf_k
 
     def _searches(self, text: str, vec: list[float]) -> list[dict[str, Any]]:
@@ -242,6 +259,7 @@ class Hybrid:
         vec = self.student.encode(text)
         t1 = time.perf_counter()
         resp = self.client.msearch(searches=self._searches(text, vec)).body
+        self.student.check_index(resp["responses"][1])
         lexical, dense = (_hits(r, f"hybrid search on {i!r}") for r, i in
                           zip(resp["responses"], (self.bm25_index, self.dense_index), strict=True))
         fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)

@@ -56,6 +56,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "the full scorer, teacher.max_length", "scores.parquet"),
     Stage("train", False, "both teacher keys, the BM25 weight of the labels, train, the base model",
           "model/: the distilled student"),
+    Stage("train-log", False, "BM25's candidate pairs and the teacher that scores them, the fusion chosen without "
+          "judgments, train (use_judgments off), the base model", "model/: the log-only student (no judgment read)"),
     Stage("train-judgments", False, "the judged queries' candidate pairs, the judgments, train, the base model",
           "model/: the control student (no teacher)"),
     Stage("deploy", True, "the served model's key, the corpus (its fingerprint; a user's index by name, synced "
@@ -219,6 +221,19 @@ class StageKeys:
             out["ensemble"] = {"scores": [c.key for c in self.p.member_caches()],
                                "weights": self.p.ensemble_weights(None)}
         return out
+
+    def log_only(self) -> dict[str, Any]:
+        """The log-only student: BM25's candidate pairs of every training query and the teacher that scores them
+        (no judged positive, no judged/unjudged split: nothing a judgment changes), the fusion chosen without
+        judgments, train, the base model."""
+        pairs = self.p.teacher_pairs()
+        found = pairs[pairs.source == "bm25"] if "source" in pairs else pairs
+        return {"pairs": pairs_fingerprint(found),
+                "queries": fingerprint({q: self.p.train_queries[q] for q in found.qid.unique()}),
+                "index_key": self.p.index_key, "fields": self.p.text_fields, "scorer": self.scorer(),
+                "max_length": self.cfg.teacher.max_length, "log_weights": self.p.log_weights(),
+                "train": train_settings(self.p._log_only_config()), **budget_key(self.cfg),
+                "base": model_fingerprint(self.cfg.train.base_model)}
 
     def control(self) -> dict[str, Any]:
         control = self.p._control_config()

@@ -102,3 +102,82 @@ def test_versions_of_an_alias_exclude_a_sibling_alias_that_extends_its_name(es, 
     assert set(es.indices.get_alias(name=f"{index_name}-judgments").body) == {sibling["index"]}
     with pytest.raises(ClusterError, match="oldest version"):
         rollback(es, index_name)  # nothing to roll back to: the sibling's index is not a student version
+
+
+def test_an_index_built_for_evaluation_is_no_version(es, index_name, tiny_bi):
+    """deploy A, evaluate B (its index built under the production alias's name, the alias not moved), deploy C:
+    B is no version — the prune keeps A, rollback goes back to A, never to B, a model that was never served."""
+    corpus = docs(30)
+    cfg = DeployConfig(batch_size=50, keep_versions=2)
+    a = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "akey00000001", cfg, meta={})
+    b = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "bkey00000002", cfg, meta={}, move_alias=False)
+    c = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "ckey00000003", cfg, meta={})
+    assert c["pruned"] == [] and es.indices.exists(index=a["index"]) and es.indices.exists(index=b["index"])
+    assert [v["index"] for v in versions(es, index_name)] == [a["index"], c["index"]]
+    assert rollback(es, index_name) == (c["index"], a["index"])
+    assert set(es.indices.get_alias(name=index_name).body) == {a["index"]}
+
+    # the history of serving is in each index's _meta: A served twice (deploy, then rollback), C once, B never
+    from esdistill.indexing import index_meta
+
+    ha, hc = index_meta(es, a["index"])["served"], index_meta(es, c["index"])["served"]
+    assert [h["by"] for h in ha] == ["deploy", "rollback"] and "until" in ha[0] and "until" not in ha[1]
+    assert len(hc) == 1 and hc[0]["by"] == "deploy" and hc[0]["until"] >= hc[0]["from"] >= ha[0]["until"]
+    assert "served" not in index_meta(es, b["index"])
+    with pytest.raises(ClusterError, match="oldest version"):
+        rollback(es, index_name)  # B is older than C but was never served: nothing before A
+
+
+def test_an_index_served_before_the_history_was_kept_is_a_version(es, index_name, tiny_bi):
+    """An index an older esdistill deployed (no history in its _meta) and the alias points at: it is a version,
+    and the deploy that leaves it records that it was served, so rollback still reaches it."""
+    from esdistill.deploy import point_alias
+    from esdistill.indexing import index_meta
+
+    corpus = docs(20)
+    cfg = DeployConfig(keep_versions=2)
+    old = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "oldkey000001", cfg, meta={})
+    # as an older esdistill left it: no history
+    es.indices.put_mapping(index=old["index"], meta={"esdistill": {
+        k: v for k, v in index_meta(es, old["index"]).items() if k != "served"}})
+    assert [v["index"] for v in versions(es, index_name)] == [old["index"]]  # live: a version
+    new = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "newkey000002", cfg, meta={})
+    assert index_meta(es, old["index"])["served"][0]["from"] is None  # served, since when unknown
+    assert [v["index"] for v in versions(es, index_name)] == [old["index"], new["index"]]
+    assert rollback(es, index_name) == (new["index"], old["index"])
+    point_alias(es, index_name, new["index"])
+
+
+def test_evaluation_only_reads_a_served_index(es, index_name, tiny_bi):
+    """Building the index of a key for evaluation (no alias move) where that key is served changes nothing in it:
+    not the operator's replicas, not a document an in-cluster deploy wrote without esdistill's text hash, not a
+    document whose source text changed since (only `esdistill deploy` syncs what is served)."""
+    from esdistill.deploy import HASH_FIELD
+
+    corpus = docs(12)
+    cfg = DeployConfig(batch_size=50)
+    info = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "servedkey001", cfg, meta={})
+    index = info["index"]
+    es.indices.put_settings(index=index, settings={"number_of_replicas": 1})  # the operator's change
+    src = es.get(index=index, id="d0").body["_source"]
+    es.index(index=index, id="d0", document={k: v for k, v in src.items() if k != HASH_FIELD}, refresh=True)
+    before = {h["_id"]: h["_seq_no"] for h in es.search(index=index, size=100, seq_no_primary_term=True,
+                                                         query={"match_all": {}}).body["hits"]["hits"]}
+    edited = [Doc("d1", "title 1", "an edited text"), *[d for d in corpus if d.id != "d1"]]
+    again = deploy_student(es, tiny_bi, edited, len(edited), index_name, "servedkey001", cfg, meta={},
+                           move_alias=False)
+    settings = es.indices.get_settings(index=index).body[index]["settings"]["index"]
+    assert settings["number_of_replicas"] == "1"
+    after = {h["_id"]: h["_seq_no"] for h in es.search(index=index, size=100, seq_no_primary_term=True,
+                                                        query={"match_all": {}}).body["hits"]["hits"]}
+    assert after == before
+    assert HASH_FIELD not in es.get(index=index, id="d0").body["_source"]
+    assert again["read_only"] and again["embedded_now"] == 0 and again["docs"] == 12
+    es.indices.put_settings(index=index, settings={"number_of_replicas": 0})
+
+    # an index built for evaluation alone (never served) is still resumed and synced by the next evaluation
+    exp = deploy_student(es, tiny_bi, corpus, len(corpus), index_name, "experiment01", cfg, meta={},
+                         move_alias=False)
+    synced = deploy_student(es, tiny_bi, edited, len(edited), index_name, "experiment01", cfg, meta={},
+                            move_alias=False)
+    assert not synced.get("read_only") and synced["embedded_now"] == 1 and exp["index"] == synced["index"]

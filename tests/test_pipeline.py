@@ -274,3 +274,39 @@ def test_the_student_is_measured_against_the_pipeline_on_its_own_candidates(tiny
         local[q] = dict(zip(head, (dv @ qv).tolist(), strict=True))
     mine = agreement(heads, local)
     assert abs(mine["ndcg@10"] - got["ndcg@10"]) < 0.02 and abs(mine["rbo"] - got["rbo"]) < 0.02
+
+
+def test_the_log_only_student_reads_no_judgment(tmp_path, es, es_url, tiny_models):
+    """System log_only: a student distilled from the same teacher with the judgments out of reach — its key and
+    its model are the same whatever the training judgments say; it is evaluated beside the others, and its
+    agreement with the pipeline is measured."""
+    import uuid
+
+    from esdistill.pipeline import Project
+
+    from .conftest import tiny_config
+
+    name = f"t{uuid.uuid4().hex[:8]}"
+    cfg = tiny_config(tmp_path, es_url, tiny_models, name,
+                      teacher={"ensemble": [f"bi_encoder:{tiny_models['bi']}", "bm25"]},
+                      evaluate={"systems": ["bm25", "pipeline", "student", "log_only"]})
+    project = Project(cfg, client=es)
+    try:
+        report = project.run()
+        data = json.loads(Path(report["json"]).read_text())
+        assert set(data["systems"]) == {"bm25", "pipeline", "student", "log_only"}
+        assert data["agreement_with_pipeline"]["log_only"]["queries"] == data["queries"]
+        info = project._log_only_cache().info()
+        assert info["judged_pairs"] == 0 and info["use_judgments"] is False
+        assert project.log_weights() == [0.5, 0.5]
+        # other training judgments: the student's key moves, the log-only student's does not
+        other = Project(cfg, client=es)
+        qrels = other.dataset.train_qrels
+        first = sorted(qrels)[0]
+        qrels[first] = {d: 0 for d in qrels[first]}
+        assert other.keys.log_only() == project.keys.log_only()
+        labels = project.scores_frame(log_only=True)
+        assert (labels.source == "bm25").all()  # no judged positive that BM25 missed
+        assert other.keys.train() != project.keys.train()
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
