@@ -168,6 +168,7 @@ class Project:
         self.console.rule(f"[bold cyan]{name}")
         owns = self.progress is None
         outer, self._stage_name = self._stage_name, name
+        self.stage_estimates.pop(name, None)  # a stage run again is estimated again, as its wall time is measured
         if owns:
             self.progress = make_progress(self.console, self._estimated)
             self.progress.start()

@@ -250,3 +250,15 @@ def test_the_report_keeps_estimate_and_actual_side_by_side():
     table = stage_table({"teacher": 130.4, "index": 2.0}, {"teacher": 120.0})
     assert "| stage | estimate (s) | wall time (s) |" in table
     assert "| teacher | 120.0 | 130.4 |" in table and "| index | — | 2.0 |" in table
+
+
+def test_a_stage_run_again_is_estimated_again(tmp_path):
+    """The stage table pairs each stage's last wall time with the estimate made in that same run of it."""
+    from esdistill.pipeline import Project
+
+    project = Project(build_config({"workdir": str(tmp_path), "data": {"name": "s", "beir": str(SCIFACT)}}))
+    for seconds in (100.0, 7.0):
+        with project.stage("teacher"):
+            task = project.progress.add_task("teacher scoring", total=10, estimate=seconds)
+            project.progress.advance(task, 10)
+    assert project.stage_estimates == {"teacher": 7.0} and set(project.stage_seconds) == {"teacher"}
