@@ -127,6 +127,7 @@ def plan_training(
     measure: Callable[..., float] = measure_seconds_per_text,
     distill: bool = True,
     saved: Path | None = None,
+    eval_texts: int = 0,
 ) -> TrainingPlan:
     """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
 
@@ -137,6 +138,8 @@ def plan_training(
     a stable sample of the next one fills the rest (lists and MNRL rows alike; at least one batch of lists is
     kept); the log says what was sampled down and how to lift it. Without a budget only the estimate is made.
     ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
+    ``eval_texts``: the texts the dev evaluations encode (before, after and between passes), priced at a third of a
+    training text (a forward pass alone): a fixed cost, in the estimate and taken off the budget first.
     ``record`` (kept in the train record as ``budget``) holds the measurement, the estimate, the budget and the
     rows and steps kept. With ``saved`` (a file in the stage's folder), the plan is written there, and a plan found
     there (a run that was killed and resumes from its checkpoint) is kept as it was: the rows must be those the
@@ -159,10 +162,11 @@ def plan_training(
     per_text = measure(model, doc_sample or list(queries.values())[:bs], bs)
     cost = [len(ex) * width * per_text + len(jd) * 3 * per_text for ex, jd in zip(examples_by_pass, judged_by_pass,
                                                                                 strict=True)]
-    whole = sum(cost)
+    fixed = eval_texts * per_text / 3
+    whole = fixed + sum(cost)
     budget = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
     allowed = budget * 60 if budget else math.inf
-    examples, judged, spent, kept_passes = [], [], 0.0, 0.0
+    examples, judged, spent, kept_passes = [], [], fixed, 0.0
     for p, (ex, jd) in enumerate(zip(examples_by_pass, judged_by_pass, strict=True)):
         if spent + cost[p] <= allowed:
             examples.append(ex)
@@ -191,7 +195,7 @@ def plan_training(
 
     sampled = spent < whole
     record = {
-        "minutes": budget, "profile": profile, "seconds_per_text": per_text,
+        "minutes": budget, "profile": profile, "seconds_per_text": per_text, "evaluation_seconds": fixed,
         "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
         "passes": len(examples_by_pass), "passes_kept": round(kept_passes, 3),
         "lists": [sum(len(x) for x in examples), sum(len(x) for x in examples_by_pass)],

@@ -516,7 +516,8 @@ def train_student(
     plan = None
     if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
         plan = plan_training(model, cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
-                             log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"))
+                             log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
+                             eval_texts=2 * len(dev_scores) * (2 + (passes if cfg.epochs > 1 else 0)))
         examples_by_pass, judged_by_pass = plan.examples, plan.judged
         judged = judged_by_pass[0]
     data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])

@@ -116,6 +116,12 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
 
     again = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=no_measure, saved=saved)
     assert again.examples == plan.examples and again.judged == plan.judged
+    # the dev evaluations' 900 texts (a forward pass each: 3 ms) come off the budget first: 27 s left for rows
+    evaluated = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
+                              eval_texts=900)
+    assert [len(x) for x in evaluated.examples] == [100, 100, 57] and [len(x) for x in evaluated.judged] == [50, 50, 28]
+    assert evaluated.record["evaluation_seconds"] == pytest.approx(3.0)
+    assert evaluated.record["estimate_seconds_whole"] == pytest.approx(34.5)
     # without a budget: only the estimate
     free = plan_training(None, TrainConfig(batch_size=16), ex, jd, {}, texts, None, lines.append,
                          measure=lambda m, t, bs: 0.01)
