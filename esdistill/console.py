@@ -104,10 +104,10 @@ class EstimatingProgress(Progress):
     :func:`esdistill.budget.plan_training`) shows it from the start. Any other task with a total is timed on its
     first batches: its clock starts at its first update after the first burst of updates (the burst: updates
     less than ``burst`` seconds apart, e.g. work skipped because a cache had it; the gap after it may pay for
-    loading a model), and once ``measure`` seconds of work have passed, its total wall time is estimated as the time so far plus what is left at the rate measured since.
-    The estimate is then frozen into the task's description (``≈ 3.5 min``) and passed to
-    ``on_estimate(description, seconds)`` (the project keeps it for the report's stage table). A task that ends
-    sooner gets none."""
+    loading a model), and once ``measure`` seconds of work have passed, its total wall time is estimated as the
+    time so far plus what is left at the rate measured since. The estimate is then frozen into the task's
+    description (``≈ 3.5 min``) and passed to ``on_estimate(description, seconds)`` (the project keeps it for the
+    report's stage table). A task that ends sooner gets none."""
 
     def __init__(self, *columns, on_estimate=None, burst: float = 0.05, measure: float = 2.0, **kwargs):
         super().__init__(*columns, **kwargs)

@@ -62,8 +62,9 @@ from .train import train_student
 
 
 def make_progress(console: Console | None = None, on_estimate=None) -> Progress:
-    return EstimatingProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False, on_estimate=on_estimate)
+    return EstimatingProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+                              on_estimate=on_estimate)
 
 
 class Project:
@@ -1231,7 +1232,8 @@ class Project:
         extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "deploy": deploy_info,
                  "measured": measured,
                  "config": json.loads(self.cfg.model_dump_json()), "left_out_of_training": len(ds.leaked),
-                 "stage_seconds": self.stage_seconds, "stage_estimates": self.stage_estimates, "environment": environment(), "evaluate_key": cache.key}
+                 "stage_seconds": self.stage_seconds, "stage_estimates": self.stage_estimates,
+                 "environment": environment(), "evaluate_key": cache.key}
         out = self.workdir / "reports" / f"{self.cfg.data.name}-{self.cfg.profile}-{cache.key[:8]}"
         md, js = eval_mod.write_report(summary, out, f"{self.cfg.data.name} — {self.cfg.profile} profile", extra)
         cache.finish(report=str(md))

@@ -87,7 +87,8 @@ def _rows(passes=3, lists=100, judged=50, negs=7):
     ex = [[(f"q{i}", f"p{i}", [f"n{i}-{j}" for j in range(negs)], [1.0] * (negs + 1)) for i in range(lists)]
           for _ in range(passes)]
     jd = [[(f"q{i}", f"p{i}", f"n{i}-0") for i in range(judged)] for _ in range(passes)]
-    texts = {d: Doc(d, "", f"text of {d}") for i in range(lists) for d in [f"p{i}"] + [f"n{i}-{j}" for j in range(negs)]}
+    texts = {d: Doc(d, "", f"text of {d}") for i in range(lists)
+             for d in [f"p{i}"] + [f"n{i}-{j}" for j in range(negs)]}
     return ex, jd, texts
 
 
