@@ -67,6 +67,7 @@ def count(rows: list[tuple[str, str]], relevant_to: dict[str, set[str]], batches
 def main(seeds: Annotated[int, typer.Option(help="random permutations per case")] = 20, out: OutOpt = DEFAULT_OUT):
     prepare_env()
     from esdistill import load_config
+    from esdistill.budget import resolve_max_positives
     from esdistill.data import load_dataset, relevant
 
     rows_out = []
@@ -75,7 +76,8 @@ def main(seeds: Annotated[int, typer.Option(help="random permutations per case")
             cfg = load_config(ROOT / "examples" / f"{dataset}.toml", profile)
             ds = load_dataset(cfg.data, ROOT / ".esdistill" / "datasets")
             relevant_to = {q: {d for d, g in docs.items() if g > 0} for q, docs in ds.train_qrels.items()}
-            caps = [cfg.data.max_positives_per_query] + ([None] if cfg.data.max_positives_per_query else [])
+            cap, _ = resolve_max_positives(cfg.data.max_positives_per_query, ds.train_qrels)  # what training uses
+            caps = [cap] + ([None] if cap else [])
             for cap, (what, batch) in [(c, w) for c in caps for w in (
                     ("teacher fit (listwise)", cfg.teacher.fit.batch_size), ("student (MNRL)", cfg.train.batch_size))]:
                 rows = [(q, d) for q, docs in ds.train_qrels.items() for d in relevant(q, docs, cap)]

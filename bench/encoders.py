@@ -5,7 +5,7 @@
     .venv/bin/python bench/encoders.py [--config examples/scifact.toml] [--workdir .esdistill-bench]
 
 Needs a finished bench run whose student is deployed (the export reads the deploy's key from the cluster) and
-the clients built (scripts/setup.sh). Every test query is encoded one at a time, ``--rounds`` times, after a
+the clients built (scripts/test-setup.sh). Every test query is encoded one at a time, ``--rounds`` times, after a
 warm-up, each encoder with ``--threads`` intra-op threads (an application server encodes many queries at once,
 one thread each). Prints a table; writes ``bench/results/encoders-<dataset>-<hardware>.json``.
 """

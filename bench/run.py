@@ -58,6 +58,18 @@ def stage_times(project) -> dict[str, float | None]:
     return out
 
 
+def stage_estimates(project) -> dict[str, float]:
+    """Each stage's wall time as estimated before it was spent (issue 24): this process's progress bars, and the
+    training plan its record keeps (so a rerun that finds the student cached still shows it)."""
+    out = dict(project.stage_estimates)
+    for name, cache in (("train", project._train_cache()), ("train (judgments only)", project._control_cache()),
+                        ("train (log only)", project._log_only_cache())):
+        est = (cache.info().get("budget") or {}).get("estimate_seconds") if cache.done else None
+        if name not in out and est is not None:
+            out[name] = est
+    return out
+
+
 def table(summary: dict) -> str:
     """The seed-style table: latency, quality, share of the pipeline's NDCG@10 gain over BM25, significance."""
     import math
@@ -138,7 +150,7 @@ def main(
         "dataset": cfg.data.name, "profile": cfg.profile, "hardware": hw, "environment": environment(),
         "elasticsearch": next(iter(project.client.nodes.info().body["nodes"].values()))["version"],
         "summary": summary, "speedup": speed, "stage_seconds": stage_times(project),
-        "stage_seconds_this_process": project.stage_seconds,
+        "stage_seconds_this_process": project.stage_seconds, "stage_estimates": stage_estimates(project),
         "teacher": {k: teacher_info.get(k) for k in ("pairs", "queries")} | {
             "label_quality": label_quality(project.raw_scores_frame(), project.dataset.train_qrels),
             "label_quality_fused": label_quality(project.scores_frame(), project.dataset.train_qrels),
@@ -154,8 +166,10 @@ def main(
     md = f"## {cfg.data.name} — {cfg.profile} profile — {label}\n\n" + table(summary)
     if speed:
         md += "\n" + ", ".join(f"{k.replace('_', ' ')}: {v:.0f}×" for k, v in speed.items()) + "\n"
-    md += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
-        f"| {k} | {'—' if v is None else f'{v:.1f}'} |\n" for k, v in result["stage_seconds"].items())
+    est = result["stage_estimates"]
+    md += "\n| stage | estimate (s) | wall time (s) |\n|---|---|---|\n" + "".join(
+        f"| {k} | {f'{est[k]:.1f}' if k in est else '—'} | {'—' if v is None else f'{v:.1f}'} |\n"
+        for k, v in result["stage_seconds"].items())
     (out / f"{stem}.json").write_text(dumps(result, indent=2))
     (out / f"{stem}.md").write_text(md)
     plot(summary, out / f"{stem}.png", f"{cfg.data.name} {cfg.profile} profile, {label}: quality vs latency")

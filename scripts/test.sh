@@ -3,6 +3,6 @@
 # (ESDISTILL_TEST_ES_PORT) when none is running there, and stops it again at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/test-setup.sh   # the demo's setup, then the test tooling (pytest, example clients, Compose schema)
 export HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

@@ -126,7 +126,7 @@ def _need(tool: str, folder, what: str) -> None:
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed")
     if not folder.exists():
-        pytest.fail(f"{what} is not installed: run scripts/setup.sh")
+        pytest.fail(f"{what} is not installed: run scripts/test-setup.sh")
 
 
 def test_node_client_matches_the_python_student(encoder, reference, es_url, tmp_path):

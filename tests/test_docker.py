@@ -1,5 +1,5 @@
 """The Docker stack, checked where Docker cannot run: the compose file against the Compose Specification's JSON
-schema (compose-go v2.16.2's, the reference implementation; scripts/setup.sh fetches it from the Go module
+schema (compose-go v2.16.2's, the reference implementation; scripts/test-setup.sh fetches it from the Go module
 proxy), and the start-up order that makes `up --wait` come up."""
 
 from pathlib import Path
@@ -23,7 +23,7 @@ def test_compose_file_is_valid_against_the_compose_specification(compose):
 
     from jsonschema import validators
 
-    assert SCHEMA.exists(), "scripts/setup.sh fetches the schema (go mod download compose-spec/compose-go)"
+    assert SCHEMA.exists(), "scripts/test-setup.sh fetches the schema (go mod download compose-spec/compose-go)"
     schema = json.loads(SCHEMA.read_text())
     validator = validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))

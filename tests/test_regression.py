@@ -37,7 +37,8 @@ def slice_config(workdir: Path, es_url: str, name: str):
         "teacher": {"max_length": 128, "batch_size": 64,
                     "fit": {"folds": 2, "negatives": 3, "negative_depth": 20, "epochs": 1.0, "max_length": 128,
                             "batch_size": 16}},
-        "train": {"negatives": 3, "epochs": 1.0, "max_length": 128, "batch_size": 16},
+        # no time budget: the expected scores must not depend on how loaded the machine is when it trains
+        "train": {"negatives": 3, "epochs": 1.0, "max_length": 128, "batch_size": 16, "budget_minutes": "none"},
         "deploy": {"encode_batch_size": 64},
         "evaluate": {"rerank_depth": 20, "k": 100,
                      "systems": ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]},

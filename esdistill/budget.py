@@ -1,0 +1,221 @@
+"""How much a run trains, decided from the data and from this machine's measured speed (issue 24).
+
+* :func:`resolve_max_positives` — ``data.max_positives_per_query = "auto"``: a cap on the judged positives a query
+  contributes to training, chosen from the judgments themselves.
+* :func:`plan_training` — ``train.budget_minutes``: the student's training time, estimated from the measured
+  throughput of the first batches of its own rows, and the rows sampled down (later passes first) when the data
+  would take longer than the budget.
+* :func:`fmt_seconds` — a duration for humans.
+
+The time estimates of the other long stages (teacher scoring, corpus embedding) come from their progress bars
+(:class:`esdistill.console.EstimatingProgress`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: ``auto`` caps a query's judged positives at this many ...
+AUTO_CAP = 4
+#: ... when more than this share of all judged positives lie beyond each query's ``AUTO_CAP``-th. SciFact's
+#: training judgments (809 queries, 919 positives, median 1, at most 5 a query): 0.1% lie beyond the 4th, so no
+#: cap (and its cache keys stay those of before). NFCorpus's (2,590 queries, 110,575 positives, median 18, up to
+#: 1,363 a query): 91.5% lie beyond the 4th — uncapped, one query makes dozens of near-identical training rows and
+#: a quick run trains thousands of them. 4 is the cap examples/nfcorpus.toml chose by hand (bench/README.md), and
+#: more than a quick run's per-query lists use: each of its ``ceil(epochs)`` passes heads a query's list with one
+#: judged positive.
+AUTO_SHARE = 0.25
+
+
+def resolve_max_positives(setting: int | str | None, qrels: dict[str, dict[str, int]]) -> tuple[int | None, str]:
+    """``(cap, why)``: the cap on judged positives per query that ``data.max_positives_per_query`` means for these
+    training judgments — a number as it is, ``"none"``/None as no cap, and ``"auto"`` as :data:`AUTO_CAP` when
+    more than :data:`AUTO_SHARE` of the judged positives lie beyond each query's :data:`AUTO_CAP`-th (else no cap).
+    ``why`` is one line for the log (empty when there is nothing to say)."""
+    if setting is None or setting == "none":
+        return None, ""
+    if setting != "auto":
+        return int(setting), ""
+    counts = [n for n in (sum(1 for g in docs.values() if g > 0) for docs in qrels.values()) if n]
+    if not counts:
+        return None, ""
+    total = sum(counts)
+    beyond = sum(max(0, n - AUTO_CAP) for n in counts)
+    if beyond <= AUTO_SHARE * total:
+        return None, ""
+    why = (f"data: training uses at most {AUTO_CAP} judged positives per query (data.max_positives_per_query = "
+           f"'auto'): {len(counts)} judged training queries judge {total:,} documents relevant (median "
+           f"{statistics.median(counts):g} a query, at most {max(counts):,}); {beyond / total:.0%} of them lie "
+           f"beyond each query's {AUTO_CAP}th and would make near-identical rows of one query. Label quality is "
+           "still measured on all of them; set data.max_positives_per_query to a number, or 'none', to choose")
+    return AUTO_CAP, why
+
+
+def fmt_seconds(s: float) -> str:
+    """``42 s``, ``3.5 min``, ``1.2 h``."""
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# ----------------------------------------------------------------------------------------------- training
+def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: int = 5,
+                             enough: float = 3.0) -> float:
+    """Seconds one text costs a training step of ``model`` on this machine: tokenizing, forward and backward
+    passes over batches of ``texts``, after one warm-up batch (not counted) — up to ``batches`` of them, fewer once
+    ``enough`` seconds are spent (at least two); the median batch, so one stalled by another process does not
+    decide. Gradients are cleared afterwards and no optimiser steps, so the model's weights are untouched (the
+    trainer seeds its own randomness later)."""
+    prepare = getattr(model, "preprocess", None) or model.tokenize  # tokenize: sentence-transformers < 5.7
+    was_training = model.training
+    model.train()
+    times: list[float] = []
+    try:
+        for i in range(batches + 1):
+            batch = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
+            t0 = time.perf_counter()
+            feats = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in prepare(batch).items()}
+            emb = model(feats)["sentence_embedding"]
+            emb.float().pow(2).sum().backward()
+            if i:  # the first batch warms up (allocations, kernels)
+                times.append(time.perf_counter() - t0)
+                if len(times) >= 2 and sum(times) >= enough:
+                    break
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return statistics.median(times) / batch_size
+
+
+@dataclass
+class TrainingPlan:
+    """What :func:`plan_training` decided: the rows kept, and the record of why (``record``)."""
+
+    examples: list[list]
+    judged: list[list]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _subset(rows: list, keep: int, seed: int, p: int) -> list:
+    """``keep`` of ``rows``, a stable pseudo-random choice, in their order."""
+    if keep >= len(rows):
+        return rows
+    idx = np.sort(np.random.default_rng([seed, p, 24]).choice(len(rows), size=keep, replace=False))
+    return [rows[i] for i in idx]
+
+
+def plan_training(
+    model,
+    cfg,
+    examples_by_pass: list[list],
+    judged_by_pass: list[list],
+    queries: dict[str, str],
+    texts: dict,
+    profile: str | None,
+    log: Callable[[str], None] = print,
+    measure: Callable[..., float] = measure_seconds_per_text,
+    distill: bool = True,
+    saved: Path | None = None,
+    eval_texts: int = 0,
+) -> TrainingPlan:
+    """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
+
+    The cost is counted in text encodings (each distilling row: its query and ``list_size`` documents; each MNRL
+    row: query, positive, hard negative), priced at the seconds per text measured on the first batches of the
+    rows' own documents (:func:`measure_seconds_per_text`; queries are counted as documents, so the estimate
+    leans long). When the whole would take longer than the budget, passes are kept in order while they fit and
+    a stable sample of the next one fills the rest (lists and MNRL rows alike; at least one batch of lists is
+    kept); the log says what was sampled down and how to lift it. Without a budget only the estimate is made.
+    ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
+    ``eval_texts``: the texts the dev evaluations encode (before, after and between passes), priced at a third of a
+    training text (a forward pass alone): a fixed cost, in the estimate and taken off the budget first.
+    ``record`` (kept in the train record as ``budget``) holds the measurement, the estimate, the budget and the
+    rows and steps kept. With ``saved`` (a file in the stage's folder), the plan is written there, and a plan found
+    there (a run that was killed and resumes from its checkpoint) is kept as it was: the rows must be those the
+    checkpoint was trained on, not a new measurement's."""
+    bs = cfg.batch_size
+    if saved is not None and saved.exists():
+        record = json.loads(saved.read_text())
+        kept = record["kept"]
+        examples = [_subset(ex, n_ex, cfg.seed, p) for p, (ex, (n_ex, _)) in enumerate(zip(examples_by_pass, kept))]
+        judged = [_subset(jd, n_jd, cfg.seed, p) for p, (jd, (_, n_jd)) in enumerate(zip(judged_by_pass, kept))]
+        log(f"train: the plan of the run this one resumes: estimated {fmt_seconds(record['estimate_seconds'])}"
+            + (f", sampled down to {record['passes_kept']:.2f} of {record['passes']} passes" if record["sampled_down"]
+               else ""))
+        return TrainingPlan(examples, judged, record)
+    # a distilling row encodes its query, its first document and the others; 0 for the control (no list trains)
+    width = 2 + len(examples_by_pass[0][0][2]) if distill and examples_by_pass and examples_by_pass[0] else 0
+    doc_sample = [texts[d].full_text for _, p, negs, _ in examples_by_pass[0][:64] for d in [p, *negs] if d in texts]
+    doc_sample += [texts[d].full_text for rows in judged_by_pass[:1] for _, p, n in rows[:64] for d in (p, n)
+                   if d in texts]
+    per_text = measure(model, doc_sample or list(queries.values())[:bs], bs)
+    cost = [len(ex) * width * per_text + len(jd) * 3 * per_text for ex, jd in zip(examples_by_pass, judged_by_pass,
+                                                                                strict=True)]
+    fixed = eval_texts * per_text / 3
+    whole = fixed + sum(cost)
+    budget = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
+    allowed = budget * 60 if budget else math.inf
+    examples, judged, spent, kept_passes = [], [], fixed, 0.0
+    for p, (ex, jd) in enumerate(zip(examples_by_pass, judged_by_pass, strict=True)):
+        if spent + cost[p] <= allowed:
+            examples.append(ex)
+            judged.append(jd)
+            spent += cost[p]
+            kept_passes += 1
+            continue
+        share = max(0.0, (allowed - spent) / cost[p]) if cost[p] else 0.0
+        keep_ex = int(len(ex) * share) if distill else len(ex)  # the control trains no list: keep them as they are
+        keep_jd = int(len(jd) * share)
+        if not examples:  # at least one batch, whatever the budget
+            if distill:
+                keep_ex = max(keep_ex, min(bs, len(ex)))
+            else:
+                keep_jd = max(keep_jd, min(bs, len(jd)))
+        if keep_ex or keep_jd:
+            examples.append(_subset(ex, keep_ex, cfg.seed, p))
+            judged.append(_subset(jd, keep_jd, cfg.seed, p))
+            spent += keep_ex * width * per_text + keep_jd * 3 * per_text
+            kept_passes += (keep_ex / len(ex) if distill and ex else keep_jd / len(jd) if jd else 0.0)
+        break
+
+    def steps(exs, jds) -> int:
+        parts = (exs, jds) if distill else (jds,)
+        return sum(-(-sum(len(x) for x in part) // bs) for part in parts)
+
+    sampled = spent < whole
+    record = {
+        "minutes": budget, "profile": profile, "seconds_per_text": per_text, "evaluation_seconds": fixed,
+        "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
+        "passes": len(examples_by_pass), "passes_kept": round(kept_passes, 3),
+        "lists": [sum(len(x) for x in examples), sum(len(x) for x in examples_by_pass)],
+        "judged_rows": [sum(len(x) for x in judged), sum(len(x) for x in judged_by_pass)],
+        "encodings": sum(len(x) for x in examples) * width + 3 * sum(len(x) for x in judged),
+        "encodings_whole": sum(len(x) for x in examples_by_pass) * width + 3 * sum(len(x) for x in judged_by_pass),
+        "steps_allowed": steps(examples, judged), "steps_whole": steps(examples_by_pass, judged_by_pass),
+        "kept": [[len(ex), len(jd)] for ex, jd in zip(examples, judged, strict=True)],
+    }
+    if saved is not None:
+        saved.write_text(json.dumps(record, indent=2))
+    where = f"{per_text * 1000:.0f} ms a text, measured on the first batches of training texts"
+    if sampled:
+        lift = ("--profile full (no training budget), or " if profile == "quick" else "") \
+            + "train.budget_minutes = N (minutes; 'none': no budget)"
+        log(f"train: the data would train {fmt_seconds(whole)} on this machine ({where}); the "
+            f"{profile or 'configured'} budget is {fmt_seconds(allowed)}: sampled down to {kept_passes:.2f} of "
+            f"{len(examples_by_pass)} passes — {record['lists'][0]:,} of {record['lists'][1]:,} lists, "
+            f"{record['judged_rows'][0]:,} of {record['judged_rows'][1]:,} judged rows, "
+            f"{record['steps_allowed']:,} of {record['steps_whole']:,} steps. To train it all: {lift}")
+    log(f"train: estimated {fmt_seconds(spent)} on this machine ({where}"
+        + (f"; budget {fmt_seconds(allowed)}" if budget else "") + ")")
+    return TrainingPlan(examples, judged, record)

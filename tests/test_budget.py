@@ -1,0 +1,271 @@
+"""Issue 24: ``data.max_positives_per_query = "auto"`` caps what the data needs capped, the quick profile's
+training keeps its time budget (sampled down, said in the log), and each long stage's time is estimated from its
+first batches before it is spent."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from esdistill.budget import AUTO_CAP, resolve_max_positives
+from esdistill.config import build_config
+from esdistill.console import EstimatingProgress
+from esdistill.evaluate import stage_table
+from esdistill.stages import budget_key
+
+from .conftest import SCIFACT, tiny_config
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def _train_qrels(path: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh, delimiter="\t")
+        next(rows)
+        for q, d, g in rows:
+            out.setdefault(q, {})[d] = int(g)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the cap
+def test_auto_caps_many_judgments_per_query_and_leaves_few_alone():
+    few = {f"q{i}": {f"d{i}": 1, **({f"e{i}": 1} if i % 9 == 0 else {})} for i in range(100)}  # SciFact-like
+    assert resolve_max_positives("auto", few) == (None, "")
+    many = {f"q{i}": {f"q{i}d{j}": 1 for j in range(40)} for i in range(30)}
+    cap, why = resolve_max_positives("auto", many)
+    assert cap == AUTO_CAP == 4
+    assert "at most 4 judged positives" in why and "1,200" in why and "90%" in why and "'none'" in why
+    # a few queries judging hundreds dominate the rows even with a median of 1: capped too
+    tail = {**few, **{f"big{i}": {f"b{i}-{j}": 1 for j in range(300)} for i in range(3)}}
+    assert resolve_max_positives("auto", tail)[0] == 4
+    # a number is taken as it is, "none" (or None) is no cap, nothing to log
+    assert resolve_max_positives(7, many) == (7, "")
+    assert resolve_max_positives("none", many) == (None, "") == resolve_max_positives(None, many)
+    assert resolve_max_positives("auto", {}) == (None, "")
+
+
+@pytest.mark.parametrize("dataset,expected", [("scifact", None), ("nfcorpus", 4)])
+def test_auto_on_the_benchmarks_training_judgments(dataset, expected):
+    path = SHARED_DATA / dataset / "qrels" / "train.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} not here (the shared benchmark data)")
+    assert resolve_max_positives("auto", _train_qrels(path))[0] == expected
+
+
+def test_auto_that_caps_nothing_keeps_the_keys_of_before():
+    """SciFact's judgments resolve to no cap: its keys hold no max_positives (as before 'auto' existed); a cap
+    set by hand is keyed as the number."""
+    from esdistill.pipeline import Project
+
+    base = {"data": {"name": "s", "beir": str(SCIFACT), "max_train_queries": 200}}
+    auto = Project(build_config(base, profile="quick"))
+    assert auto.cfg.data.max_positives_per_query == "auto"
+    assert auto.max_positives() is None and auto.keys._cap() == {}
+    hand = Project(build_config({"data": {**base["data"], "max_positives_per_query": 1}}, profile="quick"))
+    assert hand.keys._cap() == {"max_positives": 1}
+
+
+def test_the_profiles_budget_is_not_in_the_key_but_a_changed_one_is():
+    base = {"data": {"name": "s", "beir": "x"}}
+    quick = build_config(base, profile="quick")
+    assert quick.train.budget_minutes == 20.0 and build_config(base, profile="full").train.budget_minutes is None
+    assert budget_key(quick) == {} and budget_key(build_config(base, profile="full")) == {}
+    lifted = build_config({**base, "train": {"budget_minutes": "none"}}, profile="quick")
+    assert budget_key(lifted) == {"budget_minutes": "none"}
+    assert budget_key(build_config({**base, "train": {"budget_minutes": 5}}, profile="full")) == {"budget_minutes": 5}
+
+
+# ------------------------------------------------------------------------------------------- the plan
+def _rows(passes=3, lists=100, judged=50, negs=7):
+    from esdistill.data import Doc
+
+    ex = [[(f"q{i}", f"p{i}", [f"n{i}-{j}" for j in range(negs)], [1.0] * (negs + 1)) for i in range(lists)]
+          for _ in range(passes)]
+    jd = [[(f"q{i}", f"p{i}", f"n{i}-0") for i in range(judged)] for _ in range(passes)]
+    texts = {d: Doc(d, "", f"text of {d}") for i in range(lists)
+             for d in [f"p{i}"] + [f"n{i}-{j}" for j in range(negs)]}
+    return ex, jd, texts
+
+
+def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run_keeps_the_plan(tmp_path):
+    """At 10 ms a text, a pass of 100 lists of 9 texts and 50 MNRL rows of 3 costs 10.5 s; 30 s keep passes 1
+    and 2 and 6/7 of pass 3 (85 lists, 42 rows). Written to the stage's folder, the plan is what a resumed run
+    trains on, whatever its own measurement would say."""
+    from esdistill.budget import plan_training
+    from esdistill.config import TrainConfig
+
+    ex, jd, texts = _rows()
+    cfg = TrainConfig(batch_size=16, budget_minutes=0.5)
+    lines: list[str] = []
+    saved = tmp_path / "budget.json"
+    plan = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
+                         saved=saved)
+    assert [len(x) for x in plan.examples] == [100, 100, 85] and [len(x) for x in plan.judged] == [50, 50, 42]
+    r = plan.record
+    assert r["sampled_down"] and r["passes_kept"] == pytest.approx(2.85) and r["estimate_seconds"] <= 30
+    assert r["estimate_seconds_whole"] == pytest.approx(31.5) and (r["steps_allowed"], r["steps_whole"]) == (27, 29)
+    assert {r[0] for r in plan.examples[2]} < {r[0] for r in ex[2]} and plan.examples[:2] == ex[:2]
+    assert "sampled down to 2.85 of 3 passes" in lines[0] and "285 of 300 lists" in lines[0]
+
+    def no_measure(*_):
+        raise AssertionError("a resumed run measures nothing")
+
+    again = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=no_measure, saved=saved)
+    assert again.examples == plan.examples and again.judged == plan.judged
+    # the dev evaluations' 900 texts (a forward pass each: 3 ms) come off the budget first: 27 s left for rows
+    evaluated = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
+                              eval_texts=900)
+    assert [len(x) for x in evaluated.examples] == [100, 100, 57] and [len(x) for x in evaluated.judged] == [50, 50, 28]
+    assert evaluated.record["evaluation_seconds"] == pytest.approx(3.0)
+    assert evaluated.record["estimate_seconds_whole"] == pytest.approx(34.5)
+    # without a budget: only the estimate
+    free = plan_training(None, TrainConfig(batch_size=16), ex, jd, {}, texts, None, lines.append,
+                         measure=lambda m, t, bs: 0.01)
+    assert free.examples == ex and not free.record["sampled_down"] and free.record["minutes"] is None
+
+
+# ------------------------------------------------------------------------------------ the quick budget, end to end
+def many_judgments(root: Path, queries: int = 30, positives: int = 40) -> Path:
+    """A small BEIR folder judged like NFCorpus: ``queries`` training queries with ``positives`` judged documents
+    each, and 5 test queries. Each topic has half as many documents again that are not judged, written to rank
+    first in BM25 (the teacher's negatives; the judged ones BM25 misses are scored next to them)."""
+    topics = [f"topic{i} alpha{i} beta{i}" for i in range(queries + 5)]
+    root.mkdir(parents=True)
+    (root / "qrels").mkdir()
+    with open(root / "corpus.jsonl", "w") as fh:
+        for i, t in enumerate(topics):
+            for j in range(positives * 3 // 2):
+                again = f" More on {t}." if j >= positives else ""
+                fh.write(json.dumps({"_id": f"t{i}d{j}", "title": f"{t} study {j}",
+                                     "text": f"A report on {t} with cohort {j * 3} and outcome {j % 5}.{again}"})
+                         + "\n")
+    with open(root / "queries.jsonl", "w") as fh:
+        for i, t in enumerate(topics):
+            fh.write(json.dumps({"_id": f"q{i}", "text": f"what about {t}"}) + "\n")
+    for split, ids in (("train", range(queries)), ("test", range(queries, queries + 5))):
+        with open(root / "qrels" / f"{split}.tsv", "w") as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            for i in ids:
+                for j in range(positives if split == "train" else 3):
+                    fh.write(f"q{i}\tt{i}d{j}\t1\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def judged_project(tmp_path_factory, es, es_url, tiny_models):
+    """The many-judgments dataset through index → train on the quick profile (tiny models); the log kept."""
+    from esdistill.pipeline import Project
+
+    tmp = tmp_path_factory.mktemp("many")
+    name = f"mj{uuid.uuid4().hex[:8]}"
+    over = {"data": {"beir": str(many_judgments(tmp / "beir")), "max_train_queries": 400, "max_corpus_docs": None},
+            "train": {"epochs": 3.0}}
+    cfg = tiny_config(tmp, es_url, tiny_models, name, **over)
+    project = Project(cfg, client=es)
+    lines: list[str] = []
+    project.log = lines.append
+    project.index()
+    project.candidates()
+    if project.fits_needed():
+        project.teacher_fit()
+    project.teacher()
+    info = project.train()
+    yield project, info, lines
+    es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def test_many_judgments_are_capped_by_auto(judged_project):
+    project, info, lines = judged_project
+    assert project.cfg.profile == "quick" and project.cfg.data.max_positives_per_query == "auto"
+    assert project.max_positives() == 4
+    said = [m for m in lines if "at most 4 judged positives per query" in m]
+    assert len(said) == 1 and "1,200" in said[0]  # one line: what was capped and why
+    assert info["max_positives"] == 4 and info["max_positives_setting"] == "auto"
+    assert 0 < info["judged_pairs"] <= 4 * info["train_queries"]  # MNRL rows of one pass, at most 4 a query
+    assert project.keys.train()["max_positives"] == 4  # keyed as the number, like a hand-written cap
+    pairs = project.teacher_pairs(judged=True)
+    assert (pairs[pairs.source == "judged"].groupby("qid").size() <= 4).all()  # only the capped ones scored
+
+
+def test_training_stays_within_the_quick_budget(judged_project):
+    _, info, lines = judged_project
+    b = info["budget"]
+    assert b["minutes"] == 20.0 and b["profile"] == "quick" and b["seconds_per_text"] > 0
+    assert b["estimate_seconds"] <= 20 * 60 and b["passes"] == 3
+    assert info["steps"] <= b["steps_allowed"]
+    assert any(m.startswith("train: estimated") for m in lines)
+
+
+def test_a_budget_the_data_exceeds_samples_it_down_and_says_how_to_lift_it(judged_project):
+    """The same data with a budget far below what it needs: trained on fewer steps than the whole would take, the
+    rows left out named in the log with the way to train them all; the budget is in the key (a new model)."""
+    from esdistill.pipeline import Project
+
+    project, whole, _ = judged_project
+    cfg = project.cfg.model_copy(update={"train": project.cfg.train.model_copy(update={"budget_minutes": 0.0005})})
+    tight = Project(cfg, client=project.client)
+    lines: list[str] = []
+    tight.log = lines.append
+    assert tight._train_cache().key != project._train_cache().key
+    info = tight.train()
+    b = info["budget"]
+    assert b["sampled_down"] and b["steps_allowed"] < b["steps_whole"] == whole["budget"]["steps_allowed"]
+    assert info["steps"] <= b["steps_allowed"] < whole["steps"]
+    assert b["lists"][0] < b["lists"][1] and b["passes_kept"] < 3
+    said = [m for m in lines if "sampled down" in m]
+    assert len(said) == 1 and "--profile full" in said[0] and "train.budget_minutes" in said[0]
+
+
+# ------------------------------------------------------------------------------------- estimates before spending
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_progress_bar_estimates_its_task_from_its_first_batches():
+    clock, said = Clock(), []
+    progress = EstimatingProgress(get_time=clock, on_estimate=lambda d, s: said.append((d, s)), disable=True)
+    task = progress.add_task("teacher scoring", total=100)
+    progress.advance(task, 30)  # work found in a cache, skipped at once: not a measurement
+    clock.t = 0.01
+    progress.advance(task, 10)
+    clock.t = 5.0
+    progress.advance(task, 10)  # the first real batch (it paid for loading the model): the clock starts here
+    clock.t = 6.0
+    progress.advance(task, 10)
+    assert said == []  # not yet 2 s of measured work
+    clock.t = 7.0
+    progress.advance(task, 10)  # 20 in 2 s: the 30 left take 3 s more
+    assert said == [("teacher scoring", pytest.approx(10.0))]
+    assert progress.tasks[0].description == "teacher scoring (≈ 10 s)"
+    clock.t = 20.0
+    progress.advance(task, 10)
+    assert len(said) == 1  # said once, before it was spent, and kept
+    planned = progress.add_task("train", total=50, estimate=600.0)  # an estimate made before (the training plan)
+    assert said[-1] == ("train", 600.0) and progress.tasks[planned].description == "train (≈ 10.0 min)"
+
+
+def test_the_report_keeps_estimate_and_actual_side_by_side():
+    table = stage_table({"teacher": 130.4, "index": 2.0}, {"teacher": 120.0})
+    assert "| stage | estimate (s) | wall time (s) |" in table
+    assert "| teacher | 120.0 | 130.4 |" in table and "| index | — | 2.0 |" in table
+
+
+def test_a_stage_run_again_is_estimated_again(tmp_path):
+    """The stage table pairs each stage's last wall time with the estimate made in that same run of it."""
+    from esdistill.pipeline import Project
+
+    project = Project(build_config({"workdir": str(tmp_path), "data": {"name": "s", "beir": str(SCIFACT)}}))
+    for seconds in (100.0, 7.0):
+        with project.stage("teacher"):
+            task = project.progress.add_task("teacher scoring", total=10, estimate=seconds)
+            project.progress.advance(task, 10)
+    assert project.stage_estimates == {"teacher": 7.0} and set(project.stage_seconds) == {"teacher"}
