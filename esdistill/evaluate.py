@@ -15,6 +15,7 @@ import numpy as np
 
 from .data import Qrels
 from .jsonutil import dumps
+from .redact import redact
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 LABELS = {"bm25": "BM25", "pipeline": "pipeline (BM25 → teacher)", "student": "student (kNN)",
@@ -210,5 +211,6 @@ def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict
         body += "\n| stage | wall time (s) |\n|---|---|\n" + "".join(
             f"| {k} | {v:.1f} |\n" for k, v in extra["stage_seconds"].items())
     md.write_text(body)
-    js.write_text(dumps({**extra, **summary}, indent=2))  # strict JSON: an undefined number is null, not NaN
+    # strict JSON (an undefined number is null, not NaN); credentials in any URL redacted
+    js.write_text(dumps(redact({**extra, **summary}), indent=2))
     return md, js
