@@ -122,11 +122,30 @@ def _check_client(cmd: list[str], cwd, out, reference, es_url, tmp_path, int8_to
     assert proc.returncode == 3 and "belongs to deploy 0000000000000000" in proc.stderr, proc.stderr[-2000:]
 
 
+def _in_ci() -> bool:
+    """CI (``CI=true``, as CI services set it): scripts/setup.sh has installed node and java there."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def _need(tool: str, folder, what: str) -> None:
+    """Skip where ``tool`` is missing on a developer's machine; fail in CI, where a skip would pass unseen."""
     if shutil.which(tool) is None:
+        if _in_ci():
+            pytest.fail(f"{tool} is not installed, and CI must run this test: scripts/setup.sh installs it")
         pytest.skip(f"{tool} is not installed")
     if not folder.exists():
         pytest.fail(f"{what} is not installed: run scripts/setup.sh")
+
+
+@pytest.mark.parametrize("ci", ["true", "", None])
+def test_a_missing_client_tool_fails_in_ci_and_skips_elsewhere(ci, monkeypatch, tmp_path):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(expected, match="esdistill-no-such-tool is not installed"):
+        _need("esdistill-no-such-tool", tmp_path, "nothing")
 
 
 def test_node_client_matches_the_python_student(encoder, reference, es_url, tmp_path):
