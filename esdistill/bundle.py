@@ -120,7 +120,7 @@ class Bundle:
             qrels[split].setdefault(qid, {})[docid] = int(grade)
         return Dataset(name, corpus, by_role.get("train", {}), qrels["train"], by_role.get("test", {}),
                        qrels["test"], self.facts["corpus_fingerprint"], LoadReport(), by_role.get("log", {}),
-                       by_role.get("leaked", {}))
+                       by_role.get("leaked", {}), by_role.get("test-unevaluated", {}))
 
     def train_queries(self) -> dict[str, str]:
         """Every query the teacher labels, as the cluster side drew them (pseudo-queries included)."""
@@ -184,6 +184,7 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
                   "text": [d.text for d in corpus.values()]}).to_parquet(out / "data" / "corpus.parquet",
                                                                           compression="zstd", index=False)
     roles = [("train", ds.train_queries), ("log", ds.query_log), ("test", ds.test_queries), ("leaked", ds.leaked),
+             ("test-unevaluated", ds.unevaluated_test_queries),
              ("pseudo", {q: t for q, t in project.train_queries.items()
                          if q not in ds.train_queries and q not in ds.query_log})]
     pd.DataFrame([(q, t, role) for role, qs in roles for q, t in qs.items()],

@@ -124,7 +124,7 @@ class Project:
         if n:
             docs = (ds.corpus.values() if ds.corpus is not None
                     else iter_index_docs(self.client, self.cfg.data.index, self.text_fields))
-            pq = pseudo_queries(docs, n, avoid=ds.test_queries.values())
+            pq = pseudo_queries(docs, n, avoid=ds.all_test_queries.values())
             if len(pq) < n:
                 self.log(f"pseudo-queries: only {len(pq)} of {n} could be drawn (documents without a sentence of "
                          "6-40 words)")
@@ -351,7 +351,7 @@ class Project:
                 return cand_mod.msearch_bm25(self.client, self.cfg.bm25_index, queries, self.text_fields,
                                              c.negative_depth + 1, self.cfg.candidates.batch_size, self.progress)
 
-            info = ict_mod.draw_pairs(docs, self.docs, search, c, cache, avoid=ds.test_queries.values())
+            info = ict_mod.draw_pairs(docs, self.docs, search, c, cache, avoid=ds.all_test_queries.values())
             lost = info["drawn"] - info["pairs"]
             self.log(f"inverse-cloze pairs: {info['pairs']} sentences with BM25 negatives"
                      + (f" ({lost} drawn without any other BM25 hit, left out)" if lost else "")
