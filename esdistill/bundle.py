@@ -216,6 +216,9 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
     facts = {"index_identity": project.index_identity(), "index_key": project.index_key,
              "corpus_identity": project.corpus_identity(), "corpus_fingerprint": ds.corpus_fingerprint,
              "docs": len(corpus)}
+    rs = project.request_search() or project.request_member_search()
+    if rs is not None:  # what the cluster says about what the request names: part of its key on both sides
+        facts["request_described"] = rs.described()
     meta = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": values,
             "facts": facts, "models": carried, "stages": {n: c.key for n, c in stages.items()},
             "queries": {role: len(qs) for role, qs in roles}}

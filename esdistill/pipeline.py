@@ -253,9 +253,10 @@ class Project:
         from .request_teacher import RequestSearch, load_request
 
         t = self.cfg.teacher
+        carried = self.bundle.facts.get("request_described") if self.bundle is not None else None
         return self._once("request-search", lambda: RequestSearch(
             self.client, self.cfg.bm25_index, load_request(t.request) if t.request else None, t.request_template,
-            source=str(t.request) if t.request else f"search template {t.request_template!r}"))
+            source=str(t.request) if t.request else f"search template {t.request_template!r}", described=carried))
 
     def candidates(self) -> dict[str, Any]:
         """BM25 top-k of every training query (building the BM25 index first if it is not there yet) — or, with
