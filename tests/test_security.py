@@ -98,6 +98,61 @@ def test_credentials_scoped_to_indices_work_without_cluster_privileges(secure, e
     admin.indices.delete(index="scoped-docs")
 
 
+def _scoped_user(secure, name: str, password: str, privileges: list[str]):
+    """A user of the secured node whose role grants only ``privileges`` on ``scoped-*`` (no cluster privilege)."""
+    import time
+
+    role = f"esdistill_{name}"
+    secure.add_user(name, password, [role], {role: {"indices": [{"names": ["scoped-*"], "privileges": privileges}]}})
+    cs = secure.client_settings().model_copy(update={"username": name, "password": SecretStr(password)})
+    for _ in range(50):  # the file realm reloads users and roles within seconds
+        try:
+            return connect(cs)
+        except ClusterError:
+            time.sleep(0.2)
+    raise AssertionError(f"the scoped user {name} was never accepted")
+
+
+def _load(admin, index: str, texts: list[str]) -> None:
+    """``index`` deleted and loaded again: the same ids in the same order (so the same ``_seq_no``s and count)."""
+    from esdistill.indexing import bulk_index
+
+    admin.indices.delete(index=index, ignore_unavailable=True)
+    admin.indices.create(index=index, mappings={"properties": {"text": {"type": "text"}}})
+    bulk_index(admin, index, ({"_id": str(i), "_source": {"text": t}} for i, t in enumerate(texts)))
+    admin.indices.refresh(index=index)
+
+
+def test_a_recreated_index_is_seen_without_the_monitor_privilege(secure):
+    """Deleted and loaded again under the same name with the same count and the same write sequence (every stage
+    would have reused its output): a user with ``read`` only still sees it — the index's UUID, read from a point
+    in time — and a user who may only search gets a document sample that sees this reload, with a warning that
+    a re-creation keeping the sample could not be seen."""
+    from esdistill.errors import EsdistillWarning
+    from esdistill.indexing import index_identity
+
+    admin = connect(secure.client_settings())
+    reader = _scoped_user(secure, "reader", "reader-pass-1", ["read"])
+    searcher = _scoped_user(secure, "searcher", "searcher-pass-1", ["indices:data/read/search"])
+    index = "scoped-recreated"
+    try:
+        _load(admin, index, [f"doc {i}" for i in range(5)])
+        before = index_identity(reader, index)
+        uuid = admin.indices.get_settings(index=index).body[index]["settings"]["index"]["uuid"]
+        assert before["from"] == "search" and before["uuids"] == {index: uuid}
+        with pytest.warns(EsdistillWarning, match="cannot be detected"):
+            sampled = index_identity(searcher, index)
+        assert "uuids" not in sampled and sampled["sample"]
+        _load(admin, index, [f"another doc {i}" for i in range(5)])
+        after = index_identity(reader, index)
+        assert {k: v for k, v in after.items() if k != "uuids"} == {k: v for k, v in before.items() if k != "uuids"}
+        assert after != before  # only the UUID tells them apart
+        with pytest.warns(EsdistillWarning):
+            assert index_identity(searcher, index)["sample"] != sampled["sample"]
+    finally:
+        admin.indices.delete(index=index, ignore_unavailable=True)
+
+
 def test_untrusted_certificate_fails_with_a_clear_message(secure):
     cs = secure.client_settings().model_copy(update={"ca_certs": None})
     with pytest.raises(ClusterError, match="TLS verification failed") as e:
