@@ -1262,17 +1262,20 @@ class Project:
             if live != {index}:
                 self.log(f"[yellow]note:[/] alias {alias!r} serves {sorted(live) or 'nothing'}, not {index!r}: "
                          "clients refuse this encoder until `esdistill deploy` points the alias at it")
-            if ee.is_complete(out, key):
-                self.log(f"export: query encoder for {index} in {out} (cached)")
-                return ee.read_manifest(out)
+            complete = ee.is_complete(out, key)
             mapping = self.client.indices.get_mapping(index=index).body[index]["mappings"]
             ev = self.cfg.evaluate
             manifest = ee.manifest_for(
                 deploy_key=key, alias=alias, index=index, vector_field=VECTOR_FIELD,
                 similarity=mapping["properties"][VECTOR_FIELD].get("similarity", "cosine"),
-                model=model_fingerprint(self.student_path()),
+                model=ee.read_manifest(out)["model"] if complete else model_fingerprint(self.student_path()),
                 knn={"k": ev.k, "num_candidates": ev.num_candidates}, bm25_index=self.cfg.bm25_index,
                 bm25_query=cand_mod.bm25_query("{{query}}", self.text_fields), rrf_k=ev.rrf_k)
+            if complete:  # the graphs are this deploy's; the settings are the config's now
+                kept, changed = ee.update_manifest(out, manifest)
+                self.log(f"export: query encoder for {index} in {out} (cached"
+                         + (f"; manifest updated: {', '.join(changed)})" if changed else ")"))
+                return kept
             model = load_bi_encoder(self.student_path(), max_length=self.cfg.train.max_length, device="cpu")
             sample = list(self.eval_queries().values())[:24] + list(self.dataset.train_queries.values())[:8]
             info = ee.export_query_encoder(model, out, manifest, model.max_seq_length, sample)
