@@ -136,7 +136,8 @@ class DataConfig(_Strict):
     max_train_queries: int | None = Field(None, ge=1, description="use a deterministic subset of train queries")
     max_test_queries: int | None = Field(None, ge=1)
     max_corpus_docs: int | None = Field(
-        None, ge=1, description="tests only: keep the first N docs plus every doc a kept query judges"
+        None, ge=1, description="tests only: keep the first N docs plus every doc a kept training query or any test "
+        "query of the split judges (evaluated or not: max_test_queries must not change the corpus)"
     )
     query_log: Path | None = Field(
         None, description="unjudged queries (one per line, or JSONL _id/text) that the teacher labels for training"
@@ -391,6 +392,11 @@ class EngineConfig(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per actor (1 = one GPU each)")
     address: str | None = Field(None, description="ray: an existing cluster (auto, ray://head:10001); "
                                 "unset = start Ray locally")
+    ship_models: Literal["auto", "always", "never"] = Field(
+        "auto", description="ray: send the model folders the jobs read (a fitted teacher, the student, a bundle's "
+        "models) to the workers through Ray's object store — auto: when joining a cluster (address), whose workers "
+        "may not see this machine's disk; never: the workers read them at the same path (shared storage), which "
+        "is checked before any work")
 
 
 class MonitorConfig(_Strict):
