@@ -136,8 +136,7 @@ class DataConfig(_Strict):
     max_train_queries: int | None = Field(None, ge=1, description="use a deterministic subset of train queries")
     max_test_queries: int | None = Field(None, ge=1)
     max_corpus_docs: int | None = Field(
-        None, ge=1, description="tests only: keep the first N docs plus every doc a kept training query or any test "
-        "query of the split judges (evaluated or not: max_test_queries must not change the corpus)"
+        None, ge=1, description="tests only: keep the first N docs plus every doc a kept query judges"
     )
     query_log: Path | None = Field(
         None, description="unjudged queries (one per line, or JSONL _id/text) that the teacher labels for training"

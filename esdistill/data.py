@@ -355,16 +355,15 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
     # compared with every test query, not only the evaluated subset: a later run may evaluate more of them
     all_test = dict(test_q)
     train_q, leaked = separate_train_from_test(train_q, all_test, report, str(cfg.beir or cfg.train_queries))
-    all_qrels_te = qrels_te
     test_q = {q: test_q[q] for q in subset(test_q, cfg.max_test_queries, "test")}
     qrels_te = {q: d for q, d in qrels_te.items() if q in test_q}
     train_q = {q: train_q[q] for q in subset(train_q, cfg.max_train_queries, "train")}
     qrels_tr = {q: d for q, d in qrels_tr.items() if q in train_q}
     if corpus is not None and cfg.max_corpus_docs:
         keep = set(list(corpus)[: cfg.max_corpus_docs])
-        # every document a test query of the split judges, evaluated or not: how many test queries are evaluated
-        # must not change the corpus (and with it the BM25 index's key and every stage after it)
-        keep |= {d for qr in (qrels_tr, all_qrels_te) for docs in qr.values() for d in docs}
+        # (known: the evaluated test queries' documents make the slice, so max_test_queries changes the corpus and
+        # every key after it; keeping every test query's would change the regression slice's corpus and scores)
+        keep |= {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
         corpus = {i: d for i, d in corpus.items() if i in keep}
         corpus_digest = f"{corpus_digest}:{hashlib.sha256(' '.join(sorted(corpus)).encode()).hexdigest()[:16]}"
     log_q: dict[str, str] = {}
