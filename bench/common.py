@@ -69,14 +69,17 @@ def hardware() -> dict[str, Any]:
 
 
 def write_result(out: Path, name: str, payload: dict[str, Any]) -> Path:
-    """``<out>/<name>.json`` with the payload, the hardware and the exact command that produced it."""
+    """``<out>/<name>.json`` with the payload, the hardware and the exact command that produced it; the user info of
+    every URL in it (``https://user:password@host``) shows as ``**********``."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     script = Path(sys.argv[0]).name
     record = {**payload, "hardware": payload.get("hardware") or hardware(),
               "command": " ".join([f"bench/{script}", *sys.argv[1:]])}
     from esdistill.jsonutil import dumps
+    from esdistill.redact import redact
 
-    path.write_text(dumps(record, indent=2))  # strict JSON: NaN (an undefined share, identical runs) -> null
+    # strict JSON: NaN (an undefined share, identical runs) -> null; credentials in a URL (config, command) redacted
+    path.write_text(dumps(redact(record), indent=2))
     print(f"written: {path}")
     return path

@@ -305,6 +305,7 @@ def finish(back: Annotated[Path, typer.Option(help="the device run's $OUT, fetch
     from esdistill.bundle import import_return
     from esdistill.jsonutil import dumps
     from esdistill.pipeline import Project, environment
+    from esdistill.redact import redact
 
     gpu = json.loads((back / "gpu-measurements.json").read_text())
     label = "cpu-dry-run" if dry_run else _gpu_label(gpu["device"])
@@ -330,10 +331,10 @@ def finish(back: Annotated[Path, typer.Option(help="the device run's $OUT, fetch
         stem = f"{name}-full-{label}"
         results.mkdir(parents=True, exist_ok=True)
         (results / f"{stem}.md").write_text(md)
-        (results / f"{stem}.json").write_text(dumps({
+        (results / f"{stem}.json").write_text(dumps(redact({
             "command": " ".join(["bench/gpu.py", *sys.argv[1:]]), "dataset": name, "profile": "full",
             "device": gpu, "evaluated_on": environment(), "summary": summary, "targets": targets,
-            "config": json.loads(cfg.model_dump_json()), "report": report["json"]}, indent=2))
+            "config": json.loads(cfg.model_dump_json()), "report": report["json"]}), indent=2))
         plot(summary, results / f"{stem}.png", f"{name} full profile (model stages on {gpu['device']})")
         print(md)
 

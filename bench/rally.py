@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import typer
 
@@ -66,6 +66,9 @@ def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", work
     if settings.username and settings.password:
         options += [f"basic_auth_user:'{settings.username}'",
                     f"basic_auth_password:'{settings.password.get_secret_value()}'"]
+    elif parsed.username:  # https://user:password@host: Rally takes only host:port, so the credentials go here
+        options += [f"basic_auth_user:'{unquote(parsed.username)}'",
+                    f"basic_auth_password:'{unquote(parsed.password or '')}'"]
 
     with tempfile.TemporaryDirectory(prefix="esdistill-rally-") as tmp:
         track = Path(tmp) / "track"

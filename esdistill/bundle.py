@@ -23,6 +23,7 @@ import io
 import json
 import shutil
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ class Bundle:
             qrels[split].setdefault(qid, {})[docid] = int(grade)
         return Dataset(name, corpus, by_role.get("train", {}), qrels["train"], by_role.get("test", {}),
                        qrels["test"], self.facts["corpus_fingerprint"], LoadReport(), by_role.get("log", {}),
-                       by_role.get("leaked", {}))
+                       by_role.get("leaked", {}), by_role.get("test-unevaluated", {}))
 
     def train_queries(self) -> dict[str, str]:
         """Every query the teacher labels, as the cluster side drew them (pseudo-queries included)."""
@@ -184,6 +185,7 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
                   "text": [d.text for d in corpus.values()]}).to_parquet(out / "data" / "corpus.parquet",
                                                                           compression="zstd", index=False)
     roles = [("train", ds.train_queries), ("log", ds.query_log), ("test", ds.test_queries), ("leaked", ds.leaked),
+             ("test-unevaluated", ds.unevaluated_test_queries),
              ("pseudo", {q: t for q, t in project.train_queries.items()
                          if q not in ds.train_queries and q not in ds.query_log})]
     pd.DataFrame([(q, t, role) for role, qs in roles for q, t in qs.items()],
@@ -214,6 +216,9 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
     facts = {"index_identity": project.index_identity(), "index_key": project.index_key,
              "corpus_identity": project.corpus_identity(), "corpus_fingerprint": ds.corpus_fingerprint,
              "docs": len(corpus)}
+    rs = project.request_search() or project.request_member_search()
+    if rs is not None:  # what the cluster says about what the request names: part of its key on both sides
+        facts["request_described"] = rs.described()
     meta = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": values,
             "facts": facts, "models": carried, "stages": {n: c.key for n, c in stages.items()},
             "queries": {role: len(qs) for role, qs in roles}}
@@ -296,7 +301,11 @@ def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
 
 def import_return(folder: Path, workdir: Path) -> dict[str, Any]:
     """Unpack what :func:`pack` wrote into ``workdir``'s cache (checksum verified, paths confined to the
-    offline stages' folders, float16 weights upcast to float32)."""
+    offline stages' folders, float16 weights upcast to float32).
+
+    Everything is unpacked and upcast in a temporary folder inside ``workdir`` first; then each stage's folder is
+    moved into the cache with one rename. An interrupted import leaves each stage as it was or complete — never a
+    ``done.json`` next to truncated vectors or half-upcast weights — and the temporary folder is removed."""
     folder = Path(folder)
     manifest_path = folder / "esdistill-return.json"
     if not manifest_path.exists():
@@ -309,21 +318,33 @@ def import_return(folder: Path, workdir: Path) -> dict[str, Any]:
     if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
         raise InputError(f"{folder}: the parts do not add up to what was packed (checksum differs)",
                          hint="copy the parts again, all of them, unchanged")
-    workdir = Path(workdir)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        members = tar.getmembers()
-        for m in members:
-            top = m.name.split("/", 1)[0]
-            if top not in OFFLINE_STAGES or ".." in Path(m.name).parts or not m.isfile():
-                raise InputError(f"{folder}: unexpected entry {m.name!r} in the return", hint="it was not made by "
-                                 "`esdistill bundle pack`")
-        tar.extractall(workdir, filter="data")
     from .models import make_loadable
 
-    upcast = 0
-    for arc in manifest["folders"]:
-        for mark in (workdir / arc).rglob(FP16_MARK):
-            from_fp16(mark.parent)
-            make_loadable(mark.parent)  # saved by another sentence-transformers, perhaps
-            upcast += 1
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=workdir))  # same file system: the renames are atomic
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = Path(m.name).parts
+                if parts[0] not in OFFLINE_STAGES or ".." in parts or len(parts) < 3 or not m.isfile():
+                    raise InputError(f"{folder}: unexpected entry {m.name!r} in the return", hint="it was not made by "
+                                     "`esdistill bundle pack`")
+            tar.extractall(staging, filter="data")
+        arcs = sorted({"/".join(Path(m.name).parts[:2]) for m in members})  # stage/key
+        upcast = 0
+        for arc in arcs:
+            for mark in (staging / arc).rglob(FP16_MARK):
+                from_fp16(mark.parent)
+                make_loadable(mark.parent)  # saved by another sentence-transformers, perhaps
+                upcast += 1
+        for arc in arcs:  # each stage complete, or not there: one rename
+            dst = workdir / arc
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():  # an earlier or partial folder of the same key: replaced whole
+                dst.rename(staging / f".replaced-{arc.replace('/', '-')}")
+            (staging / arc).rename(dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return {"folders": manifest["folders"], "bytes": manifest["bytes"], "models_upcast": upcast}

@@ -19,10 +19,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .redact import redact
 
 #: The Elasticsearch version esdistill is built for: the local test cluster's default, and eland's minor version
 #: (eland uploads the student; its minor version must match the cluster's).
@@ -54,10 +55,16 @@ class ClusterSettings(BaseSettings):
     verify_certs: bool = True
     request_timeout: float = 120.0
 
+    @field_serializer("url", when_used="json")
+    def _shown_url(self, url: str | None) -> str | None:
+        return redact(url)
+
 
 class ClusterConfig(BaseModel):
     """The ``[cluster]`` table of a config file: overrides of the ``ESDISTILL_ES_*`` settings. Secrets stay
-    :class:`SecretStr`, so every dump of a config (reports, bench result files, bundles) shows ``**********``."""
+    :class:`SecretStr`, so every dump of a config (reports, bench result files, bundles) shows ``**********``; so
+    does the user info of a ``url`` (``https://user:password@host``) in a JSON dump (:func:`esdistill.redact.redact`;
+    :meth:`RunConfig.cluster_settings` reads the real one)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -70,6 +77,10 @@ class ClusterConfig(BaseModel):
     cloud_id: str | None = None
     verify_certs: bool | None = None
     request_timeout: float | None = None
+
+    @field_serializer("url", when_used="json")
+    def _shown_url(self, url: str | None) -> str | None:
+        return redact(url)
 
 
 class LocalClusterSettings(BaseSettings):
@@ -408,6 +419,11 @@ class EngineConfig(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs per actor (1 = one GPU each)")
     address: str | None = Field(None, description="ray: an existing cluster (auto, ray://head:10001); "
                                 "unset = start Ray locally")
+    ship_models: Literal["auto", "always", "never"] = Field(
+        "auto", description="ray: send the model folders the jobs read (a fitted teacher, the student, a bundle's "
+        "models) to the workers through Ray's object store — auto: when joining a cluster (address), whose workers "
+        "may not see this machine's disk; never: the workers read them at the same path (shared storage), which "
+        "is checked before any work")
 
 
 class MonitorConfig(_Strict):

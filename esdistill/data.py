@@ -250,6 +250,15 @@ class Dataset:
     query_log: dict[str, str] = field(default_factory=dict)
     #: training queries left out because their text is a test query's (a leak otherwise): id -> text
     leaked: dict[str, str] = field(default_factory=dict)
+    #: test queries of the split that ``data.max_test_queries`` leaves out of the evaluation: id -> text
+    unevaluated_test_queries: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_test_queries(self) -> dict[str, str]:
+        """Every test query of the split, evaluated or not: what a draw from the corpus (pseudo-queries, the corpus
+        teacher's sentences) must avoid — a later run may evaluate more of them, and the draw (and its key) must not
+        depend on how many are evaluated now."""
+        return {**self.unevaluated_test_queries, **self.test_queries}
 
 
 def subset(ids: Iterable[str], n: int | None, salt: str = "") -> list[str]:
@@ -352,6 +361,8 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
     qrels_tr = {q: d for q, d in qrels_tr.items() if q in train_q}
     if corpus is not None and cfg.max_corpus_docs:
         keep = set(list(corpus)[: cfg.max_corpus_docs])
+        # (known: the evaluated test queries' documents make the slice, so max_test_queries changes the corpus and
+        # every key after it; keeping every test query's would change the regression slice's corpus and scores)
         keep |= {d for qr in (qrels_tr, qrels_te) for docs in qr.values() for d in docs}
         corpus = {i: d for i, d in corpus.items() if i in keep}
         corpus_digest = f"{corpus_digest}:{hashlib.sha256(' '.join(sorted(corpus)).encode()).hexdigest()[:16]}"
@@ -366,7 +377,8 @@ def load_dataset(cfg, cache_dir: Path, doc_exists=None) -> Dataset:
             report.warn(f"{cfg.query_log}: {len(dup)} logged queries repeat a judged training query and were "
                         "merged into it")
         log_q = {q: t for q, t in logged.items() if q not in dup}
-    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, corpus_digest, report, log_q, leaked)
+    return Dataset(cfg.name, corpus, train_q, qrels_tr, test_q, qrels_te, corpus_digest, report, log_q, leaked,
+                   {q: t for q, t in all_test.items() if q not in test_q})
 
 
 def relevant(qid: str, docs: dict[str, int], n: int | None = None) -> list[str]:

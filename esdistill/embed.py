@@ -102,6 +102,7 @@ def embed_corpus(model_name: str, max_length: int, docs: Iterable[Doc], total: i
     from .engine import LocalEngine
 
     engine = engine or LocalEngine()
+    engine.prepare([model_name])  # reachable by every worker before any work
     parts = cache.path("parts")
     parts.mkdir(exist_ok=True)
     task = progress.add_task("embed corpus", total=total) if progress else None

@@ -61,6 +61,21 @@ def is_complete(folder: Path, deploy_key: str) -> bool:
     return all((Path(folder) / f).exists() and sha256(Path(folder) / f) == h for f, h in m["files"].items())
 
 
+def update_manifest(folder: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A complete export's manifest brought up to ``manifest`` (what :func:`manifest_for` makes now): the graphs
+    depend only on the deploy, but the kNN defaults, the BM25 half of the hybrid and its ``rrf_k`` follow the
+    config's ``[evaluate]`` — an export kept by deploy key must not serve stale ones. Returns the manifest and the
+    names of the fields that changed (rewritten in place, atomically; none: the file is left alone)."""
+    m = read_manifest(folder)
+    changed = sorted(k for k, v in manifest.items() if m.get(k) != v)
+    if changed:
+        m = {**m, **manifest}
+        tmp = Path(folder) / "manifest.json.tmp"
+        tmp.write_text(json.dumps(m, indent=2) + "\n")
+        tmp.replace(Path(folder) / "manifest.json")
+    return m, changed
+
+
 def _st_parts(model) -> tuple[Any, Any]:
     """The sentence-transformers Transformer and Pooling modules of ``model``; refuses other architectures."""
     transformer = model[0]

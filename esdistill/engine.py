@@ -14,6 +14,7 @@ Ray cluster (``auto``, ``ray://head:10001``) whose workers may be CPU or GPU mac
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from .errors import InputError
@@ -99,6 +100,9 @@ class LocalEngine:
     def __init__(self):
         self.models: dict = {}
 
+    def prepare(self, names: Iterable[str]) -> None:
+        """Nothing to do: this process loads the models it resolves."""
+
     def map(self, jobs: Iterable[tuple[Any, Job]]) -> Iterator[tuple[Any, Any]]:
         for tag, job in jobs:
             if (job[0], job[1], job[2]) not in self.models:
@@ -109,13 +113,63 @@ class LocalEngine:
         self.models.clear()
 
 
+#: how a job names a model folder shipped through Ray's object store (then the folder's content digest)
+SHIPPED = "esdistill-shipped:"
+
+
+def folder_files(path: str) -> dict[str, bytes]:
+    """A model folder's files (relative path -> bytes), training checkpoints left out."""
+    root = Path(path)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] != "checkpoints"}
+
+
+def folder_listing(path: str) -> dict[str, int] | None:
+    """A model folder's files and sizes as this machine sees them (None: no such folder)."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] != "checkpoints"}
+
+
+def materialize(name: str, files_ref: list) -> str:
+    """The folder of a shipped model (``esdistill-shipped:<digest>``) on this worker's machine: written once per
+    machine from the object store (``files_ref``: [an object ref of :func:`folder_files`]), atomically."""
+    import os
+    import shutil
+    import tempfile
+
+    import ray
+
+    target = Path(tempfile.gettempdir()) / "esdistill-shipped" / name[len(SHIPPED):]
+    if not (target / ".complete").exists():
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, data in ray.get(files_ref[0]).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+        (tmp / ".complete").touch()
+        try:
+            tmp.rename(target)
+        except OSError:  # another worker on this machine was first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
 class RayEngine:
-    """Jobs spread over a pool of Ray actors, results in completion order (each is written as it arrives)."""
+    """Jobs spread over a pool of Ray actors, results in completion order (each is written as it arrives).
+
+    The driver resolves the models a job names (a bundle's carried models are registered in the workers too), and
+    :meth:`prepare`, before any job: with ``ship`` (``ship_models``: ``always``, or ``auto`` when joining a
+    cluster by ``address``) each model folder goes to the workers through Ray's object store, so a worker on
+    another machine never needs this machine's disk; with ``never`` and an address, every worker must see each
+    folder as this process does, or the run is refused before it starts."""
 
     name = "ray"
 
     def __init__(self, workers: int = 2, address: str | None = None, gpus_per_worker: float = 0.0,
-                 cpus_per_worker: float = 1.0, quiet: bool = True):
+                 cpus_per_worker: float = 1.0, quiet: bool = True, ship_models: str = "auto"):
         try:
             import ray
             from ray.util import ActorPool
@@ -140,27 +194,85 @@ class RayEngine:
 
         @ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         class Worker:
-            def __init__(self, threads: int):
+            def __init__(self, threads: int, registered: dict):
                 import torch
 
+                from esdistill.models import register_model
+
                 torch.set_num_threads(max(1, threads))
+                for model_name, (folder, fp) in registered.items():  # a bundle's carried models, as in the driver
+                    register_model(model_name, folder, fp)
                 self.models: dict = {}
 
-            def run(self, tag, job):
-                from esdistill.engine import run_job
+            def sees(self, path: str, listing: dict):
+                import ray
 
+                from esdistill.engine import folder_listing
+
+                return folder_listing(path) == listing, ray.util.get_node_ip_address()
+
+            def run(self, tag, job, shipped=None):
+                from esdistill.engine import SHIPPED, materialize, run_job
+
+                if job[1].startswith(SHIPPED):
+                    job = (job[0], materialize(job[1], shipped), *job[2:])
                 return tag, run_job(self.models, job)
 
+        from .models import registered_models
+
         self._ray = ray
-        self.actors = [Worker.remote(int(cpus_per_worker)) for _ in range(workers)]
+        self.address = address
+        self.ship = ship_models == "always" or (ship_models == "auto" and address is not None)
+        self.check_reach = ship_models == "never" and address is not None
+        self._prepared: dict[str, tuple[str, list | None]] = {}  # model name -> (what workers load, [object ref])
+        self.actors = [Worker.remote(int(cpus_per_worker), registered_models()) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
+
+    def prepare(self, names: Iterable[str]) -> None:
+        """Make the models ``names`` loadable by every worker before any job runs: resolved here, and each local
+        folder shipped through the object store (:attr:`ship`) or checked to be readable by every worker at the
+        same path (refused, naming the nodes, when one is not). A hub id is loaded by each worker itself."""
+        import hashlib
+
+        from .models import resolve
+
+        for name in names:
+            if name in self._prepared:
+                continue
+            path = resolve(name)
+            if not Path(path).is_dir():
+                self._prepared[name] = (path, None)
+            elif self.ship:
+                files = folder_files(path)
+                digest = hashlib.sha256()
+                for rel, data in files.items():
+                    digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+                self._prepared[name] = (SHIPPED + digest.hexdigest()[:24], [self._ray.put(files)])
+            else:
+                if self.check_reach:
+                    listing = folder_listing(path)
+                    seen = self._ray.get([a.sees.remote(path, listing) for a in self.actors])
+                    blind = sorted({node for ok, node in seen if not ok})
+                    if blind:
+                        raise InputError(
+                            f"engine.address {self.address}: the Ray workers on {', '.join(blind)} cannot read the "
+                            f"model folder {path} as this machine has it (engine.ship_models = 'never')",
+                            hint="set [engine] ship_models = 'auto' to send models through Ray's object store, or "
+                                 "put the work dir on storage every node mounts at the same path")
+                self._prepared[name] = (path, None)
 
     def map(self, jobs: Iterable[tuple[Any, Job]]) -> Iterator[tuple[Any, Any]]:
         """Results as they finish; at most two jobs per actor in flight (jobs are built lazily: a million queries'
         chunks are never all in memory)."""
+        def sent(item):
+            tag, job = item
+            self.prepare([job[1]])  # a model the caller did not prepare: before its first job
+            name, shipped = self._prepared[job[1]]
+            return tag, (job[0], name, *job[2:]), shipped
+
         in_flight, window = 0, 2 * len(self.actors)
         for item in jobs:
-            self.pool.submit(lambda actor, it: actor.run.remote(*it), item)
+            self.pool.submit(lambda actor, it: actor.run.remote(*it), sent(item))
             in_flight += 1
             if in_flight >= window:
                 yield self.pool.get_next_unordered()
@@ -179,6 +291,7 @@ class RayEngine:
 def make_engine(cfg) -> LocalEngine | RayEngine:
     """The engine ``[engine]`` asks for (:class:`esdistill.config.EngineConfig`)."""
     if cfg.kind == "ray":
-        return RayEngine(cfg.workers, cfg.address, cfg.gpus_per_worker, cfg.cpus_per_worker)
+        return RayEngine(cfg.workers, cfg.address, cfg.gpus_per_worker, cfg.cpus_per_worker,
+                         ship_models=cfg.ship_models)
     return LocalEngine()
 

@@ -6,11 +6,15 @@ of letting a deep exception from pandas, elasticsearch-py or torch escape with n
 
 from __future__ import annotations
 
+from .redact import redact
+
 
 class EsdistillError(Exception):
-    """A problem the user can fix. ``hint`` says how."""
+    """A problem the user can fix. ``hint`` says how. Credentials in a URL of either are redacted
+    (:func:`esdistill.redact.redact`): an error message is the likeliest place for a cluster URL to leak."""
 
     def __init__(self, message: str, hint: str | None = None):
+        message, hint = redact(message), redact(hint)
         super().__init__(message)
         self.message = message
         self.hint = hint

@@ -15,6 +15,7 @@ import numpy as np
 
 from .data import Qrels
 from .jsonutil import dumps
+from .redact import redact
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 LABELS = {"bm25": "BM25", "pipeline": "pipeline (BM25 → teacher)", "student": "student (kNN)",
@@ -232,5 +233,6 @@ def write_report(summary: dict[str, Any], out_dir: Path, title: str, extra: dict
     if extra.get("stage_seconds"):
         body += stage_table(extra["stage_seconds"], extra.get("stage_estimates") or {})
     md.write_text(body)
-    js.write_text(dumps({**extra, **summary}, indent=2))  # strict JSON: an undefined number is null, not NaN
+    # strict JSON (an undefined number is null, not NaN); credentials in any URL redacted
+    js.write_text(dumps(redact({**extra, **summary}), indent=2))
     return md, js

@@ -49,21 +49,17 @@ def index_identity(client: Elasticsearch, index: str) -> dict[str, Any]:
     sequence number grows with every write (index, update, delete), so any change to the documents changes
     this record, and a rebuilt index under the same name has another UUID.
 
-    An API key that may read the index but not its stats (no ``monitor`` privilege) gets the same guarantee
-    from a search: the live documents' count and the sum of their ``_seq_no`` (a write gives a document a
-    higher one; a deletion lowers the count), with the index names the hits come from."""
+    An API key that may read the index but not its stats (no ``monitor`` privilege) gets it from searches
+    (:func:`_identity_by_search`): the live documents' count and the sum of their ``_seq_no`` (a write gives a
+    document a higher one; a deletion lowers the count), the index names the hits come from — and each index's
+    UUID, read from a point in time the search opens, so that an index deleted and loaded again under the same
+    name with the same count is not taken for the old one."""
     try:
         stats = client.indices.stats(index=index, level="shards", metric="docs").body
     except es_exc.NotFoundError:
         raise ClusterError(f"index {index!r} does not exist", hint="check data.index") from None
     except es_exc.AuthorizationException:
-        resp = client.search(index=index, size=0, track_total_hits=True, aggs={
-            "seq_no_sum": {"sum": {"field": "_seq_no"}}, "seq_no_max": {"max": {"field": "_seq_no"}},
-            "indices": {"terms": {"field": "_index", "size": 1000}}}).body
-        aggs = resp["aggregations"]
-        return {"count": resp["hits"]["total"]["value"], "seq_no_sum": aggs["seq_no_sum"]["value"],
-                "seq_no_max": aggs["seq_no_max"]["value"],
-                "indices": sorted(b["key"] for b in aggs["indices"]["buckets"]), "from": "search"}
+        return _identity_by_search(client, index)
     out = {}
     for name, st in sorted(stats["indices"].items()):
         seq = {shard: s.get("seq_no", {}).get("max_seq_no", -1) for shard, copies in st.get("shards", {}).items()
@@ -71,6 +67,82 @@ def index_identity(client: Elasticsearch, index: str) -> dict[str, Any]:
         out[name] = {"uuid": st.get("uuid"), "count": st["primaries"]["docs"]["count"],
                      "deleted": st["primaries"]["docs"]["deleted"], "max_seq_no": dict(sorted(seq.items()))}
     return {"indices": out, "from": "stats"}
+
+
+#: how many documents (the latest writes, the earliest) a search-only identity samples when no UUID can be read
+IDENTITY_SAMPLE = 100
+
+
+def _identity_by_search(client: Elasticsearch, index: str) -> dict[str, Any]:
+    """:func:`index_identity` with the ``read`` privilege only. The UUIDs come from a point in time's id (which
+    names each shard's index by name and UUID; reading it needs only ``read``). Where none can be read, a sample
+    of documents — the ids, ``_seq_no``, ``_primary_term`` and source of the :data:`IDENTITY_SAMPLE` latest and
+    earliest writes — stands in, with a warning that a re-creation that keeps them cannot be detected."""
+    import hashlib
+    import warnings
+
+    from .errors import EsdistillWarning
+
+    resp = client.search(index=index, size=0, track_total_hits=True, aggs={
+        "seq_no_sum": {"sum": {"field": "_seq_no"}}, "seq_no_max": {"max": {"field": "_seq_no"}},
+        "indices": {"terms": {"field": "_index", "size": 1000}}}).body
+    aggs = resp["aggregations"]
+    names = sorted(b["key"] for b in aggs["indices"]["buckets"])
+    out = {"count": resp["hits"]["total"]["value"], "seq_no_sum": aggs["seq_no_sum"]["value"],
+           "seq_no_max": aggs["seq_no_max"]["value"], "indices": names, "from": "search"}
+    uuids, why = _uuids_from_point_in_time(client, index, names)
+    if uuids is not None:
+        out["uuids"] = uuids
+        return out
+    digest = hashlib.sha256()
+    for order in ("desc", "asc"):
+        hits = client.search(index=index, size=IDENTITY_SAMPLE, sort=[{"_seq_no": order}], seq_no_primary_term=True,
+                             track_total_hits=False).body["hits"]["hits"]
+        for h in hits:
+            digest.update(json.dumps([h["_index"], h["_id"], h.get("_seq_no"), h.get("_primary_term"),
+                                      h.get("_source")], sort_keys=True, default=str).encode())
+    out["sample"] = digest.hexdigest()[:16]
+    warnings.warn(f"index {index!r}: these credentials may not read its stats (no `monitor` privilege) nor its UUID "
+                  f"({why}); it is keyed on its count, the sum of its `_seq_no` and a sample of "
+                  f"{2 * IDENTITY_SAMPLE} documents, so deleting it and loading it again under the same name, with the "
+                  "same count and those documents unchanged, cannot be detected — every stage would reuse its "
+                  "output. Grant `monitor` on the index, or clear the work dir's caches after re-creating it",
+                  EsdistillWarning, stacklevel=3)
+    return out
+
+
+def _uuids_from_point_in_time(client: Elasticsearch, index: str,
+                              names: list[str]) -> tuple[dict[str, str] | None, str | None]:
+    """``({index name: UUID}, None)`` read from a point in time opened (and closed at once) on ``index``: its id
+    encodes each shard as the index name (a length byte, the name) and its 22-character UUID. ``(None, why)`` when
+    the point in time is refused or its id does not hold every name in that form (another encoding)."""
+    import base64
+    import re
+
+    if not names:
+        return {}, None
+    try:
+        pit = client.open_point_in_time(index=index, keep_alive="10s").body["id"]
+    except es_exc.ApiError as e:
+        return None, f"a point in time was refused: {e.meta.status}"
+    try:
+        client.close_point_in_time(id=pit)
+    except es_exc.ApiError:
+        pass  # it expires in 10 s
+    try:
+        raw = base64.urlsafe_b64decode(pit + "=" * (-len(pit) % 4))
+    except ValueError:
+        return None, "the point in time's id is not base64"
+    uuids: dict[str, str] = {}
+    for name in names:
+        encoded = name.encode()
+        if len(encoded) > 127:
+            return None, f"index name {name!r} too long to find in the point in time's id"
+        found = set(re.findall(re.escape(bytes([len(encoded)]) + encoded) + rb"\x16([A-Za-z0-9_-]{22})", raw))
+        if len(found) != 1:
+            return None, "the point in time's id does not name the index's UUID in the form expected"
+        uuids[name] = found.pop().decode()
+    return dict(sorted(uuids.items())), None
 
 
 def count(client: Elasticsearch, index: str) -> int:

@@ -28,6 +28,12 @@ def register_model(name: str, folder: str, fingerprint: str) -> None:
     _REGISTERED[name] = (folder, fingerprint)
 
 
+def registered_models() -> dict[str, tuple[str, str]]:
+    """The models registered in this process (name -> (folder, fingerprint)), to register in another (a Ray
+    worker)."""
+    return dict(_REGISTERED)
+
+
 def resolve(name: str) -> str:
     """A loadable path or hub id for ``name``."""
     if name in _REGISTERED:

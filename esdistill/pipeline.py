@@ -130,7 +130,7 @@ class Project:
         if n:
             docs = (ds.corpus.values() if ds.corpus is not None
                     else iter_index_docs(self.client, self.cfg.data.index, self.text_fields))
-            pq = pseudo_queries(docs, n, avoid=ds.test_queries.values())
+            pq = pseudo_queries(docs, n, avoid=ds.all_test_queries.values())
             if len(pq) < n:
                 self.log(f"pseudo-queries: only {len(pq)} of {n} could be drawn (documents without a sentence of "
                          "6-40 words)")
@@ -278,9 +278,10 @@ class Project:
         from .request_teacher import RequestSearch, load_request
 
         t = self.cfg.teacher
+        carried = self.bundle.facts.get("request_described") if self.bundle is not None else None
         return self._once("request-search", lambda: RequestSearch(
             self.client, self.cfg.bm25_index, load_request(t.request) if t.request else None, t.request_template,
-            source=str(t.request) if t.request else f"search template {t.request_template!r}"))
+            source=str(t.request) if t.request else f"search template {t.request_template!r}", described=carried))
 
     def candidates(self) -> dict[str, Any]:
         """BM25 top-k of every training query (building the BM25 index first if it is not there yet) — or, with
@@ -376,7 +377,7 @@ class Project:
                 return cand_mod.msearch_bm25(self.client, self.cfg.bm25_index, queries, self.text_fields,
                                              c.negative_depth + 1, self.cfg.candidates.batch_size, self.progress)
 
-            info = ict_mod.draw_pairs(docs, self.docs, search, c, cache, avoid=ds.test_queries.values())
+            info = ict_mod.draw_pairs(docs, self.docs, search, c, cache, avoid=ds.all_test_queries.values())
             lost = info["drawn"] - info["pairs"]
             self.log(f"inverse-cloze pairs: {info['pairs']} sentences with BM25 negatives"
                      + (f" ({lost} drawn without any other BM25 hit, left out)" if lost else "")
@@ -1392,17 +1393,20 @@ class Project:
             if live != {index}:
                 self.log(f"[yellow]note:[/] alias {alias!r} serves {sorted(live) or 'nothing'}, not {index!r}: "
                          "clients refuse this encoder until `esdistill deploy` points the alias at it")
-            if ee.is_complete(out, key):
-                self.log(f"export: query encoder for {index} in {out} (cached)")
-                return ee.read_manifest(out)
+            complete = ee.is_complete(out, key)
             mapping = self.client.indices.get_mapping(index=index).body[index]["mappings"]
             ev = self.cfg.evaluate
             manifest = ee.manifest_for(
                 deploy_key=key, alias=alias, index=index, vector_field=VECTOR_FIELD,
                 similarity=mapping["properties"][VECTOR_FIELD].get("similarity", "cosine"),
-                model=model_fingerprint(self.student_path()),
+                model=ee.read_manifest(out)["model"] if complete else model_fingerprint(self.student_path()),
                 knn={"k": ev.k, "num_candidates": ev.num_candidates}, bm25_index=self.cfg.bm25_index,
                 bm25_query=cand_mod.bm25_query("{{query}}", self.text_fields), rrf_k=ev.rrf_k)
+            if complete:  # the graphs are this deploy's; the settings are the config's now
+                kept, changed = ee.update_manifest(out, manifest)
+                self.log(f"export: query encoder for {index} in {out} (cached"
+                         + (f"; manifest updated: {', '.join(changed)})" if changed else ")"))
+                return kept
             model = load_bi_encoder(self.student_path(), max_length=self.cfg.train.max_length, device="cpu")
             sample = list(self.eval_queries().values())[:24] + list(self.dataset.train_queries.values())[:8]
             info = ee.export_query_encoder(model, out, manifest, model.max_seq_length, sample)

@@ -25,6 +25,7 @@ from .config import fingerprint
 from .errors import ClusterError, InputError
 
 PLACEHOLDER = "{{query}}"
+NOT_STORED = "not stored in the cluster"
 
 
 def load_request(path: Path | str) -> dict[str, Any]:
@@ -63,18 +64,127 @@ def fill(node: Any, text: str) -> Any:
     return node
 
 
+def named_resources(node: Any) -> dict[str, tuple[str, str]]:
+    """What a request body names by id and the cluster keeps — ``"<kind>:<id>" -> (kind, id)``: stored scripts
+    (``"script": {"id": …}``), models (``model_id``: a learning-to-rank rescorer's, a ``text_embedding`` query
+    vector builder's — a trained model or an inference endpoint) and inference endpoints (``inference_id``: a
+    ``text_similarity_reranker``, a ``semantic`` or ``sparse_vector`` query). Editing one of them changes what the
+    request returns without changing its body. Ids holding a mustache placeholder are left out."""
+    found: dict[str, tuple[str, str]] = {}
+
+    def walk(n: Any) -> None:
+        if isinstance(n, list):
+            for v in n:
+                walk(v)
+        elif isinstance(n, dict):
+            for k, v in n.items():
+                if k == "script" and isinstance(v, dict) and isinstance(v.get("id"), str):
+                    found.setdefault(f"script:{v['id']}", ("script", v["id"]))
+                elif k == "inference_id" and isinstance(v, str):
+                    found.setdefault(f"inference:{v}", ("inference", v))
+                elif k == "model_id" and isinstance(v, str):
+                    found.setdefault(f"model:{v}", ("model", v))
+                walk(v)
+
+    walk(node)
+    return {name: r for name, r in found.items() if "{{" not in r[1]}
+
+
+def describe(client: Elasticsearch, kind: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
+    """What the cluster says a named resource is — ``(description, None)``, or ``(None, why not)``: a stored script
+    or search template (``GET _scripts/<id>``: its language, source and options), a trained model (``GET
+    _ml/trained_models/<id>``: its whole config, which a re-upload under the same id changes: ``create_time``)
+    or an inference endpoint (``GET _inference/<id>``: service, settings)."""
+    from elasticsearch import NotFoundError
+
+    try:
+        if kind == "script":
+            try:
+                answer = client.get_script(id=rid).body
+            except NotFoundError:  # the cluster answers 404 {"found": false}
+                answer = {}
+            return (answer["script"], None) if answer.get("found") else (None, NOT_STORED)
+        if kind == "model":
+            try:
+                return client.ml.get_trained_models(model_id=rid).body["trained_model_configs"][0], None
+            except NotFoundError:  # a query vector builder's model_id may name an inference endpoint
+                kind = "inference"
+        if kind == "inference":
+            return client.inference.get(inference_id=rid).body["endpoints"][0], None
+    except NotFoundError:
+        return None, "not found in the cluster"
+    except ApiError as e:  # 400 "no handler" (no ML/inference in this build), 403 (no privilege to read it)
+        return None, f"the cluster does not describe it ({e.meta.status}: {_reason(e.body) or e.message})"
+    except (KeyError, IndexError):
+        return None, "the cluster's answer holds no description"
+    return None, f"unknown kind {kind!r}"
+
+
 class RequestSearch:
-    """Runs the user's request (a body, or a stored template id) for queries, in ``_msearch`` batches."""
+    """Runs the user's request (a body, or a stored template id) for queries, in ``_msearch`` batches.
+
+    Its cache identity (:meth:`fingerprint`) is its body or template id plus what the cluster says about what it
+    names by id (:meth:`described`): a stored template's source, a learning-to-rank model's or an inference
+    endpoint's configuration, a stored script's source. ``described`` given (a bundle carries what the cluster
+    side read) is used as it is, without asking the cluster."""
 
     def __init__(self, client: Elasticsearch, index: str, body: dict[str, Any] | None = None,
-                 template_id: str | None = None, source: str = "teacher.request"):
+                 template_id: str | None = None, source: str = "teacher.request",
+                 described: dict[str, str] | None = None):
         if (body is None) == (template_id is None):
             raise ValueError("a request body or a template id, not both")
         self.client, self.index, self.body, self.template_id, self.source = client, index, body, template_id, source
+        self._described = described
 
     def fingerprint(self) -> str:
-        """What identifies this search in cache keys: its body, or its template id."""
-        return fingerprint({"body": self.body, "template": self.template_id})
+        """What identifies this search in cache keys: its body, or its template id — with, when it names anything
+        by id that the cluster describes, those descriptions (a body that names nothing keeps the key it had)."""
+        base = {"body": self.body, "template": self.template_id}
+        described = self.described()
+        return fingerprint({**base, "described": described} if described else base)
+
+    def described(self) -> dict[str, str]:
+        """``"<kind>:<id>" -> fingerprint`` of each resource the request names (:func:`named_resources`; a
+        template: the template itself, then what its source names) as the cluster describes it, asked once. A
+        stored template the cluster does not hold is an error (nothing could run); anything else it cannot
+        describe is left out of the key with a warning that its changes will not be seen."""
+        if self._described is not None:
+            return self._described
+        import warnings
+
+        from .errors import EsdistillWarning
+
+        out: dict[str, str] = {}
+        named = named_resources(self.body) if self.body is not None else {}
+        if self.template_id:
+            script, why = describe(self.client, "script", self.template_id)
+            if script is None and why == NOT_STORED:
+                raise ClusterError(f"{self.source}: search template {self.template_id!r} is {why} "
+                                   f"(GET _scripts/{self.template_id})", hint=self._hint())
+            if script is None:
+                warnings.warn(f"{self.source}: {why}: the template's source cannot be part of the cache keys, so "
+                              "an edit of it will not be seen — after editing it, use another template id",
+                              EsdistillWarning, stacklevel=2)
+            else:
+                out[f"template:{self.template_id}"] = fingerprint(script)
+                source = script.get("source")
+                if isinstance(source, str):
+                    try:
+                        source = json.loads(source)
+                    except ValueError:
+                        source = None  # mustache text that is not JSON until rendered
+                named = named_resources(source)
+        for name, (kind, rid) in sorted(named.items()):
+            what, why = describe(self.client, kind, rid)
+            if what is None:
+                warnings.warn(f"{self.source} names {kind} {rid!r}, which cannot be part of the cache keys ({why}): "
+                              f"a change to it will not reach candidates, labels, student or the pipeline's "
+                              f"evaluation — after changing it, clear the work dir's caches or give it a new id",
+                              EsdistillWarning, stacklevel=2)
+            else:
+                out[name] = fingerprint(what)
+        self._described = out
+        return out
 
     def searches(self, text: str, k: int) -> list[dict[str, Any]]:
         if self.template_id:

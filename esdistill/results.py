@@ -15,13 +15,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exc
 
 from .errors import ClusterError, InputError
 from .indexing import bulk_index, load_mapping
+from .redact import redact
 from .resources import resource
 
 RESULTS_INDEX = "esdistill-results"
@@ -132,9 +132,11 @@ def ensure_results_index(client: Elasticsearch, index: str = RESULTS_INDEX) -> b
 def write_results(client: Elasticsearch, docs: list[dict], index: str = RESULTS_INDEX) -> int:
     """Index ``docs`` under :func:`doc_id` (a rerun overwrites), creating ``index`` if missing; refresh.
 
-    Returns the number of documents written; raises :class:`ClusterError` on any bulk failure.
+    Returns the number of documents written; raises :class:`ClusterError` on any bulk failure. Credentials in a
+    URL anywhere in a document are redacted (:func:`esdistill.redact.redact`).
     """
     ensure_results_index(client, index)
+    docs = [redact(d) for d in docs]
     ok, errors = bulk_index(client, index, ({"_id": doc_id(d), "_source": d} for d in docs))
     client.indices.refresh(index=index)
     if errors:
@@ -142,16 +144,6 @@ def write_results(client: Elasticsearch, docs: list[dict], index: str = RESULTS_
         raise ClusterError(f"{len(errors)} of {len(docs)} result documents were refused by index {index!r}: {sample}",
                            hint=f"the index must have the mapping of mappings/{RESULTS_MAPPING}; delete it to recreate")
     return ok
-
-
-def _redact(url: str) -> str:
-    """``url`` without user:password@."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def wait_for_kibana(kibana_url: str, wait: float, headers: dict, auth, clean, interval: float = 2.0) -> None:
@@ -171,7 +163,7 @@ def wait_for_kibana(kibana_url: str, wait: float, headers: dict, auth, clean, in
         except requests.RequestException as e:
             last = f"{type(e).__name__}: {clean(str(e))[:200]}"
         if time.monotonic() >= deadline:
-            raise ClusterError(f"Kibana at {_redact(kibana_url)} was not ready within {wait:.0f} s ({last})",
+            raise ClusterError(f"Kibana at {redact(kibana_url)} was not ready within {wait:.0f} s ({last})",
                                hint="check that Kibana is up (`docker compose ps`: healthy), or wait longer (--wait)")
         time.sleep(interval)
 
@@ -190,7 +182,7 @@ def import_saved_objects(kibana_url: str, ndjson_path: Path = SAVED_OBJECTS, use
     import requests
 
     url = f"{kibana_url.rstrip('/')}/api/saved_objects/_import"
-    shown = _redact(url)
+    shown = redact(url)
     secrets = [s for s in (password, api_key) if s]
 
     def clean(text: str) -> str:

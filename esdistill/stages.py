@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .config import PROFILES, fingerprint
+from .config import PROFILES, EvaluateConfig, fingerprint
 from .models import model_fingerprint
 from .query_encoder import resolve_query_encoder
 
@@ -40,11 +40,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("candidates", True, "the index's key, the training queries' texts, candidates.k; teacher.request's "
           "body when the teacher is a search request", "candidates.parquet: BM25 top-k of every training query "
           "(or the request's top-k, its _score in `request`)"),
-    Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth",
+    Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth, "
+          "evaluate.k",
           "candidates.parquet: BM25 top-N of every test query (the pipeline's input)"),
-    Stage("ict-pairs", True, "the index's key, the corpus teacher's sampling settings (teacher.fit.corpus), the "
-          "test queries (never drawn as sentences)", "pairs.parquet: inverse-cloze sentences, the rest of their "
-          "document, BM25's negatives"),
+    Stage("ict-pairs", True, "the index's key, the corpus teacher's sampling settings (teacher.fit.corpus), every "
+          "test query of the split, evaluated or not (never drawn as sentences)", "pairs.parquet: inverse-cloze "
+          "sentences, the rest of their document, BM25's negatives"),
     Stage("teacher-ict", False, "the ict-pairs key, teacher.fit.corpus, the base model",
           "model-full/: the cross-encoder fitted on the corpus alone"),
     Stage("teacher-fit", False, "the index's key, the judged training queries and their judgments, teacher.fit, "
@@ -140,8 +141,13 @@ class StageKeys:
         return out
 
     def test_candidates(self) -> dict[str, Any]:
-        return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "queries": fingerprint(self.p.eval_queries()), "depth": self.cfg.evaluate.rerank_depth}
+        out = {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
+               "queries": fingerprint(self.p.eval_queries()), "depth": self.cfg.evaluate.rerank_depth}
+        # the stage records BM25's top evaluate.k (the pipeline's tail below the reranked head): a larger k must not
+        # reuse a shorter list. Left out at its default, with which every earlier cache was made
+        if self.cfg.evaluate.k != EvaluateConfig.model_fields["k"].default:
+            out["k"] = self.cfg.evaluate.k
+        return out
 
     def teacher_fit(self) -> dict[str, Any]:
         # the fit reads only the judged queries' candidates: a query log or pseudo-queries do not refit it
@@ -161,7 +167,7 @@ class StageKeys:
         return {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
                 "sampling": c.model_dump(include={"pairs", "negatives", "negative_depth", "min_words", "max_words",
                                                   "seed"}),
-                "avoid": fingerprint(sorted(self.p.dataset.test_queries.values()))}
+                "avoid": fingerprint(sorted(self.p.dataset.all_test_queries.values()))}
 
     def teacher_ict(self) -> dict[str, Any]:
         fit = self.cfg.teacher.fit

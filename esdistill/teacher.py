@@ -239,6 +239,7 @@ def score_candidates(
     from .engine import LocalEngine
 
     engine = engine or LocalEngine()
+    engine.prepare(sorted(set(scorers.values())))  # every model reachable by every worker before any work
     parts = cache.path("parts")
     parts.mkdir(exist_ok=True)
     qids = sorted(candidates.qid.unique())

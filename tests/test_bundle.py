@@ -101,3 +101,58 @@ def test_a_return_that_was_tampered_with_is_refused(tmp_path):
         {"format": 1, "sha256": "0" * 64, "bytes": 19, "parts": ["esdistill-return.tar.00"], "folders": []}))
     with pytest.raises(InputError, match="checksum differs"):
         import_return(tmp_path / "back", tmp_path / "w")
+
+
+def _return_folder(tmp_path) -> tuple[Path, dict[str, bytes]]:
+    """A return as ``bundle pack`` writes it (a gzipped tar in parts + manifest) holding two stages' folders, each
+    ``done.json`` first in the tar, as pack orders them."""
+    import hashlib
+    import io
+    import tarfile
+
+    files = {"embed/aaaa/done.json": b'{"stage": "embed"}', "embed/aaaa/vectors.npy": os.urandom(200_000),
+             "query-vectors/bbbb/done.json": b'{"stage": "query-vectors"}',
+             "query-vectors/bbbb/vectors.npy": os.urandom(50_000)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    data = buf.getvalue()
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / "esdistill-return.tar.00").write_bytes(data)
+    (back / "esdistill-return.json").write_text(json.dumps(
+        {"format": 1, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+         "parts": ["esdistill-return.tar.00"], "folders": ["embed/aaaa", "query-vectors/bbbb"]}))
+    return back, files
+
+
+def test_an_interrupted_import_leaves_no_stage_marked_done(tmp_path, monkeypatch):
+    """Killed while the second stage's vectors are being written: no stage of the return is in the cache (the
+    first one's ``done.json`` next to truncated vectors would pass for finished), no temporary folder is left, and
+    importing again brings every stage whole, replacing a partial folder of the same key."""
+    import tarfile
+
+    back, files = _return_folder(tmp_path)
+    work = tmp_path / "w"
+    real = tarfile.TarFile.makefile
+
+    def killed(self, tarinfo, targetpath):
+        if tarinfo.name == "query-vectors/bbbb/vectors.npy":
+            raise KeyboardInterrupt
+        return real(self, tarinfo, targetpath)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", killed)
+    with pytest.raises(KeyboardInterrupt):
+        import_return(back, work)
+    assert not (work / "embed" / "aaaa").exists() and not (work / "query-vectors" / "bbbb").exists()
+    assert [p.name for p in work.iterdir()] == []  # the temporary folder went too
+    monkeypatch.setattr(tarfile.TarFile, "makefile", real)
+    (work / "embed" / "aaaa" / "parts").mkdir(parents=True)  # a partial local run of the same key
+    import_return(back, work)
+    for name, body in files.items():
+        assert (work / name).read_bytes() == body
+    assert not (work / "embed" / "aaaa" / "parts").exists()
+    assert sorted(p.name for p in work.iterdir()) == ["embed", "query-vectors"]

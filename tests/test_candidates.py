@@ -37,3 +37,33 @@ def test_partial_shard_failures_are_an_error_not_fewer_candidates(es, index_name
         msearch_bm25(es, index_name, {"q": "cell"}, ["title", "text"], k=5)
     with pytest.raises(ClusterError, match="shards failed"):
         BM25(es, index_name, ["title", "text"], k=5).search("cell")
+
+
+def test_test_candidates_are_keyed_on_evaluate_k(tmp_path, es, es_url, tiny_models):
+    """The test-candidates stage records BM25's top ``evaluate.k`` of each test query (the pipeline's tail below its
+    reranked head): raising k must record a longer list, not reuse the shorter one (the offline pipeline would be
+    cut at the old k). At the default k the key is the one earlier caches were made under."""
+    import uuid
+
+    import pandas as pd
+
+    from esdistill.pipeline import Project
+
+    from .conftest import tiny_config
+
+    name = f"k{uuid.uuid4().hex[:8]}"
+
+    def project(k):
+        return Project(tiny_config(tmp_path, es_url, tiny_models, name, evaluate={"k": k}), client=es)
+
+    try:
+        small, big = project(10), project(40)
+        assert small._test_candidates_cache().key != big._test_candidates_cache().key
+        small.test_candidates()
+        assert big.test_candidates().get("cached") is not True
+        ranks = {p: pd.read_parquet(p._test_candidates_cache().path("candidates.parquet")).groupby("qid")["rank"].max()
+                 for p in (small, big)}
+        assert ranks[small].max() == 10 and ranks[big].max() == 40
+        assert "k" not in project(100).keys.test_candidates()  # the default: the key earlier versions made
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)

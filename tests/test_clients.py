@@ -60,6 +60,28 @@ def test_export_writes_a_checked_encoder_named_after_the_served_deploy(encoder, 
     assert (out / "model.onnx").stat().st_mtime_ns == mtime
 
 
+def test_a_kept_export_follows_the_config_s_evaluate_settings(encoder, tmp_path):
+    """An export is kept by deploy key (its graphs are the deploy's), but the kNN defaults and the hybrid's RRF
+    constant in its manifest are the config's ``[evaluate]``: changed there, the kept export's manifest follows."""
+    from esdistill.encoder_export import is_complete
+    from esdistill.pipeline import Project
+
+    project, out, manifest = encoder
+    folder = tmp_path / "enc"
+    shutil.copytree(out, folder)
+    ev = project.cfg.evaluate.model_copy(update={"num_candidates": manifest["knn"]["num_candidates"] + 7,
+                                                 "rrf_k": manifest["hybrid"]["rrf_k"] + 3})
+    other = Project(project.cfg.model_copy(update={"evaluate": ev}), client=project.client)
+    assert other._deploy_key("student") == manifest["deploy_key"]  # the same deploy
+    mtime = (folder / "model.onnx").stat().st_mtime_ns
+    got = other.export_encoder(folder)
+    assert got["knn"] == {"k": ev.k, "num_candidates": ev.num_candidates} and got["hybrid"]["rrf_k"] == ev.rrf_k
+    assert json.loads((folder / "manifest.json").read_text()) == got
+    assert (folder / "model.onnx").stat().st_mtime_ns == mtime and is_complete(folder, manifest["deploy_key"])
+    assert {k: v for k, v in got.items() if k not in ("knn", "hybrid")} == {
+        k: v for k, v in manifest.items() if k not in ("knn", "hybrid")}
+
+
 def test_export_refuses_a_config_whose_deploy_is_not_in_the_cluster(tiny_project, tmp_path):
     from esdistill.errors import ClusterError
     from esdistill.pipeline import Project
@@ -122,11 +144,89 @@ def _check_client(cmd: list[str], cwd, out, reference, es_url, tmp_path, int8_to
     assert proc.returncode == 3 and "belongs to deploy 0000000000000000" in proc.stderr, proc.stderr[-2000:]
 
 
+def _in_ci() -> bool:
+    """CI (``CI=true``, as CI services set it): scripts/setup.sh has installed node and java there."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _check_client_safety(cmd: list[str], cwd, out, es, es_url, tmp_path) -> None:
+    """What a long-running client must notice: the alias moved to another index while it runs (after its check
+    at start) — a kNN hit from another index stops it (exit 3) instead of answering with the wrong model's
+    vectors; and a hybrid ``_msearch`` whose BM25 item lost a shard is an error, not fewer hits."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    alias, index = manifest["alias"], manifest["index"]
+    env = dict(os.environ, ESDISTILL_ES_URL=es_url)
+    moved = f"{index}-moved"
+    mapping = es.indices.get_mapping(index=index).body[index]["mappings"]
+    vf = manifest["vector_field"]
+    es.indices.create(index=moved, mappings={"properties": {vf: mapping["properties"][vf]}})
+    dims = mapping["properties"][manifest["vector_field"]]["dims"]
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        v = rng.normal(size=dims)
+        es.index(index=moved, id=f"m{i}", document={manifest["vector_field"]: (v / np.linalg.norm(v)).tolist()})
+    es.indices.refresh(index=moved)
+    proc = subprocess.Popen([*cmd, "--encoder", str(out), "--json", "--queries-file", "-"], cwd=cwd, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("vitamin d and bone health\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())  # answered by the encoder's own deploy
+        assert first["hits"], first
+        es.indices.update_aliases(actions=[{"remove": {"index": index, "alias": alias}},
+                                           {"add": {"index": moved, "alias": alias}}])
+        proc.stdin.write("smoking and lung cancer\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=300) == 3, proc.stderr.read()[-2000:]
+        err = proc.stderr.read()
+        assert f"now serves {moved}" in err and manifest["deploy_key"] in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        es.indices.update_aliases(actions=[{"remove": {"index": moved, "alias": alias}},
+                                           {"add": {"index": index, "alias": alias}}])
+        es.indices.delete(index=moved)
+    # the BM25 half over an alias where one index's shard cannot run the query: 200, with half the hits
+    bm25 = manifest["hybrid"]["bm25_index"]
+    partial, broken = f"{bm25}-partial", f"{bm25}-broken"
+    es.indices.create(index=broken, mappings={"properties": {"title": {"type": "long"}, "text": {"type": "text"}}})
+    es.index(index=broken, id="n1", document={"title": 7, "text": "cell"}, refresh=True)
+    es.indices.put_alias(index=f"{bm25},{broken}", name=partial)
+    folder = tmp_path / "partial-encoder"
+    folder.mkdir()
+    for f in out.iterdir():
+        if f.name != "manifest.json":
+            (folder / f.name).symlink_to(f)
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "hybrid": {**manifest["hybrid"],
+                                                                             "bm25_index": partial}}))
+    try:
+        proc = subprocess.run([*cmd, "--encoder", str(folder), "--system", "hybrid", "cell"], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "shard(s) failed" in proc.stderr, proc.stderr[-2000:]
+    finally:
+        es.indices.delete_alias(index=f"{bm25},{broken}", name=partial)
+        es.indices.delete(index=broken)
+
+
 def _need(tool: str, folder, what: str) -> None:
+    """Skip where ``tool`` is missing on a developer's machine; fail in CI, where a skip would pass unseen."""
     if shutil.which(tool) is None:
+        if _in_ci():
+            pytest.fail(f"{tool} is not installed, and CI must run this test: scripts/setup.sh installs it")
         pytest.skip(f"{tool} is not installed")
     if not folder.exists():
         pytest.fail(f"{what} is not installed: run scripts/test-setup.sh")
+
+
+@pytest.mark.parametrize("ci", ["true", "", None])
+def test_a_missing_client_tool_fails_in_ci_and_skips_elsewhere(ci, monkeypatch, tmp_path):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(expected, match="esdistill-no-such-tool is not installed"):
+        _need("esdistill-no-such-tool", tmp_path, "nothing")
 
 
 def test_node_client_matches_the_python_student(encoder, reference, es_url, tmp_path):
@@ -138,6 +238,17 @@ def test_java_client_matches_the_python_student(encoder, reference, es_url, tmp_
     _need("java", JAVA_DIR / "target" / "classes", "examples/java's build")
     _check_client(["java", "-cp", "target/classes:target/dependency/*", "esdistill.Search"], JAVA_DIR,
                   encoder[1], reference, es_url, tmp_path)
+
+
+def test_node_client_stops_when_the_alias_moves_and_on_partial_answers(encoder, es, es_url, tmp_path):
+    _need("node", NODE_DIR / "node_modules", "examples/node's packages")
+    _check_client_safety(["node", "search.mjs"], NODE_DIR, encoder[1], es, es_url, tmp_path)
+
+
+def test_java_client_stops_when_the_alias_moves_and_on_partial_answers(encoder, es, es_url, tmp_path):
+    _need("java", JAVA_DIR / "target" / "classes", "examples/java's build")
+    _check_client_safety(["java", "-cp", "target/classes:target/dependency/*", "esdistill.Search"], JAVA_DIR,
+                         encoder[1], es, es_url, tmp_path)
 
 
 def test_cli_export_onnx_prints_the_folder(tiny_project, tmp_path):

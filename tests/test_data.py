@@ -91,6 +91,26 @@ def test_the_corpus_fingerprint_ignores_queries_and_judgments(tmp_path):
     assert a.corpus_fingerprint == b.corpus_fingerprint
 
 
+def test_how_many_test_queries_are_evaluated_changes_no_draw_from_the_corpus(tmp_path):
+    """What a draw from the corpus avoids — the corpus teacher's sentences (the ``ict-pairs`` key), pseudo-queries —
+    is every test query of the split, not the evaluated subset: evaluating more test queries must not redraw them
+    nor refit the corpus teacher. (Without ``max_corpus_docs``: that slice still follows the evaluated queries.)"""
+    from esdistill.pipeline import Project
+
+    def config(n):
+        return build_config({"workdir": str(tmp_path / "w"), "data": {
+            "name": "s", "beir": str(SCIFACT), "max_train_queries": 16, "max_test_queries": n, "pseudo_queries": 3},
+            "teacher": {"fit": {"source": "corpus"}}}, profile="quick")
+
+    few, more = load_dataset(config(5).data, tmp_path), load_dataset(config(50).data, tmp_path)
+    assert len(few.test_queries) == 5 and len(more.test_queries) == 50
+    assert few.all_test_queries == more.all_test_queries and len(few.all_test_queries) == 300
+    a, b = Project(config(5)), Project(config(50))
+    assert a.index_key == b.index_key
+    assert a.keys.ict_pairs() == b.keys.ict_pairs()
+    assert a.train_queries == b.train_queries  # the same pseudo-queries drawn
+
+
 def test_plain_text_query_files_get_namespaced_ids(tmp_path):
     """Two plain-text files both number their lines 1, 2, …: different queries, not an overlap."""
     (tmp_path / "tr.txt").write_text("first train query\nsecond train query\n")

@@ -98,3 +98,38 @@ def test_ray_embedding_equals_local_in_corpus_order(tmp_path, tiny_models, ray_e
     np.testing.assert_allclose(np.load(lc.path("vectors.npy")).astype(np.float32),
                                np.load(rc.path("vectors.npy")).astype(np.float32), atol=2e-3)
     assert not rc.path("parts").exists(), "the parts are folded into vectors.npy when the stage finishes"
+
+
+def test_ray_workers_load_carried_and_shipped_models(tmp_path, tiny_models, ray_engine):
+    """A model registered in the driver (a bundle's carried copy, under the name the config uses) is loaded by the
+    workers from there — they would otherwise take the name for a hub id. And with ``ship`` (a Ray cluster joined
+    by address, whose workers may not see this disk) a model folder reaches the workers through Ray's object
+    store: the driver's folder is moved away after :meth:`RayEngine.prepare`, and the scores still equal the
+    local ones."""
+    import shutil
+
+    from esdistill.models import _REGISTERED, register_model
+
+    local, lc = _score(tmp_path, "local", LocalEngine(), tiny_models)
+    want = pd.read_parquet(lc.path("scores.parquet")).sort_values(["qid", "docid"]).reset_index(drop=True)
+
+    def scores(name, models):
+        _, cache = _score(tmp_path, name, ray_engine, models)
+        got = pd.read_parquet(cache.path("scores.parquet")).sort_values(["qid", "docid"]).reset_index(drop=True)
+        np.testing.assert_allclose(got.teacher, want.teacher, rtol=1e-4, atol=1e-5)
+
+    register_model("carried-cross-encoder", tiny_models["ce"], "fingerprint-where-the-bundle-was-made")
+    try:
+        scores("carried", {**tiny_models, "ce": "carried-cross-encoder"})
+    finally:
+        _REGISTERED.pop("carried-cross-encoder", None)
+
+    copy = tmp_path / "fitted-teacher"
+    shutil.copytree(tiny_models["ce"], copy)
+    ray_engine.ship = True
+    try:
+        ray_engine.prepare([str(copy)])
+        copy.rename(tmp_path / "gone")  # no worker can read it from this disk now
+        scores("shipped", {**tiny_models, "ce": str(copy)})
+    finally:
+        ray_engine.ship = False

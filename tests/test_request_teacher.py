@@ -165,6 +165,58 @@ def test_stored_templates_are_refused_clearly_without_mustache(es, request_proje
     assert "mustache" in e.value.hint
 
 
+def test_a_stored_template_is_keyed_on_its_source_and_a_missing_one_is_an_error(es, request_project):
+    """A template teacher's key holds the template's source as ``GET _scripts/<id>`` answers it, so an edit of the
+    template reaches candidates, labels, student and the pipeline's evaluation. The test build stores no template
+    (it has no mustache: ``PUT _scripts`` is refused), so what is checked against it is its answer for a template
+    it does not hold — an error naming ``GET _scripts``, before any stage — and the carried description (a
+    bundle's) is what the key is made of."""
+    from esdistill.config import fingerprint
+
+    project, _ = request_project
+    with pytest.raises(Exception) as refused:  # noqa: B017 - the build refuses every stored mustache template
+        es.put_script(id="esdistill-tpl", script={"lang": "mustache", "source": {"query": {"match_all": {}}}})
+    assert "mustache" in str(refused.value)
+    rs = RequestSearch(es, project.cfg.bm25_index, template_id="esdistill-tpl")
+    with pytest.raises(ClusterError, match=r"'esdistill-tpl' is not stored in the cluster \(GET _scripts/esdistill-tpl\)"):
+        rs.fingerprint()
+    one = {"lang": "mustache", "source": '{"query": {"match": {"text": "{{query}}"}}}'}
+    edited = {**one, "source": '{"query": {"match": {"title": "{{query}}"}}}'}
+    keys = {RequestSearch(es, project.cfg.bm25_index, template_id="tpl",
+                          described={"template:tpl": fingerprint(s)}).fingerprint() for s in (one, edited, one)}
+    assert len(keys) == 2
+
+
+def test_what_a_request_names_by_id_is_keyed_or_warned_about(es, request_project):
+    """A request body naming a learning-to-rank model, an inference endpoint and a stored script by id: their
+    content is not in the body. The test build describes none of them (no ML or inference APIs: 400 "no handler";
+    no stored script), so each is named in a warning saying its changes cannot be seen, and the key stays the
+    body's. A body that names nothing keeps exactly the key it had before (and asks the cluster nothing)."""
+    from esdistill.config import fingerprint
+    from esdistill.errors import EsdistillWarning
+    from esdistill.request_teacher import named_resources
+
+    project, _ = request_project
+    plain = RequestSearch(es, project.cfg.bm25_index, RESCORE)
+    assert plain.described() == {} and plain.fingerprint() == fingerprint({"body": RESCORE, "template": None})
+    body = {"retriever": {"text_similarity_reranker": {
+                "retriever": {"standard": {"query": {"script_score": {
+                    "query": {"match": {"text": "{{query}}"}}, "script": {"id": "my-boost"}}}}},
+                "field": "text", "inference_id": "my-reranker", "inference_text": "{{query}}"}},
+            "rescore": {"window_size": 20, "learning_to_rank": {"model_id": "my-ltr",
+                                                               "params": {"query_text": "{{query}}"}}}}
+    assert set(named_resources(body)) == {"script:my-boost", "inference:my-reranker", "model:my-ltr"}
+    rs = RequestSearch(es, project.cfg.bm25_index, body, source="my_search.json")
+    with pytest.warns(EsdistillWarning) as caught:
+        key = rs.fingerprint()
+    said = " ".join(str(w.message) for w in caught)
+    for rid in ("my-boost", "my-reranker", "my-ltr"):
+        assert f"{rid!r}" in said
+    assert "cannot be part of the cache keys" in said and "no handler" in said
+    assert key == fingerprint({"body": body, "template": None})
+    rs.fingerprint()  # asked once: no second round of requests or warnings
+
+
 @pytest.mark.parametrize("text, match", [
     ('{"query": {"match": {"text": "fixed words"}}}', "no \"{{query}}\""),
     ('{"query": {"match": {"text": "{{query}}"}},\n "size": 10,,}', r"bad\.json:2:\d+: not valid JSON"),

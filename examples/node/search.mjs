@@ -7,10 +7,13 @@
 //   npm ci && node search.mjs --encoder <folder> "my query"
 //
 // The encoder refuses to run against an alias that serves another deploy: the manifest's deploy_key must equal
-// the _meta.esdistill.key of the index behind the alias (vectors of another model give wrong, plausible hits).
+// the _meta.esdistill.key of the index behind the alias (vectors of another model give wrong, plausible hits),
+// checked at start — and every kNN hit's _index must be the manifest's index, so an alias moved while the process
+// runs (a deploy, a rollback) stops it too (exit 3).
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
@@ -100,10 +103,23 @@ export function rrf(rankings, rrfK, size) {
     .slice(0, size);
 }
 
-function hitsOf(resp, what) {
+function hitsOf(resp, what, manifest = null) {
   if (resp.error) throw new Error(`${what}: ${JSON.stringify(resp.error)}`);
   if (resp._shards?.failed) throw new Error(`${what}: ${resp._shards.failed} shard(s) failed`);
+  if (manifest) checkHitsIndex(resp.hits.hits, manifest);
   return resp.hits.hits.map((h) => [h._id, h._score]);
+}
+
+/** Every kNN hit must come from the encoder's own deploy: the alias may move (a deploy, a rollback) while this
+ * process runs, long after checkServedDeploy; a hit from another index was found with the wrong model's vector. */
+export function checkHitsIndex(hits, manifest) {
+  const other = hits.find((h) => h._index !== manifest.index);
+  if (other) {
+    throw new MismatchError(
+      `alias ${manifest.alias} now serves ${other._index}, not this encoder's deploy ${manifest.deploy_key} ` +
+        `(${manifest.index}): export the encoder of the served deploy (esdistill export --onnx) and restart`,
+    );
+  }
 }
 
 export async function search(client, encoder, text, system = "student") {
@@ -115,13 +131,13 @@ export async function search(client, encoder, text, system = "student") {
   let took;
   if (system === "student") {
     const resp = await client.search({ index: m.alias, ...knnBody(m, vector) });
-    hits = hitsOf(resp, `kNN search on ${m.alias}`);
+    hits = hitsOf(resp, `kNN search on ${m.alias}`, m);
     took = resp.took;
   } else if (system === "hybrid") {
     const resp = await client.msearch({
       searches: [{ index: m.hybrid.bm25_index }, bm25Body(m, text), { index: m.alias }, knnBody(m, vector)],
     });
-    const [lexical, dense] = resp.responses.map((r, i) => hitsOf(r, `hybrid search ${i}`));
+    const [lexical, dense] = resp.responses.map((r, i) => hitsOf(r, `hybrid search ${i}`, i === 1 ? m : null));
     hits = rrf([lexical.map(([id]) => id), dense.map(([id]) => id)], m.hybrid.rrf_k, m.knn.k);
     took = resp.took ?? Math.max(...resp.responses.map((r) => r.took));
   } else {
@@ -163,12 +179,14 @@ async function main() {
   if (values.help || !values.encoder) {
     console.error(
       "usage: node search.mjs --encoder FOLDER [--url URL] [--system student|hybrid] [--size N] [--int8] [--json]\n" +
-        "                       [--queries-file FILE] [--bench-encode N] [--threads N] QUERY...\n" +
+        "                       [--queries-file FILE|-] [--bench-encode N] [--threads N] QUERY...\n" +
         "env: ESDISTILL_ES_URL, ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/PASSWORD, ESDISTILL_ES_CA_CERTS",
     );
     process.exit(values.help ? 0 : 2);
   }
-  const queries = values["queries-file"]
+  // "--queries-file -": one query per line from stdin, each answered as it arrives (a long-running process)
+  const fromStdin = values["queries-file"] === "-";
+  const queries = fromStdin ? [] : values["queries-file"]
     ? readFileSync(values["queries-file"], "utf8").split("\n").filter((q) => q.trim())
     : positionals;
   const encoder = await QueryEncoder.load(values.encoder, { int8: values.int8, threads: Number(values.threads) });
@@ -193,7 +211,9 @@ async function main() {
   const client = clientFromEnv(values.url);
   try {
     await checkServedDeploy(client, encoder.manifest);
-    for (const q of queries) {
+    const lines = fromStdin ? createInterface({ input: process.stdin, crlfDelay: Infinity }) : queries;
+    for await (const q of lines) {
+      if (!q.trim()) continue;
       const res = await search(client, encoder, q, values.system);
       const hits = res.hits.slice(0, Number(values.size));
       if (values.json) {

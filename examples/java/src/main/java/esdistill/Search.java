@@ -47,7 +47,9 @@ import javax.net.ssl.TrustManagerFactory;
  * </pre>
  *
  * The encoder refuses to run against an alias that serves another deploy: the manifest's deploy_key must equal the
- * _meta.esdistill.key of the index behind the alias (vectors of another model give wrong, plausible hits).
+ * _meta.esdistill.key of the index behind the alias (vectors of another model give wrong, plausible hits), checked at
+ * start — and every kNN hit's index must be the manifest's, so an alias moved while the process runs (a deploy, a
+ * rollback) stops it too (exit 3). A partial answer (failed shards, also of one _msearch item) is an error.
  */
 public final class Search {
   private static final ObjectMapper JSON = new ObjectMapper();
@@ -174,8 +176,28 @@ public final class Search {
   }
 
   static void check(SearchResponse<Void> r, String what) {
-    if (r.shards().failed().intValue() > 0) {
-      throw new IllegalStateException(what + ": " + r.shards().failed() + " shard(s) failed");
+    checkShards(r.shards(), what);
+  }
+
+  /** A search where some shards failed answers with the others' hits: a partial answer is an error, not fewer hits. */
+  static void checkShards(co.elastic.clients.elasticsearch._types.ShardStatistics shards, String what) {
+    if (shards.failed().intValue() > 0) {
+      throw new IllegalStateException(what + ": " + shards.failed() + " of " + shards.total() + " shard(s) failed");
+    }
+  }
+
+  /**
+   * Every kNN hit must come from the encoder's own deploy: the alias may move (a deploy, a rollback) while this
+   * process runs, long after checkServedDeploy; a hit from another index was found with the wrong model's vector.
+   */
+  static void checkHitsIndex(List<Hit<Void>> hits, JsonNode m) throws MismatchException {
+    String index = m.get("index").asText();
+    for (Hit<Void> h : hits) {
+      if (!index.equals(h.index())) {
+        throw new MismatchException("alias " + m.get("alias").asText() + " now serves " + h.index()
+            + ", not this encoder's deploy " + m.get("deploy_key").asText() + " (" + index
+            + "): export the encoder of the served deploy (esdistill export --onnx) and restart");
+      }
     }
   }
 
@@ -198,6 +220,7 @@ public final class Search {
           .knn(kn -> kn.field(field).queryVector(qv).k(k).numCandidates(numCandidates))
           .size(k).source(src -> src.fetch(false)), Void.class);
       check(r, "kNN search on " + alias);
+      checkHitsIndex(r.hits().hits(), m);
       for (Hit<Void> h : r.hits().hits()) {
         ids.add(h.id());
         scores.add(h.score());
@@ -214,9 +237,15 @@ public final class Search {
               .body(b -> b.knn(kn -> kn.field(field).queryVector(qv).k(k).numCandidates(numCandidates))
                   .size(k).source(src -> src.fetch(false)))), Void.class);
       List<List<String>> rankings = new ArrayList<>();
-      for (MultiSearchResponseItem<Void> item : r.responses()) {
+      String[] what = {"hybrid search: BM25 on " + hybrid.get("bm25_index").asText(), "hybrid search: kNN on " + alias};
+      for (int i = 0; i < r.responses().size(); i++) {
+        MultiSearchResponseItem<Void> item = r.responses().get(i);
         if (item.isFailure()) {
-          throw new IllegalStateException("hybrid search: " + item.failure().error().reason());
+          throw new IllegalStateException(what[i] + ": " + item.failure().error().reason());
+        }
+        checkShards(item.result().shards(), what[i]);
+        if (i == 1) {
+          checkHitsIndex(item.result().hits().hits(), m);
         }
         rankings.add(item.result().hits().hits().stream().map(Hit::id).toList());
       }
@@ -280,11 +309,13 @@ public final class Search {
     }
     if (opts.containsKey("help") || !opts.containsKey("encoder")) {
       System.err.println("usage: esdistill.Search --encoder FOLDER [--url URL] [--system student|hybrid] [--size N]"
-          + " [--int8] [--json] [--queries-file FILE] [--bench-encode N] [--threads N] QUERY...\n"
+          + " [--int8] [--json] [--queries-file FILE|-] [--bench-encode N] [--threads N] QUERY...\n"
           + "env: ESDISTILL_ES_URL, ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/PASSWORD, ESDISTILL_ES_CA_CERTS");
       System.exit(opts.containsKey("help") ? 0 : 2);
     }
-    if (opts.containsKey("queries-file")) {
+    // "--queries-file -": one query per line from stdin, each answered as it arrives (a long-running process)
+    boolean fromStdin = "-".equals(opts.get("queries-file"));
+    if (opts.containsKey("queries-file") && !fromStdin) {
       Files.readAllLines(Path.of(opts.get("queries-file"))).stream().filter(q -> !q.isBlank()).forEach(queries::add);
     }
     boolean int8 = opts.containsKey("int8");
@@ -317,7 +348,11 @@ public final class Search {
         checkServedDeploy(client, encoder.manifest);
         String system = opts.get("system");
         int size = Integer.parseInt(opts.get("size"));
-        for (String q : queries) {
+        Iterable<String> lines = fromStdin
+            ? new java.io.BufferedReader(new java.io.InputStreamReader(System.in,
+                java.nio.charset.StandardCharsets.UTF_8)).lines().filter(q -> !q.isBlank())::iterator
+            : queries;
+        for (String q : lines) {
           Hits res = search(client, encoder, q, system);
           int shown = Math.min(size, res.ids().size());
           if (opts.containsKey("json")) {
@@ -332,6 +367,7 @@ public final class Search {
             }
             line.put("encode_ms", res.encodeMs()).put("wall_ms", res.wallMs()).put("took_ms", res.took());
             System.out.println(line);
+            System.out.flush();
           } else {
             System.out.printf("%s: \"%s\" — %.1f ms wall (%.1f ms encoding), %d ms in Elasticsearch%n", system, q,
                 res.wallMs(), res.encodeMs(), res.took());
