@@ -90,3 +90,30 @@ def test_ci_runs_the_test_command_the_readme_shows():
     shown = {line.split("#")[0].strip() for block in blocks for line in block.splitlines()}
     assert set(commands) <= shown
     assert (ROOT / "scripts" / "test.sh").exists()
+
+
+def _settings_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_configuration_page_lists_every_setting_as_config_py_defines_it():
+    """docs/configuration.md's "Every setting" is what scripts/settings_table.py makes from esdistill/config.py now:
+    every key of a config file (nested tables too), its default under each profile, its values and a description;
+    a setting added, removed, renamed or given another default there fails here until the table is remade."""
+    from esdistill.config import ClusterSettings, LocalClusterSettings, RunConfig
+
+    table = _settings_table()
+    doc = table.DOC.read_text()
+    assert table.render(doc) == doc, "run: python scripts/settings_table.py"
+    keys = [k for k, _ in table._leaves(RunConfig)]
+    assert len(keys) >= 120 and "teacher.fit.corpus.pairs" in keys and "engine.ship_models" in keys
+    block = doc.split(table.BEGIN)[1].split(table.END)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    # and the ESDISTILL_ES_* / ESDISTILL_LOCAL_* variables
+    assert len(rows) == len(keys) + len(ClusterSettings.model_fields) + len(LocalClusterSettings.model_fields)
+    assert all(line.rstrip("| ").rsplit("|", 1)[1].strip() for line in rows), "a row without a description"
