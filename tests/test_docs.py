@@ -92,24 +92,24 @@ def test_ci_runs_the_test_command_the_readme_shows():
     assert (ROOT / "scripts" / "test.sh").exists()
 
 
-def _settings_table():
+def _doc_tables():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
+    spec = importlib.util.spec_from_file_location("doc_tables", ROOT / "scripts" / "doc_tables.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_configuration_page_lists_every_setting_as_config_py_defines_it():
-    """docs/configuration.md's "Every setting" is what scripts/settings_table.py makes from esdistill/config.py now:
+    """docs/configuration.md's "Every setting" is what scripts/doc_tables.py makes from esdistill/config.py now:
     every key of a config file (nested tables too), its default under each profile, its values and a description;
     a setting added, removed, renamed or given another default there fails here until the table is remade."""
     from esdistill.config import ClusterSettings, LocalClusterSettings, RunConfig
 
-    table = _settings_table()
+    table = _doc_tables()
     doc = table.DOC.read_text()
-    assert table.render(doc) == doc, "run: python scripts/settings_table.py"
+    assert table.render(doc) == doc, "run: python scripts/doc_tables.py"
     keys = [k for k, _ in table._leaves(RunConfig)]
     assert len(keys) >= 120 and "teacher.fit.corpus.pairs" in keys and "engine.ship_models" in keys
     block = doc.split(table.BEGIN)[1].split(table.END)[0]
@@ -117,3 +117,22 @@ def test_configuration_page_lists_every_setting_as_config_py_defines_it():
     # and the ESDISTILL_ES_* / ESDISTILL_LOCAL_* variables
     assert len(rows) == len(keys) + len(ClusterSettings.model_fields) + len(LocalClusterSettings.model_fields)
     assert all(line.rstrip("| ").rsplit("|", 1)[1].strip() for line in rows), "a row without a description"
+
+
+def test_commands_page_lists_every_command_and_option_as_the_cli_defines_them():
+    """docs/commands.md's "Every command" is what scripts/doc_tables.py makes from esdistill/cli.py now: a heading
+    per command (sub-commands too) and each of its options with its default."""
+    from typer.main import get_command
+
+    from esdistill.cli import app
+
+    tables = _doc_tables()
+    doc = tables.COMMANDS_DOC.read_text()
+    assert tables.render_commands(doc) == doc, "run: python scripts/doc_tables.py"
+    block = doc.split(tables.COMMANDS_BEGIN)[1].split(tables.COMMANDS_END)[0]
+    cli = get_command(app)
+    names = [" ".join(["esdistill", n, *([s] if s else [])]) for n, c in cli.commands.items()
+             for s in ([None, *getattr(c, "commands", {})])]
+    assert len(names) >= 20 and "esdistill bundle pack" in names and "esdistill teacher fit" in names
+    assert all(f"### `{n}`" in block for n in names)
+    assert all(f"`{o}`" in block for o in ("--show-request", "--vector-builder", "--index-types", "--carry-model"))

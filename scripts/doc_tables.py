@@ -1,14 +1,18 @@
-"""The reference tables of docs/configuration.md ("Every setting"), made from esdistill/config.py.
+"""The generated reference tables of docs/: every setting (docs/configuration.md) and every command
+(docs/commands.md), made from esdistill/config.py and esdistill/cli.py.
 
-    python scripts/settings_table.py           # rewrite the tables in docs/configuration.md
-    python scripts/settings_table.py --check   # exit 1 when they differ from config.py (tests/test_docs.py)
+    python scripts/doc_tables.py           # rewrite the tables in the docs pages
+    python scripts/doc_tables.py --check   # exit 1 when a page differs from the code (tests/test_docs.py)
 
-One row per setting of a config file (every field of :class:`esdistill.config.RunConfig`, nested tables
+Settings: one row per key of a config file (every field of :class:`esdistill.config.RunConfig`, nested tables
 included) with its effective default under each profile (:data:`esdistill.config.PROFILES` laid under an empty
 config, as :func:`esdistill.config.build_config` does), the values it takes and what it does; then the
 ``ESDISTILL_ES_*`` and ``ESDISTILL_LOCAL_*`` environment variables. "What it does" is the field's ``description``
 in config.py, else the line in :data:`NOTES` below — a setting with neither is an error, so a new setting cannot
 go undocumented.
+
+Commands: every command of the ``esdistill`` CLI (sub-commands included), its help text, and each option and
+argument with its default, environment variable and help, as ``esdistill <command> --help`` has them.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from pydantic import BaseModel, SecretStr
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
-BEGIN = "<!-- settings table: made by scripts/settings_table.py from esdistill/config.py; do not edit by hand -->"
+BEGIN = "<!-- settings table: made by scripts/doc_tables.py from esdistill/config.py; do not edit by hand -->"
 END = "<!-- end of settings table -->"
+COMMANDS_DOC = ROOT / "docs" / "commands.md"
+COMMANDS_BEGIN = "<!-- commands table: made by scripts/doc_tables.py from esdistill/cli.py; do not edit by hand -->"
+COMMANDS_END = "<!-- end of commands table -->"
 
 #: What a setting does, where config.py's field has no description.
 NOTES: dict[str, str] = {
@@ -140,7 +147,7 @@ def cell(text: str) -> str:
 def _note(key: str, field) -> str:
     note = field.description or NOTES.get(key)
     if not note:
-        raise SystemExit(f"scripts/settings_table.py: {key} has no description in esdistill/config.py and no line in "
+        raise SystemExit(f"scripts/doc_tables.py: {key} has no description in esdistill/config.py and no line in "
                          "NOTES: say what it does in one of them")
     return cell(note)
 
@@ -198,28 +205,84 @@ def tables() -> str:
         "[`LocalClusterSettings`]", "`LocalClusterSettings`")
 
 
-def render(doc: str) -> str:
-    """``doc`` with the text between the markers replaced by :func:`tables`."""
-    head, sep, rest = doc.partition(BEGIN)
-    _, sep2, tail = rest.partition(END)
+def commands() -> str:
+    """Every command of the CLI: a heading, its help, and a table of its arguments and options."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT))
+    from typer.main import get_command
+
+    from esdistill.cli import app
+
+    skip = {"--help", "--install-completion", "--show-completion"}
+
+    def params(cmd) -> list[str]:
+        rows = []
+        for p in cmd.params:
+            if not p.opts or p.opts[0] in skip:
+                continue
+            if p.opts[0].startswith("-"):
+                name = " / ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
+                if p.is_flag and p.secondary_opts:
+                    default = f"`{p.opts[0] if p.default else p.secondary_opts[0]}`"
+                else:
+                    default = "required" if p.required else shown(p.default)
+            else:
+                name, default = f"`{p.name.upper()}` (argument)", "required" if p.required else shown(p.default)
+            env = getattr(p, "envvar", None)
+            helptext = cell(p.help or "") + (f" (env `{env}`)" if env else "")
+            rows.append(f"| {name} | {default} | {helptext} |")
+        if not rows:
+            return []
+        return ["", "| argument / option | default | what it does |", "|---|---|---|", *rows]
+
+    def walk(cmd, path: list[str]):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    out: list[str] = []
+    for path, cmd in walk(get_command(app), []):
+        title = " ".join(["esdistill", *path])
+        out += [f"### `{title}`", "", cell(cmd.help or ""), *params(cmd), ""]
+    return "\n".join(out).rstrip("\n")
+
+
+def _replace(doc: str, begin: str, end: str, text: str, where: Path) -> str:
+    head, sep, rest = doc.partition(begin)
+    _, sep2, tail = rest.partition(end)
     if not (sep and sep2):
-        raise SystemExit(f"{DOC}: the markers of the settings table are missing")
-    return f"{head}{BEGIN}\n\n{tables()}\n\n{END}{tail}"
+        raise SystemExit(f"{where}: the markers of the generated table are missing")
+    return f"{head}{begin}\n\n{text}\n\n{end}{tail}"
+
+
+def render(doc: str) -> str:
+    """docs/configuration.md ``doc`` with the text between the markers replaced by :func:`tables`."""
+    return _replace(doc, BEGIN, END, tables(), DOC)
+
+
+def render_commands(doc: str) -> str:
+    """docs/commands.md ``doc`` with the text between the markers replaced by :func:`commands`."""
+    return _replace(doc, COMMANDS_BEGIN, COMMANDS_END, commands(), COMMANDS_DOC)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 when docs/configuration.md is out of date")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a page is out of date")
     args = ap.parse_args()
-    doc = DOC.read_text()
-    new = render(doc)
-    if args.check:
+    stale = []
+    for path, make in ((DOC, render), (COMMANDS_DOC, render_commands)):
+        doc = path.read_text()
+        new = make(doc)
         if new != doc:
-            print(f"{DOC.relative_to(ROOT)}: the settings table differs from esdistill/config.py; "
-                  "run python scripts/settings_table.py")
-            return 1
-        return 0
-    DOC.write_text(new)
+            stale.append(path)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)}: a generated table differs from the code; run python scripts/doc_tables.py")
+        return 1
     return 0
 
 
