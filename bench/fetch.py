@@ -19,8 +19,8 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, RoundsOpt, WorkdirOpt, hardware, open_project,
-    write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, RoundsOpt, WorkdirOpt, hardware,
+    open_project, write_result,
 )
 
 

@@ -19,8 +19,8 @@ from typing import Annotated
 import typer
 
 from common import (
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware_label, prepare_env,
-    write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware_label,
+    prepare_env, write_result,
 )
 
 

@@ -68,7 +68,8 @@ NOTES: dict[str, str] = {
     "teacher.fit.corpus.epochs": "passes over the pairs",
     "teacher.fit.corpus.batch_size": "rows per batch",
     "teacher.fit.corpus.max_length": "tokens of a (sentence, document) pair",
-    "teacher.fit.base_model": "the model the cross-encoder is fitted from (a name from Models, above; a folder; a hub id)",
+    "teacher.fit.base_model": "the model the cross-encoder is fitted from (a name from Models, above; a folder; a "
+                              "hub id)",
     "teacher.fit.epochs": "passes over the judged training rows, per fold",
     "teacher.fit.batch_size": "rows per batch",
     "teacher.fit.max_length": "tokens of a (query, document) pair",
@@ -281,7 +282,8 @@ def main() -> int:
                 path.write_text(new)
     if args.check and stale:
         for path in stale:
-            print(f"{path.relative_to(ROOT)}: a generated table differs from the code; run python scripts/doc_tables.py")
+            print(f"{path.relative_to(ROOT)}: a generated table differs from the code; "
+                  "run python scripts/doc_tables.py")
         return 1
     return 0
 
