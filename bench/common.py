@@ -14,10 +14,21 @@ import typer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The options more than one bench script takes, declared once: a script imports these and declares only its own.
+# Defaults stay at each script's parameter (they differ between scripts); the DEFAULT_* below are the common ones.
 ProfileOpt = Annotated[str, typer.Option(help="quick | full")]
 ConfigOpt = Annotated[Path, typer.Option(help="the dataset's config")]
+#: a cache folder of the bench's own (default ``DEFAULT_WORKDIR``)
 WorkdirOpt = Annotated[Path, typer.Option(help="the bench run's cache folder")]
+#: ``None``: the config's own ``workdir`` (the cache the config's deploy lives in)
+ConfigWorkdirOpt = Annotated[Path | None, typer.Option(help="cache folder (default: the config's)")]
 OutOpt = Annotated[Path, typer.Option(help="folder for the result files")]
+DepthOpt = Annotated[int, typer.Option(help="BM25 candidates reranked per query")]
+MaxLengthOpt = Annotated[int, typer.Option(help="tokens per pair / document")]
+BatchSizeOpt = Annotated[int, typer.Option(help="pairs / texts per model batch")]
+RoundsOpt = Annotated[int, typer.Option(help="passes over the test queries")]
+PairsOpt = Annotated[int, typer.Option("--pairs", help="query-document pairs scored by the teacher")]
+DocsOpt = Annotated[int, typer.Option("--docs", help="documents embedded")]
 DEFAULT_CONFIG = ROOT / "examples" / "scifact.toml"
 DEFAULT_WORKDIR = ROOT / ".esdistill-bench"
 DEFAULT_OUT = ROOT / "bench" / "results"

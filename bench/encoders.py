@@ -23,7 +23,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ROOT, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ROOT, ConfigOpt, OutOpt, ProfileOpt, RoundsOpt, WorkdirOpt, hardware,
     open_project, write_result,
 )
 
@@ -53,7 +53,7 @@ def main(
     config: ConfigOpt = DEFAULT_CONFIG,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     out: OutOpt = DEFAULT_OUT,
-    rounds: Annotated[int, typer.Option(help="passes over the test queries per encoder")] = 3,
+    rounds: RoundsOpt = 3,
     threads: Annotated[int, typer.Option(help="intra-op threads of every encoder")] = 1,
 ):
     project = open_project(config, profile, workdir)

@@ -19,12 +19,12 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware, open_project,
-    write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, RoundsOpt, WorkdirOpt, hardware,
+    open_project, write_result,
 )
 
 
-def main(k: int = 100, depths: Annotated[str, typer.Option()] = "30,100", rounds: int = 3,
+def main(k: int = 100, depths: Annotated[str, typer.Option()] = "30,100", rounds: RoundsOpt = 3,
          profile: ProfileOpt = "quick", config: ConfigOpt = DEFAULT_CONFIG, workdir: WorkdirOpt = DEFAULT_WORKDIR,
          out: OutOpt = DEFAULT_OUT):
     project = open_project(config, profile, workdir)

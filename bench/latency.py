@@ -18,16 +18,16 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware, open_project,
-    write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, BatchSizeOpt, ConfigOpt, DepthOpt, MaxLengthOpt, OutOpt, ProfileOpt,
+    WorkdirOpt, hardware, open_project, write_result,
 )
 
 
 def main(
     queries_n: Annotated[int, typer.Option("--queries")] = 40,
-    depth: Annotated[int, typer.Option()] = 100,
-    max_length: Annotated[int, typer.Option()] = 256,
-    batch_size: Annotated[int, typer.Option()] = 32,
+    depth: DepthOpt = 100,
+    max_length: MaxLengthOpt = 256,
+    batch_size: BatchSizeOpt = 32,
     profile: ProfileOpt = "quick",
     config: ConfigOpt = DEFAULT_CONFIG,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,

@@ -28,11 +28,12 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware_label, open_project, write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, open_project,
+    write_result,
 )
 
 
-def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", workdir: WorkdirOpt | None = None,
+def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", workdir: ConfigWorkdirOpt = None,
          workers: Annotated[int, typer.Option(help="concurrent client threads")] = 8,
          seconds: Annotated[float, typer.Option(help="load per system")] = 30.0,
          encoders: Annotated[str, typer.Option(help="student query encoders to compare, batched")]

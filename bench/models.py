@@ -22,7 +22,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from common import DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, hardware_label, open_project, write_result
+from common import (
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, BatchSizeOpt, ConfigOpt, DepthOpt, MaxLengthOpt, OutOpt, WorkdirOpt,
+    hardware_label, open_project, write_result,
+)
 
 WEIGHTS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -62,13 +65,13 @@ def _cosines(name: str, queries: dict[str, str], hits: dict[str, list[tuple[str,
 
 
 def main(
-    config: Annotated[Path, typer.Option(help="the dataset's config")] = DEFAULT_CONFIG,
-    workdir: Annotated[Path, typer.Option(help="cache folder")] = DEFAULT_WORKDIR,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
     model: Annotated[list[str], typer.Option(help="a bi-encoder (repeat)")] = ["minilm", "bge-small"],  # noqa: B006
-    depth: Annotated[int, typer.Option(help="BM25 candidates reranked per query")] = 30,
-    max_length: Annotated[int, typer.Option(help="tokens the models read")] = 256,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    out: Annotated[Path, typer.Option(help="folder for the result file")] = DEFAULT_OUT,
+    depth: DepthOpt = 30,
+    max_length: MaxLengthOpt = 256,
+    batch_size: BatchSizeOpt = 32,
+    out: OutOpt = DEFAULT_OUT,
 ):
     project = open_project(config, "quick", workdir)
     if project.cfg.cluster.url is None:  # the local test build: started when it is not running

@@ -19,7 +19,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from common import DEFAULT_CONFIG, DEFAULT_OUT, hardware_label, open_project, write_result
+from common import (
+    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, open_project,
+    write_result,
+)
 
 METRICS = ("ndcg@10", "overlap@10", "kendall_tau")
 
@@ -32,13 +35,13 @@ def _interval(values: list[float], seed: int = 0) -> tuple[float, float]:
 
 
 def main(
-    config: Annotated[Path, typer.Option(help="the dataset's config")] = DEFAULT_CONFIG,
-    profile: Annotated[str, typer.Option(help="quick | full")] = "quick",
-    workdir: Annotated[Path | None, typer.Option(help="cache folder (default: the config's)")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    profile: ProfileOpt = "quick",
+    workdir: ConfigWorkdirOpt = None,
     other: Annotated[Path | None, typer.Option(help="another dataset's queries (BEIR queries.jsonl or one per "
                                                     "line): the drifted set")] = None,
     sample: Annotated[int, typer.Option(help="queries per set")] = 100,
-    out: Annotated[Path, typer.Option(help="folder for the result file")] = DEFAULT_OUT,
+    out: OutOpt = DEFAULT_OUT,
 ):
     from esdistill.data import load_queries, subset
     from esdistill.monitor import run_monitor

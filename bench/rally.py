@@ -27,7 +27,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, ROOT, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware_label, open_project,
+    DEFAULT_CONFIG, DEFAULT_OUT, ROOT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, open_project,
     write_result,
 )
 
@@ -45,7 +45,7 @@ def _esrally(path: str | None) -> str:
                      "(or --esrally PATH)")
 
 
-def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", workdir: WorkdirOpt | None = None,
+def main(config: ConfigOpt = DEFAULT_CONFIG, profile: ProfileOpt = "quick", workdir: ConfigWorkdirOpt = None,
          clients: Annotated[int, typer.Option(help="Rally clients per task")] = 8,
          seconds: Annotated[int, typer.Option(help="measured time per task (after a 10 s warm-up)")] = 30,
          esrally: Annotated[str | None, typer.Option(help="the esrally executable (default: .rally/bin, PATH)")]

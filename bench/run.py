@@ -25,7 +25,9 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OUT, ROOT, hardware, prepare_env  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware, prepare_env,
+)
 SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
           "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
@@ -105,12 +107,12 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
 
 def main(
-    profile: Annotated[str, typer.Option(help="quick | full")] = "quick",
-    config: Annotated[Path, typer.Option(help="the dataset's config")] = ROOT / "examples" / "scifact.toml",
+    profile: ProfileOpt = "quick",
+    config: ConfigOpt = DEFAULT_CONFIG,
     hardware_name: Annotated[str | None, typer.Option("--hardware", help="label in the file name (default: "
                                                       "the GPU's model, else <cores>cpu)")] = None,
-    out: Annotated[Path, typer.Option(help="folder for the result files")] = DEFAULT_OUT,
-    workdir: Annotated[Path | None, typer.Option(help="cache folder (default: the config's)")] = None,
+    out: OutOpt = DEFAULT_OUT,
+    workdir: ConfigWorkdirOpt = None,
     start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True,
 ):
     prepare_env()

@@ -18,20 +18,23 @@ from typing import Annotated
 
 import typer
 
-from common import DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, hardware_label, prepare_env, write_result
+from common import (
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, OutOpt, ProfileOpt, WorkdirOpt, hardware_label,
+    prepare_env, write_result,
+)
 
 
 def main(
-    config: Annotated[Path, typer.Option(help="the dataset's config")] = DEFAULT_CONFIG,
-    profile: Annotated[str, typer.Option(help="quick | full")] = "quick",
-    workdir: Annotated[Path, typer.Option(help="cache folder")] = DEFAULT_WORKDIR,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    profile: ProfileOpt = "quick",
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
     teacher: Annotated[list[str], typer.Option(
         help="a fitted teacher's source: judgments, corpus, corpus+judgments (repeat; none by default: a fit "
              "takes long)")] = [],  # noqa: B006
     ensemble: Annotated[list[str], typer.Option(help="an ensemble's members, comma-separated (repeat)")] = [],  # noqa: B006
     request: Annotated[Path | None, typer.Option(help="a search request body (JSON, \"{{query}}\"): a teacher alone, "
                                                 "and the member `request` of the ensembles")] = None,
-    out: Annotated[Path, typer.Option(help="folder for the result file")] = DEFAULT_OUT,
+    out: OutOpt = DEFAULT_OUT,
 ):
     prepare_env()
     from esdistill import load_config

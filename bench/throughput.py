@@ -24,7 +24,9 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OUT, DEFAULT_WORKDIR, ROOT, OutOpt, hardware, prepare_env, write_result  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_OUT, DEFAULT_WORKDIR, ROOT, DocsOpt, MaxLengthOpt, OutOpt, PairsOpt, hardware, prepare_env, write_result,
+)
 
 
 def _timed(fn) -> float:
@@ -34,9 +36,9 @@ def _timed(fn) -> float:
 
 
 def main(
-    pairs_n: Annotated[int, typer.Option("--pairs", help="query-document pairs for the teacher")] = 1024,
-    docs_n: Annotated[int, typer.Option("--docs", help="documents for embedding")] = 1024,
-    max_length: Annotated[int, typer.Option(help="tokens per pair / document")] = 128,
+    pairs_n: PairsOpt = 1024,
+    docs_n: DocsOpt = 1024,
+    max_length: MaxLengthOpt = 128,
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (GPU)")] = "fp32",
     batch_sizes: Annotated[str, typer.Option(help="batch sizes tried for the peak")] = "16,32,64,128",
     out: OutOpt = DEFAULT_OUT,

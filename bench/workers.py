@@ -23,13 +23,15 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OUT, ROOT, OutOpt, hardware, prepare_env, write_result  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_OUT, ROOT, DocsOpt, MaxLengthOpt, OutOpt, PairsOpt, hardware, prepare_env, write_result,
+)
 
 
-def main(pairs_n: Annotated[int, typer.Option("--pairs", help="query-document pairs scored")] = 1536,
-         docs_n: Annotated[int, typer.Option("--docs", help="documents embedded")] = 1536,
+def main(pairs_n: PairsOpt = 1536,
+         docs_n: DocsOpt = 1536,
          chunk: Annotated[int, typer.Option(help="pairs / documents per job (the cache's part size)")] = 128,
-         max_length: Annotated[int, typer.Option(help="tokens per pair / document")] = 128,
+         max_length: MaxLengthOpt = 128,
          out: OutOpt = DEFAULT_OUT) -> None:
     prepare_env()
     from esdistill.data import load_corpus, load_qrels, load_queries, resolve_beir
