@@ -98,6 +98,10 @@ def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: 
     return statistics.median(times) / batch_size
 
 
+#: the most of a training budget the dev evaluations may take before those between passes are left out
+EVAL_SHARE = 0.25
+
+
 @dataclass
 class TrainingPlan:
     """What :func:`plan_training` decided: the rows kept, and the record of why (``record``)."""
@@ -128,6 +132,7 @@ def plan_training(
     distill: bool = True,
     saved: Path | None = None,
     eval_texts: int = 0,
+    pass_eval_texts: int = 0,
 ) -> TrainingPlan:
     """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
 
@@ -138,8 +143,11 @@ def plan_training(
     a stable sample of the next one fills the rest (lists and MNRL rows alike; at least one batch of lists is
     kept); the log says what was sampled down and how to lift it. Without a budget only the estimate is made.
     ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
-    ``eval_texts``: the texts the dev evaluations encode (before, after and between passes), priced at a third of a
-    training text (a forward pass alone): a fixed cost, in the estimate and taken off the budget first.
+    ``eval_texts``: the texts the dev evaluations before and after training encode, priced at a third of a training
+    text (a forward pass alone): a fixed cost, in the estimate and taken off the budget first. ``pass_eval_texts``:
+    those of the evaluations between passes, kept only while all evaluations together stay within
+    :data:`EVAL_SHARE` of the budget — else they are dropped (``record["evaluate_between_passes"]`` false, and the
+    log says so), so measuring never eats the training it measures.
     ``record`` (kept in the train record as ``budget``) holds the measurement, the estimate, the budget and the
     rows and steps kept. With ``saved`` (a file in the stage's folder), the plan is written there, and a plan found
     there (a run that was killed and resumes from its checkpoint) is kept as it was: the rows must be those the
@@ -162,10 +170,11 @@ def plan_training(
     per_text = measure(model, doc_sample or list(queries.values())[:bs], bs)
     cost = [len(ex) * width * per_text + len(jd) * 3 * per_text for ex, jd in zip(examples_by_pass, judged_by_pass,
                                                                                 strict=True)]
-    fixed = eval_texts * per_text / 3
-    whole = fixed + sum(cost)
     budget = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
     allowed = budget * 60 if budget else math.inf
+    between = (eval_texts + pass_eval_texts) * per_text / 3 <= EVAL_SHARE * allowed
+    fixed = (eval_texts + (pass_eval_texts if between else 0)) * per_text / 3
+    whole = fixed + sum(cost)
     examples, judged, spent, kept_passes = [], [], fixed, 0.0
     for p, (ex, jd) in enumerate(zip(examples_by_pass, judged_by_pass, strict=True)):
         if spent + cost[p] <= allowed:
@@ -196,6 +205,7 @@ def plan_training(
     sampled = spent < whole
     record = {
         "minutes": budget, "profile": profile, "seconds_per_text": per_text, "evaluation_seconds": fixed,
+        "evaluate_between_passes": between,
         "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
         "passes": len(examples_by_pass), "passes_kept": round(kept_passes, 3),
         "lists": [sum(len(x) for x in examples), sum(len(x) for x in examples_by_pass)],
@@ -208,6 +218,9 @@ def plan_training(
     if saved is not None:
         saved.write_text(json.dumps(record, indent=2))
     where = f"{per_text * 1000:.0f} ms a text, measured on the first batches of training texts"
+    if pass_eval_texts and not between:
+        log(f"train: the dev evaluations between passes would take more than {EVAL_SHARE:.0%} of the "
+            f"{fmt_seconds(allowed)} budget: left out (the dev slice is measured before and after training)")
     if sampled:
         lift = ("--profile full (no training budget), or " if profile == "quick" else "") \
             + "train.budget_minutes = N (minutes; 'none': no budget)"

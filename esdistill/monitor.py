@@ -11,6 +11,12 @@ and their agreement is measured per query and overall:
 * **Kendall's tau** between the two rankings over the union of both top 10s (a document missing from one list is
   ranked after its last hit there).
 
+Beside these (which compare the student's kNN over the whole corpus with the pipeline's top 10), the student
+**reranking the pipeline's own candidates** — the head the pipeline reranked, searched by kNN restricted to those
+ids — is scored against the pipeline's order (:func:`esdistill.agreement.agreement`: NDCG@10, overlap@10, RBO with
+bootstrap 95% intervals), and so is the zero-shot base model when its index is in the cluster (``evaluate`` builds
+it): the student must agree with its teacher more than the model it started from.
+
 A distilled student agrees well on the queries it was trained for; when the pipeline changes or the queries drift
 the agreement falls. The run goes into the results index (``doc_type`` ``monitor`` and ``monitor_query``), so
 the Kibana dashboard shows agreement over time, and the command exits with code 4 below ``monitor.min_ndcg``.
@@ -101,21 +107,40 @@ def run_monitor(project, queries: dict[str, str], progress=None) -> dict[str, An
     systems = project.systems(served=True)
     teacher, student = systems["pipeline"](), systems["student"]()
     task = progress.add_task("monitor (pipeline and student)", total=len(queries)) if progress else None
-    rows, empty = [], []
+    rows, empty, pipeline_run = [], [], {}
     for qid in sorted(queries):
-        t = [d for d, _ in teacher.search(queries[qid]).hits[:K]]
+        hits = teacher.search(queries[qid]).hits
+        t = [d for d, _ in hits[:K]]
         s = [d for d, _ in student.search(queries[qid]).hits[:K]]
         if progress:
             progress.advance(task)
         if not t:
             empty.append(qid)
             continue
+        pipeline_run[qid] = dict(hits)
         rows.append({"query_id": qid, "query_text": queries[qid], **agreement(t, s)})
     if not rows:
         raise InputError("monitor: the pipeline returned no hit for any sampled query", hint="check the queries")
     mean = {m: sum(r[m] for r in rows) / len(rows) for m in ("ndcg@10", "overlap@10", "kendall_tau")}
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "queries": len(rows),
-            "without_pipeline_hits": len(empty), "mean": mean, "per_query": rows}
+            "without_pipeline_hits": len(empty), "mean": mean, "per_query": rows,
+            "rerank_agreement": rerank_agreement(project, systems, pipeline_run, queries)}
+
+
+def rerank_agreement(project, systems: dict, pipeline_run: dict[str, dict[str, float]],
+                     queries: dict[str, str]) -> dict[str, Any]:
+    """The served student, and the zero-shot base when its index exists in the cluster (built by ``evaluate``
+    for this corpus), each reranking the pipeline's own candidates, scored against the pipeline's order
+    (:meth:`esdistill.pipeline.Project.agreement_with_pipeline`). The base is left out, with the reason recorded,
+    when its index is missing: monitor never embeds the corpus."""
+    out: dict[str, Any] = {"student": project.agreement_with_pipeline(systems["student"](), pipeline_run, queries)}
+    base_index = project.dense_index("zero_shot")
+    if project.client.indices.exists(index=base_index):
+        out["zero_shot"] = project.agreement_with_pipeline(project.systems()["zero_shot"](), pipeline_run, queries)
+    else:
+        out["zero_shot_missing"] = (f"the zero-shot base's index {base_index} is not in the cluster "
+                                    "(esdistill evaluate with the zero_shot system builds it)")
+    return out
 
 
 def result_docs(report: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,7 +150,10 @@ def result_docs(report: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, 
     def fields(r):
         return {"agreement_ndcg_at_10": r["ndcg@10"], "overlap_at_10": r["overlap@10"], "kendall_tau": r["kendall_tau"]}
 
-    docs = [{**common, "doc_type": "monitor", "queries": report["queries"], **fields(report["mean"])}]
+    rerank = {f"rerank_{m.replace('@', '_at_')}{'' if n == 'student' else '_' + n}": a[m]
+              for n, a in (report.get("rerank_agreement") or {}).items() if isinstance(a, dict)
+              for m in ("ndcg@10", "overlap@10", "rbo")}
+    docs = [{**common, "doc_type": "monitor", "queries": report["queries"], **fields(report["mean"]), **rerank}]
     docs += [{**common, "doc_type": "monitor_query", "query_id": r["query_id"], "query_text": r["query_text"],
               **fields(r)} for r in report["per_query"]]
     return docs
@@ -140,10 +168,22 @@ def markdown(report: dict[str, Any], worst: int = 5) -> str:
              "| agreement (student vs pipeline) | mean |", "|---|---|",
              f"| NDCG@10 against the pipeline's top 10 | {m['ndcg@10']:.3f} |",
              f"| overlap@10 | {m['overlap@10']:.3f} |", f"| Kendall's tau | {m['kendall_tau']:.3f} |", "",
+             *_rerank_lines(report.get("rerank_agreement") or {}),
              f"Least agreement ({worst}):", ""]
     for r in sorted(report["per_query"], key=lambda r: r["ndcg@10"])[:worst]:
         lines.append(f"- {r['ndcg@10']:.3f} — {r['query_text'][:100]}")
     return "\n".join(lines) + "\n"
+
+
+def _rerank_lines(rerank: dict[str, Any]) -> list[str]:
+    from .evaluate import agreement_table
+
+    if not rerank:
+        return []
+    table = agreement_table({n: a for n, a in rerank.items() if isinstance(a, dict)}).strip("\n")
+    return [table.replace("each test query's", "each sampled query's"), "",
+            *([f"Zero-shot base not measured: {rerank['zero_shot_missing']}.", ""]
+              if "zero_shot_missing" in rerank else [])]
 
 
 def write_report(report: dict[str, Any], folder: Path, stamp: str) -> tuple[Path, Path]:

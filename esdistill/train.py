@@ -517,7 +517,8 @@ def train_student(
     if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
         plan = plan_training(model, cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
                              log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
-                             eval_texts=2 * len(dev_scores) * (2 + (passes if cfg.epochs > 1 else 0)))
+                             eval_texts=2 * len(dev_scores) * 2,
+                             pass_eval_texts=2 * len(dev_scores) * (passes if cfg.epochs > 1 else 0))
         examples_by_pass, judged_by_pass = plan.examples, plan.judged
         judged = judged_by_pass[0]
     data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])
@@ -544,6 +545,7 @@ def train_student(
     agree_eval = (agreement_evaluator(dev_scores, queries, texts) if len(dev_q) and not judgments_only else None)
     evaluators = [e for e in (ir_eval, agree_eval) if e is not None]
     evaluator = SequentialEvaluator(evaluators) if evaluators else None
+    between = cfg.epochs > 1 and (plan is None or plan.record.get("evaluate_between_passes", True))
     before = ir_eval(model) if ir_eval and main else {}
     agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
 
@@ -554,9 +556,9 @@ def train_student(
     epochs = cfg.epochs / passes  # the passes are in the data: one trainer epoch holds them all
     args = training_args(cfg.model_copy(update={"epochs": epochs}), ckpt, mnrl=bool(judged),
                          batches_per_epoch=batches,
-                         eval_steps=per_pass if evaluator is not None and cfg.epochs > 1 else None)
+                         eval_steps=per_pass if evaluator is not None and between else None)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
-                                         evaluator=evaluator if cfg.epochs > 1 else None)
+                                         evaluator=evaluator if between else None)
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train",
                     estimate=plan.record["estimate_seconds"] if plan else None)
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []

@@ -123,6 +123,17 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     assert [len(x) for x in evaluated.examples] == [100, 100, 57] and [len(x) for x in evaluated.judged] == [50, 50, 28]
     assert evaluated.record["evaluation_seconds"] == pytest.approx(3.0)
     assert evaluated.record["estimate_seconds_whole"] == pytest.approx(34.5)
+    # evaluations between passes are kept while all evaluations stay within a quarter of the budget (7.5 s here)...
+    kept = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
+                         eval_texts=900, pass_eval_texts=600)
+    assert kept.record["evaluate_between_passes"] and kept.record["evaluation_seconds"] == pytest.approx(5.0)
+    # ... and left out beyond it: the rows get back what they would have cost, and the log says so
+    lines.clear()
+    dropped = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
+                            eval_texts=900, pass_eval_texts=2000)
+    assert not dropped.record["evaluate_between_passes"] and dropped.record["evaluation_seconds"] == pytest.approx(3.0)
+    assert dropped.examples == evaluated.examples and dropped.judged == evaluated.judged
+    assert any("between passes" in line and "left out" in line for line in lines)
     # without a budget: only the estimate
     free = plan_training(None, TrainConfig(batch_size=16), ex, jd, {}, texts, None, lines.append,
                          measure=lambda m, t, bs: 0.01)

@@ -45,6 +45,24 @@ def test_monitor_on_a_log_file_writes_results_and_exits_4_below_the_threshold(ti
     assert summary["agreement_ndcg_at_10"] == pytest.approx(mean["ndcg@10"]) and summary["queries"] == report["queries"]
     assert "NDCG@10" in open(report["markdown"]).read()
 
+    # the student reranking the pipeline's own candidates, against the pipeline's order (issue 20 item 7); the
+    # zero-shot base beside it when its index is in the cluster, else the report says why it is missing
+    rerank = report["rerank_agreement"]
+    assert rerank["student"]["queries"] == report["queries"]
+    for m in ("ndcg@10", "overlap@10", "rbo"):
+        assert 0.0 <= rerank["student"][m] <= 1.0
+        lo, hi = rerank["student"][f"{m}_ci95"]
+        assert lo <= rerank["student"][m] <= hi
+    assert summary["rerank_ndcg_at_10"] == pytest.approx(rerank["student"]["ndcg@10"])
+    md = open(report["markdown"]).read()
+    assert "Agreement with the pipeline on its own candidates" in md
+    if es.indices.exists(index=project.dense_index("zero_shot")):
+        assert rerank["zero_shot"]["queries"] == report["queries"]
+        assert summary["rerank_ndcg_at_10_zero_shot"] == pytest.approx(rerank["zero_shot"]["ndcg@10"])
+    else:
+        assert "zero_shot" not in rerank and "is not in the cluster" in rerank["zero_shot_missing"]
+        assert "Zero-shot base not measured" in md
+
     # the CLI exits 4 below the threshold (for a scheduler), 0 at or above it
     assert mean["ndcg@10"] < 1.0, "the tiny student should not agree perfectly (else the exit-4 case is untested)"
     values = project.cfg.model_dump(mode="json", exclude={"cluster"}) | {"cluster": {"url": project.cfg.cluster.url}}
