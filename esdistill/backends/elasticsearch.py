@@ -236,7 +236,7 @@ class ElasticsearchBackend(SearchBackend):
                       f"{2 * IDENTITY_SAMPLE} documents, so deleting it and loading it again under the same name, "
                       "with the same count and those documents unchanged, cannot be detected — every stage would "
                       "reuse its output. Grant `monitor` on the index, or clear the work dir's caches after "
-                      "re-creating it", EsdistillWarning, stacklevel=5)
+                      "re-creating it", EsdistillWarning, stacklevel=4)
         return out
 
     def _uuids_from_point_in_time(self, index: str, names: list[str]) -> tuple[dict[str, str] | None, str | None]:
