@@ -31,6 +31,8 @@ from ..resources import resource_dir
 MAPPINGS_DIR = resource_dir("mappings")
 #: the dense index's vector field
 VECTOR_FIELD = "embedding"
+#: :meth:`SearchBackend.describe`'s reason for a stored script or template that the cluster does not hold
+NOT_STORED = "not stored in the cluster"
 
 
 def load_mapping(name: str) -> dict[str, Any]:
@@ -266,7 +268,7 @@ class SearchBackend(ABC):
     def describe(self, kind: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
         """``(description, None)`` of what the cluster keeps under ``rid`` — ``kind`` ``script`` (a stored script or
         template), ``model`` (a trained model, or failing that an inference endpoint), ``inference`` — or
-        ``(None, why)`` (:data:`esdistill.request_teacher.NOT_STORED` for a script that is not there)."""
+        ``(None, why)`` (:data:`NOT_STORED` for a script that is not there)."""
 
     @abstractmethod
     def put_ingest_pipeline(self, pipeline_id: str, body: dict[str, Any]) -> None:

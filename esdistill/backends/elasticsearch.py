@@ -15,14 +15,12 @@ from elasticsearch import Elasticsearch, helpers
 from elasticsearch import exceptions as es_exc
 
 from ..errors import ClusterError
-from .base import VECTOR_FIELD, ConnectionLost, EngineError, SearchBackend, load_mapping, reason
+from .base import NOT_STORED, VECTOR_FIELD, ConnectionLost, EngineError, SearchBackend, load_mapping, reason
 
 #: how many documents (the latest writes, the earliest) a search-only identity samples when no UUID can be read
 IDENTITY_SAMPLE = 100
 #: the ingest pipeline's working field: what the model embeds
 INPUT_FIELD = "_esdistill_input"
-#: :meth:`ElasticsearchBackend.describe` of a stored script that is not there
-NOT_STORED = "not stored in the cluster"
 
 
 @contextmanager
