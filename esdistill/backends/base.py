@@ -138,8 +138,8 @@ class SearchBackend(ABC):
         """Add ``properties`` to the mapping of ``index`` (mappings only grow); :class:`EngineError` if refused."""
 
     @abstractmethod
-    def delete_index(self, index: str) -> None:
-        """Delete ``index``."""
+    def delete_index(self, index: str, missing_ok: bool = False) -> None:
+        """Delete ``index`` (with ``missing_ok``, nothing when there is none)."""
 
     @abstractmethod
     def index_meta(self, index: str) -> dict[str, Any] | None:
@@ -164,6 +164,11 @@ class SearchBackend(ABC):
     @abstractmethod
     def set_replicas(self, index: str, replicas: int) -> None:
         """Set ``number_of_replicas`` of ``index``."""
+
+    @abstractmethod
+    def segment_count(self, index: str) -> int:
+        """Searchable segments of the primary shards of ``index``: each holds a vector graph of its own that a kNN
+        search visits."""
 
     @abstractmethod
     def creation_dates(self, pattern: str) -> dict[str, int]:

@@ -133,8 +133,11 @@ class ElasticsearchBackend(SearchBackend):
         with _refused():
             self.client.indices.put_mapping(index=index, properties=properties)
 
-    def delete_index(self, index: str) -> None:
-        self.client.indices.delete(index=index)
+    def delete_index(self, index: str, missing_ok: bool = False) -> None:
+        if missing_ok:
+            self.client.indices.delete(index=index, ignore_unavailable=True)
+        else:
+            self.client.indices.delete(index=index)
 
     def index_meta(self, index: str) -> dict[str, Any] | None:
         try:
@@ -166,6 +169,10 @@ class ElasticsearchBackend(SearchBackend):
 
     def set_replicas(self, index: str, replicas: int) -> None:
         self.client.indices.put_settings(index=index, settings={"number_of_replicas": replicas})
+
+    def segment_count(self, index: str) -> int:
+        shards = self.client.indices.segments(index=index).body["indices"][index]["shards"]
+        return sum(len(c["segments"]) for copies in shards.values() for c in copies if c["routing"]["primary"])
 
     def creation_dates(self, pattern: str) -> dict[str, int]:
         try:
