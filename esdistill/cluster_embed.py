@@ -29,8 +29,9 @@ def embed_pipeline(model_id: str, text_fields: list[str], backend=None) -> dict[
 
 def reindex_request(source: str, dest: str, pipeline: str, text_fields: list[str],
                     slices: int | str = "auto", batch: int = 200) -> dict[str, Any]:
-    """The ``_reindex`` request (:meth:`~esdistill.backends.SearchBackend.start_reindex`): the source's text fields only, through ``pipeline``, in
-    ``slices`` parallel slices, as a task (polled by :func:`embed_in_cluster`)."""
+    """The ``_reindex`` request (:meth:`~esdistill.backends.SearchBackend.start_reindex`): the source's text
+    fields only, through ``pipeline``, in ``slices`` parallel slices, as a task (polled by
+    :func:`embed_in_cluster`)."""
     return {"source": {"index": source, "_source": list(text_fields), "size": batch},
             "dest": {"index": dest, "pipeline": pipeline, "op_type": "index"},
             "conflicts": "abort", "slices": slices, "wait_for_completion": False, "refresh": True}

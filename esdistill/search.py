@@ -135,7 +135,8 @@ class Pipeline:
         return docs, [float(h["_score"]) for h in head], ranked, float(max(r["took"] for r in responses))
 
     def _pairs(self, text: str) -> list[tuple[str, dict[str, Any]]]:
-        """(index, body): BM25's head with the text fields, and — ``k`` larger than ``depth`` — its top ``k`` ids."""
+        """(index, body) of each search: BM25's head with the text fields, and — ``k`` larger than ``depth`` —
+        its top ``k`` ids."""
         pairs = [(self.index, self.backend.bm25_body(text, self.fields, self.depth, source=self.fields))]
         if self.k > self.depth:
             pairs.append((self.index, self.backend.bm25_body(text, self.fields, self.k)))
