@@ -128,6 +128,8 @@ def test_knn_with_a_filter_and_vector_dims(backend, index_name):
     body = backend.dense_mapping(4, "dot_product", "hnsw", 16, 100)
     backend.create_index(index_name, body, {"key": "dense"})
     assert backend.vector_dims(index_name) == 4 and backend.vector_dims(index_name, "title") is None
+    assert backend.vector_similarity(index_name) == "dot_product"
+    assert backend.vector_similarity(f"{index_name}-missing") is None
     fill(backend, index_name, vectors=True)
     near = backend.knn_search(index_name, unit([1, 0, 0, 0]), 2, 10)
     assert [h["_id"] for h in near["hits"]["hits"]] == ["d1", "d4"]
@@ -174,6 +176,9 @@ def test_health_privileges_and_what_the_test_build_lacks(backend, es_url):
     assert backend.check(es_url, "start it")["status"] in ("green", "yellow")
     assert backend.data_nodes() == 1
     assert backend.node_versions() and all(v.count(".") == 2 for v in backend.node_versions())
+    import elasticsearch
+
+    assert backend.client_version() == elasticsearch.__versionstr__
     unreachable = backend_for(ClusterSettings(url="http://127.0.0.1:9"), check=False)
     with pytest.raises(ClusterError, match=r"cannot reach Elasticsearch at http://127.0.0.1:9"):
         unreachable.check("http://127.0.0.1:9", "start it")

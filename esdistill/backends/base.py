@@ -154,6 +154,11 @@ class SearchBackend(ABC):
         """The dims of the vector field ``field`` of ``index`` (an alias works); None without such a field."""
 
     @abstractmethod
+    def vector_similarity(self, index: str, field: str = VECTOR_FIELD) -> str | None:
+        """The similarity the vector field ``field`` of ``index`` (not an alias) compares by (``dot_product``,
+        ``cosine``, …); None when its mapping names none or there is no such field."""
+
+    @abstractmethod
     def refresh(self, index: str) -> None:
         """Make everything written to ``index`` searchable."""
 
@@ -254,6 +259,10 @@ class SearchBackend(ABC):
     @abstractmethod
     def node_versions(self) -> list[str]:
         """The version of every node."""
+
+    @abstractmethod
+    def client_version(self) -> str:
+        """The version of the engine's client library (for the environment record of a report)."""
 
     # --------------------------------------------------------------------------------------- models, ingest
     @abstractmethod

@@ -161,6 +161,14 @@ class ElasticsearchBackend(SearchBackend):
                 return int(spec["dims"])
         return None
 
+    def vector_similarity(self, index: str, field: str = VECTOR_FIELD) -> str | None:
+        try:
+            resp = self.client.indices.get_mapping(index=index).body
+        except es_exc.NotFoundError:
+            return None
+        spec = resp.get(index, {}).get("mappings", {}).get("properties", {}).get(field) or {}
+        return spec.get("similarity")
+
     def refresh(self, index: str) -> None:
         self.client.indices.refresh(index=index)
 
@@ -380,6 +388,11 @@ class ElasticsearchBackend(SearchBackend):
     def node_versions(self) -> list[str]:
         nodes = self.client.nodes.info(filter_path="nodes.*.version").body.get("nodes", {})
         return [n["version"] for n in nodes.values()]
+
+    def client_version(self) -> str:
+        import elasticsearch
+
+        return elasticsearch.__versionstr__
 
     # --------------------------------------------------------------------------------------- models, ingest
     def require_ml(self, url: str = "the cluster") -> dict[str, Any]:
