@@ -1,4 +1,4 @@
-"""``candidates`` stage: BM25 top-k from Elasticsearch for every training query, batched with ``_msearch``.
+"""``candidates`` stage: BM25 top-k from the cluster for every training query, batched with ``_msearch``.
 
 Output: ``candidates.parquet`` with columns ``qid, docid, rank (1-based), bm25``. Every query appears in the
 stage's report: queries with no hit at all are counted, never silently dropped.
@@ -9,35 +9,37 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from elasticsearch import Elasticsearch
 
+from .backends import backend_for
 from .cluster import check_shards
 
 
 def bm25_query(text: str, fields: list[str]) -> dict[str, Any]:
-    """The BM25 query every system in esdistill uses: ``multi_match`` best_fields, as BEIR's ES baseline."""
-    return {"multi_match": {"query": text, "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
+    """The BM25 query every system in esdistill uses: ``multi_match`` best_fields, as BEIR's ES baseline (the
+    query of :meth:`~esdistill.backends.SearchBackend.bm25_body` on Elasticsearch)."""
+    return bm25_body(text, fields, 0)["query"]
 
 
-def bm25_body(text: str, fields: list[str], k: int) -> dict[str, Any]:
-    return {"query": bm25_query(text, fields), "size": k, "_source": False, "track_total_hits": False}
+def bm25_body(text: str, fields: list[str], k: int, backend=None) -> dict[str, Any]:
+    """The search body of esdistill's BM25 query, top ``k``, ids and scores only — as ``backend`` (a client or a
+    backend; default: Elasticsearch) writes it."""
+    return backend_for(backend).bm25_body(text, fields, k)
 
 
 def msearch_bm25(
-    client: Elasticsearch, index: str, queries: dict[str, str], fields: list[str], k: int, batch_size: int = 64,
+    client, index: str, queries: dict[str, str], fields: list[str], k: int, batch_size: int = 64,
     progress=None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """qid -> [(docid, score), ...] best first, for every query in ``queries``."""
+    """qid -> [(docid, score), ...] best first, for every query in ``queries`` (``client``: an engine client or a
+    backend), ``batch_size`` queries per ``_msearch``."""
+    backend = backend_for(client)
     qids = list(queries)
     out: dict[str, list[tuple[str, float]]] = {}
     task = progress.add_task("candidates (BM25 _msearch)", total=len(qids)) if progress else None
     for start in range(0, len(qids), batch_size):
         batch = qids[start : start + batch_size]
-        searches: list[dict] = []
-        for qid in batch:
-            searches += [{"index": index}, bm25_body(queries[qid], fields, k)]
-        resp = client.msearch(searches=searches).body
-        for qid, r in zip(batch, resp["responses"], strict=True):
+        responses = backend.bm25_msearch(index, [queries[qid] for qid in batch], fields, k)
+        for qid, r in zip(batch, responses, strict=True):
             check_shards(r, f"BM25 search for query {qid!r} on {index!r}")
             out[qid] = [(h["_id"], float(h["_score"])) for h in r["hits"]["hits"]]
         if progress:

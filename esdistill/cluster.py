@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elasticsearch import Elasticsearch
-from elasticsearch import exceptions as es_exc
 
 from .config import ClusterSettings, LocalClusterSettings
 from .errors import ClusterError
@@ -72,39 +71,18 @@ def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elas
     return client
 
 
-def check_health(client: Elasticsearch, url: str, local: bool = False) -> dict:
-    """``GET /_cluster/health`` (the test build has no ``GET /``) with errors rewritten for humans."""
+def check_health(client, url: str, local: bool = False) -> dict:
+    """The cluster's health (Elasticsearch: ``GET /_cluster/health``; the test build has no ``GET /``) with errors
+    rewritten for humans (:meth:`~esdistill.backends.SearchBackend.check`; ``client``: an engine client or a
+    backend)."""
+    from .backends import backend_for
+
     how = (
         "start the local test cluster with `esdistill cluster start`"
         if local
         else "check ESDISTILL_ES_URL (or [cluster] url) and that the cluster is running"
     )
-    try:
-        health = client.cluster.health(wait_for_status="yellow", timeout="30s").body
-    except es_exc.SSLError:
-        raise ClusterError(
-            f"TLS verification failed for {url}: the server's certificate is not trusted",
-            hint="set ESDISTILL_ES_CA_CERTS to the cluster's CA file, or ESDISTILL_ES_CA_FINGERPRINT to its SHA-256",
-        ) from None
-    except es_exc.ConnectionError:
-        raise ClusterError(f"cannot reach Elasticsearch at {url}", hint=how) from None
-    except es_exc.AuthenticationException:
-        raise ClusterError(
-            f"Elasticsearch at {url} refused the credentials (401)",
-            hint="check ESDISTILL_ES_API_KEY or ESDISTILL_ES_USERNAME/ESDISTILL_ES_PASSWORD",
-        ) from None
-    except es_exc.AuthorizationException:
-        # 403: the credentials are good but may not read cluster health (an API key or role scoped to indices,
-        # without the cluster `monitor` privilege). Everything esdistill does needs index privileges only.
-        try:
-            client.security.authenticate()
-        except es_exc.ApiError as e:
-            raise ClusterError(f"Elasticsearch at {url} answered {e.meta.status} to the credentials' own "
-                               f"authentication check: {e.message}") from None
-        return {"status": None, "note": "no cluster monitor privilege: health not checked"}
-    except es_exc.ApiError as e:
-        raise ClusterError(f"Elasticsearch at {url} answered {e.meta.status}: {e.message}", hint=how) from None
-    return health
+    return backend_for(client).check(url, how)
 
 
 def check_shards(resp: dict, what: str) -> dict:

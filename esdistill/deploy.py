@@ -1,11 +1,11 @@
-"""``deploy`` stage: a new index with a ``dense_vector`` field, the corpus embedded by the student (client-side).
+"""``deploy`` stage: a new index with a vector field, the corpus embedded by the student (client-side).
 
-The index body comes from ``mappings/dense_index.json``; dims are read from the model, similarity is
-``dot_product`` for a model that outputs unit vectors (esdistill's students do) and ``cosine`` otherwise, and
-``index_options`` are explicit. Each deploy writes a versioned index ``<alias>-<key>`` and points the alias at it
-once the count is verified, so searches never see a half-built index. Re-running resumes and syncs: only
-documents not yet in the index, or whose text changed, are embedded, and documents gone from the source are
-deleted (each dense document carries the hash of the text it was embedded from).
+The index body is the backend's dense mapping (Elasticsearch: ``mappings/dense_index.json``, a ``dense_vector``);
+dims are read from the model, similarity is ``dot_product`` for a model that outputs unit vectors (esdistill's
+students do) and ``cosine`` otherwise, and ``index_options`` are explicit. Each deploy writes a versioned index
+``<alias>-<key>`` and points the alias at it once the count is verified, so searches never see a half-built index.
+Re-running resumes and syncs: only documents not yet in the index, or whose text changed, are embedded, and
+documents gone from the source are deleted (each dense document carries the hash of the text it was embedded from).
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from elasticsearch import Elasticsearch, helpers
-from elasticsearch import exceptions as es_exc
-
+from .backends import VECTOR_FIELD, backend_for
 from .config import DeployConfig
 from .data import Doc
 from .errors import ClusterError, ModelError
@@ -27,42 +25,28 @@ from .indexing import (
     create_index,
     drop_own_index,
     index_meta,
-    load_mapping,
     verify_count,
 )
 
-VECTOR_FIELD = "embedding"
+#: a cluster as the functions here take it: an engine client, or its backend
+Cluster = Any
 #: the hash of the text a dense document was embedded from (:func:`doc_hash`), so a deploy can tell edits apart
 HASH_FIELD = "esdistill_hash"
 
 
-def dense_body(dims: int, normalized: bool, cfg: DeployConfig) -> dict[str, Any]:
-    """The dense index: ``title`` and ``text`` (BM25-searchable, so it can serve hybrid alone) and the vector."""
-    body = load_mapping("dense_index.json")
-    vec = body["mappings"]["properties"][VECTOR_FIELD]
-    vec["dims"] = dims
-    vec["similarity"] = "dot_product" if normalized else "cosine"
-    opts: dict[str, Any] = {"type": cfg.index_type}
-    if "hnsw" in cfg.index_type:
-        opts.update(m=cfg.m, ef_construction=cfg.ef_construction)
-    vec["index_options"] = opts
-    return body
+def dense_body(dims: int, normalized: bool, cfg: DeployConfig, backend: Cluster = None) -> dict[str, Any]:
+    """The dense index: ``title`` and ``text`` (BM25-searchable, so it can serve hybrid alone) and the vector —
+    as ``backend`` (a client or a backend; default: Elasticsearch) maps it (its ``dense_mapping``)."""
+    return backend_for(backend).dense_mapping(dims, "dot_product" if normalized else "cosine", cfg.index_type,
+                                              cfg.m, cfg.ef_construction)
 
 
-def index_dims(client: Elasticsearch, index: str, field: str = VECTOR_FIELD) -> int | None:
+def index_dims(client: Cluster, index: str, field: str = VECTOR_FIELD) -> int | None:
     """The dims of ``field`` in ``index`` (an alias works too); None if there is no such field."""
-    try:
-        resp = client.indices.get_mapping(index=index).body
-    except es_exc.NotFoundError:
-        return None
-    for mapping in resp.values():
-        spec = mapping.get("mappings", {}).get("properties", {}).get(field)
-        if spec and spec.get("type") == "dense_vector":
-            return int(spec["dims"])
-    return None
+    return backend_for(client).vector_dims(index, field)
 
 
-def check_dims(client: Elasticsearch, index: str, model_dims: int, field: str = VECTOR_FIELD) -> None:
+def check_dims(client: Cluster, index: str, model_dims: int, field: str = VECTOR_FIELD) -> None:
     """Refuse to pair a model with an index whose vectors have another size, naming both numbers."""
     have = index_dims(client, index, field)
     if have is not None and have != model_dims:
@@ -78,7 +62,7 @@ def _batches(it: Iterable[Doc], n: int) -> Iterator[list[Doc]]:
         yield batch
 
 
-def point_alias(client: Elasticsearch, alias: str, index: str, by: str = "deploy") -> list[str]:
+def point_alias(client: Cluster, alias: str, index: str, by: str = "deploy") -> list[str]:
     """Move ``alias`` to ``index`` in one atomic request; returns the indices it left.
 
     The move is then written into the ``_meta.esdistill.served`` history of the indices esdistill made: the index
@@ -86,13 +70,9 @@ def point_alias(client: Elasticsearch, alias: str, index: str, by: str = "deploy
     entry closed with ``until`` (an index served before esdistill kept this history gets ``{"from": null,
     "until": <time>}``: it was served). Only indices with such a history (or the live one) are versions of the
     alias (:func:`versions`): an index built for evaluation alone never is."""
-    try:
-        old = list(client.indices.get_alias(name=alias).body)
-    except es_exc.NotFoundError:
-        old = []
-    actions = [{"remove": {"index": i, "alias": alias}} for i in old if i != index]
-    actions.append({"add": {"index": index, "alias": alias}})
-    client.indices.update_aliases(actions=actions)
+    client = backend_for(client)
+    old = client.alias_targets(alias)
+    client.move_alias(alias, index, [i for i in old if i != index])
     now = _now()
     left = [i for i in old if i != index]
     for name in left:
@@ -121,11 +101,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def update_meta(client: Elasticsearch, index: str, fields: dict[str, Any]) -> dict[str, Any]:
+def update_meta(client: Cluster, index: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Merge ``fields`` into the ``_meta.esdistill`` of ``index`` (the mapping's ``_meta`` is replaced whole, so
     it is read first); returns the new record."""
-    meta = {**(index_meta(client, index) or {}), **fields}
-    client.indices.put_mapping(index=index, meta={"esdistill": meta})
+    backend = backend_for(client)
+    meta = {**(backend.index_meta(index) or {}), **fields}
+    backend.put_meta(index, meta)
     return meta
 
 
@@ -134,16 +115,12 @@ def was_served(meta: dict[str, Any] | None) -> bool:
     return bool(meta and meta.get(SERVED))
 
 
-def in_use(client: Elasticsearch, index: str, meta: dict[str, Any] | None = None) -> bool:
+def in_use(client: Cluster, index: str, meta: dict[str, Any] | None = None) -> bool:
     """Whether ``index`` is or was served: an alias points at it now, or its history says one did. Such an index
     is only written by ``esdistill deploy``: evaluation reads it as it is."""
     if was_served(meta if meta is not None else index_meta(client, index)):
         return True
-    try:
-        aliases = client.indices.get_alias(index=index).body
-    except es_exc.NotFoundError:
-        return False
-    return any(v.get("aliases") for v in aliases.values())
+    return backend_for(client).has_alias(index)
 
 
 def versioned_index(alias: str, key: str) -> str:
@@ -157,27 +134,23 @@ def is_version_of(index: str, alias: str) -> bool:
     return index.startswith(f"{alias}-") and "-" not in index[len(alias) + 1:]
 
 
-def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
+def versions(client: Cluster, alias: str) -> list[dict[str, Any]]:
     """esdistill's versions behind ``alias``, in the order the alias first served them (oldest first): name,
     creation time, when it was first served and its whole ``served`` history, doc count, whether live. Only
     indices the alias serves or served are versions: one that ``evaluate`` built for an experiment (the alias
     never moved onto it) is not, so it is neither rolled back to nor counted by :func:`prune`."""
-    try:
-        live = set(client.indices.get_alias(name=alias).body)
-    except es_exc.NotFoundError:
-        live = set()
-    try:
-        settings = client.indices.get_settings(index=f"{alias}-*", name="index.creation_date").body
-    except es_exc.NotFoundError:
+    client = backend_for(client)
+    live = set(client.alias_targets(alias))
+    dates = client.creation_dates(f"{alias}-*")
+    if not dates:
         return []
     out = []
-    for name, s in settings.items():
+    for name, created in dates.items():
         if not is_version_of(name, alias):
             continue
-        meta = index_meta(client, name)
+        meta = client.index_meta(name)
         # only indices esdistill made, and only those an alias served
         if meta and (was_served(meta) or name in live):
-            created = int(s["settings"]["index"]["creation_date"])
             history = meta.get(SERVED, [])
             first = next((h["from"] for h in history if h.get("from")), None)
             out.append({"index": name, "created": created, "served": first, "history": history,
@@ -192,7 +165,7 @@ def versions(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
     return sorted(out, key=order)
 
 
-def rollback(client: Elasticsearch, alias: str) -> tuple[str, str]:
+def rollback(client: Cluster, alias: str) -> tuple[str, str]:
     """Point ``alias`` back at the version served before the live one (:func:`versions`: only indices the alias
     served, never one built for evaluation alone); returns (from, to)."""
     vs = versions(client, alias)
@@ -206,13 +179,14 @@ def rollback(client: Elasticsearch, alias: str) -> tuple[str, str]:
     return cur, prev
 
 
-def prune(client: Elasticsearch, alias: str, keep: int) -> list[str]:
+def prune(client: Cluster, alias: str, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` versions (:func:`versions`: indices the alias served); the live one is
     never deleted, nor is an index built for evaluation alone."""
-    vs = versions(client, alias)
+    backend = backend_for(client)
+    vs = versions(backend, alias)
     doomed = [v["index"] for v in vs[: max(0, len(vs) - keep)] if not v["live"]]
     for name in doomed:
-        client.indices.delete(index=name)
+        backend.delete_index(name)
     return doomed
 
 
@@ -222,26 +196,23 @@ def doc_hash(doc: Doc) -> str:
     return hashlib.sha1(f"{doc.title}\x00{doc.text}".encode()).hexdigest()[:16]
 
 
-def dense_hashes(client: Elasticsearch, index: str) -> dict[str, str]:
+def dense_hashes(client: Cluster, index: str) -> dict[str, str]:
     """id -> :func:`doc_hash` of every document in a dense index (a scan of one small field)."""
     return {h["_id"]: h.get("_source", {}).get(HASH_FIELD, "")
-            for h in helpers.scan(client, index=index, query={"query": {"match_all": {}}}, _source=[HASH_FIELD])}
+            for h in backend_for(client).scan(index, [HASH_FIELD])}
 
 
-def replica_count(client: Elasticsearch, setting: int | str) -> int:
+def replica_count(client: Cluster, setting: int | str) -> int:
     """``number_of_replicas`` for a served index: the setting, or with ``auto`` one replica where a second data
     node can hold it, none on a single node (its replica could never be assigned: the index would stay yellow)."""
     if setting != "auto":
         return int(setting)
-    try:
-        nodes = client.cluster.health().body.get("number_of_data_nodes", 1)
-    except es_exc.AuthorizationException:
-        nodes = 1
-    return 1 if nodes > 1 else 0
+    nodes = backend_for(client).data_nodes()
+    return 1 if nodes is not None and nodes > 1 else 0
 
 
 def deploy_student(
-    client: Elasticsearch,
+    client: Cluster,
     model,
     docs: Iterable[Doc],
     total: int,
@@ -265,11 +236,12 @@ def deploy_student(
     into its ``_meta``."""
     from .embed import ModelEmbedder
 
+    client = backend_for(client)
     index = versioned_index(alias, key)
-    existing = index_meta(client, index)
+    existing = client.index_meta(index)
     if existing and existing.get("key") == key and not move_alias and in_use(client, index, existing):
-        client.indices.refresh(index=index)
-        n = int(client.count(index=index).body["count"])
+        client.refresh(index)
+        n = client.count(index)
         return {"index": index, "alias": alias, "docs": n, "source_docs": total, "embedded_now": 0,
                 "deleted_now": 0, "from_vectors": 0, "dims": index_dims(client, index), "pruned": [],
                 "truncated_docs": 0, "read_only": True, "alias_left": [], "alias_moved": False}
@@ -280,12 +252,12 @@ def deploy_student(
     if existing and existing.get("key") == key:
         check_dims(client, index, dims)
         have = dense_hashes(client, index)
-        client.indices.put_settings(index=index, settings={"number_of_replicas": replicas})
+        client.set_replicas(index, replicas)
         if move_alias:
             update_meta(client, index, {k: v for k, v in meta.items() if k not in ("key", "dims")})
     else:
         drop_own_index(client, index)
-        body = dense_body(dims, normalized, cfg)
+        body = dense_body(dims, normalized, cfg, client)
         body["settings"]["number_of_replicas"] = replicas
         create_index(client, index, body, {"key": key, "dims": dims, **meta})
         have = {}

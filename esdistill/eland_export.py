@@ -387,20 +387,25 @@ def verify_traced(export: ElandExport, model_dir: str, texts: list[str]) -> floa
 
 # -------------------------------------------------------------------------------------------------- upload
 def require_ml(client, url: str = "the cluster") -> dict:
-    """``GET _ml/info`` or a clear refusal: the local test build has no ML, the docker stack has."""
-    from elasticsearch import exceptions as es_exc
+    """The cluster's ML info or a clear refusal: the local test build has no ML, the docker stack has
+    (:meth:`~esdistill.backends.SearchBackend.require_ml`; ``client``: an engine client or a backend)."""
+    from .backends import backend_for
 
-    try:
-        return client.ml.info().body
-    except (es_exc.BadRequestError, es_exc.NotFoundError, es_exc.ApiError) as e:
-        raise ClusterError(
-            f"{url} has no machine learning ({getattr(e, 'message', e)}); a trained model cannot be uploaded there",
-            hint="use the full stack in docker/ (ML under a trial license) or an Elastic cluster with ML nodes",
-        ) from None
+    return backend_for(client).require_ml(url)
 
 
 def upload(client, export: ElandExport, start: bool = False, replace: bool = False) -> dict:
-    """Upload a traced export with eland (config, chunked definition, vocabulary); optionally start it.
+    """Upload a traced export to the cluster's models (:meth:`~esdistill.backends.SearchBackend.upload_model`;
+    Elasticsearch: :func:`upload_with_eland`); optionally start it. An existing model with the same id is refused
+    unless ``replace``."""
+    from .backends import backend_for
+
+    return backend_for(client).upload_model(export, start=start, replace=replace)
+
+
+def upload_with_eland(backend, export: ElandExport, start: bool = False, replace: bool = False) -> dict:
+    """Upload a traced export with eland (config, chunked definition, vocabulary) to an Elasticsearch cluster
+    (``backend``: an :class:`~esdistill.backends.ElasticsearchBackend`); optionally start it.
 
     The cluster's version is gated against eland's first, and ML must be available. An existing model with the
     same id is refused unless ``replace``.
@@ -409,11 +414,11 @@ def upload(client, export: ElandExport, start: bool = False, replace: bool = Fal
 
     from .ml_ops import check_model
 
-    nodes = client.nodes.info(filter_path="nodes.*.version").body.get("nodes", {})
-    version = min((n["version"] for n in nodes.values()), default=ES_VERSION)
+    client = backend.client
+    version = min(backend.node_versions(), default=ES_VERSION)
     check_eland_cluster_version(version)
     ops = check_model(export.model_path, version)  # refused here, naming the operations, not at deployment
-    require_ml(client)
+    backend.require_ml()
     model = PyTorchModel(client, export.model_id)
     existing = client.options(ignore_status=404).ml.get_trained_models(model_id=export.model_id).body
     if existing.get("count"):

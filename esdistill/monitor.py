@@ -39,20 +39,20 @@ def logged_queries(client, index: str, field: str, timestamp_field: str, since: 
                    limit: int = 100_000) -> dict[str, str]:
     """Distinct query texts from an index of logged queries (``field``), logged within ``since`` (date math).
     Ids are the texts' first document ids; at most ``limit`` documents are read."""
-    from elasticsearch import ApiError, helpers
+    from .backends import EngineError, backend_for
 
-    query: dict[str, Any] = {"range": {timestamp_field: {"gte": f"now-{since}"}}} if since else {"match_all": {}}
     out: dict[str, str] = {}
     seen: set[str] = set()
     try:
-        for n, hit in enumerate(helpers.scan(client, index=index, query={"query": query}, _source=[field])):
+        hits = backend_for(client).scan(index, [field], since=(timestamp_field, since) if since else None)
+        for n, hit in enumerate(hits):
             if n >= limit:
                 break
             text = _get(hit.get("_source", {}), field)
             if isinstance(text, str) and text.strip() and text.strip().lower() not in seen:
                 seen.add(text.strip().lower())
                 out[f"log-{hit['_id']}"] = text.strip()
-    except ApiError as e:
+    except EngineError as e:
         raise ClusterError(f"monitor: cannot read logged queries from {index!r}: {e.message}",
                            hint="check monitor.index, monitor.field and monitor.timestamp_field") from None
     if not out:

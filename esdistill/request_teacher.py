@@ -1,4 +1,4 @@
-"""The user's own Elasticsearch search as the teacher: the pipeline they already serve, distilled as it is.
+"""The user's own search request as the teacher: the pipeline they already serve, distilled as it is.
 
 A request body (a JSON file in which every ``"{{query}}"`` is replaced by the query text) — or a stored search
 template (``params.query``) where the cluster has mustache — is sent for every training query with
@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from elasticsearch import ApiError, Elasticsearch
-
+from .backends import EngineError, backend_for, reason
+from .backends.base import NOT_STORED
 from .cluster import check_shards
 from .config import fingerprint
 from .errors import ClusterError, InputError
 
 PLACEHOLDER = "{{query}}"
-NOT_STORED = "not stored in the cluster"
 
 
 def load_request(path: Path | str) -> dict[str, Any]:
@@ -90,34 +89,12 @@ def named_resources(node: Any) -> dict[str, tuple[str, str]]:
     return {name: r for name, r in found.items() if "{{" not in r[1]}
 
 
-def describe(client: Elasticsearch, kind: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
+def describe(client, kind: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
     """What the cluster says a named resource is — ``(description, None)``, or ``(None, why not)``: a stored script
-    or search template (``GET _scripts/<id>``: its language, source and options), a trained model (``GET
-    _ml/trained_models/<id>``: its whole config, which a re-upload under the same id changes: ``create_time``)
-    or an inference endpoint (``GET _inference/<id>``: service, settings)."""
-    from elasticsearch import NotFoundError
-
-    try:
-        if kind == "script":
-            try:
-                answer = client.get_script(id=rid).body
-            except NotFoundError:  # the cluster answers 404 {"found": false}
-                answer = {}
-            return (answer["script"], None) if answer.get("found") else (None, NOT_STORED)
-        if kind == "model":
-            try:
-                return client.ml.get_trained_models(model_id=rid).body["trained_model_configs"][0], None
-            except NotFoundError:  # a query vector builder's model_id may name an inference endpoint
-                kind = "inference"
-        if kind == "inference":
-            return client.inference.get(inference_id=rid).body["endpoints"][0], None
-    except NotFoundError:
-        return None, "not found in the cluster"
-    except ApiError as e:  # 400 "no handler" (no ML/inference in this build), 403 (no privilege to read it)
-        return None, f"the cluster does not describe it ({e.meta.status}: {_reason(e.body) or e.message})"
-    except (KeyError, IndexError):
-        return None, "the cluster's answer holds no description"
-    return None, f"unknown kind {kind!r}"
+    or search template (its language, source and options), a trained model (its whole config, which a re-upload
+    under the same id changes) or an inference endpoint (service, settings). ``client``: an engine client or a
+    backend (:meth:`~esdistill.backends.SearchBackend.describe`)."""
+    return backend_for(client).describe(kind, rid)
 
 
 class RequestSearch:
@@ -128,12 +105,13 @@ class RequestSearch:
     endpoint's configuration, a stored script's source. ``described`` given (a bundle carries what the cluster
     side read) is used as it is, without asking the cluster."""
 
-    def __init__(self, client: Elasticsearch, index: str, body: dict[str, Any] | None = None,
+    def __init__(self, client, index: str, body: dict[str, Any] | None = None,
                  template_id: str | None = None, source: str = "teacher.request",
                  described: dict[str, str] | None = None):
         if (body is None) == (template_id is None):
             raise ValueError("a request body or a template id, not both")
         self.client, self.index, self.body, self.template_id, self.source = client, index, body, template_id, source
+        self.backend = backend_for(client)
         self._described = described
 
     def fingerprint(self) -> str:
@@ -157,7 +135,7 @@ class RequestSearch:
         out: dict[str, str] = {}
         named = named_resources(self.body) if self.body is not None else {}
         if self.template_id:
-            script, why = describe(self.client, "script", self.template_id)
+            script, why = self.backend.describe("script", self.template_id)
             if script is None and why == NOT_STORED:
                 raise ClusterError(f"{self.source}: search template {self.template_id!r} is {why} "
                                    f"(GET _scripts/{self.template_id})", hint=self._hint())
@@ -175,7 +153,7 @@ class RequestSearch:
                         source = None  # mustache text that is not JSON until rendered
                 named = named_resources(source)
         for name, (kind, rid) in sorted(named.items()):
-            what, why = describe(self.client, kind, rid)
+            what, why = self.backend.describe(kind, rid)
             if what is None:
                 warnings.warn(f"{self.source} names {kind} {rid!r}, which cannot be part of the cache keys ({why}): "
                               f"a change to it will not reach candidates, labels, student or the pipeline's "
@@ -234,12 +212,13 @@ class RequestSearch:
         for start in range(0, len(qids), batch_size):
             batch = qids[start:start + batch_size]
             searches = [line for q in batch for line in lines(queries[q], q)]
+            pairs = [(header["index"], body) for header, body in zip(searches[::2], searches[1::2], strict=True)]
             try:
                 if self.template_id:
-                    resp = self.client.msearch_template(search_templates=searches).body
+                    resp = self.backend.msearch_template(pairs)
                 else:
-                    resp = self.client.msearch(searches=searches).body
-            except ApiError as e:
+                    resp = self.backend.msearch(pairs)
+            except EngineError as e:
                 raise ClusterError(f"{self.source}: the cluster refused the request: {_reason(e.body) or e}",
                                    hint=self._hint()) from None
             for qid, r in zip(batch, resp["responses"], strict=True):
@@ -263,19 +242,8 @@ class RequestSearch:
         return f"run it once against {self.index!r} (curl, Kibana's console) with a real query in place of {PLACEHOLDER}"
 
 
-def _reason(body: Any) -> str:
-    """The cluster's own explanation from an error body (root cause first)."""
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            root = (err.get("root_cause") or [{}])[0]
-            parts = [err.get("type"), err.get("reason"), root.get("reason") if root is not err else None]
-            caused = err.get("caused_by", {})
-            if isinstance(caused, dict) and caused.get("reason"):
-                parts.append(caused["reason"])
-            return "; ".join(dict.fromkeys(p for p in parts if p))
-        return str(err)
-    return str(body)
+#: the cluster's own explanation from an error body (root cause first)
+_reason = reason
 
 
 def to_frame(results: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:

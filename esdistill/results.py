@@ -1,4 +1,4 @@
-"""Evaluation results as Elasticsearch documents, for the Kibana relevance dashboard in ``kibana/``.
+"""Evaluation results as documents in the cluster, for the Kibana relevance dashboard in ``kibana/``.
 
 :func:`result_docs` turns the output of :func:`esdistill.evaluate.summarize` into one document per (system, query)
 (``doc_type: query``: metrics, delta and win/tie/loss against BM25, latency) and one per system
@@ -16,11 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from elasticsearch import Elasticsearch
-from elasticsearch import exceptions as es_exc
-
+from .backends import EngineError, backend_for
 from .errors import ClusterError, InputError
-from .indexing import bulk_index, load_mapping
+from .indexing import bulk_index
 from .redact import redact
 from .resources import resource
 
@@ -110,35 +108,31 @@ def doc_id(doc: dict) -> str:
     return f"{doc.get('evaluate_key')}:{doc['system']}:{doc.get('query_id') or '_all'}"
 
 
-def ensure_results_index(client: Elasticsearch, index: str = RESULTS_INDEX) -> bool:
-    """Create ``index`` from ``mappings/results_index.json`` unless it exists (then add the fields a newer
-    esdistill writes: mappings only grow); True when created."""
-    if client.indices.exists(index=index):
+def ensure_results_index(client, index: str = RESULTS_INDEX) -> bool:
+    """Create ``index`` from ``mappings/results_index.json`` (the backend's results mapping) unless it exists
+    (then add the fields a newer esdistill writes: mappings only grow); True when created."""
+    backend = backend_for(client)
+    if backend.index_exists(index):
         try:
-            client.indices.put_mapping(index=index, properties=load_mapping(RESULTS_MAPPING)["mappings"]["properties"])
-        except es_exc.ApiError as e:
+            backend.add_fields(index, backend.results_mapping()["mappings"]["properties"])
+        except EngineError as e:
             raise ClusterError(f"index {index!r} does not have esdistill's results mapping: {e.message}",
                                hint=f"delete it to recreate it from mappings/{RESULTS_MAPPING}") from None
         return False
-    try:
-        client.indices.create(index=index, **load_mapping(RESULTS_MAPPING))
-    except es_exc.BadRequestError as e:
-        if e.error == "resource_already_exists_exception":
-            return False
-        raise ClusterError(f"Elasticsearch refused to create index {index!r}: {e.message} {e.info}") from None
-    return True
+    return backend.create_index(index, backend.results_mapping(), exist_ok=True)
 
 
-def write_results(client: Elasticsearch, docs: list[dict], index: str = RESULTS_INDEX) -> int:
+def write_results(client, docs: list[dict], index: str = RESULTS_INDEX) -> int:
     """Index ``docs`` under :func:`doc_id` (a rerun overwrites), creating ``index`` if missing; refresh.
 
     Returns the number of documents written; raises :class:`ClusterError` on any bulk failure. Credentials in a
     URL anywhere in a document are redacted (:func:`esdistill.redact.redact`).
     """
-    ensure_results_index(client, index)
+    backend = backend_for(client)
+    ensure_results_index(backend, index)
     docs = [redact(d) for d in docs]
-    ok, errors = bulk_index(client, index, ({"_id": doc_id(d), "_source": d} for d in docs))
-    client.indices.refresh(index=index)
+    ok, errors = bulk_index(backend, index, ({"_id": doc_id(d), "_source": d} for d in docs))
+    backend.refresh(index)
     if errors:
         sample = "; ".join(json.dumps(e)[:300] for e in errors[:3])
         raise ClusterError(f"{len(errors)} of {len(docs)} result documents were refused by index {index!r}: {sample}",

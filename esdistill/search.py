@@ -18,11 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch
-
-from .candidates import bm25_body
+from .backends import VECTOR_FIELD, EngineError, backend_for
+from .candidates import bm25_body  # noqa: F401 - where it was imported from before the backends
 from .data import Doc
-from .deploy import VECTOR_FIELD
 from .cluster import check_shards
 from .errors import ClusterError
 from .indexing import doc_from_source
@@ -47,25 +45,17 @@ def rrf(rankings: list[list[str]], k: int = 60, size: int | None = None) -> list
 
 
 def knn_body(vector: list[float], k: int, num_candidates: int, filter: dict | None = None,
-             oversample: float | None = None) -> dict[str, Any]:
-    """Top-level ``knn`` search. ``filter`` is any query (applied during the kNN search, not after);
-    ``oversample`` re-ranks ``k * oversample`` quantized hits with the full-precision vectors (int8/bbq)."""
-    knn: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": vector, "k": k,
-                           "num_candidates": max(num_candidates, k)}
-    if filter:
-        knn["filter"] = filter
-    if oversample:
-        knn["rescore_vector"] = {"oversample": oversample}
-    return {"knn": knn, "size": k, "_source": False}
+             oversample: float | None = None, backend=None) -> dict[str, Any]:
+    """A kNN search of the dense index's vector field (Elasticsearch: top-level ``knn``). ``filter`` is any query
+    (applied during the kNN search, not after); ``oversample`` re-ranks ``k * oversample`` quantized hits with the
+    full-precision vectors (int8/bbq). As ``backend`` (a client or a backend; default: Elasticsearch) writes it."""
+    return backend_for(backend).knn_body(vector, k, num_candidates, VECTOR_FIELD, filter=filter, oversample=oversample)
 
 
-def knn_builder_body(text: str, model_id: str, k: int, num_candidates: int, filter: dict | None = None) -> dict:
-    """kNN whose query vector Elasticsearch computes itself with the uploaded student (needs an ML node)."""
-    knn: dict[str, Any] = {"field": VECTOR_FIELD, "k": k, "num_candidates": max(num_candidates, k),
-                           "query_vector_builder": {"text_embedding": {"model_id": model_id, "model_text": text}}}
-    if filter:
-        knn["filter"] = filter
-    return {"knn": knn, "size": k, "_source": False}
+def knn_builder_body(text: str, model_id: str, k: int, num_candidates: int, filter: dict | None = None,
+                     backend=None) -> dict:
+    """kNN whose query vector the cluster computes itself with the uploaded student (needs an ML node)."""
+    return backend_for(backend).knn_text_body(text, model_id, k, num_candidates, VECTOR_FIELD, filter=filter)
 
 
 def _hits(resp: dict, what: str = "search") -> list[tuple[str, float]]:
@@ -75,16 +65,18 @@ def _hits(resp: dict, what: str = "search") -> list[tuple[str, float]]:
 class BM25:
     name = "bm25"
 
-    def __init__(self, client: Elasticsearch, index: str, fields: list[str], k: int = 100):
+    def __init__(self, client, index: str, fields: list[str], k: int = 100):
         self.client, self.index, self.fields, self.k = client, index, fields, k
+        self.backend = backend_for(client)
 
     def request(self, text: str) -> dict[str, Any]:
         """The HTTP request this system sends for ``text``, as an application would send it."""
-        return {"method": "POST", "path": f"/{self.index}/_search", "body": bm25_body(text, self.fields, self.k)}
+        return {"method": "POST", "path": f"/{self.index}/_search",
+                "body": self.backend.bm25_body(text, self.fields, self.k)}
 
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
-        resp = self.client.search(index=self.index, **bm25_body(text, self.fields, self.k)).body
+        resp = self.backend.search(self.index, self.backend.bm25_body(text, self.fields, self.k))
         return Result(_hits(resp, f"BM25 search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
                       float(resp["took"]))
 
@@ -108,10 +100,11 @@ class RequestPipeline:
         header, body = self.rs.searches(text, self.k)
         from .request_teacher import _reason
 
+        backend = self.rs.backend
         try:
-            resp = (self.rs.client.search_template(index=header["index"], body=body) if self.rs.template_id
-                    else self.rs.client.search(index=header["index"], body=body)).body
-        except ApiError as e:
+            resp = (backend.search_template(header["index"], body) if self.rs.template_id
+                    else backend.search(header["index"], body))
+        except EngineError as e:
             raise ClusterError(f"{self.rs.source}: the cluster refused the request: {_reason(e.body) or e}") from None
         return Result(_hits(resp, f"{self.rs.source} on {header['index']!r}"), (time.perf_counter() - t0) * 1e3,
                       float(resp["took"]))
@@ -127,12 +120,13 @@ class Pipeline:
         self.client, self.index, self.fields = client, index, fields
         self.reranker, self.depth, self.k, self.batch_size = reranker, depth, k, batch_size
         self.bm25_weight = bm25_weight  # the teacher's fusion with BM25 (esdistill.teacher.fuse), as in training
+        self.backend = backend_for(client)
 
     def retrieve(self, text: str) -> tuple[list[Doc], list[float], list[str], float]:
         """BM25's top ``depth`` with their texts (what is reranked) and, when ``k`` is larger, its top ``k`` ids
         alone (the tail kept in BM25 order) in one ``_msearch``: only what is reranked is fetched. Returns
         (head documents, their BM25 scores, top-k ids, Elasticsearch's took in ms)."""
-        responses = self.client.msearch(searches=self._searches(text)).body["responses"]
+        responses = self.backend.msearch(self._pairs(text))["responses"]
         for r in responses:
             check_shards(r, f"pipeline: BM25 search on {self.index!r}")
         head = responses[0]["hits"]["hits"]
@@ -140,13 +134,16 @@ class Pipeline:
         docs = [doc_from_source(h["_id"], h.get("_source", {}), self.fields) for h in head]
         return docs, [float(h["_score"]) for h in head], ranked, float(max(r["took"] for r in responses))
 
-    def _searches(self, text: str) -> list[dict[str, Any]]:
-        head_body = bm25_body(text, self.fields, self.depth)
-        head_body["_source"] = self.fields
-        searches = [{"index": self.index}, head_body]
+    def _pairs(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+        """(index, body) of each search: BM25's head with the text fields, and — ``k`` larger than ``depth`` —
+        its top ``k`` ids."""
+        pairs = [(self.index, self.backend.bm25_body(text, self.fields, self.depth, source=self.fields))]
         if self.k > self.depth:
-            searches += [{"index": self.index}, bm25_body(text, self.fields, self.k)]
-        return searches
+            pairs.append((self.index, self.backend.bm25_body(text, self.fields, self.k)))
+        return pairs
+
+    def _searches(self, text: str) -> list[dict[str, Any]]:
+        return [line for index, body in self._pairs(text) for line in ({"index": index}, body)]
 
     def request(self, text: str) -> dict[str, Any]:
         how = (f"the teacher ensemble ({self.reranker.describe()}, z-scores per query)" if hasattr(
@@ -198,6 +195,7 @@ class Student:
                  filter: dict | None = None, oversample: float | None = None, expect_index: str | None = None):
         self.client, self.index, self.model, self.k, self.num_candidates = client, index, model, k, num_candidates
         self.filter, self.oversample, self.expect_index = filter, oversample, expect_index
+        self.backend = backend_for(client)
 
     def check_index(self, resp: dict) -> dict:
         """Refuse hits of an index other than ``expect_index``: vectors of another model give plausible, wrong hits."""
@@ -212,23 +210,24 @@ class Student:
         return resp
 
     def body(self, vector: list[float]) -> dict[str, Any]:
-        return knn_body(vector, self.k, self.num_candidates, self.filter, self.oversample)
+        return self.backend.knn_body(vector, self.k, self.num_candidates, VECTOR_FIELD, filter=self.filter,
+                                     oversample=self.oversample)
 
     def encode(self, text: str) -> list[float]:
         return self.model.encode(text, normalize_embeddings=True, show_progress_bar=False).tolist()
 
     def request(self, text: str, model_id: str | None = None) -> dict[str, Any]:
         """The kNN request for ``text``: with the query vector this model computes, or — ``model_id``, a model
-        uploaded to a cluster with ML — the ``query_vector_builder`` form, where Elasticsearch encodes it."""
-        body = (knn_builder_body(text, model_id, self.k, self.num_candidates, self.filter) if model_id
-                else self.body(self.encode(text)))
+        uploaded to a cluster with ML — the form where the cluster encodes it (``query_vector_builder``)."""
+        body = (self.backend.knn_text_body(text, model_id, self.k, self.num_candidates, VECTOR_FIELD, self.filter)
+                if model_id else self.body(self.encode(text)))
         return {"method": "POST", "path": f"/{self.index}/_search", "body": body}
 
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
         vec = self.encode(text)
         t1 = time.perf_counter()
-        resp = self.check_index(self.client.search(index=self.index, **self.body(vec)).body)
+        resp = self.check_index(self.backend.search(self.index, self.body(vec)))
         return Result(_hits(resp, f"kNN search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
                       float(resp["took"]), {"encode_ms": (t1 - t0) * 1e3})
 
@@ -245,10 +244,14 @@ class Hybrid:
         self.student = Student(client, dense_index, model, k, num_candidates, oversample=oversample,
                                expect_index=expect_index)
         self.k, self.num_candidates, self.rrf_k = k, num_candidates, rrf_k
+        self.backend = self.student.backend
+
+    def _pairs(self, text: str, vec: list[float]) -> list[tuple[str, dict[str, Any]]]:
+        return [(self.bm25_index, self.backend.bm25_body(text, self.fields, self.k)),
+                (self.dense_index, self.student.body(vec))]
 
     def _searches(self, text: str, vec: list[float]) -> list[dict[str, Any]]:
-        return [{"index": self.bm25_index}, bm25_body(text, self.fields, self.k),
-                {"index": self.dense_index}, self.student.body(vec)]
+        return [line for index, body in self._pairs(text, vec) for line in ({"index": index}, body)]
 
     def request(self, text: str) -> dict[str, Any]:
         return {"method": "POST", "path": "/_msearch", "ndjson": self._searches(text, self.student.encode(text)),
@@ -258,7 +261,7 @@ class Hybrid:
         t0 = time.perf_counter()
         vec = self.student.encode(text)
         t1 = time.perf_counter()
-        resp = self.client.msearch(searches=self._searches(text, vec)).body
+        resp = self.backend.msearch(self._pairs(text, vec))
         self.student.check_index(resp["responses"][1])
         lexical, dense = (_hits(r, f"hybrid search on {i!r}") for r, i in
                           zip(resp["responses"], (self.bm25_index, self.dense_index), strict=True))

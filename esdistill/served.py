@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from elasticsearch import exceptions as es_exc
-
+from .backends import backend_for
 from .errors import ClusterError, EsdistillError, ModelError
 from .indexing import index_meta
 
@@ -86,17 +85,15 @@ class ServedDeploy:
 
 def served_deploy(client, alias: str) -> ServedDeploy:
     """The deploy behind ``alias`` (one esdistill index), read from the cluster now."""
-    try:
-        indices = sorted(client.indices.get_alias(name=alias).body)
-    except es_exc.NotFoundError:
-        indices = []
+    backend = backend_for(client)
+    indices = sorted(backend.alias_targets(alias))
     if not indices:
         raise ClusterError(f"alias {alias!r} points at no index: nothing is served",
                            hint="run `esdistill deploy -c CONFIG` first")
     if len(indices) > 1:
         raise ClusterError(f"alias {alias!r} points at {len(indices)} indices ({', '.join(indices)}): which model "
                            "embedded the hits is unknown", hint="point it at one (esdistill deploy or rollback)")
-    meta = index_meta(client, indices[0]) or {}
+    meta = index_meta(backend, indices[0]) or {}
     if not meta.get("key"):
         raise ClusterError(f"alias {alias!r} serves {indices[0]!r}, which esdistill did not deploy (no "
                            "_meta.esdistill.key): its model is unknown", hint="run `esdistill deploy -c CONFIG`")

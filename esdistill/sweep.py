@@ -15,12 +15,11 @@ import time
 from typing import Any
 
 import numpy as np
-from elasticsearch import Elasticsearch
 
+from .backends import VECTOR_FIELD, backend_for
 from .config import DeployConfig
-from .deploy import VECTOR_FIELD, dense_body
+from .deploy import dense_body
 from .indexing import bulk_index, verify_count
-from .search import knn_body
 
 
 def exact_top(doc_vecs: np.ndarray, query_vecs: np.ndarray, k: int) -> np.ndarray:
@@ -31,14 +30,13 @@ def exact_top(doc_vecs: np.ndarray, query_vecs: np.ndarray, k: int) -> np.ndarra
     return np.take_along_axis(top, order, axis=1)
 
 
-def segment_count(client: Elasticsearch, index: str) -> int:
+def segment_count(client, index: str) -> int:
     """Searchable segments of ``index``'s primary shards: each holds an HNSW graph that a kNN search visits."""
-    shards = client.indices.segments(index=index).body["indices"][index]["shards"]
-    return sum(len(c["segments"]) for copies in shards.values() for c in copies if c["routing"]["primary"])
+    return backend_for(client).segment_count(index)
 
 
 def sweep(
-    client: Elasticsearch,
+    client,
     doc_ids: list[str],
     doc_vecs: np.ndarray,
     query_vecs: np.ndarray,
@@ -53,15 +51,17 @@ def sweep(
     progress=None,
 ) -> list[dict[str, Any]]:
     """One row per (index type, num_candidates): recall@k vs exact, latency p50/p95 (client wall, ms), and the
-    number of segments the index had when it was measured."""
+    number of segments the index had when it was measured. ``client``: an engine client or a backend."""
+    client = backend_for(client)
     exact = exact_top(doc_vecs, query_vecs, k)
     truth = [{doc_ids[i] for i in row} for row in exact]
     rows = []
     for itype in index_types:
         index = f"{index_prefix}-sweep-{itype.replace('_', '-')}"
-        client.indices.delete(index=index, ignore_unavailable=True)
-        body = dense_body(doc_vecs.shape[1], True, DeployConfig(index_type=itype, m=m, ef_construction=ef_construction))
-        client.indices.create(index=index, **body)
+        client.delete_index(index, missing_ok=True)
+        body = dense_body(doc_vecs.shape[1], True, DeployConfig(index_type=itype, m=m, ef_construction=ef_construction),
+                          client)
+        client.create_index(index, body)
         try:
             t0 = time.perf_counter()
             ok, errors = bulk_index(client, index, ({"_id": d, "_source": {VECTOR_FIELD: v.tolist()}}
@@ -69,18 +69,18 @@ def sweep(
                                     chunk_size=chunk_size)
             verify_count(client, index, len(doc_ids), errors)
             build_s = time.perf_counter() - t0
-            segments = segment_count(client, index)
+            segments = client.segment_count(index)
             over = oversample if "int8" in itype or "bbq" in itype else None
             for nc in num_candidates:
                 task = progress.add_task(f"sweep {itype} num_candidates={nc}", total=len(query_vecs)) if progress else None
                 for qv in query_vecs[: min(20, len(query_vecs))]:  # warm-up: caches and the graph's pages, untimed
-                    client.search(index=index, **knn_body(qv.tolist(), k, max(nc, k), oversample=over))
+                    client.knn_search(index, qv.tolist(), k, max(nc, k), oversample=over)
                 recalls, lat = [], []
                 for qv, want in zip(query_vecs, truth, strict=True):
                     t1 = time.perf_counter()
-                    resp = client.search(index=index, **knn_body(qv.tolist(), k, max(nc, k), oversample=over))
+                    resp = client.knn_search(index, qv.tolist(), k, max(nc, k), oversample=over)
                     lat.append((time.perf_counter() - t1) * 1e3)
-                    got = {h["_id"] for h in resp.body["hits"]["hits"]}
+                    got = {h["_id"] for h in resp["hits"]["hits"]}
                     recalls.append(len(got & want) / len(want))
                     if progress:
                         progress.advance(task)
@@ -88,7 +88,7 @@ def sweep(
                              "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
                              "build_s": build_s, "oversample": over, "segments": segments})
         finally:
-            client.indices.delete(index=index, ignore_unavailable=True)
+            client.delete_index(index, missing_ok=True)
     return rows
 
 
