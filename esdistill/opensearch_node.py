@@ -457,7 +457,7 @@ class OpenSearchNode:
                 return self.status()
             if self._pid() is None and time.monotonic() > begin + 5:
                 raise ClusterError(f"OpenSearch exited during start-up; the end of {server_log}:\n"
-                                   f"{_tail(server_log)}")
+                                   f"{_tail(server_log)}\nthe end of {log}:\n{_tail(log, 10)}")
             time.sleep(1.0)
         raise ClusterError(f"OpenSearch did not become healthy within {timeout:.0f}s; the end of {server_log}:\n"
                            f"{_tail(server_log)}")

@@ -1,0 +1,169 @@
+"""The local OpenSearch node (esdistill/opensearch_node.py), started for real: assembled from Maven Central, with
+k-NN, ml-commons and neural-search, the english analyzer, and the refusals a user meets (Java, Maven, ports, a
+node that does not come up).
+
+Port: ESDISTILL_TEST_OS_PORT (default 9400; transport port + 100), so it never meets the Elasticsearch fixture's
+9250. ESDISTILL_TEST_KEEP_CLUSTER leaves the node up after the session, as for Elasticsearch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+TEST_OS_PORT = int(os.environ.get("ESDISTILL_TEST_OS_PORT", "9400"))
+
+
+@pytest.fixture(scope="session")
+def os_node():
+    """A real local OpenSearch on loopback; started for the session (and stopped after) unless already running."""
+    from esdistill.config import LocalOpenSearchSettings
+    from esdistill.opensearch_node import OpenSearchNode
+
+    node = OpenSearchNode(LocalOpenSearchSettings(port=TEST_OS_PORT))
+    started = False
+    if not node.status().running:
+        node.start(timeout=300)
+        started = True
+    yield node
+    if started and not os.environ.get("ESDISTILL_TEST_KEEP_CLUSTER"):
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def osc(os_node):
+    """An opensearch-py client of the test node."""
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(os_node.url, timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def os_index(osc):
+    import uuid
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    osc.indices.delete(index=name, ignore_unavailable=True)
+
+
+def test_root_says_opensearch_with_the_loop_s_plugins(osc, os_node):
+    info = osc.info()
+    assert info["version"]["distribution"] == "opensearch"
+    assert info["version"]["number"] == os_node.s.version
+    plugins = {p["component"] for p in osc.cat.plugins(format="json")}
+    assert {"opensearch-knn", "opensearch-ml", "opensearch-neural-search", "opensearch-job-scheduler"} <= plugins
+    modules = {m["name"] for n in osc.nodes.info(metric="plugins")["nodes"].values() for m in n["modules"]}
+    assert {"lang-painless", "analysis-common", "reindex", "ingest-common", "mapper-extras"} <= modules
+
+
+def test_a_second_start_reuses_the_running_node_and_the_assembly(os_node):
+    before = os_node.status()
+    assert before.running and os_node.assembled()
+    again = os_node.start()
+    assert again.pid == before.pid and again.running
+
+
+def test_knn_vector_lucene_index_answers_knn_queries(osc, os_index):
+    from opensearchpy import helpers
+
+    osc.indices.create(index=os_index, body={
+        "settings": {"index": {"knn": True, "number_of_shards": 1, "number_of_replicas": 0}},
+        "mappings": {"properties": {
+            "title": {"type": "text", "analyzer": "english"},
+            "emb": {"type": "knn_vector", "dimension": 3,
+                    "method": {"name": "hnsw", "engine": "lucene", "space_type": "cosinesimil"}}}}})
+    docs = {"east": [1.0, 0.0, 0.0], "north": [0.0, 1.0, 0.0], "up": [0.0, 0.0, 1.0],
+            "north-east": [0.7, 0.7, 0.0], "north-up": [0.0, 0.6, 0.8]}
+    ok, errors = helpers.bulk(osc, ({"_index": os_index, "_id": k, "title": k, "emb": v} for k, v in docs.items()),
+                              refresh=True)
+    assert ok == len(docs) and not errors
+    mapping = osc.indices.get_mapping(index=os_index)[os_index]["mappings"]["properties"]["emb"]
+    assert mapping["method"]["engine"] == "lucene"
+    resp = osc.search(index=os_index, body={"size": 3, "_source": False,
+                                            "query": {"knn": {"emb": {"vector": [0.1, 0.9, 0.05], "k": 3}}}})
+    assert [h["_id"] for h in resp["hits"]["hits"]] == ["north", "north-east", "north-up"]
+
+
+def test_english_analyzer_stems(osc):
+    tokens = osc.indices.analyze(body={"analyzer": "english", "text": "Running studies of the cats"})["tokens"]
+    assert [t["token"] for t in tokens] == ["run", "studi", "cat"]
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+def _fake_jdk(root: Path, major: int) -> Path:
+    """A folder shaped like a JDK of ``major`` (``release`` file, ``bin/java``): what the finder reads."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "java").write_text("#!/bin/sh\nexit 1\n")
+    (root / "release").write_text(f'JAVA_VERSION="{major}.0.1"\n')
+    return root
+
+
+@pytest.mark.parametrize("major", [8, 25])
+def test_a_jdk_out_of_range_is_refused_naming_the_range(tmp_path, major):
+    from esdistill.config import LocalOpenSearchSettings
+    from esdistill.errors import ClusterError
+    from esdistill.opensearch_node import OpenSearchNode
+
+    node = OpenSearchNode(LocalOpenSearchSettings(java_home=_fake_jdk(tmp_path / "jdk", major), home=tmp_path))
+    with pytest.raises(ClusterError, match=r"needs Java 11 to 23.*\(Java %d\)" % major) as e:
+        node.java_home()
+    assert "ESDISTILL_OS_LOCAL_JAVA_HOME" in e.value.hint
+    assert OpenSearchNode(LocalOpenSearchSettings(version="3.2.0", home=tmp_path)).java_range() == (21, None)
+
+
+def test_a_busy_port_is_refused_before_anything_is_fetched(tmp_path):
+    from esdistill.config import LocalOpenSearchSettings
+    from esdistill.errors import ClusterError
+    from esdistill.opensearch_node import OpenSearchNode
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ClusterError, match=f"port {port} on 127.0.0.1 .* already in use"):
+            OpenSearchNode(LocalOpenSearchSettings(port=port, home=tmp_path)).start()
+    assert not (tmp_path / "dist").exists()
+
+
+def test_a_version_maven_does_not_have_is_refused_naming_the_coordinates(tmp_path):
+    from esdistill.config import LocalOpenSearchSettings
+    from esdistill.errors import ClusterError
+    from esdistill.opensearch_node import OpenSearchNode
+
+    node = OpenSearchNode(LocalOpenSearchSettings(version="2.19.99", home=tmp_path, port=_free_port()))
+    with pytest.raises(ClusterError, match=r"org\.opensearch\.distribution\.integ-test-zip:opensearch:zip:2\.19\.99"):
+        node.assemble()
+    assert not node.dist.exists() and not list(node.dist.parent.glob(".build-*"))
+
+
+def test_a_node_that_does_not_come_up_shows_its_log(os_node):
+    """A setting the node refuses: the error carries the end of the node's own log (which names the setting)."""
+    from esdistill.config import LocalOpenSearchSettings
+    from esdistill.errors import ClusterError
+    from esdistill.opensearch_node import OpenSearchNode
+
+    port = _free_port(avoid={os_node.s.port})
+    bad = OpenSearchNode(LocalOpenSearchSettings(port=port, transport_port=_free_port(avoid={port}),
+                                                 extra_settings={"esdistill.no_such_setting": "1"}))
+    try:
+        with pytest.raises(ClusterError, match=r"(?s)OpenSearch exited during start-up.*esdistill\.no_such_setting"):
+            bad.start(timeout=240)
+    finally:
+        bad.stop()
+        shutil.rmtree(bad.node, ignore_errors=True)
+
+
+def _free_port(avoid: set[int] = frozenset()) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid and port + 100 not in avoid and port < 65000:
+            return port
