@@ -354,6 +354,17 @@ class OpenSearchNode:
             for path in [self.node, *self.node.rglob("*")]:
                 os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
+    def share_file(self, path: Path) -> Path:
+        """A copy of ``path`` that the node's process can read (``<node>/uploads/``), e.g. a model zip that
+        ml-commons registers from a ``file://`` URL. Returns the copy's path."""
+        out = self.node / "uploads"
+        out.mkdir(parents=True, exist_ok=True)
+        out.chmod(0o755)
+        dst = out / Path(path).name
+        shutil.copyfile(path, dst)
+        dst.chmod(0o644)
+        return dst
+
     def _pid(self) -> int | None:
         """The node's process id: from its pid file, or (while it starts: ``bin/opensearch -d`` returns before the
         JVM writes that file) the java process that runs with this node's config folder."""

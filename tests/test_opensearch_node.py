@@ -167,3 +167,33 @@ def _free_port(avoid: set[int] = frozenset()) -> int:
             port = sock.getsockname()[1]
         if port not in avoid and port + 100 not in avoid and port < 65000:
             return port
+
+
+# ------------------------------------------------------------------------------------------ ml-commons
+def test_a_student_uploaded_to_ml_commons_predicts_what_sentence_transformers_encodes(osc, os_node, tiny_models,
+                                                                                      tmp_path):
+    """The tiny bi-encoder as a TorchScript zip: registered from file://, deployed (libtorch from the assembly, no
+    download), and its _predict equal to sentence-transformers' within cosine 0.9999."""
+    import dataclasses
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from esdistill import opensearch_ml as ml
+
+    zp = ml.torchscript_zip(tiny_models["bi"], tmp_path / "zip")
+    assert zp.dims == 32 and zp.max_diff < 1e-5
+    zp = dataclasses.replace(zp, path=os_node.share_file(zp.path))
+    ml.require_ml(osc)
+    model_id = ml.register(osc, zp, "esdistill-test-tiny")
+    try:
+        ml.deploy(osc, model_id)
+        texts = ["a short one", "a somewhat longer sentence about vitamin D and bone density in older adults"]
+        got = ml.predict(osc, model_id, texts)
+        ref = SentenceTransformer(tiny_models["bi"], device="cpu").encode(texts)
+        assert got.shape == (2, 32)
+        assert np.allclose(got, ref, atol=1e-4)
+        assert ml.verify_predict(osc, model_id, tiny_models["bi"]) > ml.MIN_COSINE
+    finally:
+        osc.transport.perform_request("POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
+        osc.transport.perform_request("DELETE", f"/_plugins/_ml/models/{model_id}")
