@@ -191,3 +191,26 @@ def verify_predict(client, model_id: str, model_dir: str | Path, texts: list[str
                          hint="the cluster tokenizes with the zip's tokenizer.json; check the model's tokenizer and "
                               "max length, then upload again")
     return cos
+
+
+# ------------------------------------------------------------------------------- serving in the cluster
+def ingest_pipeline_body(model_id: str, field_map: dict[str, str]) -> dict:
+    """An ingest pipeline that embeds documents with the deployed model: ``field_map`` text field -> vector field
+    (neural-search's ``text_embedding`` processor)."""
+    return {"description": f"esdistill: embed with ml-commons model {model_id}",
+            "processors": [{"text_embedding": {"model_id": model_id, "field_map": field_map}}]}
+
+
+def neural_clause(field: str, text: str, model_id: str, k: int) -> dict:
+    """A ``neural`` query: ``text`` encoded by the cluster's model, then kNN on ``field``."""
+    return {"neural": {field: {"query_text": text, "model_id": model_id, "k": k}}}
+
+
+def normalization_pipeline_body(weights: list[float], normalization: str = "min_max",
+                                combination: str = "arithmetic_mean") -> dict:
+    """A search pipeline for ``hybrid`` queries: each sub-query's scores normalised, then combined with
+    ``weights`` (one per sub-query, in the order of the ``hybrid`` query's ``queries``)."""
+    return {"description": "esdistill: hybrid score normalization",
+            "phase_results_processors": [{"normalization-processor": {
+                "normalization": {"technique": normalization},
+                "combination": {"technique": combination, "parameters": {"weights": weights}}}}]}

@@ -170,30 +170,113 @@ def _free_port(avoid: set[int] = frozenset()) -> int:
 
 
 # ------------------------------------------------------------------------------------------ ml-commons
-def test_a_student_uploaded_to_ml_commons_predicts_what_sentence_transformers_encodes(osc, os_node, tiny_models,
-                                                                                      tmp_path):
-    """The tiny bi-encoder as a TorchScript zip: registered from file://, deployed (libtorch from the assembly, no
-    download), and its _predict equal to sentence-transformers' within cosine 0.9999."""
+@pytest.fixture(scope="module")
+def tiny_in_cluster(osc, os_node, tiny_models, tmp_path_factory):
+    """The tiny bi-encoder as a TorchScript zip, registered from file:// and deployed (libtorch from the assembly:
+    nothing downloaded); undeployed and deleted after the module."""
     import dataclasses
-
-    import numpy as np
-    from sentence_transformers import SentenceTransformer
 
     from esdistill import opensearch_ml as ml
 
-    zp = ml.torchscript_zip(tiny_models["bi"], tmp_path / "zip")
+    zp = ml.torchscript_zip(tiny_models["bi"], tmp_path_factory.mktemp("zip"))
     assert zp.dims == 32 and zp.max_diff < 1e-5
     zp = dataclasses.replace(zp, path=os_node.share_file(zp.path))
     ml.require_ml(osc)
     model_id = ml.register(osc, zp, "esdistill-test-tiny")
     try:
         ml.deploy(osc, model_id)
-        texts = ["a short one", "a somewhat longer sentence about vitamin D and bone density in older adults"]
-        got = ml.predict(osc, model_id, texts)
-        ref = SentenceTransformer(tiny_models["bi"], device="cpu").encode(texts)
-        assert got.shape == (2, 32)
-        assert np.allclose(got, ref, atol=1e-4)
-        assert ml.verify_predict(osc, model_id, tiny_models["bi"]) > ml.MIN_COSINE
+        yield model_id
     finally:
         osc.transport.perform_request("POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
         osc.transport.perform_request("DELETE", f"/_plugins/_ml/models/{model_id}")
+
+
+def test_a_student_uploaded_to_ml_commons_predicts_what_sentence_transformers_encodes(osc, tiny_in_cluster,
+                                                                                      tiny_models):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from esdistill import opensearch_ml as ml
+
+    texts = ["a short one", "a somewhat longer sentence about vitamin D and bone density in older adults"]
+    got = ml.predict(osc, tiny_in_cluster, texts)
+    ref = SentenceTransformer(tiny_models["bi"], device="cpu").encode(texts)
+    assert got.shape == (2, 32)
+    assert np.allclose(got, ref, atol=1e-4)
+    assert ml.verify_predict(osc, tiny_in_cluster, tiny_models["bi"]) > ml.MIN_COSINE
+
+
+DOCS = {"d1": "Vitamin D supplements and bone density in older adults",
+        "d2": "The cat sat on the mat",
+        "d3": "Statins lower cholesterol in patients with heart disease",
+        "d4": "Bone fractures heal faster with calcium",
+        "d5": "Deep learning models for protein folding",
+        "d6": "How to reset a forgotten password"}
+
+
+@pytest.fixture(scope="module")
+def embedded_in_cluster(osc, tiny_in_cluster):
+    """An index whose default ingest pipeline embeds ``text`` into ``emb`` with the deployed model."""
+    import uuid
+
+    from opensearchpy import helpers
+
+    from esdistill import opensearch_ml as ml
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    osc.ingest.put_pipeline(id=name, body=ml.ingest_pipeline_body(tiny_in_cluster, {"text": "emb"}))
+    osc.indices.create(index=name, body={
+        "settings": {"index": {"knn": True, "number_of_shards": 1, "number_of_replicas": 0,
+                               "default_pipeline": name}},
+        "mappings": {"properties": {"text": {"type": "text", "analyzer": "english"},
+                                    "emb": {"type": "knn_vector", "dimension": 32,
+                                            "method": {"name": "hnsw", "engine": "lucene",
+                                                       "space_type": "cosinesimil"}}}}})
+    ok, errors = helpers.bulk(osc, ({"_index": name, "_id": k, "text": v} for k, v in DOCS.items()), refresh=True)
+    assert ok == len(DOCS) and not errors
+    yield name
+    osc.indices.delete(index=name, ignore_unavailable=True)
+    osc.ingest.delete_pipeline(id=name)
+
+
+def test_the_ingest_pipeline_embeds_as_sentence_transformers_does_and_neural_queries_match_client_knn(
+        osc, tiny_in_cluster, embedded_in_cluster, tiny_models):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from esdistill import opensearch_ml as ml
+
+    st = SentenceTransformer(tiny_models["bi"], device="cpu")
+    stored = {h["_id"]: h["_source"]["emb"] for h in osc.search(
+        index=embedded_in_cluster, body={"size": 10, "query": {"match_all": {}}})["hits"]["hits"]}
+    ids = sorted(DOCS)
+    got = np.asarray([stored[i] for i in ids], dtype=np.float32)
+    ref = st.encode([DOCS[i] for i in ids])
+    assert np.min(np.sum(got * ref, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)) > 0.9999
+    query = "vitamin D and bones"
+    neural = osc.search(index=embedded_in_cluster, body={
+        "size": 3, "_source": False, "query": ml.neural_clause("emb", query, tiny_in_cluster, 3)})["hits"]["hits"]
+    client = osc.search(index=embedded_in_cluster, body={
+        "size": 3, "_source": False,
+        "query": {"knn": {"emb": {"vector": st.encode(query).tolist(), "k": 3}}}})["hits"]["hits"]
+    assert [h["_id"] for h in neural] == [h["_id"] for h in client]
+    assert np.allclose([h["_score"] for h in neural], [h["_score"] for h in client], atol=1e-4)
+
+
+def test_a_hybrid_query_fuses_bm25_and_neural_through_the_normalization_pipeline(
+        osc, tiny_in_cluster, embedded_in_cluster):
+    from esdistill import opensearch_ml as ml
+
+    pipeline = f"{embedded_in_cluster}-hybrid"
+    osc.transport.perform_request("PUT", f"/_search/pipeline/{pipeline}",
+                                  body=ml.normalization_pipeline_body([0.5, 0.5]))
+    try:
+        text = DOCS["d3"]  # first by BM25 and (its own vector: cosine 1) by neural: 1.0 after min-max and the mean
+        hits = osc.search(index=embedded_in_cluster, params={"search_pipeline": pipeline}, body={
+            "size": 6, "_source": False,
+            "query": {"hybrid": {"queries": [{"match": {"text": text}},
+                                             ml.neural_clause("emb", text, tiny_in_cluster, 6)]}}})["hits"]["hits"]
+    finally:
+        osc.transport.perform_request("DELETE", f"/_search/pipeline/{pipeline}")
+    assert hits[0]["_id"] == "d3" and abs(hits[0]["_score"] - 1.0) < 1e-6
+    assert len(hits) == len(DOCS) and all(0.0 <= h["_score"] < 1.0 for h in hits[1:])
