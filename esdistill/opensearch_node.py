@@ -28,7 +28,8 @@ so when started by root it runs as a system user (the one the Elasticsearch buil
 ``ESDISTILL_OS_LOCAL_HOME`` says otherwise.
 
 Java: OpenSearch 2.x runs on Java 11 to 23 (it installs a Java Security Manager, which Java 24 removed); 3.x needs
-Java 21 or newer. The newest JDK in range is used (``ESDISTILL_OS_LOCAL_JAVA_HOME``, ``OPENSEARCH_JAVA_HOME``,
+Java 21 or newer (``ESDISTILL_OS_LOCAL_VERSION=3.6.0`` ran the node's tests on Java 25: its integ-test zip ships
+the modules, and its ml-commons uses the same DJL 0.31.1, so the same libtorch folder serves it). The newest JDK in range is used (``ESDISTILL_OS_LOCAL_JAVA_HOME``, ``OPENSEARCH_JAVA_HOME``,
 ``JAVA_HOME`` or one under ``/usr/lib/jvm``).
 """
 
@@ -271,11 +272,14 @@ class OpenSearchNode:
         return files
 
     def _modules(self, dist: Path, jars: dict[str, Path]) -> None:
-        """``modules/<name>/``: the module's jars (those not already in ``lib/``) and its plugin descriptor."""
+        """``modules/<name>/``: the module's jars (those not already in ``lib/``) and its plugin descriptor — for
+        each module the distribution lacks (2.x's integ-test zip has only transport-netty4; 3.x's has them all)."""
         v = self.s.version
         lib = {p.name for p in (dist / "lib").iterdir()}
         for name, (_, cls, extended) in MODULES.items():
             out = dist / "modules" / name
+            if out.exists():
+                continue
             out.mkdir(parents=True)
             for jar in sorted(jars[name].glob("*.jar")):
                 if jar.name not in lib:
@@ -430,6 +434,8 @@ class OpenSearchNode:
         st = self.status()
         if st.running:
             return st
+        if st.pid is not None:  # this node is still starting (another start is waiting for it): wait with it
+            return self._wait_healthy(timeout, self.node / "startup.log", self.node / "logs" / "esdistill-opensearch.log")
         for port, what in ((self.s.port, "HTTP"), (self.transport_port, "transport")):
             if not _port_free(port):
                 who = self.info() if what == "HTTP" else None
@@ -462,6 +468,9 @@ class OpenSearchNode:
         if proc.returncode != 0:
             raise ClusterError(f"OpenSearch failed to start (exit {proc.returncode}); {log}:\n"
                                f"{_tail(log)}\n{server_log}:\n{_tail(server_log)}")
+        return self._wait_healthy(timeout, log, server_log)
+
+    def _wait_healthy(self, timeout: float, log: Path, server_log: Path) -> OpenSearchStatus:
         begin = time.monotonic()
         while time.monotonic() < begin + timeout:
             if self._health() in ("yellow", "green"):

@@ -63,11 +63,13 @@ def test_root_says_opensearch_with_the_loop_s_plugins(osc, os_node):
     assert {"lang-painless", "analysis-common", "reindex", "ingest-common", "mapper-extras"} <= modules
 
 
-def test_a_second_start_reuses_the_running_node_and_the_assembly(os_node):
+def test_a_second_start_reuses_the_running_node_and_the_assembly(os_node, monkeypatch):
     before = os_node.status()
     assert before.running and os_node.assembled()
     again = os_node.start()
     assert again.pid == before.pid and again.running
+    monkeypatch.setenv("PATH", "/nonexistent")  # no mvn: the assembly on disk is used as it is
+    assert os_node.assemble() == os_node.dist
 
 
 def test_knn_vector_lucene_index_answers_knn_queries(osc, os_index):
@@ -111,7 +113,8 @@ def test_a_jdk_out_of_range_is_refused_naming_the_range(tmp_path, major):
     from esdistill.errors import ClusterError
     from esdistill.opensearch_node import OpenSearchNode
 
-    node = OpenSearchNode(LocalOpenSearchSettings(java_home=_fake_jdk(tmp_path / "jdk", major), home=tmp_path))
+    node = OpenSearchNode(LocalOpenSearchSettings(version="2.19.1", java_home=_fake_jdk(tmp_path / "jdk", major),
+                                                  home=tmp_path))
     with pytest.raises(ClusterError, match=r"needs Java 11 to 23.*\(Java %d\)" % major) as e:
         node.java_home()
     assert "ESDISTILL_OS_LOCAL_JAVA_HOME" in e.value.hint
