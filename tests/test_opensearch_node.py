@@ -283,3 +283,35 @@ def test_a_hybrid_query_fuses_bm25_and_neural_through_the_normalization_pipeline
         osc.transport.perform_request("DELETE", f"/_search/pipeline/{pipeline}")
     assert hits[0]["_id"] == "d3" and abs(hits[0]["_score"] - 1.0) < 1e-6
     assert len(hits) == len(DOCS) and all(0.0 <= h["_score"] < 1.0 for h in hits[1:])
+
+
+# --------------------------------------------------------------------------------------- config and CLI
+def test_the_engine_switch_in_the_config_file_and_a_wrong_one_named(tmp_path):
+    from esdistill.config import load_config
+    from esdistill.errors import ConfigError
+
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nname = "s"\nbeir = "x"\n[cluster]\nengine = "opensearch"\n')
+    assert load_config(p).cluster_settings().engine == "opensearch"
+    p.write_text('[data]\nname = "s"\nbeir = "x"\n[cluster]\nengine = "solr"\n')
+    with pytest.raises(ConfigError, match=r"cluster\.engine.*'solr'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_cluster_status_speaks_of_the_opensearch_node_with_the_switch(how):
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = dict(os.environ, ESDISTILL_OS_LOCAL_PORT=str(port), ESDISTILL_OS_LOCAL_VERSION="2.19.1")
+    args = ["cluster", "status"]
+    if how == "option":
+        args.append("--engine=opensearch")
+    else:
+        env["ESDISTILL_ES_ENGINE"] = "opensearch"
+    proc = subprocess.run([sys.executable, "-m", "esdistill", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out
+    assert f"not running: http://127.0.0.1:{port} version 2.19.1" in out and "opensearch" in out
