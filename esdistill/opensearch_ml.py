@@ -7,11 +7,12 @@ normalisation inside), and ``tokenizer.json`` beside it (ml-commons tokenizes wi
 module is checked against ``SentenceTransformer.encode`` before the zip is written, one unpadded text at a time, as
 ml-commons runs it.
 
-:func:`register` + :func:`deploy` put it into the cluster (``url`` ``file://…``: the node reads the zip itself, so
-the file must be readable by the node's process, and ``plugins.ml_commons.allow_registering_model_via_url`` must be
-on — the local node of :mod:`esdistill.opensearch_node` has it on and :meth:`OpenSearchNode.share_file` puts a file
-where it can read it). :func:`predict` asks ``_predict``; :func:`verify_predict` compares its vectors with
-sentence-transformers' and refuses a model whose cosine falls below :data:`MIN_COSINE`, before anything is served.
+:func:`register` + :func:`deploy` put it into the cluster: by default in ``upload_chunk`` requests (any cluster, the
+managed services included), or from a ``file://`` URL that the node reads itself (the file must be readable by the
+node's process, and ``plugins.ml_commons.allow_registering_model_via_url`` must be on — the local node of
+:mod:`esdistill.opensearch_node` has it on and :meth:`OpenSearchNode.share_file` puts a file where it can read
+it). :func:`predict` asks ``_predict``; :func:`verify_predict` compares its vectors with sentence-transformers' and
+refuses a model whose cosine falls below :data:`MIN_COSINE`, before anything is served.
 
 Requests go through the client's ``transport.perform_request`` (any ``opensearch-py`` client), so the module needs
 no ml-commons-specific client API. torch and sentence-transformers are imported inside the functions.
@@ -30,6 +31,8 @@ from .errors import ClusterError, ModelError
 
 #: Smallest cosine between ``_predict`` and ``SentenceTransformer.encode`` accepted for a served model.
 MIN_COSINE = 0.9999
+#: ml-commons settings that refuse a custom model while they are off (named in the refusal's message).
+_REFUSING_SETTINGS = ("allow_registering_model_via_local_file", "allow_registering_model_via_url")
 #: The traced module's name inside the zip.
 MODEL_FILE = "model.pt"
 #: Texts the traced module and the deployed model are checked on (different lengths: the trace must generalise).
@@ -111,14 +114,20 @@ def torchscript_zip(model_dir: str | Path, out_dir: Path, max_length: int | None
 
 
 # ------------------------------------------------------------------------------------------------- cluster
-def _request(client, method: str, path: str, body: dict | None = None, what: str = "") -> dict:
+def _request(client, method: str, path: str, body: dict | bytes | None = None, what: str = "",
+             headers: dict | None = None) -> dict:
     from opensearchpy import exceptions as os_exc
 
     try:
-        return client.transport.perform_request(method, path, body=body)
+        return client.transport.perform_request(method, path, body=body, headers=headers)
     except os_exc.TransportError as e:
         status = e.status_code if isinstance(e.status_code, int) else "no answer"
-        raise ClusterError(f"{what or path} failed ({status}): {str(e.info)[:600]}") from None
+        text = str(e.info)
+        setting = next((s for s in _REFUSING_SETTINGS if s in text), None)
+        hint = (f"the cluster refuses it while plugins.ml_commons.{setting} is off: turn it on (PUT "
+                f'_cluster/settings {{"persistent": {{"plugins.ml_commons.{setting}": true}}}}), or ask the '
+                "cluster's administrators" if setting else None)
+        raise ClusterError(f"{what or path} failed ({status}): {text[:600]}", hint=hint) from None
 
 
 def require_ml(client) -> None:
@@ -145,15 +154,54 @@ def wait_task(client, task_id: str, what: str, timeout: float = 300.0) -> dict:
         time.sleep(1.0)
 
 
-def register(client, zp: TorchScriptZip, name: str, version: str = "1", timeout: float = 300.0) -> str:
-    """Register the zip as a ``TEXT_EMBEDDING`` model (the node reads ``file://<zip>``); returns the model id."""
-    body = {"name": name, "version": version, "function_name": "TEXT_EMBEDDING", "model_format": "TORCH_SCRIPT",
-            "model_content_hash_value": zp.sha256, "url": zp.path.resolve().as_uri(),
+#: Largest piece of a model zip sent in one ``upload_chunk`` request (ml-commons refuses more than 10 MB).
+CHUNK_BYTES = 10_000_000
+
+
+def register(client, zp: TorchScriptZip, name: str, version: str = "1", via: str = "chunks",
+             timeout: float = 300.0) -> str:
+    """Register the zip as a ``TEXT_EMBEDDING`` model; returns the model id.
+
+    ``via="chunks"`` (any cluster): ``_register_meta`` then the zip's bytes in ``upload_chunk`` requests of
+    :data:`CHUNK_BYTES`. ``via="url"``: the node reads ``file://<zip>`` itself (the file must be readable by the
+    node's process, and ``plugins.ml_commons.allow_registering_model_via_url`` on)."""
+    meta = {"name": name, "version": version, "function_name": "TEXT_EMBEDDING", "model_format": "TORCH_SCRIPT",
+            "model_content_hash_value": zp.sha256,
             "model_config": {"model_type": zp.model_type, "embedding_dimension": zp.dims,
                              "framework_type": "sentence_transformers"}}
-    resp = _request(client, "POST", "/_plugins/_ml/models/_register", body, what=f"registering {name}")
-    task = wait_task(client, resp["task_id"], f"registering {name}", timeout)
-    return task["model_id"]
+    if via == "url":
+        resp = _request(client, "POST", "/_plugins/_ml/models/_register", {**meta, "url": zp.path.resolve().as_uri()},
+                        what=f"registering {name}")
+        return wait_task(client, resp["task_id"], f"registering {name}", timeout)["model_id"]
+    if via != "chunks":
+        raise ValueError(f"via must be 'chunks' or 'url', not {via!r}")
+    size = zp.path.stat().st_size
+    chunks = max(1, -(-size // CHUNK_BYTES))
+    resp = _request(client, "POST", "/_plugins/_ml/models/_register_meta",
+                    {**meta, "model_content_size_in_bytes": size, "total_chunks": chunks},
+                    what=f"registering {name}")
+    model_id = resp["model_id"]
+    try:
+        with open(zp.path, "rb") as fh:
+            for i in range(chunks):
+                # the raw bytes, under the client's default content type (OpenSearch answers 406 to
+                # application/octet-stream; the handler reads the body as it is), as opensearch-py-ml sends them
+                _request(client, "POST", f"/_plugins/_ml/models/{model_id}/upload_chunk/{i}", fh.read(CHUNK_BYTES),
+                         what=f"uploading chunk {i + 1}/{chunks} of {name}")
+        deadline = time.monotonic() + timeout
+        while (state := _request(client, "GET", f"/_plugins/_ml/models/{model_id}")
+               .get("model_state")) != "REGISTERED":
+            if state in ("REGISTER_FAILED", "DEPLOY_FAILED") or time.monotonic() > deadline:
+                raise ModelError(f"model {model_id} ({name}) did not register after its {chunks} chunks: "
+                                 f"state {state}")
+            time.sleep(1.0)
+    except Exception:  # no half-uploaded model left behind
+        try:
+            client.transport.perform_request("DELETE", f"/_plugins/_ml/models/{model_id}")
+        except Exception:
+            pass
+        raise
+    return model_id
 
 
 def deploy(client, model_id: str, timeout: float = 300.0) -> None:

@@ -22,15 +22,17 @@ adds arguments:
 Assembled once per version into ``<home>/dist/opensearch-<version>/`` (built in a temporary folder beside it and
 renamed into place, so an interrupted build leaves nothing that looks finished; a ``esdistill-assembly.json``
 marker names the recipe, and a folder from another recipe is rebuilt). Each node's state lives in
-``<home>/node-<port>/{config,data,logs,tmp}``, owned by the user that runs it: OpenSearch refuses to run as root,
-so when started by root it runs as a system user (the one the Elasticsearch build uses). ``<home>`` is
+``<home>/node-<port>-<version>/{config,data,logs,tmp}`` (a data folder written by a newer Lucene cannot be read by
+an older one), owned by the user that runs it: OpenSearch refuses to run as root, so when started by root it runs
+as a system user (the one the Elasticsearch build uses). ``<home>`` is
 ``opensearch/`` beside the local Elasticsearch (:meth:`LocalClusterSettings.resolved_home`) unless
 ``ESDISTILL_OS_LOCAL_HOME`` says otherwise.
 
 Java: OpenSearch 2.x runs on Java 11 to 23 (it installs a Java Security Manager, which Java 24 removed); 3.x needs
 Java 21 or newer (``ESDISTILL_OS_LOCAL_VERSION=3.6.0`` ran the node's tests on Java 25: its integ-test zip ships
-the modules, and its ml-commons uses the same DJL 0.31.1, so the same libtorch folder serves it). The newest JDK in range is used (``ESDISTILL_OS_LOCAL_JAVA_HOME``, ``OPENSEARCH_JAVA_HOME``,
-``JAVA_HOME`` or one under ``/usr/lib/jvm``).
+the modules, and its ml-commons uses the same DJL 0.31.1, so the same libtorch folder serves it). The newest JDK
+in range is used (``ESDISTILL_OS_LOCAL_JAVA_HOME``, ``OPENSEARCH_JAVA_HOME``, ``JAVA_HOME`` or one under
+``/usr/lib/jvm``).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class OpenSearchNode:
         self.s = settings or LocalOpenSearchSettings()
         self.home = self.s.resolved_home()
         self.dist = self.home / "dist" / f"opensearch-{self.s.version}"
-        self.node = self.home / f"node-{self.s.port}"
+        self.node = self.home / f"node-{self.s.port}-{self.s.version}"
         self.pidfile = self.node / "opensearch.pid"
 
     @property
@@ -346,6 +348,7 @@ class OpenSearchNode:
             "action.destructive_requires_name": "false",
             "plugins.ml_commons.only_run_on_ml_node": "false",
             "plugins.ml_commons.allow_registering_model_via_url": "true",
+            "plugins.ml_commons.allow_registering_model_via_local_file": "true",
             "plugins.ml_commons.native_memory_threshold": 100,
             "plugins.ml_commons.jvm_heap_memory_threshold": 100,
             "plugins.ml_commons.model_access_control_enabled": "false",
@@ -435,7 +438,8 @@ class OpenSearchNode:
         if st.running:
             return st
         if st.pid is not None:  # this node is still starting (another start is waiting for it): wait with it
-            return self._wait_healthy(timeout, self.node / "startup.log", self.node / "logs" / "esdistill-opensearch.log")
+            return self._wait_healthy(timeout, self.node / "startup.log",
+                                      self.node / "logs" / "esdistill-opensearch.log")
         for port, what in ((self.s.port, "HTTP"), (self.transport_port, "transport")):
             if not _port_free(port):
                 who = self.info() if what == "HTTP" else None
@@ -476,8 +480,8 @@ class OpenSearchNode:
             if self._health() in ("yellow", "green"):
                 return self.status()
             if self._pid() is None and time.monotonic() > begin + 5:
-                raise ClusterError(f"OpenSearch exited during start-up; the end of {server_log}:\n"
-                                   f"{_tail(server_log)}\nthe end of {log}:\n{_tail(log, 10)}")
+                raise ClusterError(f"OpenSearch exited during start-up{_reason(server_log)}; the end of "
+                                   f"{server_log}:\n{_tail(server_log)}\nthe end of {log}:\n{_tail(log, 10)}")
             time.sleep(1.0)
         raise ClusterError(f"OpenSearch did not become healthy within {timeout:.0f}s; the end of {server_log}:\n"
                            f"{_tail(server_log)}")
@@ -527,6 +531,16 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _reason(log: Path) -> str:
+    """``: <the last exception message>`` of a node's log (what made it stop), or nothing."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    causes = [ln.strip() for ln in lines if re.match(r"^(Caused by: |[\w.$]+(Exception|Error): )", ln.strip())]
+    return f": {causes[-1][:500]}" if causes else ""
 
 
 def _tail(path: Path, n: int = 30) -> str:

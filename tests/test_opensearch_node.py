@@ -174,24 +174,70 @@ def _free_port(avoid: set[int] = frozenset()) -> int:
 
 # ------------------------------------------------------------------------------------------ ml-commons
 @pytest.fixture(scope="module")
-def tiny_in_cluster(osc, os_node, tiny_models, tmp_path_factory):
-    """The tiny bi-encoder as a TorchScript zip, registered from file:// and deployed (libtorch from the assembly:
-    nothing downloaded); undeployed and deleted after the module."""
-    import dataclasses
-
+def tiny_zip(tiny_models, tmp_path_factory):
     from esdistill import opensearch_ml as ml
 
     zp = ml.torchscript_zip(tiny_models["bi"], tmp_path_factory.mktemp("zip"))
     assert zp.dims == 32 and zp.max_diff < 1e-5
-    zp = dataclasses.replace(zp, path=os_node.share_file(zp.path))
+    return zp
+
+
+def _deployed(osc, zp, via: str):
+    """Register ``zp`` ``via`` chunks or a file:// URL, deploy it (libtorch from the assembly: nothing is
+    downloaded), yield its id; undeploy and delete it after."""
+    from esdistill import opensearch_ml as ml
+
     ml.require_ml(osc)
-    model_id = ml.register(osc, zp, "esdistill-test-tiny")
+    model_id = ml.register(osc, zp, f"esdistill-test-tiny-{via}", via=via)
     try:
         ml.deploy(osc, model_id)
         yield model_id
     finally:
         osc.transport.perform_request("POST", f"/_plugins/_ml/models/{model_id}/_undeploy")
         osc.transport.perform_request("DELETE", f"/_plugins/_ml/models/{model_id}")
+
+
+@pytest.fixture(scope="module")
+def tiny_in_cluster(osc, tiny_zip, monkeypatch_module):
+    """The tiny bi-encoder uploaded in chunks (as to any cluster) and deployed; the chunk size made small so that
+    the upload takes several chunks."""
+    from esdistill import opensearch_ml as ml
+
+    monkeypatch_module.setattr(ml, "CHUNK_BYTES", tiny_zip.path.stat().st_size // 3 + 1)
+    yield from _deployed(osc, tiny_zip, "chunks")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_a_cluster_that_refuses_custom_models_is_named_with_the_setting_to_change(osc, tiny_zip):
+    from esdistill import opensearch_ml as ml
+    from esdistill.errors import ClusterError
+
+    setting = "plugins.ml_commons.allow_registering_model_via_local_file"
+    osc.cluster.put_settings(body={"transient": {setting: False}})
+    try:
+        with pytest.raises(ClusterError) as e:
+            ml.register(osc, tiny_zip, "esdistill-test-refused")
+    finally:
+        osc.cluster.put_settings(body={"transient": {setting: None}})
+    assert "400" in str(e.value) and setting in e.value.hint and "PUT _cluster/settings" in e.value.hint
+
+
+def test_a_model_registered_from_a_file_url_predicts_the_same(osc, os_node, tiny_zip, tiny_in_cluster):
+    import dataclasses
+
+    import numpy as np
+
+    from esdistill import opensearch_ml as ml
+
+    shared = dataclasses.replace(tiny_zip, path=os_node.share_file(tiny_zip.path))
+    texts = ["bone density", "a cat on a mat"]
+    for model_id in _deployed(osc, shared, "url"):
+        assert np.allclose(ml.predict(osc, model_id, texts), ml.predict(osc, tiny_in_cluster, texts), atol=1e-6)
 
 
 def test_a_student_uploaded_to_ml_commons_predicts_what_sentence_transformers_encodes(osc, tiny_in_cluster,
