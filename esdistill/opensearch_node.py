@@ -196,6 +196,8 @@ class OpenSearchNode:
             for path in [dist, *dist.rglob("*")]:  # readable by the user that runs the node
                 if not path.is_symlink():
                     path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+            if self.assembled():  # another process published one meanwhile (and may run it): ours is dropped
+                return self.dist
             if self.dist.exists():  # a folder of another recipe: replaced
                 shutil.rmtree(self.dist)
             try:

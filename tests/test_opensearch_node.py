@@ -8,6 +8,7 @@ Port: ESDISTILL_TEST_OS_PORT (default 9400; transport port + 100), so it never m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -182,6 +183,7 @@ def tiny_zip(tiny_models, tmp_path_factory):
     return zp
 
 
+@contextlib.contextmanager
 def _deployed(osc, zp, via: str):
     """Register ``zp`` ``via`` chunks or a file:// URL, deploy it (libtorch from the assembly: nothing is
     downloaded), yield its id; undeploy and delete it after."""
@@ -204,7 +206,8 @@ def tiny_in_cluster(osc, tiny_zip, monkeypatch_module):
     from esdistill import opensearch_ml as ml
 
     monkeypatch_module.setattr(ml, "CHUNK_BYTES", tiny_zip.path.stat().st_size // 3 + 1)
-    yield from _deployed(osc, tiny_zip, "chunks")
+    with _deployed(osc, tiny_zip, "chunks") as model_id:
+        yield model_id
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +239,7 @@ def test_a_model_registered_from_a_file_url_predicts_the_same(osc, os_node, tiny
 
     shared = dataclasses.replace(tiny_zip, path=os_node.share_file(tiny_zip.path))
     texts = ["bone density", "a cat on a mat"]
-    for model_id in _deployed(osc, shared, "url"):
+    with _deployed(osc, shared, "url") as model_id:
         assert np.allclose(ml.predict(osc, model_id, texts), ml.predict(osc, tiny_in_cluster, texts), atol=1e-6)
 
 
@@ -357,7 +360,7 @@ def test_cluster_status_speaks_of_the_opensearch_node_with_the_switch(how):
     else:
         env["ESDISTILL_ES_ENGINE"] = "opensearch"
     proc = subprocess.run([sys.executable, "-m", "esdistill", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=900)
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 1, out
     assert f"not running: http://127.0.0.1:{port} version 2.19.1" in out and "opensearch" in out
