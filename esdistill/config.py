@@ -85,7 +85,8 @@ class ClusterConfig(BaseModel):
     cloud_id: str | None = None
     verify_certs: bool | None = None
     request_timeout: float | None = None
-    engine: Engine | None = None
+    engine: Engine | None = Field(None, description="elasticsearch or opensearch (the local node `esdistill cluster "
+                                                    "start` runs too); unset = ESDISTILL_ES_ENGINE")
 
     @field_serializer("url", when_used="json")
     def _shown_url(self, url: str | None) -> str | None:
