@@ -485,8 +485,10 @@ class OpenSearchNode:
                 raise ClusterError(f"OpenSearch exited during start-up{_reason(server_log)}; the end of "
                                    f"{server_log}:\n{_tail(server_log)}\nthe end of {log}:\n{_tail(log, 10)}")
             time.sleep(1.0)
-        raise ClusterError(f"OpenSearch did not become healthy within {timeout:.0f}s; the end of {server_log}:\n"
-                           f"{_tail(server_log)}")
+        self.stop()  # no half-started JVM left behind
+        raise ClusterError(f"OpenSearch did not become healthy within {timeout:.0f}s (stopped it); the end of "
+                           f"{server_log}:\n{_tail(server_log)}",
+                           hint="a loaded machine can need longer: `esdistill cluster start --timeout`")
 
     def stop(self, timeout: float = 60.0) -> bool:
         """SIGTERM the node and wait for it to exit (SIGKILL after ``timeout``). False if it was not running."""

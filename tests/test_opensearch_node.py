@@ -28,7 +28,7 @@ def os_node():
     node = OpenSearchNode(LocalOpenSearchSettings(port=TEST_OS_PORT))
     started = False
     if not node.status().running:
-        node.start(timeout=300)
+        node.start(timeout=900)  # 2 shared cores under heavy load once needed more than 300 s
         started = True
     yield node
     if started and not os.environ.get("ESDISTILL_TEST_KEEP_CLUSTER"):
