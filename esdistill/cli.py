@@ -7,6 +7,7 @@ settings are ``ESDISTILL_ES_*``). Errors the user can fix are printed as one mes
 from __future__ import annotations
 
 import functools
+from enum import Enum
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(help="Distill BM25 → cross-encoder into one bi-encoder served by kNN from Elasticsearch.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-cluster_app = typer.Typer(help="The local Elasticsearch test build (no Docker needed).", no_args_is_help=True)
+cluster_app = typer.Typer(help="The local Elasticsearch test build, or a local OpenSearch (no Docker needed).", no_args_is_help=True)
 teacher_app = typer.Typer(help="Score candidates with the teacher; `teacher fit` trains one from judgments.",
                           invoke_without_command=True)
 app.add_typer(cluster_app, name="cluster")
@@ -72,34 +73,55 @@ def _project(config: Path, profile: str | None, **overrides):
 
 
 # ------------------------------------------------------------------------------------------------ cluster
-@cluster_app.command("start")
-@friendly
-def cluster_start(timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 180.0):
-    """Download (once), configure and start a single-node Elasticsearch on loopback."""
+class EngineChoice(str, Enum):
+    elasticsearch = "elasticsearch"
+    opensearch = "opensearch"
+
+
+EngineOpt = Annotated[EngineChoice | None, typer.Option(
+    "--engine", help="which local node: Elasticsearch's test build or OpenSearch (k-NN, ml-commons, neural-search); "
+         "default ESDISTILL_ES_ENGINE, else elasticsearch")]
+
+
+def _local_node(engine: EngineChoice | None):
+    """The local node of ``engine``: :class:`esdistill.cluster.LocalCluster` or
+    :class:`esdistill.opensearch_node.OpenSearchNode` (same start/stop/status)."""
+    from .config import ClusterSettings
+
+    if ((engine and engine.value) or ClusterSettings().engine) == "opensearch":
+        from .opensearch_node import OpenSearchNode
+
+        return OpenSearchNode()
     from .cluster import LocalCluster
 
-    lc = LocalCluster()
-    with console.status(f"starting Elasticsearch {lc.s.version} on {lc.s.url} …"):
-        st = lc.start(timeout=timeout)
-    console.print(f"Elasticsearch {st.version} is up at {st.url} (pid {st.pid}, health {st.health}); home {st.home}")
+    return LocalCluster()
+
+
+@cluster_app.command("start")
+@friendly
+def cluster_start(timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 180.0,
+                  engine: EngineOpt = None):
+    """Download (once), configure and start a single-node Elasticsearch (or, with --engine opensearch, an
+    OpenSearch assembled from Maven Central) on loopback."""
+    lc = _local_node(engine)
+    name = getattr(lc, "name", "Elasticsearch")
+    with console.status(f"starting {name} {lc.s.version} on {lc.s.url} …") as status:
+        st = lc.start(timeout=timeout, progress=lambda msg: status.update(f"{msg} …"))
+    console.print(f"{name} {st.version} is up at {st.url} (pid {st.pid}, health {st.health}); home {st.home}")
 
 
 @cluster_app.command("stop")
 @friendly
-def cluster_stop():
-    """Stop the local Elasticsearch."""
-    from .cluster import LocalCluster
-
-    console.print("stopped" if LocalCluster().stop() else "not running")
+def cluster_stop(engine: EngineOpt = None):
+    """Stop the local node."""
+    console.print("stopped" if _local_node(engine).stop() else "not running")
 
 
 @cluster_app.command("status")
 @friendly
-def cluster_status():
-    """Is the local Elasticsearch running? Exit code 0 if so, 1 if not."""
-    from .cluster import LocalCluster
-
-    st = LocalCluster().status()
+def cluster_status(engine: EngineOpt = None):
+    """Is the local node running? Exit code 0 if so, 1 if not."""
+    st = _local_node(engine).status()
     console.print(f"{'running' if st.running else 'not running'}: {st.url} version {st.version} "
                   f"pid {st.pid} health {st.health} home {st.home}")
     raise typer.Exit(0 if st.running else 1)

