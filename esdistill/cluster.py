@@ -71,6 +71,14 @@ def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elas
     return client
 
 
+def connect_backend(settings: ClusterSettings | None = None, check: bool = True):
+    """The search backend (:mod:`esdistill.backends`) of the configured cluster, connected by :func:`connect`
+    (``check``: its health first)."""
+    from .backends import backend_for
+
+    return backend_for(connect(settings, check=check))
+
+
 def check_health(client, url: str, local: bool = False) -> dict:
     """The cluster's health (Elasticsearch: ``GET /_cluster/health``; the test build has no ``GET /``) with errors
     rewritten for humans (:meth:`~esdistill.backends.SearchBackend.check`; ``client``: an engine client or a

@@ -386,23 +386,6 @@ def verify_traced(export: ElandExport, model_dir: str, texts: list[str]) -> floa
 
 
 # -------------------------------------------------------------------------------------------------- upload
-def require_ml(client, url: str = "the cluster") -> dict:
-    """The cluster's ML info or a clear refusal: the local test build has no ML, the docker stack has
-    (:meth:`~esdistill.backends.SearchBackend.require_ml`; ``client``: an engine client or a backend)."""
-    from .backends import backend_for
-
-    return backend_for(client).require_ml(url)
-
-
-def upload(client, export: ElandExport, start: bool = False, replace: bool = False) -> dict:
-    """Upload a traced export to the cluster's models (:meth:`~esdistill.backends.SearchBackend.upload_model`;
-    Elasticsearch: :func:`upload_with_eland`); optionally start it. An existing model with the same id is refused
-    unless ``replace``."""
-    from .backends import backend_for
-
-    return backend_for(client).upload_model(export, start=start, replace=replace)
-
-
 def upload_with_eland(backend, export: ElandExport, start: bool = False, replace: bool = False) -> dict:
     """Upload a traced export with eland (config, chunked definition, vocabulary) to an Elasticsearch cluster
     (``backend``: an :class:`~esdistill.backends.ElasticsearchBackend`); optionally start it.
@@ -432,10 +415,3 @@ def upload_with_eland(backend, export: ElandExport, start: bool = False, replace
     if start:
         model.start()
     return {"model_id": export.model_id, "started": start, "cluster_version": version, "ops_check": ops}
-
-
-def embed_pipeline_body(model_id: str, text_fields: list[str] | None = None) -> dict:
-    """The ingest pipeline for in-cluster embedding with ``model_id`` (:func:`esdistill.cluster_embed.embed_pipeline`)."""
-    from .cluster_embed import embed_pipeline
-
-    return embed_pipeline(model_id, text_fields or ["title", "text"])

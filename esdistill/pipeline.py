@@ -36,6 +36,7 @@ from . import search as search_mod
 from . import served as served_mod
 from .budget import resolve_max_positives
 from .cache import StageCache
+from .backends import backend_for
 from .cluster import connect
 from .config import RunConfig, fingerprint
 from .console import EstimatingProgress
@@ -1319,9 +1320,10 @@ class Project:
                      f"max {export.max_length} tokens); min cosine vs sentence-transformers {cos:.6f}")
             info = {"model_id": export.model_id, "folder": str(cache.dir), "min_cosine": cos}
             if upload:
-                info.update(ex.upload(self.client, export, start=start, replace=replace))
-                self.client.ingest.put_pipeline(id=f"{export.model_id}-embed",
-                                                **ex.embed_pipeline_body(export.model_id, self.text_fields))
+                backend = backend_for(self.client)
+                info.update(backend.upload_model(export, start=start, replace=replace))
+                backend.put_ingest_pipeline(f"{export.model_id}-embed",
+                                            backend.embed_pipeline(export.model_id, self.text_fields))
                 self.log(f"export: uploaded {export.model_id}" + (" and started it" if start else "")
                          + f"; ingest pipeline {export.model_id}-embed")
             return info

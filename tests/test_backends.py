@@ -18,7 +18,7 @@ from esdistill.backends import (
     backend_for,
 )
 from esdistill.backends.base import NOT_STORED, load_mapping
-from esdistill.cluster import check_shards
+from esdistill.cluster import check_shards, connect_backend
 from esdistill.config import ClusterSettings
 from esdistill.errors import ClusterError
 
@@ -55,7 +55,7 @@ def test_backend_for_passes_backends_through_and_wraps_clients(es, es_url):
     assert isinstance(b, ElasticsearchBackend) and isinstance(b, SearchBackend) and b.client is es
     assert backend_for(b) is b
     assert backend_for(None).client is None  # the bodies alone need no cluster
-    connected = backend_for(ClusterSettings(url=es_url))
+    connected = connect_backend(ClusterSettings(url=es_url))
     try:
         assert isinstance(connected, ElasticsearchBackend) and connected.check(es_url, "-")["status"] in (
             "green", "yellow")
@@ -179,7 +179,7 @@ def test_health_privileges_and_what_the_test_build_lacks(backend, es_url):
     import elasticsearch
 
     assert backend.client_version() == elasticsearch.__versionstr__
-    unreachable = backend_for(ClusterSettings(url="http://127.0.0.1:9"), check=False)
+    unreachable = connect_backend(ClusterSettings(url="http://127.0.0.1:9"), check=False)
     with pytest.raises(ClusterError, match=r"cannot reach Elasticsearch at http://127.0.0.1:9"):
         unreachable.check("http://127.0.0.1:9", "start it")
     with pytest.raises(ConnectionLost):

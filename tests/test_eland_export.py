@@ -113,19 +113,20 @@ def test_max_length_gate(minilm_path):
 
 # ---------------------------------------------------------------- against the real (ML-less) local cluster
 def test_upload_is_refused_clearly_without_ml(es, tiny_models, tmp_path):
-    from esdistill.eland_export import trace_student, upload
+    from esdistill.backends import backend_for
+    from esdistill.eland_export import trace_student
 
     export = trace_student(tiny_models["bi"], tmp_path / "tiny-export", 32, name="tiny")
     with pytest.raises(ClusterError, match="has no machine learning"):
-        upload(es, export)
+        backend_for(es).upload_model(export)
 
 
 def test_embed_pipeline_is_what_the_cluster_gets(es):
     from elasticsearch import BadRequestError
 
-    from esdistill.eland_export import embed_pipeline_body
+    from esdistill.cluster_embed import embed_pipeline
 
-    body = embed_pipeline_body("my-student")
+    body = embed_pipeline("my-student", ["title", "text"])
     assert [p for p in body["processors"] if "inference" in p][0]["inference"]["model_id"] == "my-student"
     nodes = es.nodes.info(metric="ingest").body["nodes"].values()
     processors = {p["type"] for n in nodes for p in n.get("ingest", {}).get("processors", [])}

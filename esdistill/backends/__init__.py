@@ -1,6 +1,6 @@
 """The seam to the search engine: :class:`SearchBackend` (what esdistill asks of a cluster, in its own terms) and
-its implementations — :class:`ElasticsearchBackend` today. :func:`backend_for` gives the backend of a client, a
-connection's settings or a run config; the module-level functions of ``indexing``, ``deploy``, ``search``, … take
+its implementations — :class:`ElasticsearchBackend` today. :func:`backend_for` gives the backend of a client
+(:func:`esdistill.cluster.connect_backend`: of connection settings); the module-level functions of ``indexing``, ``deploy``, ``search``, … take
 a client or a backend alike and go through it.
 
 Not to be confused with :mod:`esdistill.engine`, the *compute* engine (local or Ray) that trains and embeds.
@@ -17,15 +17,14 @@ __all__ = ["VECTOR_FIELD", "ConnectionLost", "ElasticsearchBackend", "EngineErro
            "load_mapping", "reason"]
 
 
-def backend_for(target: Any = None, check: bool = True) -> SearchBackend:
+def backend_for(target: Any = None) -> SearchBackend:
     """The backend of ``target``: a backend (returned as it is); an engine client (elasticsearch-py's
-    ``Elasticsearch``); connection settings (:class:`~esdistill.config.ClusterSettings`) or a run config
-    (:class:`~esdistill.config.RunConfig`, its ``[cluster]``), connected with :func:`esdistill.cluster.connect`
-    (``check``: its health first); None: a backend without a cluster, for the request and mapping bodies alone.
+    ``Elasticsearch``); None: a backend without a cluster, for the request and mapping bodies alone. Connecting
+    from settings is :func:`esdistill.cluster.connect_backend`'s (the seam sits above the connection, never
+    below it: no import circle).
 
-    Which engine a client or a cluster is: the client's own type says it today; an OpenSearch implementation adds
-    its client type here, and for settings the distribution ``GET /`` names (``version.distribution``) or the
-    config's ``[cluster] engine``."""
+    Which engine a client is: the client's own type says it today; an OpenSearch implementation adds its client
+    type here (and ``connect_backend`` the distribution ``GET /`` names, or the config's ``[cluster] engine``)."""
     if isinstance(target, SearchBackend):
         return target
     if target is None:
@@ -34,13 +33,5 @@ def backend_for(target: Any = None, check: bool = True) -> SearchBackend:
 
     if isinstance(target, Elasticsearch):
         return ElasticsearchBackend(target)
-    from ..config import ClusterSettings, RunConfig
-
-    if isinstance(target, RunConfig):
-        target = target.cluster_settings()
-    if isinstance(target, ClusterSettings):
-        from ..cluster import connect
-
-        return ElasticsearchBackend(connect(target, check=check))
-    raise TypeError(f"no search backend for {type(target).__name__}: pass a client, a backend, ClusterSettings "
-                    "or a RunConfig")
+    raise TypeError(f"no search backend for {type(target).__name__}: pass a client or a backend "
+                    "(esdistill.cluster.connect_backend connects from settings)")
