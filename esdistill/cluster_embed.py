@@ -57,7 +57,7 @@ def require_deployed(client: Elasticsearch, model_id: str) -> dict[str, Any]:
     """The model's deployment stats, or a clear refusal: no ML (the test build), no such model, not started."""
     from elasticsearch import exceptions as es_exc
 
-    from .eland_export import require_ml
+    from .ml_ops import require_ml
 
     require_ml(client)
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .config import ES_VERSION
 from .errors import ClusterError, ModelError
+from .ml_ops import require_ml
 
 #: Files written by :func:`trace_student`. The first two names are eland's own.
 MODEL_FILE = "traced_pytorch_model.pt"
@@ -386,19 +387,6 @@ def verify_traced(export: ElandExport, model_dir: str, texts: list[str]) -> floa
 
 
 # -------------------------------------------------------------------------------------------------- upload
-def require_ml(client, url: str = "the cluster") -> dict:
-    """``GET _ml/info`` or a clear refusal: the local test build has no ML, the docker stack has."""
-    from elasticsearch import exceptions as es_exc
-
-    try:
-        return client.ml.info().body
-    except (es_exc.BadRequestError, es_exc.NotFoundError, es_exc.ApiError) as e:
-        raise ClusterError(
-            f"{url} has no machine learning ({getattr(e, 'message', e)}); a trained model cannot be uploaded there",
-            hint="use the full stack in docker/ (ML under a trial license) or an Elastic cluster with ML nodes",
-        ) from None
-
-
 def upload(client, export: ElandExport, start: bool = False, replace: bool = False) -> dict:
     """Upload a traced export with eland (config, chunked definition, vocabulary); optionally start it.
 

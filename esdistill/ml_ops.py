@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from .errors import ClusterError, ModelError
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "ml-cpp-torchscript-ops.json"
 
@@ -104,3 +104,16 @@ def check_model(model_path: Path | str, version: str) -> dict[str, Any]:
                               f"esdistill/reference/ml-cpp-torchscript-ops.json ({rules['rule']})")
     return {"version": version, "checked": True, "rule": rules["rule"], "ops": sorted(ops), **(
         {"note": rules["note"]} if "note" in rules else {})}
+
+
+def require_ml(client, url: str = "the cluster") -> dict:
+    """``GET _ml/info`` or a clear refusal: the local test build has no ML, the docker stack has."""
+    from elasticsearch import exceptions as es_exc
+
+    try:
+        return client.ml.info().body
+    except (es_exc.BadRequestError, es_exc.NotFoundError, es_exc.ApiError) as e:
+        raise ClusterError(
+            f"{url} has no machine learning ({getattr(e, 'message', e)}); a trained model cannot be uploaded there",
+            hint="use the full stack in docker/ (ML under a trial license) or an Elastic cluster with ML nodes",
+        ) from None

@@ -62,8 +62,8 @@ class CandidatesStage(StageWork):
                                                self.p.text_fields, self.cfg.candidates.k,
                                                self.cfg.candidates.batch_size, cache, self.p.progress)
             self.p.log(f"candidates: {info['pairs']} pairs for {info['queries']} queries"
-                     + (f", {info['queries_without_hits']} queries without any hit" if info["queries_without_hits"] else "")
-                     + (" (cached)" if info.get("cached") else ""))
+                       + (f", {info['queries_without_hits']} queries without any hit" if info["queries_without_hits"] else "")
+                       + (" (cached)" if info.get("cached") else ""))
             return info
 
     def candidates_frame(self) -> pd.DataFrame:

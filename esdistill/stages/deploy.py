@@ -59,8 +59,8 @@ class DeployStage(StageWork):
                                   move_alias=move_alias)
             if info.get("read_only"):  # served (or once served): evaluation measures it as it is
                 self.p.log(f"deploy: {info['index']} is served by deploy key {key[:10]}; evaluation reads it as it is "
-                         f"({info['docs']} documents" + (f", the source has {total}: `esdistill deploy` syncs it)"
-                                                         if info["docs"] != total else ")"))
+                           f"({info['docs']} documents" + (f", the source has {total}: `esdistill deploy` syncs it)"
+                                                           if info["docs"] != total else ")"))
                 return info
             record = self.p.workdir / "deploy" / f"{key}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
@@ -79,10 +79,10 @@ class DeployStage(StageWork):
             where = (f"alias {info['alias']} → {info['index']}" if move_alias else
                      f"alias {info['alias']} not moved (only `esdistill deploy` moves it)")
             self.p.log(f"deploy: {info['docs']} documents in {info['index']}{synced} ({info['dims']} dims, "
-                     f"{info['similarity']}, {info['index_options']}, {info['replicas']} replicas); {where}")
+                       f"{info['similarity']}, {info['index_options']}, {info['replicas']} replicas); {where}")
             if info["truncated_docs"]:
                 self.p.log(f"deploy: {info['truncated_docs']} of {info['embedded_now']} documents embedded now are longer "
-                         f"than {info['max_tokens']} tokens and were truncated (deploy.max_length raises the limit)")
+                           f"than {info['max_tokens']} tokens and were truncated (deploy.max_length raises the limit)")
             return info
 
     def served_systems(self) -> list[str]:
@@ -129,7 +129,7 @@ class DeployStage(StageWork):
             info.update(alias=alias, alias_left=point_alias(self.p.client, alias, index),
                         pruned=prune(self.p.client, alias, cfg.keep_versions), embedded_by=model_id)
             self.p.log(f"deploy: alias {alias} → {index} ({info['docs']} documents, embedded in the cluster by "
-                     f"{model_id})")
+                       f"{model_id})")
             return info
 
     # -- the key: what this stage reads --------------------------------------------------------------

@@ -30,7 +30,7 @@ class EmbedStage(StageWork):
                                 self.p.dataset.corpus.values(), len(self.p.dataset.corpus), cache,
                                 self.cfg.deploy.encode_batch_size, self.p.progress, engine=engine)
             self.p.log(f"embed ({which}): {info['docs']} documents, {info['dims']} dims, {info['truncated_docs']} "
-                     "truncated")
+                       "truncated")
             return info
 
     def _query_vectors_cache(self, which: str) -> StageCache:

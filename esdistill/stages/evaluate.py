@@ -199,7 +199,7 @@ class EvaluateStage(StageWork):
         unjudged = len(ds.test_queries) - len(queries)
         if unjudged:
             self.p.log(f"evaluate: {unjudged} of {len(ds.test_queries)} test queries have no relevant judgment and are "
-                     "left out (every system would score 0 on them)")
+                       "left out (every system would score 0 on them)")
         if not queries:
             raise InputError("no test query has a relevant judgment (grade > 0)", hint="check the test qrels")
         qrels = {q: ds.test_qrels[q] for q in queries}

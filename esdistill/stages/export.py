@@ -30,14 +30,14 @@ class ExportStage(StageWork):
             sample += list(self.p.dataset.train_queries.values())[:4]
             cos = ex.verify_traced(export, path, sample)
             self.p.log(f"export: {export.model_id} traced to {export.model_path} ({export.dims} dims, "
-                     f"max {export.max_length} tokens); min cosine vs sentence-transformers {cos:.6f}")
+                       f"max {export.max_length} tokens); min cosine vs sentence-transformers {cos:.6f}")
             info = {"model_id": export.model_id, "folder": str(cache.dir), "min_cosine": cos}
             if upload:
                 info.update(ex.upload(self.p.client, export, start=start, replace=replace))
                 self.p.client.ingest.put_pipeline(id=f"{export.model_id}-embed",
-                                                **ex.embed_pipeline_body(export.model_id, self.p.text_fields))
+                                                  **ex.embed_pipeline_body(export.model_id, self.p.text_fields))
                 self.p.log(f"export: uploaded {export.model_id}" + (" and started it" if start else "")
-                         + f"; ingest pipeline {export.model_id}-embed")
+                           + f"; ingest pipeline {export.model_id}-embed")
             return info
 
     def student_model_id(self) -> str:
@@ -64,7 +64,7 @@ class ExportStage(StageWork):
                 live = set()
             if live != {index}:
                 self.p.log(f"[yellow]note:[/] alias {alias!r} serves {sorted(live) or 'nothing'}, not {index!r}: "
-                         "clients refuse this encoder until `esdistill deploy` points the alias at it")
+                           "clients refuse this encoder until `esdistill deploy` points the alias at it")
             complete = ee.is_complete(out, key)
             mapping = self.p.client.indices.get_mapping(index=index).body[index]["mappings"]
             ev = self.cfg.evaluate
@@ -77,13 +77,13 @@ class ExportStage(StageWork):
             if complete:  # the graphs are this deploy's; the settings are the config's now
                 kept, changed = ee.update_manifest(out, manifest)
                 self.p.log(f"export: query encoder for {index} in {out} (cached"
-                         + (f"; manifest updated: {', '.join(changed)})" if changed else ")"))
+                           + (f"; manifest updated: {', '.join(changed)})" if changed else ")"))
                 return kept
             model = load_bi_encoder(self.p.student_path(), max_length=self.cfg.train.max_length, device="cpu")
             sample = list(self.p.eval_queries().values())[:24] + list(self.p.dataset.train_queries.values())[:8]
             info = ee.export_query_encoder(model, out, manifest, model.max_seq_length, sample)
             self.p.log(f"export: query encoder for {index} in {out} ({info['dims']} dims, max {info['max_length']} "
-                     f"tokens; min cosine vs sentence-transformers: fp32 "
-                     f"{info['min_cosine_vs_sentence_transformers']['model.onnx']:.6f}, int8 "
-                     f"{info['min_cosine_vs_sentence_transformers']['model_int8.onnx']:.4f})")
+                       f"tokens; min cosine vs sentence-transformers: fp32 "
+                       f"{info['min_cosine_vs_sentence_transformers']['model.onnx']:.6f}, int8 "
+                       f"{info['min_cosine_vs_sentence_transformers']['model_int8.onnx']:.4f})")
             return info

@@ -44,12 +44,12 @@ class IctStage(StageWork):
             info = ict_mod.draw_pairs(docs, self.p.docs, search, c, cache, avoid=ds.all_test_queries.values())
             lost = info["drawn"] - info["pairs"]
             self.p.log(f"inverse-cloze pairs: {info['pairs']} sentences with BM25 negatives"
-                     + (f" ({lost} drawn without any other BM25 hit, left out)" if lost else "")
-                     + (f"; BM25 ranks the source document first for {info['source_ranked_first']:.0%}"
-                        if info.get("source_ranked_first") is not None else ""))
+                       + (f" ({lost} drawn without any other BM25 hit, left out)" if lost else "")
+                       + (f"; BM25 ranks the source document first for {info['source_ranked_first']:.0%}"
+                          if info.get("source_ranked_first") is not None else ""))
             if info["pairs"] < c.pairs:
                 self.p.log(f"inverse-cloze pairs: {info['pairs']} of the {c.pairs} asked for (documents without a "
-                         f"sentence of {c.min_words}-{c.max_words} words, or without BM25 neighbours)")
+                           f"sentence of {c.min_words}-{c.max_words} words, or without BM25 neighbours)")
             return info
 
     def teacher_ict(self) -> dict[str, Any]:
@@ -65,7 +65,7 @@ class IctStage(StageWork):
             info = ict_mod.fit_ict(pairs, self.p.docs, self.cfg.teacher.fit.corpus, self.cfg.teacher.fit.base_model,
                                    cache, self.p.log, self.p.progress)
             self.p.log(f"teacher fit [corpus]: fitted on {info['sentences']} inverse-cloze sentences"
-                     + (" (cached)" if info.get("cached") else ""))
+                       + (" (cached)" if info.get("cached") else ""))
             return info
 
     # -- the key: what this stage reads --------------------------------------------------------------

@@ -41,14 +41,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "(or the request's top-k, its _score in `request`)", work="candidates:CandidatesStage"),
     Stage("test-candidates", True, "the index's key, the evaluated test queries' texts, the rerank depth, "
           "evaluate.k",
-          "candidates.parquet: BM25 top-N of every test query (the pipeline's input)", work="test_candidates:TestCandidatesStage"),
+          "candidates.parquet: BM25 top-N of every test query (the pipeline's input)",
+          work="test_candidates:TestCandidatesStage"),
     Stage("ict-pairs", True, "the index's key, the corpus teacher's sampling settings (teacher.fit.corpus), every "
           "test query of the split, evaluated or not (never drawn as sentences)", "pairs.parquet: inverse-cloze "
           "sentences, the rest of their document, BM25's negatives", work="ict:IctStage"),
     Stage("teacher-ict", False, "the ict-pairs key, teacher.fit.corpus, the base model",
           "model-full/: the cross-encoder fitted on the corpus alone", work="ict:IctStage"),
     Stage("teacher-fit", False, "the index's key, the judged training queries and their judgments, teacher.fit, "
-          "the base model", "model-<fold>/ and model-full/: cross-fitted cross-encoders", work="teacher_fit:TeacherFitStage"),
+          "the base model", "model-<fold>/ and model-full/: cross-fitted cross-encoders",
+          work="teacher_fit:TeacherFitStage"),
     Stage("teacher", False, "the judged queries' candidate pairs and texts, the scorer (a search request: its "
           "body), teacher.max_length", "scores.parquet: raw teacher logits (each query held out from its scorer), "
           "or the request's _score", work="teacher:TeacherStage"),
@@ -57,7 +59,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train", False, "both teacher keys, the BM25 weight of the labels, train, the base model",
           "model/: the distilled student", work="train:TrainStage"),
     Stage("train-log", False, "BM25's candidate pairs and the teacher that scores them, the fusion chosen without "
-          "judgments, train (use_judgments off), the base model", "model/: the log-only student (no judgment read)", work="train:TrainStage"),
+          "judgments, train (use_judgments off), the base model", "model/: the log-only student (no judgment read)",
+          work="train:TrainStage"),
     Stage("train-judgments", False, "the judged queries' candidate pairs, the judgments, train, the base model",
           "model/: the control student (no teacher)", work="train:TrainStage"),
     Stage("deploy", True, "the served model's key, the corpus (its fingerprint; a user's index by name, synced "
@@ -66,11 +69,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("embed", False, "the model's key, the index's key, the effective max length, the text fields",
           "vectors.npy (float16), ids, text hashes: the corpus embedded ahead of a deploy", work="embed:EmbedStage"),
     Stage("query-vectors", False, "the model's key, the evaluated test queries, the student's max length",
-          "vectors.npy (float16): the test queries, for evaluating a model that is not on the machine", work="embed:EmbedStage"),
+          "vectors.npy (float16): the test queries, for evaluating a model that is not on the machine",
+          work="embed:EmbedStage"),
     Stage("evaluate-system", True, "one system's inputs (its model or index keys, the index's write state), the "
           "evaluated test queries, evaluate settings (the pipeline's can be computed offline from test-candidates)",
           "run.json: its ranking and latency of every test query", work="evaluate:EvaluateStage"),
-    Stage("evaluate", True, "every evaluated system's key, the test judgments", "reports/…: report.md, report.json", work="evaluate:EvaluateStage"),
+    Stage("evaluate", True, "every evaluated system's key, the test judgments", "reports/…: report.md, report.json",
+          work="evaluate:EvaluateStage"),
     Stage("sweep-vectors", False, "the student's key, the corpus, the effective max length, the test queries",
           "docs.npy: corpus vectors for the index-settings sweep", work="sweep:SweepStage"),
 ]}

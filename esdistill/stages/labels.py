@@ -69,7 +69,7 @@ class Labels(StageWork):
                 sorted(judged_candidates(self.p.raw_scores_frame(), self.p.dataset.train_qrels)[0]))
             ours, bm25 = quality["teacher_ndcg@10"], quality["bm25_ndcg@10"]
             self.p.log(f"teacher (your search request) on {quality['queries']} judged training queries: NDCG@10 "
-                     f"{ours:.3f} vs plain BM25 {bm25:.3f} on {self.cfg.bm25_index!r}")
+                       f"{ours:.3f} vs plain BM25 {bm25:.3f} on {self.cfg.bm25_index!r}")
             if ours <= bm25:
                 self.p.console.print(
                     "[bold yellow]warning:[/] your search request ranks these judged queries no better than plain "
@@ -78,12 +78,12 @@ class Labels(StageWork):
         held = {"held out": " (each query held out from the model that labelled it)",
                 "never saw a query": " (the corpus teacher never saw a query)"}.get(held_out, "")
         self.p.log(f"teacher labels on {quality['queries']} judged training queries{held}: NDCG@10 "
-                 f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
+                   f"{quality['teacher_ndcg@10']:.3f} vs BM25 {quality['bm25_ndcg@10']:.3f}")
         weight = self.label_weight()
         if self.cfg.teacher.bm25_weight == "auto":
             tried = self._auto_weight(None)["ndcg@10"]
             self.p.log(f"teacher: BM25 weight {weight:g} chosen on the held-out labels (NDCG@10 "
-                     + ", ".join(f"{w:g}: {v:.3f}" for w, v in tried.items()) + ")")
+                       + ", ".join(f"{w:g}: {v:.3f}" for w, v in tried.items()) + ")")
             info["bm25_weight_tried"] = {str(w): v for w, v in tried.items()}
         info["bm25_weight"] = weight
         if weight > 0:
@@ -96,7 +96,7 @@ class Labels(StageWork):
                 extra = (f"; {held_out['teacher_ndcg@10']:.3f} with the weight chosen on the other half of the "
                          "queries" if held_out else "")
                 self.p.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f} on "
-                         f"the queries the weight was chosen on{extra}")
+                           f"the queries the weight was chosen on{extra}")
             else:
                 self.p.log(f"teacher fused with BM25 (weight {weight:g}): NDCG@10 {fused['teacher_ndcg@10']:.3f}")
         final = info.get("label_quality_fused", quality)["teacher_ndcg@10"]
@@ -125,15 +125,15 @@ class Labels(StageWork):
                               "label_quality_fused_heldout": held},
                     label_quality_fused=fused)
         self.p.log(f"teacher ensemble on {chosen['queries']} judged training queries, NDCG@10 alone: "
-                 + ", ".join(f"{m} {v:.3f}" for m, v in chosen["alone"].items()))
+                   + ", ".join(f"{m} {v:.3f}" for m, v in chosen["alone"].items()))
         self.p.log("teacher ensemble: weights " + ", ".join(f"{m.spec} {w:g}" for m, w in zip(members, weights,
-                                                                                            strict=True))
-                 + (" (fixed)" if self.cfg.teacher.ensemble_weights is not None else " (chosen on these queries)")
-                 + f"; fused NDCG@10 {fused['teacher_ndcg@10']:.3f}"
-                 + (f", {held['ndcg@10']:.3f} with weights chosen on the other half" if held else ""))
+                                                                                              strict=True))
+                   + (" (fixed)" if self.cfg.teacher.ensemble_weights is not None else " (chosen on these queries)")
+                   + f"; fused NDCG@10 {fused['teacher_ndcg@10']:.3f}"
+                   + (f", {held['ndcg@10']:.3f} with weights chosen on the other half" if held else ""))
         if fused["teacher_ndcg@10"] <= fused["bm25_ndcg@10"]:
             self.p.console.print("[bold yellow]warning:[/] the ensemble's labels rank the candidates no better than "
-                               "BM25 does; a student distilled from them learns BM25's mistakes.")
+                                 "BM25 does; a student distilled from them learns BM25's mistakes.")
 
     def _auto_weight(self, depth: int | None) -> dict[str, Any]:
         return self.p._once(("auto-weight", depth), lambda: choose_bm25_weight(

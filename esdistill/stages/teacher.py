@@ -131,12 +131,12 @@ class TeacherStage(StageWork):
                     "cached": all(i.get("cached") for i in infos),
                     "seconds": sum(i.get("seconds") or 0.0 for i in infos)}  # when they were scored
             self.p.log(f"teacher: {info['pairs']} pairs scored" + (" (cached)" if info["cached"] else
-                                                                  f" ({info['scored_now']} now)"))
+                                                                   f" ({info['scored_now']} now)"))
             if ensemble:
                 self.p._report_ensemble(info)
             else:
                 self.p._report_labels(info, "never saw a query" if self.cfg.teacher.fit.source == "corpus"
-                                    and fit_info else "held out" if fit_info else "")
+                                      and fit_info else "held out" if fit_info else "")
             return info
 
     def request_member_caches(self) -> list[StageCache]:
@@ -159,7 +159,7 @@ class TeacherStage(StageWork):
         """The ensemble member ``request``: the user's search run for each query over its candidates only."""
         ids = {q: g.docid.tolist() for q, g in pairs.groupby("qid", sort=False)}
         scores = self.p.request_member_search().score({q: self.p.train_queries[q] for q in ids}, ids,
-                                                    self.cfg.candidates.batch_size, self.p.progress)
+                                                      self.cfg.candidates.batch_size, self.p.progress)
         out = pairs.assign(teacher=[scores[q][d] for q, d in zip(pairs.qid, pairs.docid, strict=True)],
                            scorer="request")
         out["teacher"] = out["teacher"].astype("float32")

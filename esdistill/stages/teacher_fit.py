@@ -47,7 +47,7 @@ class TeacherFitStage(StageWork):
                              f"({self.cfg.teacher.model or self.cfg.teacher.request or self.cfg.teacher.request_template or ', '.join(self.cfg.teacher.ensemble)})",
                              hint="unset [teacher] model / request to fit one from the judgments")
         self.p._parallel_inputs("teacher fit", [self.p._candidates_cache()]
-                              + ([self.p._ict_pairs_cache()] if "ict" in needed else []), "esdistill candidates -c CONFIG")
+                                + ([self.p._ict_pairs_cache()] if "ict" in needed else []), "esdistill candidates -c CONFIG")
         source = self.cfg.teacher.fit.source
         base = None
         if "ict" in needed:
@@ -62,8 +62,8 @@ class TeacherFitStage(StageWork):
                                self.p.docs, self._fit_cache(), self.p.log, self.p.max_positives(),
                                self.p.progress, base_model=base)
             self.p.log(f"teacher fit: {len(info['models']) - 1} fold models + full model on {info['judged_queries']} "
-                     "judged queries" + (" from the corpus teacher" if base else "")
-                     + (" (cached)" if info.get("cached") else ""))
+                       "judged queries" + (" from the corpus teacher" if base else "")
+                       + (" (cached)" if info.get("cached") else ""))
             return info
 
     def _fit_info(self, corpus: bool = False) -> dict[str, Any] | None:

@@ -38,8 +38,8 @@ class TrainStage(StageWork):
                 a = info["dev_after"].get("dev_cosine_ndcg@10")
                 if a is not None and b is not None:
                     self.p.log(f"train: dev NDCG@10 {b:.3f} → {a:.3f}; teacher agreement (Spearman) "
-                             f"{info['agreement_before'].get('spearman', float('nan')):.3f} → "
-                             f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
+                               f"{info['agreement_before'].get('spearman', float('nan')):.3f} → "
+                               f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
             return info
 
     def _cap_record(self) -> dict[str, Any]:
