@@ -4,9 +4,10 @@ config, client, dataset, console, caches)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..cache import StageCache
     from ..pipeline import Project
 
 
@@ -20,6 +21,24 @@ class StageWork:
     @property
     def cfg(self):
         return self.p.cfg
+
+    # The hooks below are what ``run --offline`` and bundles ask of every stage (esdistill.stages, in the order of
+    # WORK); a stage that has no part in them keeps these defaults. They are not handed to Project.
+
+    def run_offline(self) -> dict[str, Any]:
+        """``run --offline``: this stage's work on a machine without the cluster ({what: info record})."""
+        return {}
+
+    def bundle_out(self) -> list[StageCache]:
+        """``bundle export``, where the cluster is: this stage's caches the offline side reads (made first where
+        missing)."""
+        return []
+
+    def bundle_back(self, weights: tuple[str, ...], vectors: tuple[str, ...] | None) -> list[tuple[Any, bool]]:
+        """``bundle pack``, offline: this stage's caches that travel back, each with whether its model weights
+        travel too (``weights``: ``student``, ``judgments``, ``teacher``; ``vectors``: the served models whose
+        vectors travel, None: all). A cache that is None or unfinished is skipped."""
+        return []
 
 
 def model_available(path: str) -> bool:

@@ -66,6 +66,10 @@ class CandidatesStage(StageWork):
                        + (" (cached)" if info.get("cached") else ""))
             return info
 
+    def bundle_out(self) -> list[StageCache]:
+        self.candidates()
+        return [self._candidates_cache()]
+
     def candidates_frame(self) -> pd.DataFrame:
         cache = self._candidates_cache()
         if not cache.done:

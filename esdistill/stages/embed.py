@@ -33,6 +33,17 @@ class EmbedStage(StageWork):
                        "truncated")
             return info
 
+    def run_offline(self) -> dict[str, Any]:
+        done = {}
+        for which in self.p.served_systems():
+            done[f"embed ({which})"] = self.embed(which)
+            done[f"query vectors ({which})"] = self.query_vectors(which)
+        return done
+
+    def bundle_back(self, weights, vectors):
+        return [(c, False) for which in self.p.served_systems() if vectors is None or which in vectors
+                for c in (self._embed_cache(which), self._query_vectors_cache(which))]
+
     def _query_vectors_cache(self, which: str) -> StageCache:
         return self.p._cache("query-vectors", self.query_vectors_inputs(which))
 

@@ -22,18 +22,8 @@ from ..deploy import check_dims
 from ..environment import environment, environment_label
 from ..errors import InputError
 from ..jsonutil import dumps
-from ..models import (
-    embedding_info,
-    load_bi_encoder,
-    load_cross_encoder,
-)
-from ..query_encoder import (
-    BatchingEncoder,
-    batches,
-    load_query_encoder,
-    resolve_query_encoder,
-    served_encoder_label,
-)
+from ..models import embedding_info, load_bi_encoder, load_cross_encoder
+from ..query_encoder import BatchingEncoder, batches, load_query_encoder, resolve_query_encoder, served_encoder_label
 from .base import StageWork, model_available
 
 
@@ -57,6 +47,15 @@ class EvaluateStage(StageWork):
                         else self.p._fit_info(corpus=m.kind == "corpus")["models"]["full"])
                 scorers.append((m, load_cross_encoder(path, max_length=self.cfg.teacher.max_length)))
         return ensemble_mod.EnsembleReranker(scorers, self.p.ensemble_weights(self.p.pipeline_depth()))
+
+    def run_offline(self) -> dict[str, Any]:
+        if ("pipeline" in self.cfg.evaluate.systems and self.cfg.teacher.kind != "request"
+                and self.p.request_member_search() is None):
+            return {"pipeline": self.pipeline_offline()}  # a search request (teacher or member) runs in the cluster
+        return {}
+
+    def bundle_back(self, weights, vectors):
+        return [(self._system_cache("pipeline"), False)] if "pipeline" in self.cfg.evaluate.systems else []
 
     def pipeline_offline(self) -> dict[str, Any]:
         """The pipeline's run on the test queries without the cluster: the BM25 answers the cluster side recorded

@@ -52,6 +52,15 @@ class IctStage(StageWork):
                            f"sentence of {c.min_words}-{c.max_words} words, or without BM25 neighbours)")
             return info
 
+    def bundle_out(self) -> list[StageCache]:
+        if "ict" not in self.p.fits_needed():
+            return []
+        self.ict_pairs()  # the corpus teacher's BM25 negatives: BM25 runs here
+        return [self._ict_pairs_cache()]
+
+    def bundle_back(self, weights, vectors):
+        return [(self._ict_cache() if "ict" in self.p.fits_needed() else None, "teacher" in weights)]
+
     def teacher_ict(self) -> dict[str, Any]:
         """The cross-encoder fitted on the corpus alone (``teacher.fit.source`` corpus or corpus+judgments)."""
         cache = self._ict_cache()

@@ -13,10 +13,7 @@ from ..config import fingerprint
 from ..data import relevant
 from ..errors import InputError
 from ..models import model_fingerprint
-from ..teacher import (
-    assign_scorers,
-    score_candidates,
-)
+from ..teacher import assign_scorers, score_candidates
 from .base import StageWork
 from .keys import pairs_fingerprint
 
@@ -138,6 +135,17 @@ class TeacherStage(StageWork):
                 self.p._report_labels(info, "never saw a query" if self.cfg.teacher.fit.source == "corpus"
                                       and fit_info else "held out" if fit_info else "")
             return info
+
+    def run_offline(self) -> dict[str, Any]:
+        return {"teacher": self.teacher()}
+
+    def bundle_out(self) -> list[StageCache]:
+        return self.request_member_caches()  # the user's search as an ensemble member runs in the cluster
+
+    def bundle_back(self, weights, vectors):
+        caches = (self.member_caches() if self.cfg.teacher.kind == "ensemble"
+                  else [self._teacher_cache(True), self._teacher_cache(False)])
+        return [(c, False) for c in caches]
 
     def request_member_caches(self) -> list[StageCache]:
         """The scores of the ensemble member ``request`` (judged and unjudged queries), scored now where they are

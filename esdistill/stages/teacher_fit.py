@@ -10,9 +10,7 @@ from ..cache import StageCache
 from ..config import fingerprint
 from ..errors import InputError
 from ..models import model_fingerprint
-from ..teacher import (
-    fit_teacher,
-)
+from ..teacher import fit_teacher
 from .base import StageWork
 
 
@@ -38,6 +36,12 @@ class TeacherFitStage(StageWork):
         kinds = {m.kind for m in self.p.members()}
         wanted = set(of_fit if "fit" in kinds else []) | ({"ict"} if "corpus" in kinds else set())
         return [x for x in ("ict", "judged") if x in wanted]
+
+    def run_offline(self) -> dict[str, Any]:
+        return {"teacher fit": self.teacher_fit()} if self.fits_needed() else {}
+
+    def bundle_back(self, weights, vectors):
+        return [(self._fit_cache() if "judged" in self.fits_needed() else None, "teacher" in weights)]
 
     def teacher_fit(self) -> dict[str, Any]:
         """Fit the teacher: cross-fitted from the train judgments, from the corpus alone, or both in turn."""

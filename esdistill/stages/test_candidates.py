@@ -20,6 +20,15 @@ class TestCandidatesStage(StageWork):
     def _test_candidates_cache(self) -> StageCache:
         return self.p._cache("test-candidates", self.test_candidates_inputs())
 
+    def bundle_out(self) -> list[StageCache]:
+        """Only for a pipeline the offline side reranks (a search request, teacher or member, runs in the
+        cluster)."""
+        if ("pipeline" not in self.cfg.evaluate.systems or self.cfg.teacher.kind == "request"
+                or self.p.request_member_search() is not None):
+            return []
+        self.test_candidates()
+        return [self._test_candidates_cache()]
+
     def test_candidates(self) -> dict[str, Any]:
         """What the pipeline reads from Elasticsearch for each evaluated test query, and how long that took: its
         BM25 head (the documents it reranks) and top-k ids. With them the pipeline's rankings can be computed

@@ -42,6 +42,22 @@ class TrainStage(StageWork):
                                f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
             return info
 
+    def run_offline(self) -> dict[str, Any]:
+        done = {"train": self.train()}
+        if "judgments" in self.cfg.evaluate.systems:
+            done["train (judgments only)"] = self.train_judgments()
+        if "log_only" in self.cfg.evaluate.systems:
+            done["train (log only)"] = self.train_log_only()
+        return done
+
+    def bundle_back(self, weights, vectors):
+        out = [(self._train_cache(), "student" in weights)]
+        if "judgments" in self.cfg.evaluate.systems:
+            out.append((self._control_cache(), "judgments" in weights))
+        if "log_only" in self.cfg.evaluate.systems:
+            out.append((self._log_only_cache(), "log_only" in weights))
+        return out
+
     def _cap_record(self) -> dict[str, Any]:
         """What the train record keeps of ``data.max_positives_per_query``: the setting and the cap it meant."""
         return {"max_positives": self.p.max_positives(), "max_positives_setting": self.cfg.data.max_positives_per_query}
