@@ -127,6 +127,19 @@ def test_project_is_a_thin_context():
     assert cls.end_lineno - cls.lineno + 1 <= 250
 
 
+def test_every_stage_names_the_class_that_runs_it():
+    """The table (esdistill.stages.keys.STAGES) names, for every cached stage, the class of its work; Project's
+    stage methods are each answered by exactly one class (stages.methods() refuses a name defined twice)."""
+    from esdistill.stages import STAGES, WORK, methods, work_class
+    from esdistill.stages.base import StageWork
+
+    assert all(s.work in WORK for s in STAGES.values())
+    assert all(issubclass(work_class(spec), StageWork) for spec in WORK)
+    owners = methods()
+    assert owners["train"] == owners["train_inputs"] == "train:TrainStage"
+    assert owners["index_key"] == "index:IndexStage" and "run_offline" not in owners  # hooks stay the stages'
+
+
 if __name__ == "__main__":  # pragma: no cover
     print("module level:", cycles(import_graph()))
     print("with deferred imports:", cycles(import_graph(deferred=True)))
