@@ -1,8 +1,10 @@
 """esdistill: turn a BM25 → cross-encoder Elasticsearch pipeline into one bi-encoder served by kNN.
 
-Stages, one module each: :mod:`~esdistill.indexing` (index), :mod:`~esdistill.candidates`,
-:mod:`~esdistill.teacher` (score, fit), :mod:`~esdistill.train`, :mod:`~esdistill.deploy`,
-:mod:`~esdistill.evaluate`; :mod:`~esdistill.pipeline` chains them; :mod:`~esdistill.cli` is the CLI.
+Read :mod:`esdistill.stages` first: the table of stages and one module per stage (its cache key, its run, its part
+offline and in bundles), each driving the libraries beside this file (:mod:`~esdistill.indexing`,
+:mod:`~esdistill.candidates`, :mod:`~esdistill.teacher`, :mod:`~esdistill.train`, :mod:`~esdistill.deploy`,
+:mod:`~esdistill.evaluate`, ...). :mod:`~esdistill.pipeline` is the context they run in (:class:`Project`);
+:mod:`~esdistill.cli` is the CLI over it.
 """
 
 from .config import ES_VERSION, SUPPORTED_ES_VERSIONS, RunConfig, build_config, load_config

@@ -34,6 +34,7 @@ from .config import RunConfig, build_config
 from .data import Dataset, Doc, LoadReport
 from .errors import InputError
 from .jsonutil import dumps
+from . import stages as stage_table
 from .stages import STAGES
 
 FORMAT = 1
@@ -172,9 +173,7 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists and is not empty", hint="give an empty or new folder")
     (out / "data").mkdir(parents=True)
-    project.candidates()
-    test_cands = (project.test_candidates() if "pipeline" in project.cfg.evaluate.systems
-                  and project.cfg.teacher.kind != "request" and project.request_member_search() is None else None)
+    stages = stage_table.bundle_out(project)  # the cluster-side stages' caches, made here where missing
     ds = project.dataset
     corpus = ds.corpus
     if corpus is None:  # the user's own index: its documents as they are now
@@ -193,14 +192,6 @@ def export(project, out: Path, models: list[str] | None = None) -> dict[str, Any
     pd.DataFrame([(split, q, d, g) for split, qr in (("train", ds.train_qrels), ("test", ds.test_qrels))
                   for q, docs in qr.items() for d, g in docs.items()],
                  columns=["split", "qid", "docid", "grade"]).to_parquet(out / "data" / "qrels.parquet", index=False)
-    stages = {"candidates": project._candidates_cache()}
-    if "ict" in project.fits_needed():
-        project.ict_pairs()  # the corpus teacher's BM25 negatives: BM25 runs here
-        stages["ict-pairs"] = project._ict_pairs_cache()
-    if test_cands is not None:
-        stages["test-candidates"] = project._test_candidates_cache()
-    for cache in project.request_member_caches():  # the user's search as an ensemble member runs here
-        stages[cache.stage] = cache
     for name, cache in stages.items():
         shutil.copytree(cache.dir, out / "cache" / name / cache.key)
     carried = {}
@@ -236,30 +227,9 @@ def pack(project, out: Path, part_mb: float = 16.0, budget_mb: float = 64.0,
     can be left to embed there). Refuses to exceed ``budget_mb``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    folders: list[tuple[str, Path, bool]] = []  # (name in the tar, folder, has weights to halve)
-
-    def add(cache, keep_weights: bool = False):
-        if cache is not None and cache.done:
-            folders.append((f"{cache.stage}/{cache.key}", cache.dir, keep_weights))
-
-    fits = project.fits_needed()
-    add(project._ict_cache() if "ict" in fits else None, "teacher" in weights)
-    add(project._fit_cache() if "judged" in fits else None, "teacher" in weights)
-    teacher_caches = (project.member_caches() if project.cfg.teacher.kind == "ensemble"
-                      else [project._teacher_cache(True), project._teacher_cache(False)])
-    for cache in teacher_caches:
-        add(cache)
-    add(project._train_cache(), "student" in weights)
-    if "judgments" in project.cfg.evaluate.systems:
-        add(project._control_cache(), "judgments" in weights)
-    if "log_only" in project.cfg.evaluate.systems:
-        add(project._log_only_cache(), "log_only" in weights)
-    for which in project.served_systems():
-        if vectors is None or which in vectors:
-            add(project._embed_cache(which))
-            add(project._query_vectors_cache(which))
-    if "pipeline" in project.cfg.evaluate.systems:
-        add(project._system_cache("pipeline"))
+    # (name in the tar, folder, has weights to halve) of every offline stage's finished caches
+    folders: list[tuple[str, Path, bool]] = [(f"{cache.stage}/{cache.key}", cache.dir, keep_weights) for
+                                             cache, keep_weights in stage_table.bundle_back(project, weights, vectors)]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:  # rankings and vectors shrink; weights less
         for arc, folder, keep in folders:

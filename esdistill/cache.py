@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import fingerprint
-from .jsonutil import dumps
+from .jsonutil import dumps, fingerprint
 
 
 class StageCache:

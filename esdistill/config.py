@@ -15,7 +15,6 @@ Config files are TOML. Unknown keys and wrong types are refused with the file, t
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .jsonutil import fingerprint  # noqa: F401 - where the keys' hash lived first (callers import it here)
 from .redact import redact
 
 #: The Elasticsearch version esdistill is built for: the local test cluster's default, and eland's minor version
@@ -614,11 +614,3 @@ def load_config(path: Path | str, profile: str | None = None, **overrides: Any) 
         if isinstance(where, dict) and isinstance(where.get(key), str) and not Path(where[key]).is_absolute():
             where[key] = str((path.parent / where[key]).resolve())
     return build_config(values, profile=profile, where=str(path))
-
-
-def fingerprint(obj: Any) -> str:
-    """Stable short hash of JSON-able inputs — the cache key of a stage."""
-    import json
-
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

@@ -418,3 +418,9 @@ def pseudo_queries(docs: Iterable[Doc], n: int, avoid: Iterable[str] = (), min_w
         if len(out) >= n:
             break
     return out
+
+
+def fold_of(qid: str, folds: int) -> int:
+    """The fold a query belongs to (the teacher's cross-fit; the halves ensemble weights are checked on): stable
+    across runs and machines."""
+    return int(hashlib.sha1(qid.encode()).hexdigest(), 16) % folds

@@ -234,7 +234,7 @@ def deploy_student(
     (:func:`in_use`) is only read: nothing is embedded, deleted or set on it (``read_only`` in the result) —
     only ``esdistill deploy`` writes to what an alias serves. With ``move_alias`` the record ``meta`` is merged
     into its ``_meta``."""
-    from .embed import ModelEmbedder
+    from .encoding import ModelEmbedder
 
     client = backend_for(client)
     index = versioned_index(alias, key)

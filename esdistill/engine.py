@@ -31,7 +31,7 @@ def run_job(models: dict, job: Job):
     import numpy as np
     import torch
 
-    from .embed import inference_context
+    from .encoding import inference_context
     from .models import load_bi_encoder, load_cross_encoder
 
     kind, name, max_length, batch_size, payload = job
@@ -43,7 +43,7 @@ def run_job(models: dict, job: Job):
     if kind == "cosine":  # a bi-encoder as a teacher (an ensemble member): cosine of query and document
         return _cosines(model, models.setdefault(key + ("vectors",), {}), payload, batch_size)
     if kind == "embed":  # as the deploy embeds: the same class, vectors and truncation flags
-        from .embed import ModelEmbedder
+        from .encoding import ModelEmbedder
 
         embedder = ModelEmbedder(model, batch_size)
         vecs, truncated = embedder.embed(payload)
@@ -70,7 +70,7 @@ def _cosines(model, cache: dict, payload: list, batch_size: int):
 
     import numpy as np
 
-    from .embed import inference_context
+    from .encoding import inference_context
 
     def digest(text: str) -> bytes:
         return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import Qrels
+from .data import Qrels, fold_of
 
 MODEL_KINDS = ("cross_encoder", "bi_encoder")
 PLAIN_KINDS = ("fit", "corpus", "bm25", "request")
@@ -133,8 +133,6 @@ def heldout_quality(frame: pd.DataFrame, members: list[Member], qrels: Qrels, de
     """NDCG@10 of the ensemble where each judged query's weights were chosen on the *other* half of the judged
     queries (two halves by a stable hash): the weights :func:`choose_weights` picks on all of them are measured
     on the queries they were picked on, which flatters them."""
-    from .teacher import fold_of
-
     prepared = _prepared(frame, members, qrels, depth)
     if len(prepared) < 4:
         return None

@@ -280,7 +280,7 @@ def build(entry: KnownModel, jar: Path, target: Path) -> Path:
         out.mkdir()
         write_folder(entry, onnx_path, tok_path, out)
         verify(entry, out, onnx_path, tok_path)
-        from .models import make_loadable
+        from .st_compat import make_loadable
 
         make_loadable(out)  # this sentence-transformers' module class names, should the legacy ones not import
         (out / MARKER).write_text(json.dumps(entry.marker(), indent=1, sort_keys=True) + "\n")

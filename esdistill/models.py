@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .errors import EsdistillWarning, ModelError
+from .st_compat import make_loadable, st_modules  # noqa: F401 - re-exported
 
 ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -181,52 +182,6 @@ def load_cross_encoder(name: str, max_length: int | None = None, device: str | N
         return CrossEncoder(target, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _wrap("cross-encoder", name, target, exc) from exc
-
-
-def st_modules(*names: str):
-    """sentence-transformers module classes by name, from where this version keeps them (5.7 moved them)."""
-    try:
-        from sentence_transformers.sentence_transformer import modules as mod
-    except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers import models as mod
-    return tuple(getattr(mod, n) for n in names)
-
-
-def make_loadable(folder: Path | str) -> list[str]:
-    """Point a saved sentence-transformers model's ``modules.json`` at module classes this installation has.
-
-    sentence-transformers moves its module classes between versions (``…models.Normalize`` in 2–5.6,
-    ``…sentence_transformer.modules.normalize`` in 5.7, ``…base.modules.normalize`` in 6), and a model saved by
-    one names classes the other cannot import. Each type that does not import here is replaced by the class of
-    the same name that does. Returns the types rewritten."""
-    import importlib
-
-    path = Path(folder) / "modules.json"
-    if not path.exists():
-        return []
-    modules = json.loads(path.read_text())
-    changed = []
-    for m in modules:
-        module, _, cls = m["type"].rpartition(".")
-        try:
-            getattr(importlib.import_module(module), cls)
-            continue
-        except (ImportError, AttributeError):
-            pass
-        try:
-            (found,) = st_modules(cls)
-        except AttributeError:
-            import sentence_transformers.base.modules as base
-
-            found = getattr(base, cls, None)
-            if found is None:
-                raise ModelError(f"{path}: module {m['type']!r} has no counterpart in this sentence-transformers",
-                                 hint="load the model with the sentence-transformers version that saved it") from None
-        m["type"] = f"{found.__module__}.{found.__qualname__}"
-        changed.append(m["type"])
-    if changed:
-        path.write_text(json.dumps(modules, indent=2))
-    return changed
 
 
 def embedding_info(model) -> tuple[int, bool]:

@@ -21,7 +21,6 @@ is blind to a constant shift of all scores, so the model cannot settle on the la
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import shutil
@@ -36,17 +35,12 @@ from . import distributed
 from .cache import StageCache
 from .config import TeacherFitConfig
 from .console import attach_progress
-from .data import Doc, Qrels, relevant
+from .data import Doc, Qrels, fold_of, relevant
 from .models import bf16_available, load_cross_encoder, warmup
 
 FULL = "full"
 #: written into a fitted model's folder after everything else: only such a folder counts as finished
 COMPLETE = ".complete"
-
-
-def fold_of(qid: str, folds: int) -> int:
-    """The fold a query belongs to: stable across runs and machines."""
-    return int(hashlib.sha1(qid.encode()).hexdigest(), 16) % folds
 
 
 def fit_pairs(

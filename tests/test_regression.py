@@ -25,10 +25,9 @@ EXPECTED = Path(__file__).parent / "expected" / "regression-scifact-slice.json"
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
-def slice_config(workdir: Path, es_url: str, name: str):
-    from esdistill.config import build_config
-
-    return build_config({
+def slice_values(workdir: Path, es_url: str, name: str) -> dict:
+    """The slice's config values (tests/stage_keys.py pins the cache keys of this config and variants of it)."""
+    return {
         "workdir": str(workdir),
         "data": {"name": name, "beir": str(SCIFACT), "max_train_queries": 150, "max_test_queries": 100,
                  "max_corpus_docs": 1000},
@@ -42,7 +41,13 @@ def slice_config(workdir: Path, es_url: str, name: str):
         "deploy": {"encode_batch_size": 64},
         "evaluate": {"rerank_depth": 20, "k": 100,
                      "systems": ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]},
-    }, profile="quick")
+    }
+
+
+def slice_config(workdir: Path, es_url: str, name: str):
+    from esdistill.config import build_config
+
+    return build_config(slice_values(workdir, es_url, name), profile="quick")
 
 
 def measure(project) -> dict[str, float]:

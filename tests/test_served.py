@@ -25,7 +25,9 @@ def _cos(a, b) -> float:
 
 def test_deploy_a_deploy_b_rollback_then_search_and_monitor_serve_a_without_training(
         es, es_url, tmp_path, tiny_models, monkeypatch):
-    import esdistill.pipeline as pipeline_mod
+    import esdistill.stages.teacher as teacher_stage
+    import esdistill.stages.teacher_fit as fit_stage
+    import esdistill.stages.train as train_stage
     from esdistill.deploy import rollback, versions
     from esdistill.errors import ModelError
     from esdistill.models import load_bi_encoder
@@ -53,8 +55,9 @@ def test_deploy_a_deploy_b_rollback_then_search_and_monitor_serve_a_without_trai
                 raise AssertionError(f"the served path ran {what}")
             return refuse
 
-        for fn in ("train_student", "score_candidates", "fit_teacher"):
-            monkeypatch.setattr(pipeline_mod, fn, tripwire(fn))
+        for module, fn in ((train_stage, "train_student"), (teacher_stage, "score_candidates"),
+                           (fit_stage, "fit_teacher")):
+            monkeypatch.setattr(module, fn, tripwire(fn))
 
         systems = c.systems(served=True)
         student, hybrid, pipeline = systems["student"](), systems["hybrid"](), systems["pipeline"]()
