@@ -558,7 +558,7 @@ def humanize_validation_error(err: ValidationError, where: str) -> str:
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README 'Configuration')"
+            msg = "unknown key (check the spelling; see docs/configuration.md)"
         elif kind == "missing":
             msg = "required key is missing"
         else:
