@@ -142,9 +142,9 @@ class LocalCluster:
                 candidates.append(Path(os.environ[var]))
         jvm = Path("/usr/lib/jvm")
         if jvm.is_dir():
-            candidates += sorted((p for p in jvm.iterdir() if p.is_dir()), key=_java_major, reverse=True)
+            candidates += sorted((p for p in jvm.iterdir() if p.is_dir()), key=java_major, reverse=True)
         for home in candidates:
-            if (home / "bin" / "java").exists() and _java_major(home) >= MIN_JAVA:
+            if (home / "bin" / "java").exists() and java_major(home) >= MIN_JAVA:
                 return home
         raise ClusterError(
             f"Elasticsearch {self.s.version} needs Java {MIN_JAVA}+; none found "
@@ -382,25 +382,31 @@ class LocalCluster:
 
     def stop(self, timeout: float = 60.0) -> bool:
         """SIGTERM the node and wait for it to exit (SIGKILL after ``timeout``). False if it was not running."""
-        pid = self._pid()
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._pid() is None:
-                break
-            time.sleep(0.5)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-        return True
+        return stop_node(self._pid, self.pidfile, timeout)
 
 
-def _java_major(home: Path) -> int:
-    release = home / "release"
+def stop_node(pid_of, pidfile: Path, timeout: float = 60.0) -> bool:
+    """SIGTERM the local node whose pid ``pid_of()`` reads and wait for it to exit (SIGKILL after ``timeout``);
+    ``pidfile`` is removed. False if it was not running. Shared by the Elasticsearch and OpenSearch nodes."""
+    pid = pid_of()
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid_of() is None:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def java_major(home: Path) -> int:
+    """The major version of the JDK at ``home`` (from its ``release`` file, else its folder name; 0 if unknown)."""
     try:
-        m = re.search(r'JAVA_VERSION="(\d+)', release.read_text())
+        m = re.search(r'JAVA_VERSION="(?:1\.)?(\d+)', (home / "release").read_text())
         return int(m.group(1)) if m else 0
     except OSError:
         m = re.search(r"(\d+)", home.name)

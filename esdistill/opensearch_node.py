@@ -43,7 +43,6 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -52,6 +51,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cluster import _tail, java_major, stop_node
 from .config import LocalOpenSearchSettings
 from .errors import ClusterError
 
@@ -492,29 +492,7 @@ class OpenSearchNode:
 
     def stop(self, timeout: float = 60.0) -> bool:
         """SIGTERM the node and wait for it to exit (SIGKILL after ``timeout``). False if it was not running."""
-        pid = self._pid()
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._pid() is None:
-                break
-            time.sleep(0.5)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-        return True
-
-
-def java_major(home: Path) -> int:
-    """The major version of the JDK at ``home`` (from its ``release`` file, else its folder name; 0 if unknown)."""
-    try:
-        m = re.search(r'JAVA_VERSION="(?:1\.)?(\d+)', (home / "release").read_text())
-        return int(m.group(1)) if m else 0
-    except OSError:
-        m = re.search(r"(\d+)", home.name)
-        return int(m.group(1)) if m else 0
+        return stop_node(self._pid, self.pidfile, timeout)
 
 
 def _extract(jar: Path, prefix: str, out: Path) -> None:
@@ -545,10 +523,3 @@ def _reason(log: Path) -> str:
         return ""
     causes = [ln.strip() for ln in lines if re.match(r"^(Caused by: |[\w.$]+(Exception|Error): )", ln.strip())]
     return f": {causes[-1][:500]}" if causes else ""
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from esdistill.cluster import LocalCluster, _java_major, connect
+from esdistill.cluster import LocalCluster, connect, java_major
 from esdistill.config import ClusterSettings
 from esdistill.errors import ClusterError
 
@@ -21,7 +21,7 @@ def test_local_cluster_is_real_and_healthy(es, local_settings):
 
 def test_java_found_is_21_or_newer(local_settings):
     home = LocalCluster(local_settings).java_home()
-    assert _java_major(home) >= 21
+    assert java_major(home) >= 21
 
 
 def test_unreachable_cluster_names_url_and_fix():
