@@ -51,8 +51,11 @@ def connect(settings: ClusterSettings | None = None, check: bool = True):
         client = _elasticsearch_client(settings)
     url = _url(settings)
     local = settings.url is None and not settings.cloud_id
-    if check:
-        served = served_engine(client)
+    if check:  # elasticsearch-py tells both engines apart (Elastic's product header), the test build included
+        probe = client if isinstance(client, Elasticsearch) else _elasticsearch_client(settings)
+        served = served_engine(probe)
+        if probe is not client:
+            probe.close()
         if engine is not None and served is not None and served != engine:
             client.close()
             raise ClusterError(
@@ -131,7 +134,8 @@ def _opensearch_client(settings: ClusterSettings):
 
 def served_engine(client) -> str | None:
     """Which engine answers ``client`` (an Elasticsearch or OpenSearch client), from its ``GET /``:
-    ``opensearch`` (``version.distribution``), ``elasticsearch``, or None when it cannot say (unreachable,
+    ``opensearch`` (``version.distribution``), ``elasticsearch`` (its answer, or — the test build has no ``GET
+    /`` — its refusal, carries Elastic's ``X-Elastic-Product`` header), or None when it cannot say (unreachable,
     refused: the health check that follows names the problem)."""
     if isinstance(client, Elasticsearch):
         from elasticsearch import ApiError, TransportError, UnsupportedProductError
@@ -142,7 +146,9 @@ def served_engine(client) -> str | None:
         except UnsupportedProductError as e:  # elasticsearch-py refuses an answer without Elastic's header
             body = e.body if isinstance(e.body, dict) else {}
             return "opensearch" if (body.get("version") or {}).get("distribution") == "opensearch" else None
-        except (ApiError, TransportError):
+        except ApiError as e:
+            return "elasticsearch" if e.meta.headers.get("x-elastic-product") == "Elasticsearch" else None
+        except TransportError:
             return None
     from opensearchpy import exceptions as os_exc
 
