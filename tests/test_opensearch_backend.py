@@ -195,3 +195,27 @@ def test_evaluate_and_monitor_write_the_results_index_on_opensearch(os_project, 
     docs = osc.search(index=RESULTS_INDEX, body={"query": {"bool": {"filter": [
         {"term": {"doc_type": "monitor"}}, {"term": {"dataset": project.cfg.data.name}}]}}})["hits"]["hits"]
     assert len(docs) == 1 and docs[0]["_source"]["queries"] == report["queries"]
+
+
+def test_a_search_request_teacher_runs_on_opensearch_as_a_direct_search_does(os_project, osc):
+    """``teacher.request`` (the user's own search, here BM25 rescored by a title match) through the backend's
+    ``_msearch``: the hits and scores of the same search sent directly, and its restricted form's scores."""
+    import copy
+
+    from esdistill.request_teacher import RequestSearch, fill
+
+    rescore = {"query": {"multi_match": {"query": "{{query}}", "fields": ["title", "text"]}},
+               "rescore": {"window_size": 20, "query": {"rescore_query": {"match": {"title": "{{query}}"}},
+                                                        "query_weight": 0.1, "rescore_query_weight": 10.0}}}
+    project, _ = os_project
+    index = project.cfg.bm25_index
+    rs = RequestSearch(osc, index, rescore)
+    queries = dict(list(project.eval_queries().items())[:5])
+    got = rs.run(queries, 10)
+    for q, text in queries.items():
+        body = fill(copy.deepcopy(rescore), text) | {"size": 10, "_source": False}
+        want = [(h["_id"], h["_score"]) for h in osc.search(index=index, body=body)["hits"]["hits"]]
+        assert want and [d for d, _ in got[q]] == [d for d, _ in want]
+        assert [s for _, s in got[q]] == pytest.approx([s for _, s in want], rel=1e-6)
+        some = [d for d, _ in want[:3]]
+        assert rs.score({q: text}, {q: some})[q] == pytest.approx(dict(want[:3]), rel=1e-6)
