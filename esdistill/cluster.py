@@ -141,7 +141,7 @@ def served_engine(client) -> str | None:
         from elasticsearch import ApiError, TransportError, UnsupportedProductError
 
         try:
-            client.info()
+            client.options(max_retries=0).info()  # no retries: an unreachable cluster is the health check's to name
             return "elasticsearch"
         except UnsupportedProductError as e:  # elasticsearch-py refuses an answer without Elastic's header
             body = e.body if isinstance(e.body, dict) else {}
