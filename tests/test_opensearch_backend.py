@@ -219,3 +219,41 @@ def test_a_search_request_teacher_runs_on_opensearch_as_a_direct_search_does(os_
         assert [s for _, s in got[q]] == pytest.approx([s for _, s in want], rel=1e-6)
         some = [d for d, _ in want[:3]]
         assert rs.score({q: text}, {q: some})[q] == pytest.approx(dict(want[:3]), rel=1e-6)
+
+
+def test_the_embed_pipeline_joins_the_text_fields_and_reindex_runs_as_a_task(os_backend, osc):
+    """What in-cluster embedding (issue 23 item 3) will stand on: the pipeline's script joins ``title text`` (from
+    the user's fields, dotted ones included) into the field the model embeds — run here without its
+    ``text_embedding`` step, through ``_simulate`` — and ``_reindex`` starts as a task whose status is polled."""
+    import time
+
+    docs = [{"_source": {"name": "Vitamin D", "body": {"main": "and bone density"}, "extra": 1}}]
+    for fields, want, title in ((["name", "body.main"], "Vitamin D and bone density", "Vitamin D"),
+                                (["body.main"], "and bone density", None)):
+        body = os_backend.embed_pipeline("some-model", fields)
+        assert body["processors"][1] == {"text_embedding": {"model_id": "some-model",
+                                                            "field_map": {"_esdistill_input": VECTOR_FIELD}}}
+        steps = [body["processors"][0], {"script": {"source": "ctx.seen = ctx._esdistill_input"}},
+                 body["processors"][2]]
+        out = osc.ingest.simulate(body={"pipeline": {"processors": steps}, "docs": docs})["docs"][0]["doc"]["_source"]
+        assert out["seen"] == want and out["text"] == "and bone density" and out.get("title") == title
+        gone = {"_esdistill_input", *(f.split(".")[0] for f in fields)}  # the working field and the source fields
+        assert not gone & set(out) and set(out) >= {"extra", "seen", "text"}
+    src, dest = f"test-{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        os_backend.create_index(src, os_backend.bm25_mapping())
+        list(os_backend.stream_bulk({"_index": src, "_id": str(i), "_source": {"title": "t", "text": f"x{i}"}}
+                                    for i in range(30)))
+        os_backend.refresh(src)
+        os_backend.create_index(dest, os_backend.bm25_mapping())
+        task = os_backend.start_reindex({"source": {"index": src, "size": 7}, "dest": {"index": dest},
+                                         "conflicts": "abort", "slices": "auto", "refresh": True})
+        for _ in range(120):
+            status = os_backend.task(task)
+            if status.get("completed"):
+                break
+            time.sleep(0.5)
+        assert status["completed"] and status["response"]["created"] == 30 and os_backend.count(dest) == 30
+    finally:
+        os_backend.delete_index(src, missing_ok=True)
+        os_backend.delete_index(dest, missing_ok=True)

@@ -134,10 +134,11 @@ class OpenSearchBackend(SearchBackend):
         title, rest = (text_fields[0], text_fields[1:]) if len(text_fields) > 1 else (None, list(text_fields))
         join = ("String v(def d, String f) { def x = d; for (String p : f.splitOnToken('.')) { "
                 "if (!(x instanceof Map)) return ''; x = x.get(p); } return x == null ? '' : x.toString(); } "
-                "String t = params.title == null ? '' : v(ctx, params.title); "
+                "String t = v(ctx, params.title == null ? 'title' : params.title); "
                 "List parts = new ArrayList(); for (String f : params.rest) { parts.add(v(ctx, f)); } "
                 "String text = String.join(' ', parts); "
-                "ctx['title'] = t; ctx['text'] = text; ctx['" + INPUT_FIELD + "'] = (t + ' ' + text).trim();")
+                "if (params.title != null) { ctx['title'] = t; } ctx['text'] = text; "
+                "ctx['" + INPUT_FIELD + "'] = (t + ' ' + text).trim();")
         others = list(dict.fromkeys(f.split(".")[0] for f in text_fields if f not in ("title", "text")))
         return {"description": f"esdistill: embed title + text with ml-commons model {model_id} into "
                                f"`{VECTOR_FIELD}`",
