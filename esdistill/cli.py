@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .config import LocalClusterSettings, load_config
+from .config import load_config
 from .errors import EsdistillError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -276,12 +276,11 @@ def run(config: Annotated[Path | None, typer.Option("--config", "-c", envvar="ES
 
 def _run_all(project, start_cluster: bool) -> None:
     """Every stage of ``project``, starting the local test cluster first when no URL is set."""
-    if start_cluster and not project.cfg.cluster_settings().url:
-        from .cluster import LocalCluster
-
-        lc = LocalCluster(LocalClusterSettings())
+    settings = project.cfg.cluster_settings()
+    if start_cluster and not settings.url:
+        lc = _local_node(EngineChoice(settings.engine) if settings.engine else None)  # [cluster] engine's node
         if not lc.status().running:
-            with console.status("starting the local Elasticsearch …"):
+            with console.status(f"starting the local {getattr(lc, 'name', 'Elasticsearch')} …"):
                 lc.start()
     project.run()
 

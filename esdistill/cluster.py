@@ -33,15 +33,54 @@ MIN_JAVA = 21
 
 
 # ------------------------------------------------------------------------------------------- connecting
-def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elasticsearch:
-    """An Elasticsearch client for the configured cluster (or the local test cluster when no URL is set).
+def connect(settings: ClusterSettings | None = None, check: bool = True):
+    """A client for the configured cluster (or the local test cluster when no URL is set): elasticsearch-py's
+    ``Elasticsearch``, or opensearch-py's ``OpenSearch`` when the cluster is OpenSearch.
 
-    With ``check`` the cluster is asked for its health; an unreachable cluster or refused credentials raise
-    :class:`ClusterError` naming the URL (never the secret) and how to fix it.
+    Which engine: ``[cluster] engine`` (``ESDISTILL_ES_ENGINE``) when set; unset, what the cluster's ``GET /``
+    says (``version.distribution == "opensearch"``; asked only with ``check``, else Elasticsearch is assumed).
+    With ``check`` a set engine that the cluster contradicts is refused naming the setting, and the cluster is
+    asked for its health; an unreachable cluster or refused credentials raise :class:`ClusterError` naming the
+    URL (never the secret) and how to fix it.
     """
     settings = settings or ClusterSettings()
-    url = settings.url or (f"cloud id {settings.cloud_id.split(':')[0]}" if settings.cloud_id
-                           else LocalClusterSettings().url)
+    engine = settings.engine
+    if engine == "opensearch":
+        client = _opensearch_client(settings)
+    else:
+        client = _elasticsearch_client(settings)
+    url = _url(settings)
+    local = settings.url is None and not settings.cloud_id
+    if check:  # elasticsearch-py tells both engines apart (Elastic's product header), the test build included
+        probe = client if isinstance(client, Elasticsearch) else _elasticsearch_client(settings)
+        served = served_engine(probe)
+        if probe is not client:
+            probe.close()
+        if engine is not None and served is not None and served != engine:
+            client.close()
+            raise ClusterError(
+                f"[cluster] engine is {engine!r} (or ESDISTILL_ES_ENGINE), but the cluster at {url} is {served}",
+                hint=f'set [cluster] engine = "{served}" (ESDISTILL_ES_ENGINE={served}), or leave it unset to '
+                     "follow what the cluster's GET / says")
+        if engine is None and served == "opensearch":
+            client.close()
+            client = _opensearch_client(settings)
+        check_health(client, url, local=local)
+    return client
+
+
+def _url(settings: ClusterSettings) -> str:
+    from .config import LocalOpenSearchSettings
+
+    if settings.url:
+        return settings.url
+    if settings.cloud_id:
+        return f"cloud id {settings.cloud_id.split(':')[0]}"
+    return (LocalOpenSearchSettings() if settings.engine == "opensearch" else LocalClusterSettings()).url
+
+
+def _elasticsearch_client(settings: ClusterSettings) -> Elasticsearch:
+    url = _url(settings)
     kwargs: dict = {"request_timeout": settings.request_timeout, "retry_on_timeout": True, "max_retries": 3}
     if settings.api_key:
         kwargs["api_key"] = settings.api_key.get_secret_value()
@@ -63,17 +102,70 @@ def connect(settings: ClusterSettings | None = None, check: bool = True) -> Elas
     except ImportError:  # the orjson extra of elasticsearch is not installed: the standard json module
         pass
     if settings.cloud_id:
-        client = Elasticsearch(cloud_id=settings.cloud_id, **kwargs)
-    else:
-        client = Elasticsearch(url, **kwargs)
-    if check:
-        check_health(client, url, local=settings.url is None and not settings.cloud_id)
-    return client
+        return Elasticsearch(cloud_id=settings.cloud_id, **kwargs)
+    return Elasticsearch(url, **kwargs)
+
+
+def _opensearch_client(settings: ClusterSettings):
+    """opensearch-py's client from the same settings (user and password, CA file or fingerprint, timeouts).
+    Elastic's API keys and cloud ids are refused naming the setting."""
+    from opensearchpy import OpenSearch
+
+    if settings.api_key or settings.cloud_id:
+        what = "api_key (ESDISTILL_ES_API_KEY)" if settings.api_key else "cloud_id (ESDISTILL_ES_CLOUD_ID)"
+        raise ClusterError(f"[cluster] {what} is Elasticsearch's; OpenSearch takes neither",
+                           hint="connect to OpenSearch with url and username/password (ESDISTILL_ES_URL, "
+                                "ESDISTILL_ES_USERNAME, ESDISTILL_ES_PASSWORD)")
+    url = _url(settings)
+    kwargs: dict = {"timeout": settings.request_timeout, "retry_on_timeout": True, "max_retries": 3}
+    if settings.username:
+        kwargs["http_auth"] = (settings.username, settings.password.get_secret_value() if settings.password else "")
+    if settings.ca_certs:
+        if not Path(settings.ca_certs).is_file():
+            raise ClusterError(f"CA certificate file not found: {settings.ca_certs}",
+                               hint="check ESDISTILL_ES_CA_CERTS (or [cluster] ca_certs)")
+        kwargs["ca_certs"] = str(settings.ca_certs)
+    if settings.ca_fingerprint:
+        kwargs["ssl_assert_fingerprint"] = settings.ca_fingerprint.replace(":", "").lower()
+    if url.startswith("https"):
+        kwargs["verify_certs"] = settings.verify_certs
+    return OpenSearch([url], **kwargs)
+
+
+def served_engine(client) -> str | None:
+    """Which engine answers ``client`` (an Elasticsearch or OpenSearch client), from its ``GET /``:
+    ``opensearch`` (``version.distribution``), ``elasticsearch`` (its answer, or — the test build has no ``GET
+    /`` — its refusal, carries Elastic's ``X-Elastic-Product`` header), or None when it cannot say (unreachable,
+    refused: the health check that follows names the problem)."""
+    if isinstance(client, Elasticsearch):
+        from elasticsearch import ApiError, TransportError, UnsupportedProductError
+
+        try:
+            client.options(max_retries=0).info()  # no retries: an unreachable cluster is the health check's to name
+            return "elasticsearch"
+        except UnsupportedProductError as e:  # elasticsearch-py refuses an answer without Elastic's header
+            body = e.body if isinstance(e.body, dict) else {}
+            return "opensearch" if (body.get("version") or {}).get("distribution") == "opensearch" else None
+        except ApiError as e:
+            return "elasticsearch" if e.meta.headers.get("x-elastic-product") == "Elasticsearch" else None
+        except TransportError:
+            return None
+    from opensearchpy import exceptions as os_exc
+
+    try:
+        info = client.info()
+    except os_exc.TransportError:
+        return None
+    version = info.get("version") or {}
+    if version.get("distribution") == "opensearch":
+        return "opensearch"
+    return "elasticsearch" if "build_flavor" in version or "You Know, for Search" in str(info.get("tagline")) \
+        else None
 
 
 def connect_backend(settings: ClusterSettings | None = None, check: bool = True):
     """The search backend (:mod:`esdistill.backends`) of the configured cluster, connected by :func:`connect`
-    (``check``: its health first)."""
+    (``check``: the engine and its health first)."""
     from .backends import backend_for
 
     return backend_for(connect(settings, check=check))
@@ -85,8 +177,11 @@ def check_health(client, url: str, local: bool = False) -> dict:
     backend)."""
     from .backends import backend_for
 
+    from opensearchpy import OpenSearch
+
     how = (
         "start the local test cluster with `esdistill cluster start`"
+        + (" --engine opensearch" if isinstance(client, OpenSearch) else "")
         if local
         else "check ESDISTILL_ES_URL (or [cluster] url) and that the cluster is running"
     )

@@ -135,7 +135,7 @@ def rerank_agreement(project, systems: dict, pipeline_run: dict[str, dict[str, f
     when its index is missing: monitor never embeds the corpus."""
     out: dict[str, Any] = {"student": project.agreement_with_pipeline(systems["student"](), pipeline_run, queries)}
     base_index = project.dense_index("zero_shot")
-    if project.client.indices.exists(index=base_index):
+    if project.backend.index_exists(base_index):
         out["zero_shot"] = project.agreement_with_pipeline(project.systems()["zero_shot"](), pipeline_run, queries)
     else:
         out["zero_shot_missing"] = (f"the zero-shot base's index {base_index} is not in the cluster "

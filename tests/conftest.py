@@ -15,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 SCIFACT = ROOT / "datasets" / "scifact.tar.xz"
 TEST_PORT = int(os.environ.get("ESDISTILL_TEST_ES_PORT", "9250"))
+#: the local OpenSearch node's HTTP port (its transport port is this + 100), never the Elasticsearch fixture's
+TEST_OS_PORT = int(os.environ.get("ESDISTILL_TEST_OS_PORT", "9400"))
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,33 @@ def es(local_settings):
     client.close()
     if started and not os.environ.get("ESDISTILL_TEST_KEEP_CLUSTER"):
         lc.stop()
+
+
+@pytest.fixture(scope="session")
+def os_node():
+    """A real local OpenSearch (esdistill/opensearch_node.py: k-NN, ml-commons, neural-search) on loopback;
+    started for the session (and stopped after, unless ESDISTILL_TEST_KEEP_CLUSTER) unless already running."""
+    from esdistill.config import LocalOpenSearchSettings
+    from esdistill.opensearch_node import OpenSearchNode
+
+    node = OpenSearchNode(LocalOpenSearchSettings(port=TEST_OS_PORT))
+    started = False
+    if not node.status().running:
+        node.start(timeout=900)  # 2 shared cores under heavy load once needed more than 300 s
+        started = True
+    yield node
+    if started and not os.environ.get("ESDISTILL_TEST_KEEP_CLUSTER"):
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def osc(os_node):
+    """An opensearch-py client of the test OpenSearch node."""
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(os_node.url, timeout=60)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

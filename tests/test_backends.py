@@ -1,6 +1,8 @@
-"""The seam to the search engine: :class:`ElasticsearchBackend` against the real test node — indices created from
-``mappings/``, bulk, ``_msearch``, kNN with a filter, aliases and ``_meta``, the health check — and the bodies it
-writes pinned to what esdistill sent before the seam (they are what users' clusters and caches saw)."""
+"""The seam to the search engine: :class:`ElasticsearchBackend` and :class:`OpenSearchBackend` against the real
+test nodes (the tests of ``backend`` run on both engines) — indices created from ``mappings/``, bulk, ``_msearch``,
+kNN with a filter, aliases and ``_meta``, deploy versions — Elasticsearch's health check, and the bodies it writes
+pinned to what esdistill sent before the seam (they are what users' clusters and caches saw).
+tests/test_opensearch_backend.py has OpenSearch's own (detection, refusals, the loop)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,19 @@ from esdistill.config import ClusterSettings
 from esdistill.errors import ClusterError
 
 
+@pytest.fixture(params=["elasticsearch", "opensearch"])
+def backend(request, index_name):
+    """The backend of each engine's test node (``index_name``'s indices are deleted on both after the test)."""
+    if request.param == "elasticsearch":
+        yield backend_for(request.getfixturevalue("es"))
+        return
+    osc = request.getfixturevalue("osc")
+    yield backend_for(osc)
+    osc.indices.delete(index=f"{index_name}*", ignore_unavailable=True, allow_no_indices=True)
+
+
 @pytest.fixture
-def backend(es):
+def es_backend(es):
     return backend_for(es)
 
 
@@ -172,7 +185,8 @@ def test_deploy_versions_go_through_any_backend(backend, index_name):
     assert rollback(backend, index_name) == (b, a) and backend.alias_targets(index_name) == [a]
 
 
-def test_health_privileges_and_what_the_test_build_lacks(backend, es_url):
+def test_health_privileges_and_what_the_test_build_lacks(es_backend, es_url):
+    backend = es_backend
     assert backend.check(es_url, "start it")["status"] in ("green", "yellow")
     assert backend.data_nodes() == 1
     assert backend.node_versions() and all(v.count(".") == 2 for v in backend.node_versions())

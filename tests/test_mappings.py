@@ -1,4 +1,5 @@
-"""Every JSON body in mappings/ is accepted by the real cluster and reads back as sent."""
+"""Every JSON body in mappings/ is accepted by the real cluster of its engine (``opensearch-*``: the OpenSearch
+node) and reads back as sent."""
 
 import pytest
 
@@ -6,13 +7,31 @@ from esdistill.config import DeployConfig
 from esdistill.deploy import dense_body
 from esdistill.indexing import MAPPINGS_DIR, load_mapping
 
-BODIES = sorted(p.name for p in MAPPINGS_DIR.glob("*_index.json"))
+BODIES = sorted(p.name for p in MAPPINGS_DIR.glob("*_index.json") if not p.name.startswith("opensearch-"))
+OS_BODIES = sorted(p.name for p in MAPPINGS_DIR.glob("opensearch-*_index.json"))
 
 
 def test_every_mapping_file_is_covered():
     assert BODIES == ["bm25_index.json", "dense_index.json", "results_index.json"]
+    assert OS_BODIES == [f"opensearch-{name}" for name in BODIES]
     # the one non-index body, the ingest pipeline, is tested in test_eland_export.py
-    assert sorted(p.name for p in MAPPINGS_DIR.glob("*.json")) == sorted([*BODIES, "embed_pipeline.json"])
+    assert sorted(p.name for p in MAPPINGS_DIR.glob("*.json")) == sorted([*BODIES, *OS_BODIES, "embed_pipeline.json"])
+
+
+@pytest.mark.parametrize("name", OS_BODIES)
+def test_opensearch_mapping_is_accepted_and_reads_back(osc, name):
+    import uuid
+
+    body, index = load_mapping(name), f"test-{uuid.uuid4().hex[:10]}"
+    try:
+        osc.indices.create(index=index, body=body)
+        got = osc.indices.get_mapping(index=index)[index]["mappings"]
+        for field, spec in body["mappings"]["properties"].items():
+            assert got["properties"][field]["type"] == spec["type"]
+        settings = osc.indices.get_settings(index=index)[index]["settings"]["index"]
+        assert settings["analysis"]["analyzer"]["esdistill_text"]["type"] == "english"
+    finally:
+        osc.indices.delete(index=index, ignore_unavailable=True)
 
 
 @pytest.mark.parametrize("name", BODIES)

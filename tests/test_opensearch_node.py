@@ -2,8 +2,8 @@
 k-NN, ml-commons and neural-search, the english analyzer, and the refusals a user meets (Java, Maven, ports, a
 node that does not come up).
 
-Port: ESDISTILL_TEST_OS_PORT (default 9400; transport port + 100), so it never meets the Elasticsearch fixture's
-9250. ESDISTILL_TEST_KEEP_CLUSTER leaves the node up after the session, as for Elasticsearch.
+The node and its client are tests/conftest.py's ``os_node`` and ``osc`` (port ESDISTILL_TEST_OS_PORT, default 9400;
+transport port + 100), shared with tests/test_opensearch_backend.py.
 """
 
 from __future__ import annotations
@@ -15,34 +15,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
-TEST_OS_PORT = int(os.environ.get("ESDISTILL_TEST_OS_PORT", "9400"))
-
-
-@pytest.fixture(scope="session")
-def os_node():
-    """A real local OpenSearch on loopback; started for the session (and stopped after) unless already running."""
-    from esdistill.config import LocalOpenSearchSettings
-    from esdistill.opensearch_node import OpenSearchNode
-
-    node = OpenSearchNode(LocalOpenSearchSettings(port=TEST_OS_PORT))
-    started = False
-    if not node.status().running:
-        node.start(timeout=900)  # 2 shared cores under heavy load once needed more than 300 s
-        started = True
-    yield node
-    if started and not os.environ.get("ESDISTILL_TEST_KEEP_CLUSTER"):
-        node.stop()
-
-
-@pytest.fixture(scope="session")
-def osc(os_node):
-    """An opensearch-py client of the test node."""
-    from opensearchpy import OpenSearch
-
-    client = OpenSearch(os_node.url, timeout=60)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backends import backend_for, bm25_mapping_file
 from ..config import fingerprint
 from ..indexing import MAPPINGS_DIR, build_bm25_index, index_identity, index_meta
 from .base import StageWork
@@ -23,7 +24,14 @@ class IndexStage(StageWork):
                 "user_index": self.cfg.data.index, "fields": self.cfg.data.text_fields,
                 "state": index_identity(self.p.client, self.cfg.data.index)})
         return {"corpus": self.p.dataset.corpus_fingerprint,
-                "mapping": (MAPPINGS_DIR / "bm25_index.json").read_text()}
+                "mapping": (MAPPINGS_DIR / bm25_mapping_file(self.search_engine())).read_text()}
+
+    def search_engine(self) -> str | None:
+        """The engine the project runs on, as known without asking the cluster: the connected client's, else
+        ``[cluster] engine`` (None: not said, Elasticsearch's mapping keys the index)."""
+        if self.p._client is not None:
+            return backend_for(self.p._client).name
+        return self.cfg.cluster_settings().engine
 
     @property
     def index_key(self) -> str:
