@@ -97,23 +97,82 @@ def listwise_rows(frame: pd.DataFrame, negatives: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, base_model: str | None = None):
+def relevant_texts(frame: pd.DataFrame, qrels: Qrels) -> dict[str, set[str]]:
+    """Query text → the texts, among ``frame``'s documents, that the judgments call relevant to it (capped
+    positives included): what must never be that query's in-batch negative in the listwise fit."""
+    text_of = dict(zip(frame.docid, frame.document, strict=True))
+    out: dict[str, set[str]] = {}
+    for qid, query in frame[["qid", "query"]].drop_duplicates().itertuples(index=False):
+        judged = {text_of[d] for d, grade in qrels.get(qid, {}).items() if grade > 0 and d in text_of}
+        out.setdefault(query, set()).update(judged)
+    return out
+
+
+def masked_cross_mnrl(model, num_negatives: int | None, relevant: dict[str, set[str]]):
+    """The cross-encoder's :class:`MultipleNegativesRankingLoss` whose in-batch negatives skip documents judged
+    relevant to the row's query (``relevant``: query text → relevant document texts): another query's positive
+    that the judgments call relevant to this query is a false negative. NO_DUPLICATES keeps a query's own rows
+    apart; this keeps the other queries' judged-relevant documents out. A row left with fewer clean candidates
+    than ``num_negatives`` repeats its clean ones (its own hard negatives when none is clean); the loss's
+    ``.masked`` counts what was left out."""
+    import torch
+    from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
+
+    class MaskedCrossMNRL(MultipleNegativesRankingLoss):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.masked = 0  #: false negatives kept out so far
+
+        def get_in_batch_negatives(self, anchors, candidates):
+            if self.num_negatives == 0:
+                return
+            n, cols = len(anchors), len(candidates)
+            flat = [c for col in candidates for c in col]
+            clean = ~torch.eye(n, dtype=torch.bool).repeat(1, cols)
+            for a, query in enumerate(anchors):
+                bad = relevant.get(query)
+                if bad:
+                    for j, text in enumerate(flat):
+                        if clean[a, j] and text in bad:
+                            clean[a, j] = False
+                            self.masked += 1
+            width = min(self.num_negatives or clean.sum(1).max().item(), n * cols - cols)
+            picks = []
+            for a in range(n):
+                ok = clean[a].nonzero().flatten()
+                if len(ok) == 0:  # nothing clean in the batch: the row's own hard negatives (or its positive)
+                    ok = torch.tensor([a + n * c for c in range(1, cols)] or [a])
+                if len(ok) >= width:
+                    chosen = ok[torch.randperm(len(ok))[:width]] if self.num_negatives else ok[:width]
+                else:
+                    chosen = ok[torch.arange(width) % len(ok)]
+                picks.append(chosen)
+            for column in torch.stack(picks).T:
+                yield [flat[i] for i in column.tolist()]
+
+    return MaskedCrossMNRL(model, num_negatives=num_negatives)
+
+
+def fit_trainer(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, base_model: str | None = None,
+                qrels: Qrels | None = None):
     """The trainer of one fold's cross-encoder, from :func:`fit_pairs`' rows (not started). ``base_model``
-    overrides ``cfg.base_model`` (the corpus teacher, when the judged fit starts from it)."""
+    overrides ``cfg.base_model`` (the corpus teacher, when the judged fit starts from it). With ``qrels`` the
+    listwise loss never takes a document judged relevant to a row's query as its in-batch negative."""
     from datasets import Dataset as HFDataset
 
     base = base_model or cfg.base_model
     if cfg.loss == "listwise":
         return _trainer(listwise_rows(frame, cfg.negatives).sample(frac=1.0, random_state=cfg.seed), cfg, base, out,
-                        listwise=True)
+                        listwise=True, relevant=relevant_texts(frame, qrels) if qrels else None)
     data = HFDataset.from_pandas(frame[["query", "document", "label"]].sample(frac=1.0, random_state=cfg.seed),
                                  preserve_index=False)
     return _trainer(data, cfg, base, out, listwise=False)
 
 
-def _trainer(data, cfg, base: str, out: Path, listwise: bool):
+def _trainer(data, cfg, base: str, out: Path, listwise: bool, relevant: dict[str, set[str]] | None = None):
     """A cross-encoder trainer: ``listwise`` rows (``query, positive, negative_i``; a DataFrame) under
-    MultipleNegativesRankingLoss with ``cfg.in_batch_negatives``, else (query, document, label) rows under BCE.
+    MultipleNegativesRankingLoss with ``cfg.in_batch_negatives`` (masked by ``relevant``:
+    :func:`masked_cross_mnrl`), else (query, document, label) rows under BCE.
     ``cfg`` is a :class:`TeacherFitConfig` or a :class:`~esdistill.config.CorpusFitConfig`."""
     from datasets import Dataset as HFDataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -122,7 +181,8 @@ def _trainer(data, cfg, base: str, out: Path, listwise: bool):
     model = load_cross_encoder(base, max_length=cfg.max_length, num_labels=1)
     if listwise:
         data = HFDataset.from_pandas(data, preserve_index=False)
-        loss = MultipleNegativesRankingLoss(model, num_negatives=cfg.in_batch_negatives)
+        loss = (masked_cross_mnrl(model, cfg.in_batch_negatives, relevant) if relevant
+                else MultipleNegativesRankingLoss(model, num_negatives=cfg.in_batch_negatives))
     else:
         loss = BinaryCrossEntropyLoss(model)
     args = CrossEncoderTrainingArguments(
@@ -163,8 +223,8 @@ def train_listwise(rows: pd.DataFrame, cfg, base_model: str, out: Path, progress
 
 
 def _train_cross_encoder(frame: pd.DataFrame, cfg: TeacherFitConfig, out: Path, progress=None,
-                         name: str = "", base_model: str | None = None) -> None:
-    _run(fit_trainer(frame, cfg, out, base_model), out, progress, name)
+                         name: str = "", base_model: str | None = None, qrels: Qrels | None = None) -> None:
+    _run(fit_trainer(frame, cfg, out, base_model, qrels), out, progress, name)
 
 
 def fit_teacher(
@@ -196,7 +256,7 @@ def fit_teacher(
             pairs = fit_pairs(fit_q, queries, qrels, candidates, docs, cfg.negatives, cfg.negative_depth, cfg.seed,
                               max_positives)
             log(f"teacher fit [{name}]: {len(fit_q)} queries, {len(pairs)} pairs")
-            _train_cross_encoder(pairs, cfg, out, progress, name, base_model)
+            _train_cross_encoder(pairs, cfg, out, progress, name, base_model, qrels)
         models[name] = str(out)
     return cache.finish(models=models, folds={q: f for q, f in folds.items()}, judged_queries=len(judged),
                         base_model=base_model or cfg.base_model)

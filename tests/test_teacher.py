@@ -169,6 +169,49 @@ def test_listwise_fit_never_batches_two_rows_of_one_query(tmp_path, tiny_models)
         assert len(queries) == len(set(queries))
 
 
+def test_listwise_fit_masks_other_queries_judged_documents(tmp_path, tiny_models):
+    """Query A's judged-relevant document d is also query B's positive: in a batch holding both rows, d must
+    never be A's in-batch negative (it was, before the mask: another query's positive is the loss's negative).
+    Every in-batch negative drawn for a row is checked against that row's judgments; the loss counts the masking."""
+    import torch
+
+    from esdistill.config import TeacherFitConfig
+    from esdistill.teacher import fit_trainer
+
+    qrels = {f"q{q}": {f"p{q}": 1} for q in range(6)}
+    for q in range(6):  # each query also judges the next query's positive relevant (capped away from its rows)
+        qrels[f"q{q}"][f"p{(q + 1) % 6}"] = 1
+    rows = []
+    for q in range(6):
+        rows.append((f"q{q}", f"p{q}", 1.0))
+        rows += [(f"q{q}", f"n{q}-{n}", 0.0) for n in range(2)]
+    frame = pd.DataFrame(rows, columns=["qid", "docid", "label"])
+    frame["query"] = "query " + frame.qid
+    frame["document"] = "document " + frame.docid
+    relevant_to = {f"query q{q}": {f"document {d}" for d in qrels[f"q{q}"]} for q in range(6)}
+    cfg = TeacherFitConfig(base_model=tiny_models["ce"], negatives=2, batch_size=6, max_length=32)
+    anchors = list(frame[frame.label > 0]["query"])
+    columns = [list(frame[frame.label > 0].document)] + [
+        [frame[(frame.qid == f"q{q}") & (frame.label == 0)].document.iloc[i] for q in range(6)] for i in range(2)]
+
+    def false_negatives(loss) -> int:
+        torch.manual_seed(0)
+        drawn = list(loss.get_in_batch_negatives(anchors, columns))
+        return sum(col[a] in relevant_to[anchors[a]] for col in drawn for a in range(len(anchors)))
+
+    every = cfg.model_copy(update={"in_batch_negatives": 100})  # more than the batch holds: all of them
+    masked_trainer = fit_trainer(frame, every, tmp_path / "b", qrels=qrels)
+    unmasked_trainer = fit_trainer(frame, every, tmp_path / "c")
+    assert false_negatives(unmasked_trainer.loss) == 6  # every query meets its other judged document
+    assert false_negatives(masked_trainer.loss) == 0
+    assert masked_trainer.loss.masked == 6
+    drawn = list(masked_trainer.loss.get_in_batch_negatives(anchors, columns))
+    assert len(drawn) == len(columns) * len(anchors) - len(columns)  # the width is kept (clean ones repeated)
+    sampled = fit_trainer(frame, cfg.model_copy(update={"in_batch_negatives": 3}), tmp_path / "d", qrels=qrels)
+    for _ in range(20):
+        assert false_negatives(sampled.loss) == 0
+
+
 def testjudged_candidates_scale_linearly():
     """20,000 judged queries x 10 candidates: a set rebuilt per judgment made this take minutes (hours at real
     sizes); built once it takes well under a second. The bound is loose: it only catches the quadratic form."""
