@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, open_project, prepare_env  # noqa: E402
+from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, prepare_env  # noqa: E402
 
 
 def main(
@@ -40,6 +40,9 @@ def main(
     batch_size: Annotated[int, typer.Option(help="queries per step")] = 32,
     seed: Annotated[int, typer.Option(help="seed of the order of the queries")] = 42,
     train_fraction: Annotated[float, typer.Option(help="share of the training queries used (a learning curve)")] = 1.0,
+    pseudo_queries: Annotated[int, typer.Option(help="corpus sentences added as training queries, labelled by the "
+                                                "teacher (data.pseudo_queries; their source document left out of "
+                                                "their lists)")] = 0,
 ):
     prepare_env()
     import numpy as np
@@ -52,13 +55,21 @@ def main(
     from esdistill.train import split_dev, standardize
 
     torch.manual_seed(seed)
-    p = open_project(config, profile, workdir)
+    from esdistill import load_config
+    from esdistill.pipeline import Project
+
+    overrides: dict = {"data": {"pseudo_queries": pseudo_queries}}
+    if workdir:
+        overrides["workdir"] = str(workdir.resolve())
+    p = Project(load_config(config, profile, **overrides))
     cfg = p.cfg
     scores = standardize(p.scores_frame(log_only=True))
-    qids = sorted(scores.qid.unique())
+    pseudo = sorted(q for q in scores.qid.unique() if q.startswith("pq-"))
+    scores = scores[~scores.qid.isin(pseudo) | (scores.docid != scores.qid.str.removeprefix("pq-"))]
+    qids = sorted(set(scores.qid.unique()) - set(pseudo))
     train_q, dev_q = split_dev(qids, cfg.train.dev_fraction)
     ds = p.dataset
-    queries = {**ds.train_queries, **ds.query_log}
+    queries = p.train_queries
     test_queries, test_qrels = ds.test_queries, ds.test_qrels
     done = sorted((json.loads(f.read_text()) | {"path": f} for f in Path(cfg.workdir).glob("evaluate-system/*/done.json")),
                   key=lambda r: r["finished"])
@@ -94,7 +105,10 @@ def main(
     if train_fraction < 1.0:
         keep = sorted(lists)[: max(1, round(train_fraction * len(lists)))]
         lists = {q: lists[q] for q in keep}
-    fit_q = sorted(lists)[:100]  # how well it fits queries it trains on, next to how well it generalises
+    fit_q = sorted(lists)[:100]
+    lists.update({q: (torch.tensor([row[d] for d in by_q[q].docid]),
+                      torch.tensor(by_q[q].teacher.to_numpy(), dtype=torch.float32))
+                  for q in pseudo if q in by_q and len(by_q[q]) > 1})  # how well it fits queries it trains on, next to how well it generalises
     scale = cfg.train.score_scale
     with torch.no_grad():  # labels on the base model's logit scale (train.label_scale = auto)
         qv = torch.tensor(model.encode([queries[q] for q in lists], normalize_embeddings=True,
@@ -158,7 +172,7 @@ def main(
                   f"{c['dev_agreement']['ndcg@10']:.3f}, train agreement {c['train_agreement']['ndcg@10']:.3f}, "
                   f"test NDCG@10 {c['test_ndcg@10']:.3f}", flush=True)
 
-    print(f"\nquery side only: {len(lists)} training queries x all their candidates, labels z x {spread:.2f}, "
+    print(f"\nquery side only: {len(lists)} training queries ({len(pseudo)} pseudo) x all their candidates, labels z x {spread:.2f}, "
           f"corpus embedded once in {embed_s:.0f} s\n")
     print("| passes | train s | test agreement NDCG@10 [95% CI] | overlap@10 | RBO | dev agreement NDCG@10 "
           "| train agreement NDCG@10 | test NDCG@10 |")
@@ -169,10 +183,10 @@ def main(
               f"{a['ndcg@10_ci95'][1]:.3f}] | {a['overlap@10']:.3f} | {a['rbo']:.3f} | {d['ndcg@10']:.3f} "
               f"| {c['train_agreement']['ndcg@10']:.3f} | {c['test_ndcg@10']:.3f} |")
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"query-side-probe-{cfg.data.name}-{profile}-{hardware_label()}-lr{learning_rate:g}-f{train_fraction:g}.json"
+    path = out / f"query-side-probe-{cfg.data.name}-{profile}-{hardware_label()}-lr{learning_rate:g}-f{train_fraction:g}-pq{pseudo_queries}.json"
     path.write_text(json.dumps({"command": " ".join(sys.argv), "train_queries": len(lists), "label_scale": spread,
                                 "embed_seconds": embed_s, "learning_rate": learning_rate,
-                                "batch_size": batch_size, "train_fraction": train_fraction, "curve": curve}, indent=2) + "\n")
+                                "batch_size": batch_size, "train_fraction": train_fraction, "pseudo_queries": len(pseudo), "curve": curve}, indent=2) + "\n")
     print(f"written: {path}")
 
 
