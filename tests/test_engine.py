@@ -133,3 +133,23 @@ def test_ray_workers_load_carried_and_shipped_models(tmp_path, tiny_models, ray_
         scores("shipped", {**tiny_models, "ce": str(copy)})
     finally:
         ray_engine.ship = False
+
+
+def test_bi_encoder_teacher_progress_counts_texts_encoded(tmp_path, tiny_models):
+    """A bi-encoder teacher's bar counts what it encodes — each query and each distinct document once — so the
+    time said from its first chunks holds; a cross-encoder's counts pairs. Here every document is shared by
+    every query: 8 queries x 6 shared documents are 48 pairs but 8 + 6 texts."""
+    from rich.progress import Progress
+
+    queries, docs, cands = _pairs()
+    shared = cands.assign(docid="d" + cands.docid.str.split("d").str[-1])  # each query: the same 6 documents
+    docs = {f"d{i}": Doc(f"d{i}", f"title {i}", f"study {i} with cohort {i * 7}") for i in range(6)}
+    for kind, model, total in (("cosine", tiny_models["bi"], 8 + 6), ("score", tiny_models["ce"], 48)):
+        progress = Progress(disable=True)
+        cache = StageCache(tmp_path / kind, "teacher", {"k": kind})
+        info = score_candidates(shared, queries, lambda ids: {d: docs[d] for d in ids},
+                                {q: model for q in queries}, cache, 48, 8, chunk_queries=3, progress=progress,
+                                kind=kind)
+        (task,) = progress.tasks
+        assert info["pairs"] == 48
+        assert task.total == total and task.completed == total, (kind, task.total, task.completed)
