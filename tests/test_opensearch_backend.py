@@ -297,11 +297,13 @@ def test_deploy_embed_in_cluster_writes_the_client_path_s_vectors_and_every_docu
     project, info = os_uploaded
     backend, alias = project.backend, project.cfg.dense_alias
     client_index = project.dense_index("student")
-    project.cfg.deploy.embed_in, project.cfg.deploy.m = "cluster", 12
+    keep = project.cfg.deploy.keep_versions
+    # keep the client-embedded versions (the loop's and the alias test's) to compare with
+    project.cfg.deploy.embed_in, project.cfg.deploy.m, project.cfg.deploy.keep_versions = "cluster", 12, 5
     try:
         out = project.deploy()
     finally:
-        project.cfg.deploy.embed_in, project.cfg.deploy.m = "client", 16
+        project.cfg.deploy.embed_in, project.cfg.deploy.m, project.cfg.deploy.keep_versions = "client", 16, keep
     assert out["index"] != client_index and backend.alias_targets(alias) == [out["index"]]
     assert out["docs"] == out["embedded_now"] == backend.count(client_index) == len(project.dataset.corpus)
     assert backend.index_meta(out["index"])["embedded_by"] == "cluster"
