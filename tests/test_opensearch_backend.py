@@ -356,6 +356,18 @@ def test_neural_and_the_cluster_hybrid_are_evaluated_and_written_like_the_other_
     assert osc.count(index=RESULTS_INDEX, body={"query": {"term": {"evaluate_key": key}}})["count"] == 6 * n_q + 6
 
 
+def test_evaluate_refuses_the_cluster_systems_before_running_when_the_model_is_not_in_the_cluster(os_project):
+    project, _ = os_project
+    systems, model_id = list(project.cfg.evaluate.systems), project.cfg.deploy.model_id
+    project.cfg.evaluate.systems, project.cfg.deploy.model_id = ["bm25", "neural"], "esdistill-not-uploaded"
+    try:
+        with pytest.raises(ClusterError, match="no trained model 'esdistill-not-uploaded'") as e:
+            project.evaluate()
+    finally:
+        project.cfg.evaluate.systems, project.cfg.deploy.model_id = systems, model_id
+    assert "esdistill export --upload --start" in e.value.hint
+
+
 @pytest.fixture
 def os_export(tmp_path, tiny_models):
     from esdistill.eland_export import ElandExport
