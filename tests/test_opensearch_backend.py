@@ -269,6 +269,7 @@ def os_uploaded(os_project, osc):
     yield project, info
     for m in ml.models_named(osc, info["model_id"]):
         ml.remove(osc, m["model_id"])
+    osc.ingest.delete_pipeline(id=f"{info['model_id']}-embed")
 
 
 def test_export_upload_registers_deploys_and_checks_predict_against_sentence_transformers(os_uploaded, osc):
