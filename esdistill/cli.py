@@ -480,7 +480,8 @@ def sweep(config: ConfigOpt, profile: ProfileOpt = None,
 @app.command()
 @friendly
 def export(config: ConfigOpt, profile: ProfileOpt = None,
-           upload: Annotated[bool, typer.Option(help="upload to the cluster with eland (needs ML)")] = False,
+           upload: Annotated[bool, typer.Option(help="upload to the cluster's ML: Elasticsearch with eland (needs "
+                                                     "ML nodes), OpenSearch to ml-commons (_predict checked)")] = False,
            start: Annotated[bool, typer.Option(help="start the deployment after upload")] = False,
            replace: Annotated[bool, typer.Option(help="replace a model with the same id")] = False,
            onnx: Annotated[bool, typer.Option("--onnx", help="instead: the deployed student as a portable query "
@@ -488,7 +489,8 @@ def export(config: ConfigOpt, profile: ProfileOpt = None,
                                               "manifest.json), e.g. for examples/node and examples/java")] = False,
            out: Annotated[Path | None, typer.Option(help="with --onnx: the folder to write (default: "
                                                     "<workdir>/encoders/<deploy key>)")] = None):
-    """Trace the student to TorchScript with eland and verify it; --upload puts it into the cluster. With --onnx,
+    """Trace the student to TorchScript with eland and verify it; --upload puts it into the cluster (OpenSearch:
+    ml-commons, deployed and its _predict checked against sentence-transformers before it is kept). With --onnx,
     export the query encoder applications in any language use (the free license: no model in the cluster)."""
     project = _project(config, profile)
     if onnx:

@@ -8,6 +8,10 @@ the Python deploy embeds — into ``embedding``, and drops its working fields. T
 ends, its failures must be empty and the dense index must hold exactly the source's document count, or the
 alias does not move. Needs ML nodes (a trial or paid license), ``_reindex`` and the ingest processors: the local
 test build has none of them, and is refused before anything is created.
+
+On OpenSearch (free: ml-commons and neural-search) the same path runs through the backend: the pipeline's
+``text_embedding`` processor embeds with the student ``esdistill export --upload`` registered and deployed in
+ml-commons (found by its name, :meth:`~esdistill.backends.OpenSearchBackend.model_ref`).
 """
 
 from __future__ import annotations
@@ -48,7 +52,10 @@ def require_deployed(client, model_id: str) -> dict[str, Any]:
     state = (record.get("deployment_stats") or {}).get("state")
     if state != "started":
         raise ClusterError(f"trained model {model_id!r} is not deployed (state: {state or 'none'})",
-                           hint=f"POST _ml/trained_models/{model_id}/deployment/_start, or esdistill export --start")
+                           hint="esdistill export --upload --start --replace" + (
+                               f", or POST _ml/trained_models/{model_id}/deployment/_start"
+                               if backend.name == "elasticsearch" else
+                               f", or POST _plugins/_ml/models/{record.get('cluster_model_id', model_id)}/_deploy"))
     return record
 
 

@@ -435,11 +435,14 @@ class EvaluateConfig(_Strict):
                                         "(default 1: concurrent queries run side by side, one core each)")
     encode_batch: int = Field(32, ge=1, description="PyTorch: concurrent queries encoded together, at most "
                               "(1: each alone); a query alone is never held back")
-    systems: list[Literal["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]] = Field(
+    systems: list[Literal["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid", "neural",
+                          "hybrid_cluster"]] = Field(
         default_factory=lambda: ["bm25", "pipeline", "student", "hybrid"],
         description="zero_shot: the untrained base bi-encoder; log_only: a student distilled with no judgment "
         "(train.use_judgments = false: the training queries as an unjudged log); judgments: a student trained on "
-        "judgments only",
+        "judgments only; neural: the student's kNN with the query encoded inside the cluster by the uploaded "
+        "student (esdistill export --upload --start; OpenSearch); hybrid_cluster: the cluster's own hybrid query "
+        "(BM25 + neural, min-max normalised, OpenSearch only)",
     )
 
 

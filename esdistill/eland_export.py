@@ -61,6 +61,8 @@ class ElandExport:
     max_length: int
     tokenizer_type: str
     normalized: bool = False
+    #: the sentence-transformers folder it was traced from (engines that trace it their own way read it: OpenSearch)
+    source: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------------- names
@@ -298,7 +300,7 @@ def trace_student(model_dir: str, out_dir: Path, max_length: int | None = None, 
     return ElandExport(
         model_path=Path(model_path), config_path=config_path, vocab_path=Path(vocab_path), model_id=model_id,
         dims=int(inference["embedding_size"]), max_length=int(tokenization["max_sequence_length"]),
-        tokenizer_type=tokenizer_type, normalized=normalized,
+        tokenizer_type=tokenizer_type, normalized=normalized, source=folder,
     )
 
 

@@ -123,11 +123,36 @@ def _request(client, method: str, path: str, body: dict | bytes | None = None, w
     except os_exc.TransportError as e:
         status = e.status_code if isinstance(e.status_code, int) else "no answer"
         text = str(e.info)
-        setting = next((s for s in _REFUSING_SETTINGS if s in text), None)
-        hint = (f"the cluster refuses it while plugins.ml_commons.{setting} is off: turn it on (PUT "
+        raise ClusterError(f"{what or path} failed ({status}): {text[:600]}", hint=setting_hint(text)) from None
+
+
+#: (what ml-commons says, the setting that causes it, the value that lifts it, why) for refusals a setting lifts
+_SETTING_CAUSES = (
+    ("No eligible node found", "only_run_on_ml_node", "false",
+     "the cluster has no node with the `ml` role and runs models only there"),
+    ("only_run_on_ml_node", "only_run_on_ml_node", "false",
+     "the cluster has no node with the `ml` role and runs models only there"),
+    ("Memory Circuit Breaker", "native_memory_threshold", "100",
+     "the nodes' memory use is above ml-commons' circuit breaker (also plugins.ml_commons.jvm_heap_memory_threshold)"),
+    ("model_access_control", "model_access_control_enabled", "false",
+     "model access control asks for a model group with backend roles"),
+)
+
+
+def setting_hint(text: str) -> str | None:
+    """What to change when ml-commons refuses with ``text`` for a reason one of its settings decides: the setting
+    (``plugins.ml_commons.*``) and the request that changes it; None for other refusals."""
+    setting = next((s for s in _REFUSING_SETTINGS if s in text), None)
+    if setting:
+        return (f"the cluster refuses it while plugins.ml_commons.{setting} is off: turn it on (PUT "
                 f'_cluster/settings {{"persistent": {{"plugins.ml_commons.{setting}": true}}}}), or ask the '
-                "cluster's administrators" if setting else None)
-        raise ClusterError(f"{what or path} failed ({status}): {text[:600]}", hint=hint) from None
+                "cluster's administrators")
+    for said, name, value, why in _SETTING_CAUSES:
+        if said.lower() in text.lower():
+            return (f"{why}: set plugins.ml_commons.{name} to {value} (PUT _cluster/settings "
+                    f'{{"persistent": {{"plugins.ml_commons.{name}": {value}}}}}), or ask the cluster\'s '
+                    "administrators")
+    return None
 
 
 def require_ml(client) -> None:
@@ -148,7 +173,8 @@ def wait_task(client, task_id: str, what: str, timeout: float = 300.0) -> dict:
         if state == "COMPLETED":
             return task
         if state in ("FAILED", "COMPLETED_WITH_ERROR", "CANCELLED"):
-            raise ModelError(f"{what} {state.lower()}: {task.get('error', task)}")
+            error = str(task.get("error", task))
+            raise ModelError(f"{what} {state.lower()}: {error}", hint=setting_hint(error))
         if time.monotonic() > deadline:
             raise ClusterError(f"{what} did not finish within {timeout:.0f}s (task {task_id}, state {state})")
         time.sleep(1.0)
@@ -262,3 +288,40 @@ def normalization_pipeline_body(weights: list[float], normalization: str = "min_
             "phase_results_processors": [{"normalization-processor": {
                 "normalization": {"technique": normalization},
                 "combination": {"technique": combination, "parameters": {"weights": weights}}}}]}
+
+
+def hybrid_body(lexical: dict, neural: dict, size: int, weights: list[float], normalization: str = "min_max",
+                combination: str = "arithmetic_mean") -> dict:
+    """A ``hybrid`` search of a ``lexical`` and a ``neural`` query whose scores a temporary search pipeline
+    (:func:`normalization_pipeline_body`, carried in the request: nothing is stored in the cluster) normalises and
+    combines with ``weights`` (lexical, neural)."""
+    pipeline = normalization_pipeline_body(weights, normalization, combination)
+    pipeline.pop("description")
+    return {"query": {"hybrid": {"queries": [lexical, neural]}}, "size": size, "_source": False,
+            "search_pipeline": pipeline}
+
+
+def models_named(client, name: str) -> list[dict]:
+    """ml-commons' models registered under ``name`` (its own ids under ``model_id``; newest first)."""
+    body = {"size": 100, "query": {"bool": {"filter": [{"term": {"name.keyword": name}}],
+                                            "must_not": [{"exists": {"field": "chunk_number"}}]}},
+            "sort": [{"created_time": {"order": "desc"}}]}
+    resp = _request(client, "POST", "/_plugins/_ml/models/_search", body, what=f"looking up model {name!r}")
+    return [{**h["_source"], "model_id": h["_id"]} for h in resp.get("hits", {}).get("hits", [])]
+
+
+def remove_deployment(client, model_id: str) -> None:
+    """Undeploy the model ``model_id`` (it stays registered)."""
+    _request(client, "POST", f"/_plugins/_ml/models/{model_id}/_undeploy", what=f"undeploying {model_id}")
+
+
+def remove(client, model_id: str) -> None:
+    """Undeploy (where deployed) and delete the model ``model_id``."""
+    from opensearchpy import exceptions as os_exc
+
+    for method, path in (("POST", f"/_plugins/_ml/models/{model_id}/_undeploy"),
+                         ("DELETE", f"/_plugins/_ml/models/{model_id}")):
+        try:
+            client.transport.perform_request(method, path)
+        except os_exc.NotFoundError:
+            pass

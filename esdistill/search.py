@@ -8,6 +8,10 @@ Systems, as small strategy classes sharing one interface (``search(text) -> Resu
 * :class:`Student` — the query encoded client-side, top-level ``knn`` on the dense index.
 * :class:`Hybrid` — BM25 and student kNN in ONE ``_msearch`` round trip, fused client-side by reciprocal
   rank fusion (no license needed; Elasticsearch's own RRF retriever is a paid feature).
+* :class:`Neural` — the query encoded inside the cluster by the uploaded student (OpenSearch's ``neural`` query;
+  Elasticsearch's ``query_vector_builder`` where it has ML), kNN on the dense index.
+* :class:`ClusterHybrid` — the cluster's own hybrid search (OpenSearch: the ``hybrid`` query of BM25 and
+  ``neural`` on the dense index, scores min-max normalised and combined by a normalization search pipeline).
 
 ``wall_ms`` is the client's wall time including query encoding / reranking; ``took_ms`` is Elasticsearch's own.
 """
@@ -268,6 +272,56 @@ class Hybrid:
         fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
         took = float(resp.get("took", max(r["took"] for r in resp["responses"])))
         return Result(fused, (time.perf_counter() - t0) * 1e3, took, {"encode_ms": (t1 - t0) * 1e3})
+
+
+class Neural:
+    """kNN with the query encoded inside the cluster by its model ``model_id`` (the uploaded student): one request
+    carrying the query text (:meth:`~esdistill.backends.SearchBackend.knn_text_body`)."""
+
+    name = "neural"
+
+    def __init__(self, client, index: str, model_id: str, k: int = 100, num_candidates: int = 200,
+                 expect_index: str | None = None):
+        self.client, self.index, self.model_id, self.k, self.num_candidates = client, index, model_id, k, num_candidates
+        self.expect_index = expect_index
+        self.backend = backend_for(client)
+        self.measured = {"encode": f"queries encoded inside the cluster by its model {model_id!r}"}
+
+    def body(self, text: str) -> dict[str, Any]:
+        return self.backend.knn_text_body(text, self.model_id, self.k, self.num_candidates, VECTOR_FIELD)
+
+    def request(self, text: str) -> dict[str, Any]:
+        return {"method": "POST", "path": f"/{self.index}/_search", "body": self.body(text)}
+
+    def search(self, text: str) -> Result:
+        t0 = time.perf_counter()
+        resp = self.backend.search(self.index, self.body(text))
+        Student.check_index(self, resp)
+        return Result(_hits(resp, f"neural search on {self.index!r}"), (time.perf_counter() - t0) * 1e3,
+                      float(resp["took"]))
+
+
+class ClusterHybrid(Neural):
+    """The cluster's own hybrid search on the dense index (which holds ``title`` and ``text`` BM25-searchable):
+    esdistill's BM25 query and :class:`Neural`'s kNN, normalised and combined by the cluster
+    (:meth:`~esdistill.backends.SearchBackend.hybrid_text_body`) with ``weights`` (BM25, kNN)."""
+
+    name = "hybrid_cluster"
+    #: what the dense index holds of each document, BM25-searchable
+    FIELDS = ["title", "text"]
+
+    def __init__(self, client, index: str, model_id: str, k: int = 100, num_candidates: int = 200,
+                 weights: tuple[float, float] = (0.5, 0.5), normalization: str = "min_max",
+                 combination: str = "arithmetic_mean", expect_index: str | None = None):
+        super().__init__(client, index, model_id, k, num_candidates, expect_index)
+        self.weights, self.normalization, self.combination = weights, normalization, combination
+        self.measured = {"encode": f"queries encoded inside the cluster by its model {model_id!r}",
+                         "fusion": f"{normalization} normalization, {combination} with weights "
+                                   f"{list(weights)} (BM25, kNN), in the cluster"}
+
+    def body(self, text: str) -> dict[str, Any]:
+        return self.backend.hybrid_text_body(text, self.FIELDS, self.model_id, self.k, self.num_candidates,
+                                             self.weights, self.normalization, self.combination)
 
 
 def run_load(system, queries: list[str], workers: int = 8, seconds: float = 30.0, max_queries: int = 100_000) -> dict:

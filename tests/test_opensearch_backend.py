@@ -66,9 +66,8 @@ def test_what_opensearch_has_no_counterpart_for_is_refused_naming_the_setting(os
     with pytest.raises(ClusterError, match="lang-mustache") as e:
         os_backend.search_template("esdistill-none", {"id": "x", "params": {}})
     assert "teacher.request" in e.value.hint
-    with pytest.raises(ClusterError, match="not supported yet") as e:
+    with pytest.raises(ClusterError, match="sentence-transformers folder"):
         os_backend.upload_model(None)
-    assert "opensearch_ml" in e.value.hint
     down = connect_backend(ClusterSettings(url="http://127.0.0.1:9", engine="opensearch"), check=False)
     with pytest.raises(ClusterError, match="cannot reach OpenSearch at http://127.0.0.1:9"):
         down.check("http://127.0.0.1:9", "start it")
@@ -257,3 +256,175 @@ def test_the_embed_pipeline_joins_the_text_fields_and_reindex_runs_as_a_task(os_
     finally:
         os_backend.delete_index(src, missing_ok=True)
         os_backend.delete_index(dest, missing_ok=True)
+
+
+# ------------------------------------------------------------- the student served inside the cluster (item 3)
+@pytest.fixture(scope="module")
+def os_uploaded(os_project, osc):
+    """``esdistill export --upload --start`` of the loop's student to ml-commons (deleted after)."""
+    from esdistill import opensearch_ml as ml
+
+    project, _ = os_project
+    info = project.export(upload=True, start=True)
+    yield project, info
+    for m in ml.models_named(osc, info["model_id"]):
+        ml.remove(osc, m["model_id"])
+    osc.ingest.delete_pipeline(id=f"{info['model_id']}-embed")
+
+
+def test_export_upload_registers_deploys_and_checks_predict_against_sentence_transformers(os_uploaded, osc):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from esdistill import opensearch_ml as ml
+
+    project, info = os_uploaded
+    assert info["model_id"] == project.student_model_id() and info["started"] is True
+    assert info["predict_min_cosine"] > ml.MIN_COSINE
+    assert project.backend.model_stats(info["model_id"])["deployment_stats"]["state"] == "started"
+    texts = ["bone density in older adults", "statins"]
+    got = ml.predict(osc, info["cluster_model_id"], texts)
+    ref = SentenceTransformer(project.student_path(), device="cpu").encode(texts)
+    assert np.min(np.sum(got * ref, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)) > 0.9999
+    # the export's ingest pipeline names ml-commons' own id of the model
+    pipeline = osc.ingest.get_pipeline(id=f"{info['model_id']}-embed")[f"{info['model_id']}-embed"]
+    assert pipeline["processors"][1]["text_embedding"]["model_id"] == info["cluster_model_id"]
+
+
+def test_deploy_embed_in_cluster_writes_the_client_path_s_vectors_and_every_document(os_uploaded):
+    """``deploy.embed_in = "cluster"``: a new version (another ``m``: another deploy key) filled by ``_reindex``
+    through the ``text_embedding`` pipeline; the same documents and (cosine > 0.9999) the same vectors as the
+    client-embedded index of the loop."""
+    project, info = os_uploaded
+    backend, alias = project.backend, project.cfg.dense_alias
+    client_index = project.dense_index("student")
+    keep = project.cfg.deploy.keep_versions
+    # keep the client-embedded versions (the loop's and the alias test's) to compare with
+    project.cfg.deploy.embed_in, project.cfg.deploy.m, project.cfg.deploy.keep_versions = "cluster", 12, 5
+    try:
+        out = project.deploy()
+    finally:
+        project.cfg.deploy.embed_in, project.cfg.deploy.m, project.cfg.deploy.keep_versions = "client", 16, keep
+    assert out["index"] != client_index and backend.alias_targets(alias) == [out["index"]]
+    assert out["docs"] == out["embedded_now"] == backend.count(client_index) == len(project.dataset.corpus)
+    assert backend.index_meta(out["index"])["embedded_by"] == "cluster"
+    theirs = {h["_id"]: h["_source"] for h in backend.scan(out["index"], [VECTOR_FIELD, "title", "text"])}
+    ours = {h["_id"]: h["_source"] for h in backend.scan(client_index, [VECTOR_FIELD, "title", "text"])}
+    assert set(theirs) == set(ours)
+    some = sorted(ours)[:20]
+    a = np.asarray([theirs[i][VECTOR_FIELD] for i in some])
+    b = np.asarray([ours[i][VECTOR_FIELD] for i in some])
+    assert np.min(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)) > 0.9999
+    assert all(theirs[i]["text"] == ours[i]["text"] and theirs[i].get("title") == ours[i].get("title") for i in some)
+
+
+def test_neural_answers_as_client_side_knn_of_the_same_model(os_uploaded):
+    from sentence_transformers import SentenceTransformer
+
+    from esdistill.search import Neural
+
+    project, info = os_uploaded
+    backend, index = project.backend, project.dense_index("student")
+    st = SentenceTransformer(project.student_path(), device="cpu")
+    neural = Neural(backend.client, index, info["model_id"], k=10, num_candidates=50)
+    for text in list(project.eval_queries().values())[:4]:
+        want = [h["_id"] for h in backend.knn_search(index, st.encode(text).tolist(), 10, 50)["hits"]["hits"]]
+        assert want and [d for d, _ in neural.search(text).hits] == want
+
+
+def test_neural_and_the_cluster_hybrid_are_evaluated_and_written_like_the_other_systems(os_uploaded, osc):
+    from esdistill.results import RESULTS_INDEX
+
+    project, info = os_uploaded
+    systems = list(project.cfg.evaluate.systems)
+    project.cfg.evaluate.systems = [*systems, "neural", "hybrid_cluster"]
+    try:
+        report = project.evaluate()
+        key = project._eval_cache().key
+    finally:
+        project.cfg.evaluate.systems = systems
+    data = json.loads(Path(report["json"]).read_text())
+    n_q = len(project.dataset.test_qrels)
+    assert set(data["systems"]) == {"bm25", "pipeline", "student", "hybrid", "neural", "hybrid_cluster"}
+    for name in ("neural", "hybrid_cluster"):
+        assert 0.0 <= data["systems"][name]["ndcg@10"] <= 1.0
+        assert len(data["systems"][name]["per_query"]["ndcg@10"]) == n_q
+    assert "inside the cluster" in data["measured"]["neural"] and "min_max" in data["measured"]["hybrid_cluster"]
+    # the cluster's fusion is not the client's RRF: its scores are normalised (at most 1)
+    run = json.loads(project._system_cache("hybrid_cluster").path("run.json").read_text())["run"]
+    assert all(0.0 <= s <= 1.0 + 1e-6 for hits in run.values() for s in hits.values())
+    osc.indices.refresh(index=RESULTS_INDEX)
+    assert osc.count(index=RESULTS_INDEX, body={"query": {"term": {"evaluate_key": key}}})["count"] == 6 * n_q + 6
+
+
+def test_evaluate_refuses_the_cluster_systems_before_running_when_the_model_is_not_in_the_cluster(os_project):
+    project, _ = os_project
+    systems, model_id = list(project.cfg.evaluate.systems), project.cfg.deploy.model_id
+    project.cfg.evaluate.systems, project.cfg.deploy.model_id = ["bm25", "neural"], "esdistill-not-uploaded"
+    try:
+        with pytest.raises(ClusterError, match="no trained model 'esdistill-not-uploaded'") as e:
+            project.evaluate()
+    finally:
+        project.cfg.evaluate.systems, project.cfg.deploy.model_id = systems, model_id
+    assert "esdistill export --upload --start" in e.value.hint
+
+
+@pytest.fixture
+def os_export(tmp_path, tiny_models):
+    from esdistill.eland_export import ElandExport
+
+    name = f"esdistill-test-{uuid.uuid4().hex[:8]}"
+    return ElandExport(tmp_path / "traced.pt", tmp_path / "c.json", tmp_path / "v.json", name, 32, 64, "bert",
+                       True, Path(tiny_models["bi"]))
+
+
+def test_upload_refusals_name_the_setting_and_leave_no_model_behind(os_backend, osc, os_export, monkeypatch):
+    from esdistill import opensearch_ml as ml
+    from esdistill.errors import EsdistillError
+
+    setting = "plugins.ml_commons.only_run_on_ml_node"
+    osc.cluster.put_settings(body={"transient": {setting: True}})  # a cluster without ml nodes refuses to deploy
+    try:
+        with pytest.raises(EsdistillError, match="did not serve the student") as e:
+            os_backend.upload_model(os_export, start=True)
+    finally:
+        osc.cluster.put_settings(body={"transient": {setting: None}})
+    assert setting in e.value.hint and "PUT _cluster/settings" in e.value.hint
+    assert ml.models_named(osc, os_export.model_id) == []
+    monkeypatch.setattr(ml, "MIN_COSINE", 1.01)  # a _predict that misses the bar is never served
+    with pytest.raises(EsdistillError, match="does not reproduce"):
+        os_backend.upload_model(os_export, start=True)
+    assert ml.models_named(osc, os_export.model_id) == []
+
+
+def test_an_existing_model_is_refused_without_replace_and_an_undeployed_one_named(os_backend, osc, os_export):
+    from esdistill import opensearch_ml as ml
+    from esdistill.cluster_embed import require_deployed
+
+    with pytest.raises(ClusterError, match="no trained model"):
+        require_deployed(os_backend, os_export.model_id)
+    try:
+        info = os_backend.upload_model(os_export)  # verified, then undeployed (no --start)
+        assert info["started"] is False and info["predict_min_cosine"] > ml.MIN_COSINE
+        with pytest.raises(ClusterError, match="already holds a model named") as e:
+            os_backend.upload_model(os_export)
+        assert "--replace" in e.value.hint
+        with pytest.raises(ClusterError, match="is not deployed") as e:
+            require_deployed(os_backend, os_export.model_id)
+        assert "_plugins/_ml/models/" in e.value.hint and "--start" in e.value.hint
+    finally:
+        for m in ml.models_named(osc, os_export.model_id):
+            ml.remove(osc, m["model_id"])
+
+
+def test_the_cluster_systems_are_refused_on_elasticsearch(es):
+    from esdistill.backends import backend_for
+    from esdistill.cluster_embed import require_deployed
+    from esdistill.search import ClusterHybrid
+
+    with pytest.raises(ClusterError, match="no machine learning"):  # neural: the test build has no ML
+        require_deployed(es, "esdistill-student")
+    with pytest.raises(ClusterError, match="hybrid_cluster.*OpenSearch's") as e:
+        ClusterHybrid(es, "any", "esdistill-student").body("query")
+    assert "client" in e.value.hint
+    assert backend_for(es).name == "elasticsearch"

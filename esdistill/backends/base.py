@@ -121,6 +121,18 @@ class SearchBackend(ABC):
                       filter: dict | None = None) -> dict[str, Any]:
         """A kNN search whose query vector the cluster computes from ``text`` with its model ``model_id``."""
 
+    def hybrid_text_body(self, text: str, fields: list[str], model_id: str, k: int, num_candidates: int,
+                         weights: tuple[float, float], normalization: str = "min_max",
+                         combination: str = "arithmetic_mean", field: str = VECTOR_FIELD) -> dict[str, Any]:
+        """The cluster's own hybrid search: BM25 over ``fields`` and kNN of ``text`` encoded by the cluster's model
+        ``model_id``, each normalised (``normalization``) and combined (``combination``, ``weights``: BM25, kNN)
+        inside the cluster. Refused where the engine has none (Elasticsearch: its RRF retriever needs a paid
+        license and has no score normalization; the ``hybrid`` system fuses on the client)."""
+        raise ClusterError(f"the cluster's own hybrid query (evaluate system `hybrid_cluster`) is OpenSearch's "
+                           f"(neural-search's `hybrid` query with a normalization pipeline); {self.name} has none",
+                           hint="remove \"hybrid_cluster\" from evaluate.systems: `hybrid` fuses BM25 and the "
+                                "student's kNN on the client (reciprocal rank fusion) on any engine")
+
     # ----------------------------------------------------------------------------------------------- indices
     @abstractmethod
     def index_exists(self, index: str) -> bool:

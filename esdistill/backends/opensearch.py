@@ -18,15 +18,20 @@ What differs from Elasticsearch, and how it is mapped:
   ``analysis-common`` module (every distribution and managed service does; a bare integration-test build does
   not: then the ``standard`` analyzer of ``mappings/bm25_index.json`` with a warning);
 * search templates need the ``lang-mustache`` module: without it a clear refusal (write the request inline);
-* the in-cluster model (ml-commons): the ``neural`` query (:meth:`knn_text_body`), the ``text_embedding`` ingest
-  processor (:meth:`embed_pipeline`), ``_reindex`` and the model's deployment state are here; the upload itself
-  (:meth:`upload_model`) is :mod:`esdistill.opensearch_ml`'s and not yet wired into ``esdistill export``.
+* the in-cluster model (ml-commons): :meth:`upload_model` (``esdistill export --upload``) traces the student into
+  ml-commons' TorchScript zip, registers and deploys it and checks ``_predict`` against sentence-transformers
+  before anything is served (:mod:`esdistill.opensearch_ml`); the ``neural`` query (:meth:`knn_text_body`), the
+  cluster's ``hybrid`` query with its normalization pipeline (:meth:`hybrid_text_body`), the ``text_embedding``
+  ingest processor (:meth:`embed_pipeline`), ``_reindex`` and the model's deployment state. ml-commons gives a
+  model an id of its own: esdistill's model id (``deploy.model_id``, the name ``esdistill export`` gives the
+  student) is the model's ``name`` there, and every method here takes either (:meth:`model_ref`).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -77,6 +82,7 @@ class OpenSearchBackend(SearchBackend):
     def __init__(self, client: OpenSearch | None):
         self.client = client
         self._english: bool | None = None if client is not None else True
+        self._model_ids: dict[str, str] = {}  # esdistill's model id (the ml-commons name) -> ml-commons' own id
 
     def __repr__(self) -> str:
         return f"OpenSearchBackend({self.client!r})"
@@ -131,6 +137,7 @@ class OpenSearchBackend(SearchBackend):
         """``title text`` (from ``text_fields``: the first is the title) joined into a working field by a
         ``script`` processor, embedded into :data:`VECTOR_FIELD` by neural-search's ``text_embedding`` processor,
         the working field (and source fields other than ``title``/``text``) removed."""
+        model_id = self.model_ref(model_id) or model_id
         title, rest = (text_fields[0], text_fields[1:]) if len(text_fields) > 1 else (None, list(text_fields))
         join = ("String v(def d, String f) { def x = d; for (String p : f.splitOnToken('.')) { "
                 "if (!(x instanceof Map)) return ''; x = x.get(p); } return x == null ? '' : x.toString(); } "
@@ -174,10 +181,23 @@ class OpenSearchBackend(SearchBackend):
         """neural-search's ``neural`` query: the cluster encodes ``text`` with its model ``model_id``."""
         from ..opensearch_ml import neural_clause
 
-        query = neural_clause(field, text, model_id, k)
+        query = neural_clause(field, text, self.model_ref(model_id) or model_id, k)
+        query["neural"][field]["method_parameters"] = {"ef_search": max(num_candidates, k)}
         if filter:
             query["neural"][field]["filter"] = filter
         return {"query": query, "size": k, "_source": False}
+
+    def hybrid_text_body(self, text: str, fields: list[str], model_id: str, k: int, num_candidates: int,
+                         weights: tuple[float, float], normalization: str = "min_max",
+                         combination: str = "arithmetic_mean", field: str = VECTOR_FIELD) -> dict[str, Any]:
+        """neural-search's ``hybrid`` query: esdistill's BM25 query over ``fields`` and the ``neural`` query
+        (:meth:`knn_text_body`) on one index, their scores normalised and combined with ``weights`` (BM25, kNN)
+        by a normalization search pipeline carried in the request."""
+        from ..opensearch_ml import hybrid_body
+
+        lexical = self.bm25_body(text, fields, k)["query"]
+        neural = self.knn_text_body(text, model_id, k, num_candidates, field)["query"]
+        return hybrid_body(lexical, neural, k, list(weights), normalization, combination)
 
     # ----------------------------------------------------------------------------------------------- indices
     def index_exists(self, index: str) -> bool:
@@ -429,21 +449,89 @@ class OpenSearchBackend(SearchBackend):
             raise ClusterError(f"{url}: {e}", hint=e.hint) from None
         return {"plugin": "opensearch-ml"}
 
-    def model_stats(self, model_id: str) -> dict[str, Any] | None:
-        """ml-commons' model record, with ``deployment_stats.state`` ``started`` when it is ``DEPLOYED``."""
+    def _model(self, model_id: str) -> dict[str, Any] | None:
         try:
-            model = self.client.transport.perform_request("GET", f"/_plugins/_ml/models/{model_id}")
+            return self.client.transport.perform_request("GET", f"/_plugins/_ml/models/{model_id}")
         except os_exc.NotFoundError:
             return None
+        except os_exc.RequestError as e:  # ml-commons answers 400 to some ids it cannot parse
+            if "Failed to find model" in str(e.info) or "Fail to find model" in str(e.info):
+                return None
+            raise
+
+    def model_ref(self, model_id: str) -> str | None:
+        """ml-commons' own id of the model esdistill calls ``model_id``: that id itself when ml-commons has a model
+        under it, else the newest model registered under that name; None when there is neither."""
+        if model_id in self._model_ids:
+            return self._model_ids[model_id]
+        if self.client is None:
+            return None
+        from .. import opensearch_ml
+
+        found = None
+        if self._model(model_id) is not None:
+            found = model_id
+        else:
+            named = opensearch_ml.models_named(self.client, model_id)
+            found = named[0]["model_id"] if named else None
+        if found:
+            self._model_ids[model_id] = found
+        return found
+
+    def model_stats(self, model_id: str) -> dict[str, Any] | None:
+        """ml-commons' model record (``model_id``: its id or esdistill's name for it, :meth:`model_ref`), with
+        ``deployment_stats.state`` ``started`` when it is ``DEPLOYED``."""
+        ref = self.model_ref(model_id)
+        model = self._model(ref) if ref else None
+        if model is None:
+            self._model_ids.pop(model_id, None)
+            return None
         state = str(model.get("model_state", "")).lower()
-        return {**model, "deployment_stats": {"state": "started" if state == "deployed" else state}}
+        return {**model, "cluster_model_id": ref,
+                "deployment_stats": {"state": "started" if state == "deployed" else state}}
 
     def upload_model(self, export, start: bool = False, replace: bool = False) -> dict[str, Any]:
-        raise ClusterError(
-            "`esdistill export --upload` to OpenSearch's ml-commons is not supported yet (it uploads Elasticsearch "
-            "models with eland)",
-            hint="use esdistill.opensearch_ml (torchscript_zip, register, deploy, verify_predict) from Python, or "
-                 "serve the student from the client (deploy.embed_in = \"client\", the default)")
+        """The student into ml-commons (:mod:`esdistill.opensearch_ml`): traced from ``export.source`` into a
+        TorchScript zip with ``tokenizer.json`` (checked against sentence-transformers), registered under the name
+        ``export.model_id`` in ``upload_chunk`` requests, deployed, and its ``_predict`` compared with
+        sentence-transformers (cosine > :data:`~esdistill.opensearch_ml.MIN_COSINE`) on the export's sample texts
+        — a model that fails any step is undeployed and deleted, so nothing unverified is served. Without ``start``
+        the verified model is undeployed again (registered, ready to deploy). Models already registered under that
+        name are refused unless ``replace``, which undeploys and deletes them first."""
+        from .. import opensearch_ml as ml
+        from ..errors import ModelError
+
+        if export is None or getattr(export, "source", None) is None:
+            raise ClusterError("OpenSearch's upload traces the student from its sentence-transformers folder, and "
+                               "this export does not name one", hint="run `esdistill export --upload` again")
+        self.require_ml()
+        name, client = export.model_id, self.client
+        existing = ml.models_named(client, name)
+        if existing and not replace:
+            raise ClusterError(f"ml-commons already holds a model named {name!r} (id "
+                               f"{existing[0]['model_id']}, {existing[0].get('model_state', '?')})",
+                               hint="pass --replace, or set deploy.model_id to another name")
+        for old in existing:
+            ml.remove(client, old["model_id"])
+        self._model_ids.pop(name, None)
+        zp = ml.torchscript_zip(export.source, Path(export.model_path).parent / "opensearch", export.max_length)
+        version = min(self.node_versions(), default="?")
+        model_id = ml.register(client, zp, name)
+        try:
+            ml.deploy(client, model_id)
+            cos = ml.verify_predict(client, model_id, export.source)
+            if not start:
+                ml.remove_deployment(client, model_id)
+        except (ClusterError, ModelError) as e:
+            ml.remove(client, model_id)
+            raise type(e)(f"OpenSearch {version} did not serve the student {name!r}, so it was deleted again: {e}",
+                          hint=e.hint) from None
+        except BaseException:
+            ml.remove(client, model_id)
+            raise
+        self._model_ids[name] = model_id
+        return {"model_id": name, "cluster_model_id": model_id, "started": start, "cluster_version": version,
+                "predict_min_cosine": cos, "zip": str(zp.path), "zip_sha256": zp.sha256}
 
     def describe(self, kind: str, rid: str) -> tuple[dict[str, Any] | None, str | None]:
         """A stored script or template (``GET _scripts/<id>``) or an ml-commons model (``GET

@@ -87,7 +87,8 @@ class DeployStage(StageWork):
 
     def served_systems(self) -> list[str]:
         """The bi-encoders the configured evaluation serves from a dense index (hybrid serves the student)."""
-        wanted = set(self.cfg.evaluate.systems) | ({"student"} if "hybrid" in self.cfg.evaluate.systems else set())
+        wanted = set(self.cfg.evaluate.systems) | ({"student"} if {"hybrid", "neural", "hybrid_cluster"}
+                                                   & set(self.cfg.evaluate.systems) else set())
         return [w for w in self.p.dense_models() if w in wanted]
 
     def deploy_in_cluster(self) -> dict[str, Any]:

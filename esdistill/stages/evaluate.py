@@ -26,6 +26,11 @@ from ..models import embedding_info, load_bi_encoder, load_cross_encoder
 from ..query_encoder import BatchingEncoder, batches, load_query_encoder, resolve_query_encoder, served_encoder_label
 from .base import StageWork, model_available
 
+#: systems served by the cluster's own model (the uploaded student): they search the student's dense index
+CLUSTER_SYSTEMS = ("neural", "hybrid_cluster")
+#: how ``hybrid_cluster`` fuses (the cluster's normalization search pipeline): BM25 and kNN weighed equally
+CLUSTER_HYBRID = {"weights": (0.5, 0.5), "normalization": "min_max", "combination": "arithmetic_mean"}
+
 
 class EvaluateStage(StageWork):
     """Every system over the test queries; the report; the results index."""
@@ -177,7 +182,25 @@ class EvaluateStage(StageWork):
                                                 self._dense_target("student", served), dense_model("student"), ev.k,
                                                 ev.num_candidates, ev.rrf_k, oversample=ev.oversample,
                                                 expect_index=expect("student")),
+            "neural": lambda: search_mod.Neural(c, self._dense_target("student", served), self.cluster_model(),
+                                                ev.k, ev.num_candidates),
+            "hybrid_cluster": lambda: search_mod.ClusterHybrid(c, self._dense_target("student", served),
+                                                               self.cluster_model(), ev.k, ev.num_candidates,
+                                                               **CLUSTER_HYBRID),
         }
+
+    def cluster_model(self) -> str:
+        """The model the cluster encodes queries with for ``neural``/``hybrid_cluster``: the uploaded student
+        (``deploy.model_id``, else the id ``esdistill export --upload`` gives it), refused clearly unless the
+        cluster has ML and the model is deployed there, and — ``hybrid_cluster`` — unless the engine has a hybrid
+        query of its own."""
+        from ..cluster_embed import require_deployed
+
+        model_id = self.p.student_model_id()
+        require_deployed(self.p.client, model_id)
+        if "hybrid_cluster" in self.cfg.evaluate.systems:
+            self.p.backend.hybrid_text_body("", ["text"], model_id, 1, 1, CLUSTER_HYBRID["weights"])
+        return model_id
 
     def served_deploy(self, which: str = "student") -> served_mod.ServedDeploy:
         """The deploy the alias of ``which`` serves now (its index and the record its deploy wrote)."""
@@ -203,8 +226,10 @@ class EvaluateStage(StageWork):
             raise InputError("no test query has a relevant judgment (grade > 0)", hint="check the test qrels")
         qrels = {q: ds.test_qrels[q] for q in queries}
         wanted = set(self.cfg.evaluate.systems)
+        if wanted & set(CLUSTER_SYSTEMS) and not all(self._system_cache(n).done for n in wanted & set(CLUSTER_SYSTEMS)):
+            self.cluster_model()  # refused before anything runs: no ML, no deployed student, no hybrid query
         for which in self.p.dense_models():
-            if which in wanted or (which == "student" and "hybrid" in wanted):
+            if which in wanted or (which == "student" and {"hybrid", *CLUSTER_SYSTEMS} & wanted):
                 self.p.deploy(which, move_alias=False)
         builders = self.systems()
         results = {}
@@ -215,7 +240,9 @@ class EvaluateStage(StageWork):
                     system = builders[name]()
                     run = eval_mod.run_system(system, queries, self.p.progress)
                     encoder = getattr(getattr(system, "student", system), "model", None)
-                    if getattr(encoder, "precomputed", False):
+                    if getattr(system, "measured", None):  # the cluster encodes (neural, hybrid_cluster)
+                        run["measured"] = dict(system.measured)
+                    elif getattr(encoder, "precomputed", False):
                         run["measured"] = {"encode": "query vectors computed where the model was trained: the latency "
                                                      "here excludes encoding"}
                     elif encoder is not None:
@@ -297,6 +324,11 @@ class EvaluateStage(StageWork):
                 out["ensemble_weights"] = self.p.ensemble_weights(self.p.pipeline_depth())
         elif name == "hybrid":
             out.update(deploy=self.p._deploy_key("student"), rrf_k=ev.rrf_k, **dense)
+        elif name in CLUSTER_SYSTEMS:  # the cluster's model encodes: no client-side encoder
+            out.update(deploy=self.p._deploy_key("student"), num_candidates=ev.num_candidates,
+                       model=self.p.student_model_id())
+            if name == "hybrid_cluster":
+                out.update(fusion={k: list(v) if isinstance(v, tuple) else v for k, v in CLUSTER_HYBRID.items()})
         elif name != "bm25":
             out.update(deploy=self.p._deploy_key(name), **dense)
         return out

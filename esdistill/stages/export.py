@@ -38,6 +38,8 @@ class ExportStage(StageWork):
                 backend.put_ingest_pipeline(f"{export.model_id}-embed",
                                             backend.embed_pipeline(export.model_id, self.p.text_fields))
                 self.p.log(f"export: uploaded {export.model_id}" + (" and started it" if start else "")
+                           + (f" (the cluster's _predict vs sentence-transformers: min cosine "
+                              f"{info['predict_min_cosine']:.6f})" if "predict_min_cosine" in info else "")
                            + f"; ingest pipeline {export.model_id}-embed")
             return info
 
