@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What `esdistill demo` needs on a fresh Debian-like machine: a JDK >= 21 and Maven (for the local
-# Elasticsearch test build), and the Python environment in .venv (esdistill with its ONNX query encoder).
+# Elasticsearch test build; with ESDISTILL_ES_ENGINE=opensearch also a JDK 11-23 for the local OpenSearch node),
+# and the Python environment in .venv (esdistill with its ONNX query encoder).
 # The test tooling (pytest, Node.js and Java example clients, the Compose schema) is scripts/test-setup.sh's.
 # Idempotent: a second run checks and exits.
 set -euo pipefail
@@ -11,6 +12,15 @@ have_java21() {
     [ -n "$home" ] && [ -x "$home/bin/java" ] || continue
     v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release" 2>/dev/null || true)
     [ "${v:-0}" -ge 21 ] && return 0
+  done
+  return 1
+}
+
+have_java_for_opensearch() {
+  for home in "${ESDISTILL_OS_LOCAL_JAVA_HOME:-}" "${OPENSEARCH_JAVA_HOME:-}" /usr/lib/jvm/*; do
+    [ -n "$home" ] && [ -x "$home/bin/java" ] || continue
+    v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release" 2>/dev/null || true)
+    [ "${v:-0}" -ge 11 ] && [ "${v:-0}" -le 23 ] && return 0
   done
   return 1
 }
@@ -27,6 +37,14 @@ if [ -z "${ESDISTILL_ES_URL:-}" ]; then  # a remote cluster needs no JDK 21 here
   if ! have_java21; then
     echo "setup: no JDK >= 21 found; installing one" >&2
     apt_install openjdk-21-jdk-headless || apt_install openjdk-25-jdk-headless || apt_install temurin-21-jdk
+  fi
+  # OpenSearch's local node (ESDISTILL_ES_ENGINE=opensearch; the test setup asks for it too): OpenSearch 2.x runs
+  # on a JDK 11 to 23 (it installs a Security Manager, which Java 24 removed), so a JDK 25 for Elasticsearch does not do
+  if [ "${ESDISTILL_ES_ENGINE:-}" = opensearch ] || [ "${ESDISTILL_SETUP_OPENSEARCH:-}" = 1 ]; then
+    if ! have_java_for_opensearch; then
+      echo "setup: no JDK 11-23 for the local OpenSearch node; installing one" >&2
+      apt_install openjdk-17-jdk-headless || apt_install openjdk-21-jdk-headless
+    fi
   fi
   command -v runuser >/dev/null || apt_install util-linux
   command -v openssl >/dev/null || apt_install openssl   # certificates of the secured test node

@@ -6,7 +6,7 @@
 # scripts/test.sh (and so CI, .ci/run) runs it. Idempotent: a second run checks and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+ESDISTILL_SETUP_OPENSEARCH=1 bash scripts/setup.sh   # with the JDK of the local OpenSearch node
 
 apt_install() {
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
@@ -32,18 +32,6 @@ if [ ! -f "$schema" ]; then
   mkdir -p "$(dirname "$schema")" && cp "$dir/schema/compose-spec.json" "$schema"
   chmod -R u+w "$tmp" && rm -rf "$tmp"
 fi
-# The local OpenSearch node (tests/test_opensearch_node.py; esdistill/opensearch_node.py assembles it from Maven
-# Central): OpenSearch 2.x runs on a JDK 11 to 23 (it installs a Security Manager, which Java 24 removed), so the
-# JDK 25 that may serve Elasticsearch does not do
-have_java_for_opensearch() {
-  for home in "${ESDISTILL_OS_LOCAL_JAVA_HOME:-}" "${OPENSEARCH_JAVA_HOME:-}" /usr/lib/jvm/*; do
-    [ -n "$home" ] && [ -x "$home/bin/java" ] || continue
-    v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release" 2>/dev/null || true)
-    [ "${v:-0}" -ge 11 ] && [ "${v:-0}" -le 23 ] && return 0
-  done
-  return 1
-}
-have_java_for_opensearch || apt_install openjdk-17-jdk-headless || apt_install openjdk-21-jdk-headless
 # The application clients of examples/ (tests/test_clients.py): Node.js and npm, a JDK >= 17 and Maven
 command -v npm >/dev/null || apt_install nodejs npm
 command -v mvn >/dev/null || apt_install maven   # setup.sh skips it when ESDISTILL_ES_URL names a remote cluster
