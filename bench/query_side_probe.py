@@ -37,7 +37,7 @@ def main(
     epochs: Annotated[int, typer.Option(help="passes over the training queries")] = 20,
     eval_every: Annotated[int, typer.Option(help="measure after this many passes")] = 5,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="queries per step")] = 32,
+    queries_per_step: Annotated[int, typer.Option(help="training queries per optimizer step")] = 32,
     seed: Annotated[int, typer.Option(help="seed of the order of the queries")] = 42,
     train_fraction: Annotated[float, typer.Option(help="share of the training queries used (a learning curve)")] = 1.0,
     pseudo_queries: Annotated[int, typer.Option(help="corpus sentences added as training queries, labelled by the "
@@ -153,8 +153,8 @@ def main(
     t1 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         rng.shuffle(order)
-        for b in range(0, len(order), batch_size):
-            batch = order[b:b + batch_size]
+        for b in range(0, len(order), queries_per_step):
+            batch = order[b:b + queries_per_step]
             qv = encode([queries[q] for q in batch])
             loss = 0.0
             for v, q in zip(qv, batch, strict=True):
@@ -186,7 +186,7 @@ def main(
     path = out / f"query-side-probe-{cfg.data.name}-{profile}-{hardware_label()}-lr{learning_rate:g}-f{train_fraction:g}-pq{pseudo_queries}.json"
     path.write_text(json.dumps({"command": " ".join(sys.argv), "train_queries": len(lists), "label_scale": spread,
                                 "embed_seconds": embed_s, "learning_rate": learning_rate,
-                                "batch_size": batch_size, "train_fraction": train_fraction, "pseudo_queries": len(pseudo), "curve": curve}, indent=2) + "\n")
+                                "queries_per_step": queries_per_step, "train_fraction": train_fraction, "pseudo_queries": len(pseudo), "curve": curve}, indent=2) + "\n")
     print(f"written: {path}")
 
 
