@@ -227,11 +227,20 @@ def export_query_encoder(model, out: Path, manifest: dict[str, Any], max_length:
     return full
 
 
+#: Where a client puts the query's vector in ``knn_request`` (the whole JSON value, a list of floats).
+VECTOR_PLACEHOLDER = "{{vector}}"
+
+
 def manifest_for(*, deploy_key: str, alias: str, index: str, vector_field: str, similarity: str, model: str,
-                 knn: dict[str, int], bm25_index: str, bm25_query: dict[str, Any], rrf_k: int) -> dict[str, Any]:
-    """Where and how a client sends the vectors: the alias and the versioned index behind it, the vector field
-    and its similarity, the kNN defaults, and the BM25 half of the hybrid (``bm25_query`` with the placeholder
-    ``{{query}}`` where the query text goes; the client fuses the two rankings by RRF with ``rrf_k``)."""
-    return {"deploy_key": deploy_key, "alias": alias, "index": index, "vector_field": vector_field,
-            "similarity": similarity, "model": model, "knn": knn,
+                 knn: dict[str, int], bm25_index: str, bm25_query: dict[str, Any], rrf_k: int,
+                 engine: str = "elasticsearch", knn_request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and how a client sends the vectors: the engine (``elasticsearch`` or ``opensearch``: which client
+    library speaks to it), the alias and the versioned index behind it, the vector field and its similarity, the kNN
+    defaults, the kNN search body as esdistill itself sends it (``knn_request``, the engine's own form, with
+    :data:`VECTOR_PLACEHOLDER` where the query's vector goes), and the BM25 half of the hybrid (``bm25_query`` with
+    the placeholder ``{{query}}`` where the query text goes; the client fuses the two rankings by RRF with
+    ``rrf_k``)."""
+    return {"deploy_key": deploy_key, "engine": engine, "alias": alias, "index": index,
+            "vector_field": vector_field, "similarity": similarity, "model": model, "knn": knn,
+            "knn_request": knn_request,
             "hybrid": {"bm25_index": bm25_index, "bm25_query": bm25_query, "rrf_k": rrf_k}}

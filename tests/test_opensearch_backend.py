@@ -196,6 +196,121 @@ def test_evaluate_and_monitor_write_the_results_index_on_opensearch(os_project, 
     assert len(docs) == 1 and docs[0]["_source"]["queries"] == report["queries"]
 
 
+@pytest.fixture(scope="module")
+def os_encoder(os_project, tmp_path_factory):
+    """The loop's student exported as a query encoder on OpenSearch, and what Python answers through the alias
+    (the PyTorch encoder: the fp32 graph must match sentence-transformers itself)."""
+    project, _ = os_project
+    out = tmp_path_factory.mktemp("os-encoder")
+    manifest = project.export_encoder(out)
+    queries = list(project.eval_queries().values())[:6]
+    served, project.cfg.evaluate.query_encoder = project.cfg.evaluate.query_encoder, "torch"
+    try:
+        systems = project.systems(served=True)
+        student, hybrid = systems["student"](), systems["hybrid"]()
+        reference = {q: {"vector": np.asarray(student.encode(q)), "student": student.search(q).hits[:10],
+                         "hybrid": hybrid.search(q).hits[:10]} for q in queries}
+    finally:
+        project.cfg.evaluate.query_encoder = served
+    return project, out, manifest, reference
+
+
+def test_the_exported_encoder_names_opensearch_and_its_own_knn_request(os_encoder):
+    """The manifest says which client speaks to the cluster, and carries the kNN request esdistill sends there:
+    OpenSearch's ``knn`` query clause (not Elasticsearch's top-level ``knn``), the vector left as a placeholder."""
+    from esdistill.encoder_export import VECTOR_PLACEHOLDER
+
+    project, _, manifest, _ = os_encoder
+    assert manifest["engine"] == "opensearch"
+    ev = project.cfg.evaluate
+    assert manifest["knn_request"] == project.backend.knn_body(VECTOR_PLACEHOLDER, ev.k, ev.num_candidates)
+    clause = manifest["knn_request"]["query"]["knn"][VECTOR_FIELD]
+    assert clause["vector"] == VECTOR_PLACEHOLDER and clause["k"] == ev.k and "knn" not in {
+        k for k in manifest["knn_request"] if k != "query"}
+
+
+def _client_cmd(which):
+    from .test_clients import JAVA_DIR, NODE_DIR, _need
+
+    if which == "node":
+        _need("node", NODE_DIR / "node_modules", "examples/node's packages")
+        return ["node", "search.mjs"], NODE_DIR
+    _need("java", JAVA_DIR / "target" / "classes", "examples/java's build")
+    return ["java", "-cp", "target/classes:target/dependency/*", "esdistill.Search"], JAVA_DIR
+
+
+@pytest.mark.parametrize("which", ["node", "java"])
+def test_the_application_clients_answer_on_opensearch_as_the_python_student(os_encoder, os_node, which,
+                                                                              tmp_path):
+    """examples/node (@opensearch-project/opensearch) and examples/java (opensearch-java) on the real node: the
+    vectors of the Python student, its top 10 for kNN and the client-side hybrid, the int8 graph close, and an
+    encoder of another deploy refused (exit 3) before any search."""
+    from .test_clients import _check_client
+
+    _, out, _, reference = os_encoder
+    cmd, cwd = _client_cmd(which)
+    _check_client(cmd, cwd, out, reference, os_node.url, tmp_path)
+
+
+@pytest.mark.parametrize("which", ["node", "java"])
+def test_the_application_clients_stop_on_opensearch_when_the_alias_moves(os_encoder, os_node, osc, which,
+                                                                          tmp_path):
+    """A long-running client checks every kNN hit's index: the alias moved to another index (a deploy, a rollback)
+    while it runs stops it (exit 3) instead of answering with the wrong model's vectors."""
+    import subprocess
+
+    _, out, manifest, _ = os_encoder
+    cmd, cwd = _client_cmd(which)
+    alias, index = manifest["alias"], manifest["index"]
+    moved = f"{index}-moved"
+    osc.indices.create(index=moved, body={"settings": {"index.knn": True}, "mappings": {"properties": {
+        VECTOR_FIELD: osc.indices.get_mapping(index=index)[index]["mappings"]["properties"][VECTOR_FIELD]}}})
+    dims = manifest["dims"]
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        v = rng.normal(size=dims)
+        osc.index(index=moved, id=f"m{i}", body={VECTOR_FIELD: (v / np.linalg.norm(v)).tolist()})
+    osc.indices.refresh(index=moved)
+    import os as _os
+
+    proc = subprocess.Popen([*cmd, "--encoder", str(out), "--json", "--queries-file", "-"], cwd=cwd,
+                            env=dict(_os.environ, ESDISTILL_ES_URL=os_node.url), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("vitamin d and bone health\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        assert first["hits"], first
+        osc.indices.update_aliases(body={"actions": [{"remove": {"index": index, "alias": alias}},
+                                                     {"add": {"index": moved, "alias": alias}}]})
+        proc.stdin.write("smoking and lung cancer\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=300) == 3, proc.stderr.read()[-2000:]
+        err = proc.stderr.read()
+        assert f"now serves {moved}" in err and manifest["deploy_key"] in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        osc.indices.update_aliases(body={"actions": [{"remove": {"index": moved, "alias": alias}},
+                                                     {"add": {"index": index, "alias": alias}}]})
+        osc.indices.delete(index=moved)
+
+
+def test_an_elastic_api_key_is_refused_by_the_clients_on_opensearch(os_encoder, os_node, tmp_path):
+    """OpenSearch has no API keys: a client given ESDISTILL_ES_API_KEY for an OpenSearch encoder says what to set
+    instead, rather than failing on the cluster's 401."""
+    import os as _os
+    import subprocess
+
+    _, out, _, _ = os_encoder
+    for which in ("node", "java"):
+        cmd, cwd = _client_cmd(which)
+        proc = subprocess.run([*cmd, "--encoder", str(out), "some query"], cwd=cwd, capture_output=True,
+                              text=True, timeout=300, env=dict(_os.environ, ESDISTILL_ES_URL=os_node.url,
+                                                               ESDISTILL_ES_API_KEY="abc"))
+        assert proc.returncode == 1 and "OpenSearch has no API keys" in proc.stderr, (which, proc.stderr[-2000:])
+
+
 def test_a_search_request_teacher_runs_on_opensearch_as_a_direct_search_does(os_project, osc):
     """``teacher.request`` (the user's own search, here BM25 rescored by a title match) through the backend's
     ``_msearch``: the hits and scores of the same search sent directly, and its restricted form's scores."""

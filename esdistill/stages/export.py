@@ -72,7 +72,9 @@ class ExportStage(StageWork):
                 similarity=self.p.backend.vector_similarity(index) or "cosine",
                 model=ee.read_manifest(out)["model"] if complete else model_fingerprint(self.p.student_path()),
                 knn={"k": ev.k, "num_candidates": ev.num_candidates}, bm25_index=self.cfg.bm25_index,
-                bm25_query=cand_mod.bm25_query("{{query}}", self.p.text_fields), rrf_k=ev.rrf_k)
+                bm25_query=cand_mod.bm25_query("{{query}}", self.p.text_fields), rrf_k=ev.rrf_k,
+                engine=self.p.backend.name, knn_request=self.p.backend.knn_body(
+                    ee.VECTOR_PLACEHOLDER, ev.k, ev.num_candidates, field=VECTOR_FIELD, oversample=ev.oversample))
             if complete:  # the graphs are this deploy's; the settings are the config's now
                 kept, changed = ee.update_manifest(out, manifest)
                 self.p.log(f"export: query encoder for {index} in {out} (cached"

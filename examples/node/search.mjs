@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// Query an esdistill deploy from Node.js, as an application does on any Elastic license:
+// Query an esdistill deploy from Node.js, as an application does on any Elastic license or on OpenSearch:
 // encode the query with the exported student (ONNX Runtime + the student's own tokenizer.json),
 // then send a kNN request — or BM25 and kNN in one _msearch, fused by reciprocal rank fusion here.
+// The engine's own client speaks to the cluster: @elastic/elasticsearch, or @opensearch-project/opensearch when the
+// manifest's engine is "opensearch" (its kNN request, written by esdistill, is the engine's own form).
 //
 //   esdistill export --onnx -c my.toml          # writes the encoder folder and prints its path
 //   npm ci && node search.mjs --encoder <folder> "my query"
@@ -17,7 +19,8 @@ import { createInterface } from "node:readline";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
-import { Client } from "@elastic/elasticsearch";
+import { Client as ElasticsearchClient } from "@elastic/elasticsearch";
+import { Client as OpenSearchClient } from "@opensearch-project/opensearch";
 import * as ort from "onnxruntime-node";
 import { Tokenizer } from "tokenizers";
 
@@ -57,9 +60,40 @@ export class QueryEncoder {
   }
 }
 
+/**
+ * The three requests a client sends, over the engine's own client library: Elasticsearch's answers are the response
+ * body, OpenSearch's client wraps it in { body } and takes the request body as `body`.
+ */
+export class Engine {
+  constructor(kind, client) {
+    this.kind = kind;
+    this.client = client;
+  }
+
+  async search(index, body) {
+    if (this.kind === "opensearch") return (await this.client.search({ index, body })).body;
+    return this.client.search({ index, ...body });
+  }
+
+  /** searches: [header, body, header, body, ...] as _msearch takes them. */
+  async msearch(searches) {
+    if (this.kind === "opensearch") return (await this.client.msearch({ body: searches })).body;
+    return this.client.msearch({ searches });
+  }
+
+  async getMapping(index) {
+    if (this.kind === "opensearch") return (await this.client.indices.getMapping({ index })).body;
+    return this.client.indices.getMapping({ index });
+  }
+
+  close() {
+    return this.client.close();
+  }
+}
+
 /** Refuse an encoder whose deploy is not the one the alias serves. */
-export async function checkServedDeploy(client, manifest) {
-  const mappings = await client.indices.getMapping({ index: manifest.alias });
+export async function checkServedDeploy(engine, manifest) {
+  const mappings = await engine.getMapping(manifest.alias);
   const served = Object.entries(mappings).map(([index, m]) => [index, m.mappings?._meta?.esdistill?.key]);
   const wrong = served.filter(([, key]) => key !== manifest.deploy_key);
   if (served.length === 0 || wrong.length > 0) {
@@ -73,7 +107,20 @@ export async function checkServedDeploy(client, manifest) {
 
 export class MismatchError extends Error {}
 
+/** A manifest's request template with each placeholder ("{{query}}", "{{vector}}") replaced by its value. */
+export function fill(node, values) {
+  if (typeof node === "string" && Object.hasOwn(values, node)) return values[node];
+  if (Array.isArray(node)) return node.map((n) => fill(n, values));
+  if (node && typeof node === "object") {
+    return Object.fromEntries(Object.entries(node).map(([key, v]) => [key, fill(v, values)]));
+  }
+  return node;
+}
+
 export function knnBody(manifest, vector) {
+  // the kNN request as esdistill sends it (the engine's own form), the vector put where "{{vector}}" stands;
+  // an encoder exported before manifests carried it: Elasticsearch's top-level knn
+  if (manifest.knn_request) return fill(manifest.knn_request, { "{{vector}}": vector });
   const { k, num_candidates } = manifest.knn;
   return {
     knn: { field: manifest.vector_field, query_vector: vector, k, num_candidates: Math.max(num_candidates, k) },
@@ -84,12 +131,8 @@ export function knnBody(manifest, vector) {
 
 export function bm25Body(manifest, text) {
   // the manifest's BM25 query with the text put where "{{query}}" stands
-  const fill = (node) =>
-    node === "{{query}}" ? text
-      : Array.isArray(node) ? node.map(fill)
-        : node && typeof node === "object" ? Object.fromEntries(Object.entries(node).map(([key, v]) => [key, fill(v)]))
-          : node;
-  return { query: fill(manifest.hybrid.bm25_query), size: manifest.knn.k, _source: false, track_total_hits: false };
+  return { query: fill(manifest.hybrid.bm25_query, { "{{query}}": text }), size: manifest.knn.k, _source: false,
+    track_total_hits: false };
 }
 
 /** Reciprocal rank fusion: score(d) = sum over rankings of 1 / (rrfK + rank), ties broken by id. */
@@ -122,7 +165,7 @@ export function checkHitsIndex(hits, manifest) {
   }
 }
 
-export async function search(client, encoder, text, system = "student") {
+export async function search(engine, encoder, text, system = "student") {
   const m = encoder.manifest;
   const t0 = performance.now();
   const vector = await encoder.encode(text);
@@ -130,13 +173,13 @@ export async function search(client, encoder, text, system = "student") {
   let hits;
   let took;
   if (system === "student") {
-    const resp = await client.search({ index: m.alias, ...knnBody(m, vector) });
+    const resp = await engine.search(m.alias, knnBody(m, vector));
     hits = hitsOf(resp, `kNN search on ${m.alias}`, m);
     took = resp.took;
   } else if (system === "hybrid") {
-    const resp = await client.msearch({
-      searches: [{ index: m.hybrid.bm25_index }, bm25Body(m, text), { index: m.alias }, knnBody(m, vector)],
-    });
+    const resp = await engine.msearch(
+      [{ index: m.hybrid.bm25_index }, bm25Body(m, text), { index: m.alias }, knnBody(m, vector)],
+    );
     const [lexical, dense] = resp.responses.map((r, i) => hitsOf(r, `hybrid search ${i}`, i === 1 ? m : null));
     hits = rrf([lexical.map(([id]) => id), dense.map(([id]) => id)], m.hybrid.rrf_k, m.knn.k);
     took = resp.took ?? Math.max(...resp.responses.map((r) => r.took));
@@ -146,14 +189,25 @@ export async function search(client, encoder, text, system = "student") {
   return { hits, vector, encodeMs, wallMs: performance.now() - t0, took };
 }
 
-function clientFromEnv(url) {
-  const auth = process.env.ESDISTILL_ES_API_KEY
-    ? { apiKey: process.env.ESDISTILL_ES_API_KEY }
-    : process.env.ESDISTILL_ES_USERNAME
-      ? { username: process.env.ESDISTILL_ES_USERNAME, password: process.env.ESDISTILL_ES_PASSWORD ?? "" }
-      : undefined;
-  const tls = process.env.ESDISTILL_ES_CA_CERTS ? { ca: readFileSync(process.env.ESDISTILL_ES_CA_CERTS) } : undefined;
-  return new Client({ node: url, auth, tls });
+/** The engine the manifest names, through its own client, with the credentials of the environment. */
+export function engineFromEnv(manifest, url) {
+  const kind = manifest.engine ?? "elasticsearch";
+  const basic = process.env.ESDISTILL_ES_USERNAME
+    ? { username: process.env.ESDISTILL_ES_USERNAME, password: process.env.ESDISTILL_ES_PASSWORD ?? "" }
+    : undefined;
+  const ca = process.env.ESDISTILL_ES_CA_CERTS ? readFileSync(process.env.ESDISTILL_ES_CA_CERTS) : undefined;
+  if (kind === "opensearch") {
+    if (process.env.ESDISTILL_ES_API_KEY) {
+      throw new Error("ESDISTILL_ES_API_KEY is Elastic's; OpenSearch has no API keys: set ESDISTILL_ES_USERNAME " +
+        "and ESDISTILL_ES_PASSWORD instead");
+    }
+    return new Engine(kind, new OpenSearchClient({ node: url, auth: basic, ssl: ca ? { ca } : undefined }));
+  }
+  if (kind !== "elasticsearch") {
+    throw new Error(`this encoder's manifest names engine ${JSON.stringify(kind)}: elasticsearch or opensearch`);
+  }
+  const auth = process.env.ESDISTILL_ES_API_KEY ? { apiKey: process.env.ESDISTILL_ES_API_KEY } : basic;
+  return new Engine(kind, new ElasticsearchClient({ node: url, auth, tls: ca ? { ca } : undefined }));
 }
 
 function percentile(sorted, p) {
@@ -208,20 +262,21 @@ async function main() {
     return;
   }
 
-  const client = clientFromEnv(values.url);
+  let engine;
   try {
-    await checkServedDeploy(client, encoder.manifest);
+    engine = engineFromEnv(encoder.manifest, values.url);
+    await checkServedDeploy(engine, encoder.manifest);
     const lines = fromStdin ? createInterface({ input: process.stdin, crlfDelay: Infinity }) : queries;
     for await (const q of lines) {
       if (!q.trim()) continue;
-      const res = await search(client, encoder, q, values.system);
+      const res = await search(engine, encoder, q, values.system);
       const hits = res.hits.slice(0, Number(values.size));
       if (values.json) {
         console.log(JSON.stringify({ query: q, system: values.system, vector: res.vector, hits,
           encode_ms: res.encodeMs, wall_ms: res.wallMs, took_ms: res.took }));
       } else {
         console.log(`${values.system}: ${JSON.stringify(q)} — ${res.wallMs.toFixed(1)} ms wall ` +
-          `(${res.encodeMs.toFixed(1)} ms encoding), ${res.took} ms in Elasticsearch`);
+          `(${res.encodeMs.toFixed(1)} ms encoding), ${res.took} ms in ${engine.kind}`);
         hits.forEach(([id, score], i) => console.log(`${String(i + 1).padStart(3)}  ${id}  ${score.toFixed(4)}`));
       }
     }
@@ -229,7 +284,7 @@ async function main() {
     console.error(`error: ${e.message}`);
     process.exitCode = e instanceof MismatchError ? 3 : 1;
   } finally {
-    await client.close();
+    await engine?.close();
   }
 }
 

@@ -36,9 +36,10 @@ import javax.net.ssl.SSLContext;
 import javax.net.ssl.TrustManagerFactory;
 
 /**
- * Query an esdistill deploy from Java, as an application does on any Elastic license: encode the query with the
- * exported student (ONNX Runtime + the student's own tokenizer.json), then send a kNN request — or BM25 and kNN in
- * one _msearch, fused by reciprocal rank fusion here.
+ * Query an esdistill deploy from Java, as an application does on any Elastic license or on OpenSearch: encode the
+ * query with the exported student (ONNX Runtime + the student's own tokenizer.json), then send a kNN request — or
+ * BM25 and kNN in one _msearch, fused by reciprocal rank fusion here. Elasticsearch through the Elasticsearch Java
+ * client; OpenSearch (the manifest's engine) through opensearch-java ({@link OpenSearchEngine}).
  *
  * <pre>
  *   esdistill export --onnx -c my.toml      # writes the encoder folder and prints its path
@@ -126,10 +127,23 @@ public final class Search {
       what.add(e.getKey() + " (deploy " + (key == null ? "none" : key) + ")");
     }
     if (!ok) {
-      throw new MismatchException("this encoder belongs to deploy " + expected + " (" + m.get("index").asText()
-          + "), but alias " + alias + " serves " + (what.isEmpty() ? "nothing" : String.join(", ", what))
-          + ": export the encoder of the served deploy (esdistill export --onnx)");
+      throw notServed(m, what);
     }
+  }
+
+  /** The alias serves other indices (``what``: "index (deploy key)") than this encoder's deploy. */
+  static MismatchException notServed(JsonNode m, List<String> what) {
+    return new MismatchException("this encoder belongs to deploy " + m.get("deploy_key").asText() + " ("
+        + m.get("index").asText() + "), but alias " + m.get("alias").asText() + " serves "
+        + (what.isEmpty() ? "nothing" : String.join(", ", what))
+        + ": export the encoder of the served deploy (esdistill export --onnx)");
+  }
+
+  /** A kNN hit came from index ``other``: the alias moved after the check at start. */
+  static MismatchException moved(JsonNode m, String other) {
+    return new MismatchException("alias " + m.get("alias").asText() + " now serves " + other
+        + ", not this encoder's deploy " + m.get("deploy_key").asText() + " (" + m.get("index").asText()
+        + "): export the encoder of the served deploy (esdistill export --onnx) and restart");
   }
 
   /** One ranking: ids and scores, best first. */
@@ -145,17 +159,22 @@ public final class Search {
 
   /** The manifest's BM25 query with the text put where "{{query}}" stands. */
   static JsonNode fill(JsonNode node, String text) {
-    if (node.isTextual() && node.asText().equals("{{query}}")) {
-      return TextNode.valueOf(text);
+    return fill(node, Map.of("{{query}}", TextNode.valueOf(text)));
+  }
+
+  /** A manifest's request template with each placeholder ("{{query}}", "{{vector}}") replaced by its value. */
+  static JsonNode fill(JsonNode node, Map<String, JsonNode> values) {
+    if (node.isTextual() && values.containsKey(node.asText())) {
+      return values.get(node.asText());
     }
     if (node.isArray()) {
       ArrayNode out = JSON.createArrayNode();
-      node.forEach(n -> out.add(fill(n, text)));
+      node.forEach(n -> out.add(fill(n, values)));
       return out;
     }
     if (node.isObject()) {
       ObjectNode out = JSON.createObjectNode();
-      node.fields().forEachRemaining(e -> out.set(e.getKey(), fill(e.getValue(), text)));
+      node.fields().forEachRemaining(e -> out.set(e.getKey(), fill(e.getValue(), values)));
       return out;
     }
     return node;
@@ -194,9 +213,7 @@ public final class Search {
     String index = m.get("index").asText();
     for (Hit<Void> h : hits) {
       if (!index.equals(h.index())) {
-        throw new MismatchException("alias " + m.get("alias").asText() + " now serves " + h.index()
-            + ", not this encoder's deploy " + m.get("deploy_key").asText() + " (" + index
-            + "): export the encoder of the served deploy (esdistill export --onnx) and restart");
+        throw moved(m, h.index());
       }
     }
   }
@@ -260,22 +277,27 @@ public final class Search {
     return new Hits(ids, scores, vector, encodeMs, (System.nanoTime() - t0) / 1e6, took);
   }
 
+  /** A TLS context trusting ESDISTILL_ES_CA_CERTS, or null when it is not set. */
+  static SSLContext sslContextFromEnv() throws Exception {
+    String ca = System.getenv("ESDISTILL_ES_CA_CERTS");
+    if (ca == null || ca.isEmpty()) {
+      return null;
+    }
+    KeyStore ks = KeyStore.getInstance(KeyStore.getDefaultType());
+    ks.load(null, null);
+    ks.setCertificateEntry("ca", CertificateFactory.getInstance("X.509")
+        .generateCertificate(new ByteArrayInputStream(Files.readAllBytes(Path.of(ca)))));
+    TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+    tmf.init(ks);
+    SSLContext ssl = SSLContext.getInstance("TLS");
+    ssl.init(null, tmf.getTrustManagers(), null);
+    return ssl;
+  }
+
   static ElasticsearchClient clientFromEnv(String url) throws Exception {
     String apiKey = System.getenv("ESDISTILL_ES_API_KEY");
     String user = System.getenv("ESDISTILL_ES_USERNAME");
-    String ca = System.getenv("ESDISTILL_ES_CA_CERTS");
-    SSLContext ssl = null;
-    if (ca != null && !ca.isEmpty()) {
-      KeyStore ks = KeyStore.getInstance(KeyStore.getDefaultType());
-      ks.load(null, null);
-      ks.setCertificateEntry("ca", CertificateFactory.getInstance("X.509")
-          .generateCertificate(new ByteArrayInputStream(Files.readAllBytes(Path.of(ca)))));
-      TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
-      tmf.init(ks);
-      ssl = SSLContext.getInstance("TLS");
-      ssl.init(null, tmf.getTrustManagers(), null);
-    }
-    SSLContext sslContext = ssl;
+    SSLContext sslContext = sslContextFromEnv();
     return ElasticsearchClient.of(b -> {
       b.host(url);
       if (apiKey != null && !apiKey.isEmpty()) {
@@ -342,10 +364,22 @@ public final class Search {
         System.out.println(out);
         return;
       }
-      ElasticsearchClient client = clientFromEnv(opts.get("url"));
+      String engine = encoder.manifest.path("engine").asText("elasticsearch");
+      if (!engine.equals("elasticsearch") && !engine.equals("opensearch")) {
+        System.err.println("error: this encoder's manifest names engine " + engine + ": elasticsearch or opensearch");
+        System.exit(2);
+      }
+      OpenSearchEngine os = null;
+      ElasticsearchClient client = null;
       int code = 0;
       try {
-        checkServedDeploy(client, encoder.manifest);
+        if (engine.equals("opensearch")) {
+          os = OpenSearchEngine.fromEnv(opts.get("url"), sslContextFromEnv());
+          os.checkServedDeploy(encoder.manifest);
+        } else {
+          client = clientFromEnv(opts.get("url"));
+          checkServedDeploy(client, encoder.manifest);
+        }
         String system = opts.get("system");
         int size = Integer.parseInt(opts.get("size"));
         Iterable<String> lines = fromStdin
@@ -353,7 +387,7 @@ public final class Search {
                 java.nio.charset.StandardCharsets.UTF_8)).lines().filter(q -> !q.isBlank())::iterator
             : queries;
         for (String q : lines) {
-          Hits res = search(client, encoder, q, system);
+          Hits res = os != null ? os.search(encoder, q, system) : search(client, encoder, q, system);
           int shown = Math.min(size, res.ids().size());
           if (opts.containsKey("json")) {
             ObjectNode line = JSON.createObjectNode().put("query", q).put("system", system);
@@ -369,8 +403,8 @@ public final class Search {
             System.out.println(line);
             System.out.flush();
           } else {
-            System.out.printf("%s: \"%s\" — %.1f ms wall (%.1f ms encoding), %d ms in Elasticsearch%n", system, q,
-                res.wallMs(), res.encodeMs(), res.took());
+            System.out.printf("%s: \"%s\" — %.1f ms wall (%.1f ms encoding), %d ms in %s%n", system, q,
+                res.wallMs(), res.encodeMs(), res.took(), engine);
             for (int i = 0; i < shown; i++) {
               System.out.printf("%3d  %s  %.4f%n", i + 1, res.ids().get(i), res.scores().get(i));
             }
@@ -383,7 +417,12 @@ public final class Search {
         System.err.println("error: " + e);
         code = 1;
       } finally {
-        client.close();
+        if (client != null) {
+          client.close();
+        }
+        if (os != null) {
+          os.close();
+        }
       }
       if (code != 0) {
         System.exit(code);
