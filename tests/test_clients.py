@@ -52,6 +52,8 @@ def test_export_writes_a_checked_encoder_named_after_the_served_deploy(encoder, 
     assert manifest["dims"] == 32 and manifest["normalized"] and manifest["inputs"][:2] == ["input_ids",
                                                                                           "attention_mask"]
     assert manifest["max_length"] == project.cfg.train.max_length
+    assert manifest["engine"] == "elasticsearch" and manifest["knn_request"] == project.backend.knn_body(
+        "{{vector}}", project.cfg.evaluate.k, project.cfg.evaluate.num_candidates)  # what the clients send
     assert manifest["min_cosine_vs_sentence_transformers"]["model.onnx"] >= 0.9999
     assert json.loads((out / "tokenizer.json").read_text())["truncation"]["max_length"] == manifest["max_length"]
     # a second export of the same deploy keeps the files
@@ -78,8 +80,9 @@ def test_a_kept_export_follows_the_config_s_evaluate_settings(encoder, tmp_path)
     assert got["knn"] == {"k": ev.k, "num_candidates": ev.num_candidates} and got["hybrid"]["rrf_k"] == ev.rrf_k
     assert json.loads((folder / "manifest.json").read_text()) == got
     assert (folder / "model.onnx").stat().st_mtime_ns == mtime and is_complete(folder, manifest["deploy_key"])
-    assert {k: v for k, v in got.items() if k not in ("knn", "hybrid")} == {
-        k: v for k, v in manifest.items() if k not in ("knn", "hybrid")}
+    assert got["knn_request"]["knn"]["num_candidates"] == ev.num_candidates  # the request it sends follows too
+    assert {k: v for k, v in got.items() if k not in ("knn", "knn_request", "hybrid")} == {
+        k: v for k, v in manifest.items() if k not in ("knn", "knn_request", "hybrid")}
 
 
 def test_export_refuses_a_config_whose_deploy_is_not_in_the_cluster(tiny_project, tmp_path):
