@@ -70,11 +70,15 @@ def test_auto_that_caps_nothing_keeps_the_keys_of_before():
     assert hand.keys._cap() == {"max_positives": 1}
 
 
-def test_the_profiles_budget_is_not_in_the_key_but_a_changed_one_is():
+def test_the_first_budget_is_not_in_the_key_but_any_other_is():
+    """The quick profile's first budget (20 minutes) kept the keys of before budgets; its default since (15) and any
+    other budget are keyed, so a student trained to one budget is never taken for another's."""
     base = {"data": {"name": "s", "beir": "x"}}
     quick = build_config(base, profile="quick")
-    assert quick.train.budget_minutes == 20.0 and build_config(base, profile="full").train.budget_minutes is None
-    assert budget_key(quick) == {} and budget_key(build_config(base, profile="full")) == {}
+    assert quick.train.budget_minutes == 15.0 and build_config(base, profile="full").train.budget_minutes is None
+    assert budget_key(quick) == {"budget_minutes": 15.0} and budget_key(build_config(base, profile="full")) == {}
+    first = build_config({**base, "train": {"budget_minutes": 20}}, profile="quick")
+    assert budget_key(first) == {}
     lifted = build_config({**base, "train": {"budget_minutes": "none"}}, profile="quick")
     assert budget_key(lifted) == {"budget_minutes": "none"}
     assert budget_key(build_config({**base, "train": {"budget_minutes": 5}}, profile="full")) == {"budget_minutes": 5}

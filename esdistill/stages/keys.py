@@ -103,10 +103,17 @@ def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
+#: The budget each profile's keys were first made with, unkeyed: the quick profile's first budget (20 minutes) kept
+#: the keys of before budgets. Any other budget — the profile's later default (15 minutes since 2026-12-05) included
+#: — is in the key, so a student trained to another budget is never reused for this one.
+UNKEYED_BUDGET = {"quick": 20.0}
+
+
 def budget_key(cfg) -> dict[str, Any]:
-    """``train.budget_minutes`` where it differs from its profile's default (so the keys of a profile's own
-    budget stay those of before it had one, and lifting or changing it trains anew)."""
-    default = PROFILES.get(cfg.profile, {}).get("train", {}).get("budget_minutes")
+    """``train.budget_minutes`` where it differs from the budget its profile's keys were made without
+    (:data:`UNKEYED_BUDGET`, else the profile's default): the keys of the first budget stay those of before budgets
+    existed, and lifting or changing it trains anew."""
+    default = UNKEYED_BUDGET.get(cfg.profile, PROFILES.get(cfg.profile, {}).get("train", {}).get("budget_minutes"))
     value = cfg.train.budget_minutes
     return {} if value == default or (value in (None, "none") and default in (None, "none")) else {
         "budget_minutes": value}
