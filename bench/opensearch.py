@@ -9,7 +9,8 @@ On the OpenSearch run's cache (its trained student, the same cache keys as the d
    sentence-transformers), wall time;
 2. the corpus embedded twice into new dense versions (another HNSW ``m``, so neither is the served one): by this
    process (``deploy.embed_in = "client"``, the Python path) and by the cluster (``embed_in = "cluster"``:
-   ``_reindex`` through the ``text_embedding`` ingest pipeline), wall time of each, alias rolled back after;
+   ``_reindex`` through the ``text_embedding`` ingest pipeline), wall time of each; the alias back on the run's
+   own deploy and both versions deleted after;
 3. every system over the test queries, ``neural`` (the query encoded in the cluster) and ``hybrid_cluster`` (the
    cluster's ``hybrid`` query, min-max normalised) next to ``student`` (encoded here, kNN) and ``hybrid``
    (client-side RRF): NDCG@10, Recall@100, p50/p95 latency, paired t-tests;
@@ -49,7 +50,7 @@ def main(profile: ProfileOpt = "quick", config: ConfigOpt = DEFAULT_CONFIG, work
     if project.backend.name != "opensearch":
         raise SystemExit(f"{project.cfg.cluster.url or 'the cluster'} is {project.backend.name}: run this against "
                          "OpenSearch (ESDISTILL_ES_ENGINE=opensearch, esdistill cluster start --engine opensearch)")
-    from esdistill.deploy import rollback
+    from esdistill.deploy import point_alias
     from esdistill.evaluate import p_value
 
     cfg, backend = project.cfg, project.backend
@@ -73,10 +74,14 @@ def main(profile: ProfileOpt = "quick", config: ConfigOpt = DEFAULT_CONFIG, work
                 info = project.deploy()
                 record[f"embed_{who}"] = {"seconds": time.perf_counter() - t0, "docs": info["docs"],
                                           "embedded_now": info.get("embedded_now"), "index": info["index"]}
-                rollback(backend, cfg.dense_alias)
+                print(f"corpus embedded by the {who}: {record[f'embed_{who}']['seconds']:.0f} s "
+                      f"({info.get('embedded_now')} documents embedded now)", flush=True)
         finally:
             cfg.deploy.embed_in, cfg.deploy.m, cfg.deploy.keep_versions = "client", m, keep
-        assert backend.alias_targets(cfg.dense_alias) == live, (backend.alias_targets(cfg.dense_alias), live)
+            point_alias(project.client, cfg.dense_alias, live[0])  # the run's own deploy serves again
+            for who in ("client", "cluster"):  # the measured versions go: a rerun measures anew
+                if f"embed_{who}" in record:
+                    backend.delete_index(record[f"embed_{who}"]["index"], missing_ok=True)
 
     cfg.evaluate.systems = SYSTEMS
     summary = project.evaluate()["summary"]
