@@ -152,6 +152,31 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+def _check_stops_when_the_alias_moves(cmd: list[str], cwd, out, url: str, moved: str, swap) -> None:
+    """A client answering queries from stdin answers the first from the encoder's deploy; ``swap(index, moved)``
+    then moves the alias to ``moved`` (the engine's own request), and the next query stops it (exit 3) naming
+    ``moved`` and the encoder's deploy. The alias is moved back (``swap(moved, index)``) whatever happens."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    proc = subprocess.Popen([*cmd, "--encoder", str(out), "--json", "--queries-file", "-"], cwd=cwd,
+                            env=dict(os.environ, ESDISTILL_ES_URL=url), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("vitamin d and bone health\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())  # answered by the encoder's own deploy
+        assert first["hits"], first
+        swap(manifest["index"], moved)
+        proc.stdin.write("smoking and lung cancer\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=300) == 3, proc.stderr.read()[-2000:]
+        err = proc.stderr.read()
+        assert f"now serves {moved}" in err and manifest["deploy_key"] in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        swap(moved, manifest["index"])
+
+
 def _check_client_safety(cmd: list[str], cwd, out, es, es_url, tmp_path) -> None:
     """What a long-running client must notice: the alias moved to another index while it runs (after its check
     at start) — a kNN hit from another index stops it (exit 3) instead of answering with the wrong model's
@@ -169,25 +194,14 @@ def _check_client_safety(cmd: list[str], cwd, out, es, es_url, tmp_path) -> None
         v = rng.normal(size=dims)
         es.index(index=moved, id=f"m{i}", document={manifest["vector_field"]: (v / np.linalg.norm(v)).tolist()})
     es.indices.refresh(index=moved)
-    proc = subprocess.Popen([*cmd, "--encoder", str(out), "--json", "--queries-file", "-"], cwd=cwd, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def swap(frm: str, to: str) -> None:
+        es.indices.update_aliases(actions=[{"remove": {"index": frm, "alias": alias}},
+                                           {"add": {"index": to, "alias": alias}}])
+
     try:
-        proc.stdin.write("vitamin d and bone health\n")
-        proc.stdin.flush()
-        first = json.loads(proc.stdout.readline())  # answered by the encoder's own deploy
-        assert first["hits"], first
-        es.indices.update_aliases(actions=[{"remove": {"index": index, "alias": alias}},
-                                           {"add": {"index": moved, "alias": alias}}])
-        proc.stdin.write("smoking and lung cancer\n")
-        proc.stdin.close()
-        assert proc.wait(timeout=300) == 3, proc.stderr.read()[-2000:]
-        err = proc.stderr.read()
-        assert f"now serves {moved}" in err and manifest["deploy_key"] in err, err[-2000:]
+        _check_stops_when_the_alias_moves(cmd, cwd, out, es_url, moved, swap)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        es.indices.update_aliases(actions=[{"remove": {"index": moved, "alias": alias}},
-                                           {"add": {"index": index, "alias": alias}}])
         es.indices.delete(index=moved)
     # the BM25 half over an alias where one index's shard cannot run the query: 200, with half the hits
     bm25 = manifest["hybrid"]["bm25_index"]

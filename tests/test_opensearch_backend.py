@@ -257,7 +257,7 @@ def test_the_application_clients_stop_on_opensearch_when_the_alias_moves(os_enco
                                                                           tmp_path):
     """A long-running client checks every kNN hit's index: the alias moved to another index (a deploy, a rollback)
     while it runs stops it (exit 3) instead of answering with the wrong model's vectors."""
-    import subprocess
+    from .test_clients import _check_stops_when_the_alias_moves
 
     _, out, manifest, _ = os_encoder
     cmd, cwd = _client_cmd(which)
@@ -271,28 +271,14 @@ def test_the_application_clients_stop_on_opensearch_when_the_alias_moves(os_enco
         v = rng.normal(size=dims)
         osc.index(index=moved, id=f"m{i}", body={VECTOR_FIELD: (v / np.linalg.norm(v)).tolist()})
     osc.indices.refresh(index=moved)
-    import os as _os
 
-    proc = subprocess.Popen([*cmd, "--encoder", str(out), "--json", "--queries-file", "-"], cwd=cwd,
-                            env=dict(_os.environ, ESDISTILL_ES_URL=os_node.url), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def swap(frm: str, to: str) -> None:
+        osc.indices.update_aliases(body={"actions": [{"remove": {"index": frm, "alias": alias}},
+                                                     {"add": {"index": to, "alias": alias}}]})
+
     try:
-        proc.stdin.write("vitamin d and bone health\n")
-        proc.stdin.flush()
-        first = json.loads(proc.stdout.readline())
-        assert first["hits"], first
-        osc.indices.update_aliases(body={"actions": [{"remove": {"index": index, "alias": alias}},
-                                                     {"add": {"index": moved, "alias": alias}}]})
-        proc.stdin.write("smoking and lung cancer\n")
-        proc.stdin.close()
-        assert proc.wait(timeout=300) == 3, proc.stderr.read()[-2000:]
-        err = proc.stderr.read()
-        assert f"now serves {moved}" in err and manifest["deploy_key"] in err, err[-2000:]
+        _check_stops_when_the_alias_moves(cmd, cwd, out, os_node.url, moved, swap)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        osc.indices.update_aliases(body={"actions": [{"remove": {"index": moved, "alias": alias}},
-                                                     {"add": {"index": index, "alias": alias}}]})
         osc.indices.delete(index=moved)
 
 
