@@ -94,3 +94,18 @@ def write_result(out: Path, name: str, payload: dict[str, Any]) -> Path:
     path.write_text(dumps(redact(record), indent=2))
     print(f"written: {path}")
     return path
+
+
+def pipeline_heads(workdir: Path | str, test_queries) -> dict[str, dict[str, float]]:
+    """The pipeline's reranked head of each test query (its own candidates and scores), from the newest pipeline
+    run in ``workdir`` over these test queries (a cache can hold another dataset's runs too)."""
+    import json
+
+    done = sorted((json.loads(f.read_text()) | {"path": f} for f in Path(workdir).glob("evaluate-system/*/done.json")),
+                  key=lambda r: r["finished"])
+    for r in reversed([r for r in done if r.get("system") == "pipeline"]):
+        run = json.loads((r["path"].parent / "run.json").read_text())["run"]
+        if set(run) <= set(test_queries):
+            depth = r["inputs"]["depth"]
+            return {q: dict(sorted(s.items(), key=lambda x: -x[1])[:depth]) for q, s in run.items()}
+    raise SystemExit(f"no pipeline run over these test queries in {workdir}: run bench/run.py or the demo there first")

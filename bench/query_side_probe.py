@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, prepare_env  # noqa: E402
+from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, pipeline_heads, prepare_env  # noqa: E402
 
 
 def main(
@@ -71,14 +71,7 @@ def main(
     ds = p.dataset
     queries = p.train_queries
     test_queries, test_qrels = ds.test_queries, ds.test_qrels
-    done = sorted((json.loads(f.read_text()) | {"path": f} for f in Path(cfg.workdir).glob("evaluate-system/*/done.json")),
-                  key=lambda r: r["finished"])
-    piped = [r for r in done if r.get("system") == "pipeline"]
-    if not piped:
-        raise SystemExit(f"no pipeline run in {cfg.workdir}: run bench/run.py there first")
-    pipeline_run = json.loads((piped[-1]["path"].parent / "run.json").read_text())["run"]
-    depth = piped[-1]["inputs"]["depth"]
-    heads = {q: dict(sorted(r.items(), key=lambda x: -x[1])[:depth]) for q, r in pipeline_run.items()}
+    heads = pipeline_heads(cfg.workdir, test_queries)
 
     t0 = time.perf_counter()
     model = load_bi_encoder(cfg.train.base_model, max_length=cfg.train.max_length)
