@@ -379,6 +379,11 @@ class TrainConfig(_Strict):
         True, description="false: the training queries are an unjudged log — labels from the teacher only, no MNRL "
         "on judged pairs, no judged positive, and teacher weights fixed (teacher.ensemble_weights, else equal); "
         "judgments only evaluate")
+    embedding_passes: float = Field(
+        0.0, ge=0, description="before the ranking losses, passes in which the student copies the teacher's "
+        "bi-encoder member (a bi_encoder:<model> in teacher.ensemble): its embeddings of the training queries and "
+        "their candidates, rotated onto the student's space (MSE; esdistill/embedding_distill.py), within 60% of "
+        "the budget. 0: off. The log-only student copies too; the judgments-only control never")
     score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
     temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
     epochs: float = Field(3.0, gt=0)
@@ -497,6 +502,13 @@ class RunConfig(_Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @model_validator(mode="after")
+    def _copy_needs_member(self) -> RunConfig:
+        if self.train.embedding_passes and not any(m.startswith("bi_encoder:") for m in self.teacher.ensemble or []):
+            raise ValueError("train.embedding_passes copies the teacher's bi-encoder member, and teacher.ensemble "
+                             "has none: add a bi_encoder:<model> member, or set train.embedding_passes = 0")
+        return self
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property

@@ -446,6 +446,7 @@ def train_student(
     progress=None,
     profile: str | None = None,
     record_extra: dict[str, Any] | None = None,
+    member: str | None = None,
 ) -> dict[str, Any]:
     """Train the student; the model lands in ``<cache>/model``. Checkpoints let a killed run resume.
     ``max_positives`` caps the judged positives a query contributes (``data.max_positives_per_query``);
@@ -457,7 +458,12 @@ def train_student(
     base model's own logit spread (``auto``, :func:`base_spread`) or a given number; ``raw`` keeps them as they
     are. Each of ``ceil(epochs)`` passes draws its own lists (``cfg.lists = per_query``); the dev slice's
     agreement with the teacher is measured before training and after every pass. With ``cfg.use_judgments``
-    off, no judgment is read: the training queries are an unjudged log."""
+    off, no judgment is read: the training queries are an unjudged log.
+
+    ``cfg.embedding_passes`` > 0: before the ranking losses, the student copies ``member`` (the teacher's
+    bi-encoder member) — its embeddings of the training queries and their scored candidates
+    (:func:`esdistill.embedding_distill.copy_member`), within :data:`~esdistill.embedding_distill.BUDGET_SHARE` of
+    the budget; the ranking losses get the budget that is left."""
     if cache.done:
         return {**cache.info(), "cached": True}
     import math
@@ -500,6 +506,13 @@ def train_student(
     needed = {d for ex in examples_by_pass for _, p, negs, _ in ex for d in [p, *negs]}
     needed |= {d for rows in judged_by_pass for _, p, n in rows for d in (p, n)}
     needed |= set(scores[scores.qid.isin(dev_q)].docid) | {d for q in dev_q for d in qrels.get(q, {})}
+    copy_docs = []
+    if cfg.embedding_passes and not judgments_only:
+        if member is None:
+            raise ValueError("train.embedding_passes copies the teacher's bi-encoder member: the teacher has none "
+                             "(add a bi_encoder:<model> member to teacher.ensemble, or set train.embedding_passes = 0)")
+        copy_docs = sorted(set(scores[scores.qid.isin(train_q)].docid))
+        needed |= set(copy_docs)
     texts = docs(sorted(needed))
 
     model = load_bi_encoder(cfg.base_model, max_length=cfg.max_length)
@@ -513,9 +526,31 @@ def train_student(
         scale = base_spread(model, sample, queries, texts, cfg.score_scale)
     else:
         scale = 1.0 if isinstance(cfg.label_scale, str) else float(cfg.label_scale)  # MNRL alone reads no label
+    ir_eval = dev_evaluator(dev_q, queries, qrels, scores, texts) if cfg.use_judgments else None
+    agree_eval = (agreement_evaluator(dev_scores, queries, texts) if len(dev_q) and not judgments_only else None)
+    evaluators = [e for e in (ir_eval, agree_eval) if e is not None]
+    evaluator = SequentialEvaluator(evaluators) if evaluators else None
+    before = ir_eval(model) if ir_eval and main else {}
+    agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
+
+    ckpt = cache.path("checkpoints")
+    resuming = ckpt.exists() and any(ckpt.glob("checkpoint-*/trainer_state.json"))
+    copied, budget_cfg = None, cfg
+    if copy_docs and not resuming:  # a resumed run's checkpoint holds the copy already
+        from .embedding_distill import BUDGET_SHARE, copy_member
+
+        minutes = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
+        copied = copy_member(model, member, [queries[q] for q in train_q], [texts[d].full_text for d in copy_docs],
+                             cfg, cache.path("member"), BUDGET_SHARE * minutes * 60 if minutes else None,
+                             log if main else _silent, progress)
+        cache.path("copy.json").write_text(json.dumps(copied, indent=2))
+        if minutes:
+            budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - copied["seconds"] / 60, 0.5)})
+    elif copy_docs and cache.path("copy.json").exists():
+        copied = json.loads(cache.path("copy.json").read_text())
     plan = None
     if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
-        plan = plan_training(model, cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
+        plan = plan_training(model, budget_cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
                              log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
                              eval_texts=2 * len(dev_scores) * 2,
                              pass_eval_texts=2 * len(dev_scores) * (passes if cfg.epochs > 1 else 0))
@@ -541,15 +576,8 @@ def train_student(
             train_loss = {"distill": loss, "judged": mnrl}
     elif judgments_only:
         raise ValueError("loss 'judgments' needs judged training queries (qrels) with a BM25 candidate each")
-    ir_eval = dev_evaluator(dev_q, queries, qrels, scores, texts) if cfg.use_judgments else None
-    agree_eval = (agreement_evaluator(dev_scores, queries, texts) if len(dev_q) and not judgments_only else None)
-    evaluators = [e for e in (ir_eval, agree_eval) if e is not None]
-    evaluator = SequentialEvaluator(evaluators) if evaluators else None
     between = cfg.epochs > 1 and (plan is None or plan.record.get("evaluate_between_passes", True))
-    before = ir_eval(model) if ir_eval and main else {}
-    agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
 
-    ckpt = cache.path("checkpoints")
     parts = train_data.values() if isinstance(train_data, dict) else [train_data]
     batches = sum(-(-len(d) // cfg.batch_size) for d in parts)  # what one process takes over every pass
     per_pass = max(1, batches // passes)
@@ -613,7 +641,8 @@ def train_student(
         agreement_before=agree_before, agreement_after=agree_after, agreement_by_pass=by_pass,
         suspect_negatives=suspects, lists=cfg.lists, passes=passes, label_scale=scale,
         masked_false_negatives=getattr(mnrl, "masked", 0), use_judgments=cfg.use_judgments,
-        processes=distributed.world_size(), budget=plan.record if plan else None, **(record_extra or {}),
+        processes=distributed.world_size(), budget=plan.record if plan else None, copied_member=copied,
+        **(record_extra or {}),
     )
     distributed.barrier()  # the others wait until the model and the record are written
     return record

@@ -73,3 +73,10 @@ def test_cli_config_error_is_one_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "candidates.k" in proc.stderr and "'many'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_embedding_passes_need_a_bi_encoder_member_in_the_teacher():
+    base = {"data": {"name": "s", "beir": "x"}, "train": {"embedding_passes": 1.0}}
+    assert build_config(base, profile="quick").train.embedding_passes == 1.0  # bge-small is the quick member
+    with pytest.raises(ConfigError, match="bi-encoder member.*bi_encoder:<model>"):
+        build_config({**base, "teacher": {"ensemble": ["fit", "bm25"]}}, profile="quick")

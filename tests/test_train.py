@@ -211,3 +211,36 @@ def test_training_records_agreement_after_each_pass_and_can_ignore_judgments(tmp
                              lambda ids: {i: docs[i] for i in ids}, StageCache(tmp_path, "train", {"t": 2}),
                              log=lambda m: None)
     assert log_only["judged_pairs"] == 0 and log_only["use_judgments"] is False
+
+
+def test_rotation_recovers_an_orthogonal_map_and_keeps_cosines():
+    import numpy as np
+
+    from esdistill.embedding_distill import rotation
+
+    rng = np.random.default_rng(0)
+    student = rng.normal(size=(200, 16))
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    teacher = student @ q.T  # the same geometry in other coordinates
+    r = rotation(teacher, student)
+    assert np.allclose(teacher @ r, student, atol=1e-8)
+    wide = rotation(teacher[:, :8], student)  # a smaller teacher into a larger student: rows stay orthonormal
+    assert wide.shape == (8, 16) and np.allclose(wide @ wide.T, np.eye(8), atol=1e-8)
+
+
+def test_student_copies_the_teacher_member_before_the_ranking_losses(tmp_path, minilm_path, tiny_models):
+    """train.embedding_passes: the student moves toward the member's (rotated) embeddings of its training texts;
+    the record says how far, and a resumed run reads it back instead of copying again."""
+    queries, docs, scores = synthetic(n_q=6, n_d=8)
+    cfg = TrainConfig(base_model=minilm_path, epochs=1, batch_size=8, max_length=32, dev_fraction=0.0,
+                      use_judged_positives=False, embedding_passes=4)
+    cache = StageCache(tmp_path, "train", {"t": 1})
+    info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids}, cache,
+                         log=lambda m: None, member=tiny_models["bi"])
+    copied = info["copied_member"]
+    assert copied["queries"] == 6 and copied["documents"] == 48 and copied["passes"] == 4
+    assert copied["distance_after"] < 0.8 * copied["distance_before"], copied
+    with pytest.raises(ValueError, match="bi-encoder member"):
+        train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids},
+                      StageCache(tmp_path, "train", {"t": 2}), log=lambda m: None)
+
