@@ -29,7 +29,7 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, pipeline_heads, prepare_env  # noqa: E402
+from common import DEFAULT_CONFIG, DEFAULT_OUT, BatchSizeOpt, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, pipeline_heads, prepare_env  # noqa: E402
 
 
 def main(
@@ -39,7 +39,7 @@ def main(
     workdir: ConfigWorkdirOpt = None,
     passes: Annotated[int, typer.Option(help="passes over the texts")] = 3,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="texts per optimizer step")] = 32,
+    batch_size: BatchSizeOpt = 32,
     seed: Annotated[int, typer.Option(help="seed of the order of the texts")] = 42,
     titles: Annotated[bool, typer.Option(help="document titles as extra queries")] = False,
     rotate: Annotated[bool, typer.Option(help="Procrustes-rotate the member's space onto the student's")] = True,

@@ -81,7 +81,7 @@ def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, ca
     from .budget import fmt_seconds, measure_seconds_per_text
     from .console import attach_progress
     from .encoding import inference_context
-    from .train import training_args
+    from .training_args import training_args
 
     t0 = time.perf_counter()
     texts = queries + docs

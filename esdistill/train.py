@@ -41,7 +41,8 @@ from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
 from .data import Doc, Qrels, relevant
-from .models import bf16_available, embedding_info, load_bi_encoder, st_modules, warmup
+from .models import embedding_info, load_bi_encoder, st_modules
+from .training_args import training_args  # noqa: F401 - re-exported
 
 
 def split_dev(qids: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -387,35 +388,6 @@ def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, t
 
 def _silent(_msg: str) -> None:
     """The log of a process other than rank 0 (data-parallel training): rank 0 speaks for all."""
-
-
-def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True,
-                  batches_per_epoch: int = 0, eval_steps: int | None = None):
-    """The trainer's arguments. With MNRL in the mix (``mnrl``) and ``cfg.no_duplicates``, batches never hold
-    two rows that share a text: MNRL takes the other rows' documents as negatives, and a second row of the same
-    query would hand it one of its own relevant documents as a negative."""
-    from sentence_transformers import SentenceTransformerTrainingArguments
-
-    return SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        **warmup(0.1),
-        seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        logging_steps=25,
-        report_to="none",
-        batch_sampler="no_duplicates" if cfg.no_duplicates and mnrl else "batch_sampler",
-        eval_strategy="steps" if eval_steps else "epoch" if evaluate_epochs else "no",
-        **({"eval_steps": eval_steps} if eval_steps else {}),
-        bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
-        disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
-        **distributed.trainer_kwargs(),  # torchrun on CPUs: data-parallel over gloo
-        **distributed.max_steps(batches_per_epoch, cfg.epochs),
-    )
 
 
 def _examples_for(cfg: TrainConfig, scores: pd.DataFrame, train_q: list[str], qrels: Qrels,
