@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,9 @@ def member_embeddings(member: str, queries: list[str], docs: list[str], max_leng
         d = model.encode_document(docs, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
     out = np.concatenate([q, d]).astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)
-    np.save(path, out)
+    part = path.with_name(f"{path.stem}.{os.getpid()}.part.npy")  # data-parallel ranks may write it side by side
+    np.save(part, out)
+    part.replace(path)
     return out
 
 

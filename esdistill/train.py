@@ -515,7 +515,8 @@ def train_student(
         copied = copy_member(model, member, [queries[q] for q in train_q], [texts[d].full_text for d in copy_docs],
                              cfg, cache.path("member"), BUDGET_SHARE * minutes * 60 if minutes else None,
                              log if main else _silent, progress)
-        cache.path("copy.json").write_text(json.dumps(copied, indent=2))
+        if main:
+            cache.path("copy.json").write_text(json.dumps(copied, indent=2))
         if minutes:
             budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - copied["seconds"] / 60, 0.5)})
     elif copy_docs and cache.path("copy.json").exists():
