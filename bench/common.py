@@ -99,8 +99,6 @@ def write_result(out: Path, name: str, payload: dict[str, Any]) -> Path:
 def pipeline_heads(workdir: Path | str, test_queries) -> dict[str, dict[str, float]]:
     """The pipeline's reranked head of each test query (its own candidates and scores), from the newest pipeline
     run in ``workdir`` over these test queries (a cache can hold another dataset's runs too)."""
-    import json
-
     done = sorted((json.loads(f.read_text()) | {"path": f} for f in Path(workdir).glob("evaluate-system/*/done.json")),
                   key=lambda r: r["finished"])
     for r in reversed([r for r in done if r.get("system") == "pipeline"]):
@@ -109,3 +107,24 @@ def pipeline_heads(workdir: Path | str, test_queries) -> dict[str, dict[str, flo
             depth = r["inputs"]["depth"]
             return {q: dict(sorted(s.items(), key=lambda x: -x[1])[:depth]) for q, s in run.items()}
     raise SystemExit(f"no pipeline run over these test queries in {workdir}: run bench/run.py or the demo there first")
+
+
+def exact_search_measures(query_vectors, doc_vectors, query_ids: list[str], doc_ids: list[str],
+                          heads: dict[str, dict[str, float]], qrels) -> dict[str, Any]:
+    """Test queries (``query_vectors``, in ``query_ids`` order) searched exactly over the whole corpus
+    (``doc_vectors``, in ``doc_ids`` order), unit vectors: agreement with the pipeline on its own candidates
+    (``heads``, :func:`pipeline_heads`) and NDCG@10 of the top 100 against ``qrels``."""
+    import numpy as np
+
+    from esdistill.agreement import agreement
+    from esdistill.evaluate import metrics
+
+    sims = np.asarray(query_vectors) @ np.asarray(doc_vectors).T
+    row = {d: i for i, d in enumerate(doc_ids)}
+    run, head_scores = {}, {}
+    for qi, q in enumerate(query_ids):
+        top = np.argsort(-sims[qi])[:100]
+        run[q] = {doc_ids[j]: float(sims[qi, j]) for j in top}
+        if q in heads:
+            head_scores[q] = {d: float(sims[qi, row[d]]) for d in heads[q] if d in row}
+    return {"test_agreement": agreement(heads, head_scores), "test_ndcg@10": metrics(qrels, run)["ndcg@10"]}

@@ -29,7 +29,7 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_CONFIG, DEFAULT_OUT, BatchSizeOpt, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, pipeline_heads, prepare_env  # noqa: E402
+from common import DEFAULT_CONFIG, DEFAULT_OUT, BatchSizeOpt, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, exact_search_measures, hardware_label, pipeline_heads, prepare_env  # noqa: E402
 
 
 def main(
@@ -54,9 +54,6 @@ def main(
     import torch.nn.functional as F
 
     from esdistill import load_config
-    from esdistill.agreement import agreement
-    from esdistill.ensemble import parse
-    from esdistill.evaluate import metrics
     from esdistill.models import load_bi_encoder
     from esdistill.pipeline import Project
 
@@ -64,11 +61,9 @@ def main(
     overrides: dict = {"workdir": str(workdir.resolve())} if workdir else {}
     p = Project(load_config(config, profile, **overrides))
     cfg = p.cfg
+    teacher_model = teacher_model or p.bi_encoder_member()
     if teacher_model is None:
-        members = [m for m in map(parse, cfg.teacher.ensemble) if m.kind == "bi_encoder"]
-        if not members:
-            raise SystemExit("the teacher has no bi_encoder member: name one with --teacher-model")
-        teacher_model = members[0].model
+        raise SystemExit("the teacher has no bi_encoder member: name one with --teacher-model")
     ds = p.dataset
     docs, queries = ds.corpus, p.train_queries
     test_queries, test_qrels = ds.test_queries, ds.test_qrels
@@ -76,7 +71,6 @@ def main(
 
     max_length = cfg.train.max_length
     doc_ids = list(docs)
-    row = {d: i for i, d in enumerate(doc_ids)}
     doc_texts = [docs[d].full_text for d in doc_ids]
     log_texts = [queries[q] for q in sorted(queries)]
     if titles:
@@ -106,7 +100,7 @@ def main(
 
     model = load_bi_encoder(cfg.train.base_model, max_length=max_length)
 
-    def encode(texts, grad=False):
+    def encode(texts):
         feats = model.tokenize(texts)
         return F.normalize(model(feats)["sentence_embedding"], dim=-1)
 
@@ -135,14 +129,7 @@ def main(
     tq = sorted(test_queries)
 
     def measure(Q: np.ndarray, D: np.ndarray) -> dict:
-        sims = Q @ D.T
-        run, head_scores = {}, {}
-        for qi, q in enumerate(tq):
-            top = np.argsort(-sims[qi])[:100]
-            run[q] = {doc_ids[j]: float(sims[qi, j]) for j in top}
-            if q in heads:
-                head_scores[q] = {d: float(sims[qi, row[d]]) for d in heads[q] if d in row}
-        return {"test_agreement": agreement(heads, head_scores), "test_ndcg@10": metrics(test_qrels, run)["ndcg@10"]}
+        return exact_search_measures(Q, D, tq, doc_ids, heads, test_qrels)
 
     def measure_student() -> dict:
         model.eval()

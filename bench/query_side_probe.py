@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, pipeline_heads, prepare_env  # noqa: E402
+from common import DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, exact_search_measures, hardware_label, pipeline_heads, prepare_env  # noqa: E402
 
 
 def main(
@@ -50,7 +50,6 @@ def main(
     import torch.nn.functional as F
 
     from esdistill.agreement import agreement
-    from esdistill.evaluate import metrics
     from esdistill.models import load_bi_encoder
     from esdistill.train import split_dev, standardize
 
@@ -118,13 +117,7 @@ def main(
         with torch.no_grad():
             tq = list(test_queries)
             Q = torch.cat([encode([test_queries[q] for q in tq[i:i + 64]]) for i in range(0, len(tq), 64)])
-            sims = (Q @ D.T).numpy()
-            run, head_scores = {}, {}
-            for qi, q in enumerate(tq):
-                top = np.argsort(-sims[qi])[:100]
-                run[q] = {doc_ids[j]: float(sims[qi, j]) for j in top}
-                if q in heads:
-                    head_scores[q] = {d: float(sims[qi, row[d]]) for d in heads[q] if d in row}
+            test = exact_search_measures(Q.numpy(), D.numpy(), tq, doc_ids, heads, test_qrels)
 
             def labelled(qs):
                 Qx = encode([queries[q] for q in qs])
@@ -133,8 +126,7 @@ def main(
             dev = labelled([q for q in dev_q if q in by_q])
             fit = labelled(fit_q)
         model.train()
-        return {"test_agreement": agreement(heads, head_scores), "dev_agreement": dev, "train_agreement": fit,
-                "test_ndcg@10": metrics(test_qrels, run)["ndcg@10"]}
+        return {**test, "dev_agreement": dev, "train_agreement": fit}
 
     curve = [{"epoch": 0, **measure()}]
     c = curve[0]

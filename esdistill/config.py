@@ -502,6 +502,7 @@ class RunConfig(_Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _copy_needs_member(self) -> RunConfig:
@@ -509,7 +510,6 @@ class RunConfig(_Strict):
             raise ValueError("train.embedding_passes copies the teacher's bi-encoder member, and teacher.ensemble "
                              "has none: add a bi_encoder:<model> member, or set train.embedding_passes = 0")
         return self
-    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def bm25_index(self) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,8 +120,6 @@ def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, ca
         after = model.encode([texts[i] for i in fit], batch_size=64, normalize_embeddings=True,
                              show_progress_bar=False)
     end = float(((after - targets[fit]) ** 2).sum(-1).mean())
-    import shutil
-
     shutil.rmtree(cache / "copy", ignore_errors=True)
     return {"member": member, "queries": len(queries), "documents": len(docs),
             "passes": round(len(rows) / len(texts), 3), "steps": trainer.state.global_step,

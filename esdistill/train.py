@@ -29,7 +29,6 @@ import json
 import random
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -506,9 +505,14 @@ def train_student(
     agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
 
     ckpt = cache.path("checkpoints")
-    resuming = ckpt.exists() and any(ckpt.glob("checkpoint-*/trainer_state.json"))
+    found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
+    for partial in [p for p in found if not (p / "trainer_state.json").exists()]:
+        if distributed.is_main():
+            shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
+        found.remove(partial)
+    resume = bool(found)
     copied, budget_cfg = None, cfg
-    if copy_docs and not resuming:  # a resumed run's checkpoint holds the copy already
+    if copy_docs and not resume:  # a resumed run's checkpoint holds the copy already
         from .embedding_distill import BUDGET_SHARE, copy_member
 
         minutes = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
@@ -562,12 +566,6 @@ def train_student(
                                          evaluator=evaluator if between else None)
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train",
                     estimate=plan.record["estimate_seconds"] if plan else None)
-    found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
-    for partial in [p for p in found if not (p / "trainer_state.json").exists()]:
-        if distributed.is_main():
-            shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
-        found.remove(partial)
-    resume = bool(found)
     if suspects.get("suspect") and not judgments_only and main:
         log(f"train: {suspects['suspect']} candidates scored by the teacher at or above a judged positive (likely "
             f"relevant, unjudged): {suspects['dropped']} left out of that positive's negatives "

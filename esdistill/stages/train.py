@@ -32,7 +32,7 @@ class TrainStage(StageWork):
         with self.p.stage("train"):
             info = train_student(self.cfg.train, scores, self.p.train_queries, self.p.dataset.train_qrels,
                                  self.p.docs, self._train_cache(), self.p.log, self.p.max_positives(),
-                                 self.p.progress, self.cfg.profile, self._cap_record(), member=self.member())
+                                 self.p.progress, self.cfg.profile, self._cap_record(), member=self.bi_encoder_member())
             if info.get("dev_before"):
                 b = info["dev_before"].get("dev_cosine_ndcg@10")
                 a = info["dev_after"].get("dev_cosine_ndcg@10")
@@ -58,7 +58,7 @@ class TrainStage(StageWork):
             out.append((self._log_only_cache(), "log_only" in weights))
         return out
 
-    def member(self) -> str | None:
+    def bi_encoder_member(self) -> str | None:
         """The teacher's bi-encoder member the students copy (``train.embedding_passes``): the first
         ``bi_encoder:<model>`` of ``teacher.ensemble``, else None."""
         from ..ensemble import parse
@@ -115,7 +115,7 @@ class TrainStage(StageWork):
         scores = self.p.scores_frame(log_only=True)
         with self.p.stage("train (log only)"):
             return train_student(self._log_only_config(), scores, self.p.train_queries, {}, self.p.docs, cache,
-                                 self.p.log, None, self.p.progress, self.cfg.profile, member=self.member())
+                                 self.p.log, None, self.p.progress, self.cfg.profile, member=self.bi_encoder_member())
 
     def log_only_path(self) -> str:
         cache = self._log_only_cache()
@@ -173,5 +173,6 @@ class TrainStage(StageWork):
                 "queries": fingerprint(self.p.dataset.train_queries),
                 "qrels": fingerprint(self.p.dataset.train_qrels), **self.p.cap_inputs(),
                 "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "train": train_settings(control, exclude={"judged_above_teacher", "embedding_passes"}), **budget_key(self.cfg),
+                "train": train_settings(control, exclude={"judged_above_teacher", "embedding_passes"}),
+                **budget_key(self.cfg),
                 "base": model_fingerprint(self.cfg.train.base_model)}
