@@ -10,7 +10,8 @@ test build unless the config names another; started here when it is not running)
 does; the fusion is the ensemble's (:func:`esdistill.ensemble.fuse_many`: per-query z-scores, weighted sum) at
 fixed model weights 0.5..0.9 — fixed, not chosen on the test queries. With two models from the mirror, their
 equal-weight mix fused with BM25 is reported too. Prints NDCG@10 and MRR@10 with paired t-test p-values against
-BM25; writes bench/results/models-<dataset>-<hardware>.json. Cosines are cached in the workdir per model.
+BM25; writes bench/results/models-<dataset>-<hardware>.json. Cosines are cached in the workdir per model. ``--cut N`` (repeat) reports the same rows for BM25's top N of
+the same lists too (the fusion's z-scores over those N), so one encoding measures several rerank depths.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main(
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     model: Annotated[list[str], typer.Option(help="a bi-encoder (repeat)")] = ["minilm", "bge-small"],  # noqa: B006
     depth: DepthOpt = 30,
+    cut: Annotated[list[int], typer.Option(help="also rerank only BM25's top N of the --depth list (repeat)")] = [],  # noqa: B006
     max_length: MaxLengthOpt = 256,
     batch_size: BatchSizeOpt = 32,
     out: OutOpt = DEFAULT_OUT,
@@ -101,16 +103,29 @@ def main(
                                    workdir / "models-bench")
         infos.append(info)
         print(f"{name}: {info}", flush=True)
-        runs[f"{name} rerank"] = run_of(cos[name])
-        for w in WEIGHTS:
-            runs[f"{name} + BM25 ({w:g})"] = run_of(
-                {q: fuse_many([cos[name][q], bm25[q]], [w, 1 - w]) for q in queries})
     mirror = [m for m in model if known(m)]
-    if len(mirror) >= 2:
-        a, b = mirror[:2]
-        for w in WEIGHTS:
-            runs[f"{a} + {b} + BM25 ({w / 2:g}, {w / 2:g}, {1 - w:g})"] = run_of(
-                {q: fuse_many([cos[a][q], cos[b][q], bm25[q]], [w / 2, w / 2, 1 - w]) for q in queries})
+    cuts = sorted({c for c in cut if c < depth}) + [depth]
+    for n in cuts:
+        # BM25's top n of the same lists: the fusion's z-scores are taken over the n candidates reranked
+        at = "" if n == depth else f" @{n}"
+
+        def top(scores: dict[str, np.ndarray], n: int = n) -> dict[str, np.ndarray]:
+            return {q: np.concatenate([s[:n], s[n:] - 1e6]) for q, s in scores.items()}  # the rest stays below
+
+        def fused(arrays: list[dict[str, np.ndarray]], weights: list[float], n: int = n) -> dict[str, np.ndarray]:
+            return top({q: np.concatenate([fuse_many([a[q][:n] for a in arrays], weights), bm25[q][n:]])
+                        for q in queries})
+
+        for name in model:
+            runs[f"{name} rerank{at}"] = run_of(top({q: np.concatenate([cos[name][q][:n], bm25[q][n:]])
+                                                     for q in queries}))
+            for w in WEIGHTS:
+                runs[f"{name} + BM25 ({w:g}){at}"] = run_of(fused([cos[name], bm25], [w, 1 - w]))
+        if len(mirror) >= 2:
+            a, b = mirror[:2]
+            for w in WEIGHTS:
+                runs[f"{a} + {b} + BM25 ({w / 2:g}, {w / 2:g}, {1 - w:g}){at}"] = run_of(
+                    fused([cos[a], cos[b], bm25], [w / 2, w / 2, 1 - w]))
 
     scores = {n: metrics(qrels, r) for n, r in runs.items()}
     for n, r in runs.items():  # ranx against the project's own numpy definitions: the same numbers or no result
@@ -137,8 +152,10 @@ def main(
         print(f"| {r['system']} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {p} |")
     if paired:
         print(f"\np ({mirror[0]} + BM25 vs minilm + BM25, same weight): {paired}")
-    write_result(out, f"models-{project.cfg.data.name}-{hardware_label()}", {
-        "dataset": project.cfg.data.name, "queries": len(queries), "depth": depth, "max_length": max_length,
+    name = f"models-{project.cfg.data.name}-{hardware_label()}" + ("" if depth == 30 else f"-depth{depth}")
+    write_result(out, name, {
+        "dataset": project.cfg.data.name, "queries": len(queries), "depth": depth, "cuts": cuts,
+        "max_length": max_length,
         "weights_fixed": list(WEIGHTS), "rows": rows, "models": infos, "p_mirror_vs_minilm_fused": paired,
         "index": project.cfg.bm25_index})
 
