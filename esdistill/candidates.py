@@ -52,14 +52,33 @@ def to_frame(results: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["qid", "docid", "rank", "bm25"])
 
 
-def run_candidates(client, index, queries, fields, k, batch_size, cache, progress=None) -> dict[str, Any]:
-    """Compute (or reuse) the candidates of ``queries``; returns the stage's info record."""
+def leave_out_sources(results: dict[str, list[tuple[str, float]]], sources: dict[str, str]
+                      ) -> tuple[dict[str, list[tuple[str, float]]], int]:
+    """``results`` without each drawn query's own document (``sources``: qid -> docid), the rest in their order;
+    and how many were taken out (a source outside a query's top k is not there to take)."""
+    out, n = {}, 0
+    for q, hits in results.items():
+        src = sources.get(q)
+        kept = [h for h in hits if h[0] != src] if src is not None else hits
+        n += len(hits) - len(kept)
+        out[q] = kept
+    return out, n
+
+
+def run_candidates(client, index, queries, fields, k, batch_size, cache, progress=None,
+                   leave_out: dict[str, str] | None = None) -> dict[str, Any]:
+    """Compute (or reuse) the candidates of ``queries``, without ``leave_out``'s documents (qid -> docid: a drawn
+    query's source, :func:`leave_out_sources`); returns the stage's info record."""
     if cache.done:
         return {**cache.info(), "cached": True}
     results = msearch_bm25(client, index, queries, fields, k, batch_size, progress)
+    extra = {}
+    if leave_out:
+        results, n = leave_out_sources(results, leave_out)
+        extra = {"sources_left_out": n, "drawn_queries": len(leave_out)}
     frame = to_frame(results)
     frame.to_parquet(cache.path("candidates.parquet"), index=False)
     empty = [q for q, hits in results.items() if not hits]
     return cache.finish(
-        queries=len(queries), pairs=len(frame), queries_without_hits=len(empty), output="candidates.parquet"
-    )
+        queries=len(queries), pairs=len(frame), queries_without_hits=len(empty), output="candidates.parquet",
+        **extra)

@@ -178,6 +178,12 @@ class DataConfig(_Strict):
     pseudo_queries: int = Field(
         0, ge=0, description="draw this many pseudo-queries from corpus sentences; the teacher labels them"
     )
+    title_queries: int = Field(
+        0, ge=0, description="draw this many documents' titles as queries; the teacher labels them")
+    drawn_source: Literal["leave_out", "keep"] = Field(
+        "leave_out", description="a pseudo-query's or title's own document: leave_out = taken out of its "
+        "candidates, so neither the teacher's labels nor the student's lists reward finding a sentence's own "
+        "document (BM25 and the student both put it first); keep = as BM25 returns it (before 2026-12)")
     max_positives_per_query: Annotated[int, Field(ge=1)] | Literal["auto", "none"] | None = Field(
         "auto", description="training uses at most this many judged relevant documents of a query (the highest "
         "graded, then a stable pseudo-random order); label quality is still measured on all of them. auto: 4 where "

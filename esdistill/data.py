@@ -420,6 +420,32 @@ def pseudo_queries(docs: Iterable[Doc], n: int, avoid: Iterable[str] = (), min_w
     return out
 
 
+def title_queries(docs: Iterable[Doc], n: int, avoid: Iterable[str] = (), min_words: int = 3,
+                  salt: str = "tq") -> dict[str, str]:
+    """``n`` documents' titles as queries (a paper's title asks what its abstract answers, closer to a searcher's
+    question than a sentence of the text), drawn by a stable hash like :func:`pseudo_queries`. Query ids are
+    ``tq-<docid>``. Titles shorter than ``min_words``, equal to a query in ``avoid`` or to a title already drawn
+    are skipped."""
+    if n <= 0:
+        return {}
+    seen = {normalize_query(t) for t in avoid}
+    out: dict[str, str] = {}
+    for doc in sorted(docs, key=lambda d: hashlib.sha1(f"{salt}:{d.id}".encode()).hexdigest()):
+        title = (doc.title or "").strip()
+        key = normalize_query(title)
+        if len(title.split()) < min_words or key in seen:
+            continue
+        seen.add(key)
+        out[f"tq-{doc.id}"] = title
+        if len(out) >= n:
+            break
+    return out
+
+
+#: the id prefixes of queries drawn from a document (its sentence, its title): the rest of the id is that document's
+DRAWN_PREFIXES = ("pq-", "tq-")
+
+
 def fold_of(qid: str, folds: int) -> int:
     """The fold a query belongs to (the teacher's cross-fit; the halves ensemble weights are checked on): stable
     across runs and machines."""

@@ -31,7 +31,7 @@ from .backends import backend_for
 from .cluster import connect
 from .config import RunConfig
 from .console import EstimatingProgress
-from .data import Dataset, Doc, load_dataset, pseudo_queries
+from .data import DRAWN_PREFIXES, Dataset, Doc, load_dataset, pseudo_queries, title_queries
 from .environment import environment, environment_label  # noqa: F401 - re-exported (bench/, older callers)
 from .errors import ClusterError, InputError
 from .indexing import fetch_docs, iter_index_docs
@@ -105,21 +105,39 @@ class Project:
 
     @cached_property
     def train_queries(self) -> dict[str, str]:
-        """Every query the teacher labels: the judged training queries, the query log, and pseudo-queries drawn
-        from the corpus (``data.pseudo_queries``). Only the judged ones fit the teacher."""
+        """Every query the teacher labels: the judged training queries, the query log, and queries drawn from the
+        corpus — sentences (``data.pseudo_queries``) and titles (``data.title_queries``). Only the judged ones fit
+        the teacher."""
         if self.bundle is not None:
             return self.bundle.train_queries()  # pseudo-queries as the cluster side drew them
-        ds, n = self.dataset, self.cfg.data.pseudo_queries
+        ds, n, nt = self.dataset, self.cfg.data.pseudo_queries, self.cfg.data.title_queries
         out = {**ds.query_log, **ds.train_queries}
-        if n:
-            docs = (ds.corpus.values() if ds.corpus is not None
+
+        def docs():
+            return (ds.corpus.values() if ds.corpus is not None
                     else iter_index_docs(self.client, self.cfg.data.index, self.text_fields))
-            pq = pseudo_queries(docs, n, avoid=ds.all_test_queries.values())
+
+        if n:
+            pq = pseudo_queries(docs(), n, avoid=ds.all_test_queries.values())
             if len(pq) < n:
                 self.log(f"pseudo-queries: only {len(pq)} of {n} could be drawn (documents without a sentence of "
                          "6-40 words)")
             out.update({q: t for q, t in pq.items() if q not in out})
+        if nt:
+            tq = title_queries(docs(), nt, avoid=[*ds.all_test_queries.values(), *out.values()])
+            if len(tq) < nt:
+                self.log(f"title queries: only {len(tq)} of {nt} could be drawn (titles of 3+ words, distinct, "
+                         "none a test or training query)")
+            out.update({q: t for q, t in tq.items() if q not in out})
         return out
+
+    @cached_property
+    def drawn_sources(self) -> dict[str, str]:
+        """qid -> the document a drawn training query (a pseudo-query's sentence, a title) came from: with
+        ``data.drawn_source = "leave_out"`` it is taken out of that query's candidates."""
+        ds = self.dataset
+        return {q: q.split("-", 1)[1] for q in self.train_queries
+                if q.startswith(DRAWN_PREFIXES) and q not in ds.train_queries and q not in ds.query_log}
 
     @property
     def judged_qids(self) -> set[str]:

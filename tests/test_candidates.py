@@ -67,3 +67,48 @@ def test_test_candidates_are_keyed_on_evaluate_k(tmp_path, es, es_url, tiny_mode
         assert "k" not in project(100).keys.test_candidates()  # the default: the key earlier versions made
     finally:
         es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def test_drawn_queries_lose_their_own_document(tmp_path, es, es_url, tiny_models):
+    """A pseudo-query (a sentence of a document) and a title query find their own document first in BM25 —
+    that is what ``drawn_source = "keep"`` labels and trains on; ``leave_out`` (the default) takes exactly that
+    document out of each drawn query's candidates, keeps every other candidate in BM25's order, and keys the
+    stage apart. Judged training queries keep all their candidates."""
+    import uuid
+
+    import pandas as pd
+
+    from esdistill.pipeline import Project
+
+    from .conftest import tiny_config
+
+    name = f"d{uuid.uuid4().hex[:8]}"
+
+    def project(source):
+        return Project(tiny_config(tmp_path / source, es_url, tiny_models, name, candidates={"k": 8},
+                                   data={"pseudo_queries": 6, "title_queries": 6, "drawn_source": source}),
+                       client=es)
+
+    try:
+        keep, out = project("keep"), project("leave_out")
+        assert keep._candidates_cache().key != out._candidates_cache().key
+        sources = out.drawn_sources
+        assert len(sources) == 12 and {q[:3] for q in sources} == {"pq-", "tq-"}
+        assert sources == keep.drawn_sources and not set(sources) & set(out.dataset.train_queries)
+        info_keep, info_out = keep.candidates(), out.candidates()
+        frames = {p: pd.read_parquet(p._candidates_cache().path("candidates.parquet")) for p in (keep, out)}
+        first = frames[keep][frames[keep]["rank"] == 1].set_index("qid").docid
+        assert sum(first[q] == d for q, d in sources.items()) >= 10  # BM25 finds a sentence's own document
+        pairs = set(zip(frames[out].qid, frames[out].docid, strict=True))
+        assert not {(q, d) for q, d in sources.items()} & pairs
+        found = sum((q, d) in set(zip(frames[keep].qid, frames[keep].docid, strict=True)) for q, d in sources.items())
+        assert info_out["sources_left_out"] == found and "sources_left_out" not in info_keep
+        assert len(frames[keep]) - len(frames[out]) == found
+        for q, g in frames[out].groupby("qid"):  # the rest in BM25's order, ranks renumbered from 1
+            assert g["rank"].tolist() == list(range(1, len(g) + 1))
+            assert g.bm25.is_monotonic_decreasing
+        judged = set(out.dataset.train_queries)
+        same = frames[keep][frames[keep].qid.isin(judged)].reset_index(drop=True)
+        assert same.equals(frames[out][frames[out].qid.isin(judged)].reset_index(drop=True))
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)

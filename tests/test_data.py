@@ -224,6 +224,23 @@ def test_pseudo_queries_are_stable_sentences_and_avoid_test_queries():
     assert pseudo_queries([Doc("x", "", "Too short.")], 3) == {}
 
 
+def test_title_queries_are_stable_distinct_and_avoid_test_queries():
+    from esdistill.data import Doc, title_queries
+
+    docs = [Doc(str(i), f"Vitamin D and bone health in cohort {i}", "text") for i in range(10)]
+    docs += [Doc("dup", "Vitamin D and bone health in cohort 3", "text"), Doc("short", "Two words", "text"),
+             Doc("none", "", "text")]
+    a = title_queries(docs, 20)
+    assert a == title_queries(list(reversed(docs)), 20)  # order of the corpus does not matter
+    assert all(q.startswith("tq-") for q in a) and {"tq-short", "tq-none"}.isdisjoint(a)
+    assert len(a) == 10 and len(set(a.values())) == 10  # a title two documents share is drawn once
+    for qid, text in a.items():
+        assert text == next(d.title for d in docs if d.id == qid[3:])
+    avoided = title_queries(docs, 20, avoid=["VITAMIN D and bone health in cohort 5"])
+    assert "Vitamin D and bone health in cohort 5" not in avoided.values() and len(avoided) == 9
+    assert len(title_queries(docs, 4)) == 4 and title_queries(docs, 0) == {}
+
+
 def test_query_log_drops_test_queries_with_a_warning(tmp_path):
     import warnings
 

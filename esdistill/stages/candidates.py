@@ -53,16 +53,24 @@ class CandidatesStage(StageWork):
 
                 results = request.run(self.p.train_queries, self.cfg.candidates.k, self.cfg.candidates.batch_size,
                                       self.p.progress)
+                extra = {}
+                if self.left_out():
+                    results, n = cand_mod.leave_out_sources(results, self.left_out())
+                    extra = {"sources_left_out": n, "drawn_queries": len(self.left_out())}
                 frame = to_frame(results)
                 frame.to_parquet(cache.path("candidates.parquet"), index=False)
                 info = cache.finish(queries=len(results), pairs=len(frame), output="candidates.parquet",
-                                    queries_without_hits=sum(not h for h in results.values()), source="request")
+                                    queries_without_hits=sum(not h for h in results.values()), source="request",
+                                    **extra)
             else:
                 info = cand_mod.run_candidates(self.p.client, self.cfg.bm25_index, self.p.train_queries,
                                                self.p.text_fields, self.cfg.candidates.k,
-                                               self.cfg.candidates.batch_size, cache, self.p.progress)
+                                               self.cfg.candidates.batch_size, cache, self.p.progress,
+                                               leave_out=self.left_out())
             self.p.log(f"candidates: {info['pairs']} pairs for {info['queries']} queries"
                        + (f", {info['queries_without_hits']} queries without any hit" if info["queries_without_hits"] else "")
+                       + (f"; {info['sources_left_out']} drawn queries' own documents left out"
+                          if info.get("sources_left_out") is not None else "")
                        + (" (cached)" if info.get("cached") else ""))
             return info
 
@@ -82,9 +90,15 @@ class CandidatesStage(StageWork):
         rs = self.request_search()
         return None if rs is None else rs.fingerprint()
 
+    def left_out(self) -> dict[str, str]:
+        """The drawn training queries' own documents taken out of their candidates (``data.drawn_source``)."""
+        return self.p.drawn_sources if self.cfg.data.drawn_source == "leave_out" else {}
+
     def candidates_inputs(self) -> dict[str, Any]:
         out = {"index": self.cfg.bm25_index, "index_key": self.p.index_key, "fields": self.p.text_fields,
                "queries": fingerprint(self.p.train_queries), "k": self.cfg.candidates.k}
         if self.request_inputs():  # its hits are the candidates (a key without it stays what it was)
             out["request"] = self.request_inputs()
+        if self.left_out():  # only with drawn queries: a key without them stays what it was
+            out["sources_left_out"] = True
         return out
