@@ -54,6 +54,18 @@ def open_project(config: Path, profile: str, workdir: Path | None = None):
     return Project(load_config(config, profile, **overrides))
 
 
+def ensure_cluster(cfg) -> None:
+    """Start the local test build when the run names no cluster (``cluster.url`` nor ``ESDISTILL_ES_URL``) and it
+    is not running already."""
+    if cfg.cluster_settings().url:
+        return
+    from esdistill.cluster import LocalCluster
+
+    local = LocalCluster()
+    if not local.status().running:
+        local.start()
+
+
 def hardware_label() -> str:
     """``h100``-style for a GPU, else ``<n>cpu``: the last part of a result file's name."""
     import torch

@@ -24,8 +24,8 @@ import numpy as np
 import typer
 
 from common import (
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, BatchSizeOpt, ConfigOpt, DepthOpt, MaxLengthOpt, OutOpt, WorkdirOpt,
-    hardware_label, open_project, write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ensure_cluster, BatchSizeOpt, ConfigOpt, DepthOpt, MaxLengthOpt,
+    OutOpt, WorkdirOpt, hardware_label, open_project, write_result,
 )
 
 WEIGHTS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -76,10 +76,7 @@ def main(
     out: OutOpt = DEFAULT_OUT,
 ):
     project = open_project(config, "quick", workdir)
-    if project.cfg.cluster.url is None:  # the local test build: started when it is not running
-        from esdistill.cluster import LocalCluster
-
-        LocalCluster().start()
+    ensure_cluster(project.cfg)  # the local test build unless the config names a cluster
     from esdistill import candidates as cand_mod
     from esdistill.ensemble import fuse_many
     from esdistill.evaluate import metrics, metrics_numpy, significance

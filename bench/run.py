@@ -26,7 +26,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware, prepare_env,
+    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, ensure_cluster, hardware, prepare_env,
 )
 SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
@@ -126,12 +126,8 @@ def main(
         overrides["workdir"] = str(workdir.resolve())
     cfg = load_config(config, profile, **overrides)
     project = Project(cfg)
-    if start_cluster and not cfg.cluster_settings().url:
-        from esdistill.cluster import LocalCluster
-
-        lc = LocalCluster()
-        if not lc.status().running:
-            lc.start()
+    if start_cluster:
+        ensure_cluster(cfg)
     report = project.run()
     data = json.loads(Path(report["json"]).read_text())
     summary = {k: data[k] for k in ("systems", "p_vs_bm25", "p_vs_pipeline", "queries")}

@@ -30,8 +30,8 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, hardware_label, prepare_env,
-    write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, ensure_cluster, hardware_label,
+    prepare_env, write_result,
 )
 
 SYSTEMS = ["bm25", "pipeline", "student", "hybrid"]
@@ -54,13 +54,6 @@ def parse_variant(spec: str) -> dict[str, Any]:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    return out
-
-
-def merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -111,6 +104,7 @@ def main(
     from scipy.stats import ttest_rel
 
     from esdistill import load_config
+    from esdistill.config import _deep_merge as merge
 
     # every run's student index stays behind the alias (not in any key), so a rerun reports without deploying again
     base: dict[str, Any] = {"evaluate": {"systems": SYSTEMS}, "deploy": {"keep_versions": KEEP_VERSIONS}}
@@ -120,12 +114,8 @@ def main(
     cfg = load_config(config, profile, **base)  # refuses a bad config before any training
     for spec, ov in specs.items():
         load_config(config, profile, **merge(base, ov))
-    if start_cluster and not cfg.cluster_settings().url:
-        from esdistill.cluster import LocalCluster
-
-        lc = LocalCluster()
-        if not lc.status().running:
-            lc.start()
+    if start_cluster:
+        ensure_cluster(cfg)
     seeds = seed or [cfg.train.seed]
     results: dict[str, list[dict]] = {}
     for spec, ov in specs.items():

@@ -26,8 +26,8 @@ import statistics
 import typer
 
 from common import (
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, MaxLengthOpt, OutOpt, WorkdirOpt, hardware_label,
-    open_project, write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ensure_cluster, ConfigOpt, MaxLengthOpt, OutOpt, WorkdirOpt,
+    hardware_label, open_project, write_result,
 )
 
 
@@ -66,10 +66,7 @@ def main(
     out: OutOpt = DEFAULT_OUT,
 ):
     project = open_project(config, "quick", workdir)
-    if project.cfg.cluster.url is None:  # the local test build: started when it is not running
-        from esdistill.cluster import LocalCluster
-
-        LocalCluster().start()
+    ensure_cluster(project.cfg)  # the local test build unless the config names a cluster
     from scipy.stats import spearmanr
 
     from esdistill import candidates as cand_mod

@@ -53,16 +53,19 @@ def to_frame(results: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:
 
 
 def leave_out_sources(results: dict[str, list[tuple[str, float]]], sources: dict[str, str]
-                      ) -> tuple[dict[str, list[tuple[str, float]]], int]:
+                      ) -> tuple[dict[str, list[tuple[str, float]]], dict[str, int]]:
     """``results`` without each drawn query's own document (``sources``: qid -> docid), the rest in their order;
-    and how many were taken out (a source outside a query's top k is not there to take)."""
+    and what the stage's record says of it (how many were taken out: a source outside a query's top k is not there
+    to take), empty without sources."""
+    if not sources:
+        return results, {}
     out, n = {}, 0
     for q, hits in results.items():
         src = sources.get(q)
         kept = [h for h in hits if h[0] != src] if src is not None else hits
         n += len(hits) - len(kept)
         out[q] = kept
-    return out, n
+    return out, {"sources_left_out": n, "drawn_queries": len(sources)}
 
 
 def run_candidates(client, index, queries, fields, k, batch_size, cache, progress=None,
@@ -71,11 +74,8 @@ def run_candidates(client, index, queries, fields, k, batch_size, cache, progres
     query's source, :func:`leave_out_sources`); returns the stage's info record."""
     if cache.done:
         return {**cache.info(), "cached": True}
-    results = msearch_bm25(client, index, queries, fields, k, batch_size, progress)
-    extra = {}
-    if leave_out:
-        results, n = leave_out_sources(results, leave_out)
-        extra = {"sources_left_out": n, "drawn_queries": len(leave_out)}
+    results, extra = leave_out_sources(msearch_bm25(client, index, queries, fields, k, batch_size, progress),
+                                       leave_out or {})
     frame = to_frame(results)
     frame.to_parquet(cache.path("candidates.parquet"), index=False)
     empty = [q for q, hits in results.items() if not hits]

@@ -101,7 +101,8 @@ def test_drawn_queries_lose_their_own_document(tmp_path, es, es_url, tiny_models
         assert sum(first[q] == d for q, d in sources.items()) >= 10  # BM25 finds a sentence's own document
         pairs = set(zip(frames[out].qid, frames[out].docid, strict=True))
         assert not {(q, d) for q, d in sources.items()} & pairs
-        found = sum((q, d) in set(zip(frames[keep].qid, frames[keep].docid, strict=True)) for q, d in sources.items())
+        kept_pairs = set(zip(frames[keep].qid, frames[keep].docid, strict=True))
+        found = sum((q, d) in kept_pairs for q, d in sources.items())
         assert info_out["sources_left_out"] == found and "sources_left_out" not in info_keep
         assert len(frames[keep]) - len(frames[out]) == found
         for q, g in frames[out].groupby("qid"):  # the rest in BM25's order, ranks renumbered from 1

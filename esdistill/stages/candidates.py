@@ -51,12 +51,9 @@ class CandidatesStage(StageWork):
             if request is not None and not cache.done:
                 from ..request_teacher import to_frame
 
-                results = request.run(self.p.train_queries, self.cfg.candidates.k, self.cfg.candidates.batch_size,
-                                      self.p.progress)
-                extra = {}
-                if self.left_out():
-                    results, n = cand_mod.leave_out_sources(results, self.left_out())
-                    extra = {"sources_left_out": n, "drawn_queries": len(self.left_out())}
+                results, extra = cand_mod.leave_out_sources(
+                    request.run(self.p.train_queries, self.cfg.candidates.k, self.cfg.candidates.batch_size,
+                                self.p.progress), self.left_out())
                 frame = to_frame(results)
                 frame.to_parquet(cache.path("candidates.parquet"), index=False)
                 info = cache.finish(queries=len(results), pairs=len(frame), output="candidates.parquet",
