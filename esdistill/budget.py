@@ -133,6 +133,7 @@ def plan_training(
     saved: Path | None = None,
     eval_texts: int = 0,
     pass_eval_texts: int = 0,
+    distill_cost: float = 1.0,
 ) -> TrainingPlan:
     """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
 
@@ -148,6 +149,8 @@ def plan_training(
     those of the evaluations between passes, kept only while all evaluations together stay within
     :data:`EVAL_SHARE` of the budget — else they are dropped (``record["evaluate_between_passes"]`` false, and the
     log says so), so measuring never eats the training it measures.
+    ``distill_cost``: the price of a distilling row's text against a measured one (a mini-batched step encodes
+    each twice forward: :data:`esdistill.memory.CACHED_COST`).
     ``record`` (kept in the train record as ``budget``) holds the measurement, the estimate, the budget and the
     rows and steps kept. With ``saved`` (a file in the stage's folder), the plan is written there, and a plan found
     there (a run that was killed and resumes from its checkpoint) is kept as it was: the rows must be those the
@@ -168,8 +171,9 @@ def plan_training(
     doc_sample += [texts[d].full_text for rows in judged_by_pass[:1] for _, p, n in rows[:64] for d in (p, n)
                    if d in texts]
     per_text = measure(model, doc_sample or list(queries.values())[:bs], bs)
-    cost = [len(ex) * width * per_text + len(jd) * 3 * per_text for ex, jd in zip(examples_by_pass, judged_by_pass,
-                                                                                strict=True)]
+    list_price = width * per_text * distill_cost
+    cost = [len(ex) * list_price + len(jd) * 3 * per_text for ex, jd in zip(examples_by_pass, judged_by_pass,
+                                                                            strict=True)]
     budget = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
     allowed = budget * 60 if budget else math.inf
     between = (eval_texts + pass_eval_texts) * per_text / 3 <= EVAL_SHARE * allowed
@@ -194,7 +198,7 @@ def plan_training(
         if keep_ex or keep_jd:
             examples.append(_subset(ex, keep_ex, cfg.seed, p))
             judged.append(_subset(jd, keep_jd, cfg.seed, p))
-            spent += keep_ex * width * per_text + keep_jd * 3 * per_text
+            spent += keep_ex * list_price + keep_jd * 3 * per_text
             kept_passes += (keep_ex / len(ex) if distill and ex else keep_jd / len(jd) if jd else 0.0)
         break
 
@@ -205,6 +209,7 @@ def plan_training(
     sampled = spent < whole
     record = {
         "minutes": budget, "profile": profile, "seconds_per_text": per_text, "evaluation_seconds": fixed,
+        **({"distill_cost": distill_cost} if distill_cost != 1.0 else {}),
         "evaluate_between_passes": between,
         "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
         "passes": len(examples_by_pass), "passes_kept": round(kept_passes, 3),

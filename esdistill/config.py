@@ -398,6 +398,15 @@ class TrainConfig(_Strict):
     max_length: int = Field(256, ge=16)
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="held-out slice of train queries for dev eval")
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps, so a killed run resumes")
+    mini_batch: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
+        "auto", description="distillation rows encoded at a time within a step (GradCache: the gradients of the "
+        "whole step, one more forward pass, the memory of one mini-batch): auto = the whole step when its estimated "
+        "memory fits (train.memory_gb), else the most rows that fit; off = always the whole step; N = N rows. "
+        "Learns nothing different, so it is not in the student's key (esdistill/memory.py)")
+    memory_gb: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="the memory one training step may use, in GB; default 70% of what the machine (or the "
+        "GPU) has available when training starts. A step that cannot fit stops before training with the setting to "
+        "lower")
     no_duplicates: bool = Field(
         True, description="MNRL: never batch two rows of one query (or one document) together, so another relevant "
         "document of a query is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")

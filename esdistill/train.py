@@ -40,7 +40,8 @@ from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
 from .data import Doc, Qrels, relevant
-from .models import embedding_info, load_bi_encoder, st_modules
+from .memory import CACHED_COST, cached_distill_loss, plan_step, step_log
+from .models import bf16_available, embedding_info, load_bi_encoder, st_modules
 from .training_args import training_args  # noqa: F401 - re-exported
 
 
@@ -477,6 +478,8 @@ def train_student(
     needed = {d for ex in examples_by_pass for _, p, negs, _ in ex for d in [p, *negs]}
     needed |= {d for rows in judged_by_pass for _, p, n in rows for d in (p, n)}
     needed |= set(scores[scores.qid.isin(dev_q)].docid) | {d for q in dev_q for d in qrels.get(q, {})}
+    spread_q = dev_q or train_q[:50]  # the queries whose candidates measure the base model's spread (label_scale)
+    needed |= set(scores[scores.qid.isin(spread_q)].docid)
     copy_docs = []
     if cfg.embedding_passes and not judgments_only:
         if member is None:
@@ -493,8 +496,7 @@ def train_student(
     main = distributed.is_main()  # under torchrun only rank 0 measures and writes
     dev_scores = scores[scores.qid.isin(dev_q)]
     if cfg.label_scale == "auto" and not judgments_only:
-        sample = dev_scores if dev_q else scores[scores.qid.isin(train_q[:50])]
-        scale = base_spread(model, sample, queries, texts, cfg.score_scale)
+        scale = base_spread(model, scores[scores.qid.isin(spread_q)], queries, texts, cfg.score_scale)
     else:
         scale = 1.0 if isinstance(cfg.label_scale, str) else float(cfg.label_scale)  # MNRL alone reads no label
     ir_eval = dev_evaluator(dev_q, queries, qrels, scores, texts) if cfg.use_judgments else None
@@ -525,18 +527,23 @@ def train_student(
             budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - copied["seconds"] / 60, 0.5)})
     elif copy_docs and cache.path("copy.json").exists():
         copied = json.loads(cache.path("copy.json").read_text())
+    width = 2 + len(examples[0][2]) if not judgments_only else 0  # a list's query, first document and the rest
+    step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available())
     plan = None
     if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
         plan = plan_training(model, budget_cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
                              log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
                              eval_texts=2 * len(dev_scores) * 2,
-                             pass_eval_texts=2 * len(dev_scores) * (passes if cfg.epochs > 1 else 0))
+                             pass_eval_texts=2 * len(dev_scores) * (passes if cfg.epochs > 1 else 0),
+                             distill_cost=CACHED_COST if step.mini_batch else 1.0)
         examples_by_pass, judged_by_pass = plan.examples, plan.judged
         judged = judged_by_pass[0]
     data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])
     sim = ScaledCosine(cfg.score_scale)
     loss = (MarginMSELoss(model, similarity_fct=sim) if cfg.loss == "margin_mse"
             else DistillKLDivLoss(model, similarity_fct=sim, temperature=cfg.temperature))
+    if step.mini_batch:
+        loss = cached_distill_loss(loss, step.mini_batch)
     train_data, train_loss, mnrl = data, loss, None
     if judged:
         rows = [r for rs in judged_by_pass for r in rs]
@@ -566,6 +573,8 @@ def train_student(
                                          evaluator=evaluator if between else None)
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train",
                     estimate=plan.record["estimate_seconds"] if plan else None)
+    if step.mini_batch and main:
+        log(step_log(step, cfg, width))
     if suspects.get("suspect") and not judgments_only and main:
         log(f"train: {suspects['suspect']} candidates scored by the teacher at or above a judged positive (likely "
             f"relevant, unjudged): {suspects['dropped']} left out of that positive's negatives "
@@ -613,6 +622,7 @@ def train_student(
         suspect_negatives=suspects, lists=cfg.lists, passes=passes, label_scale=scale,
         masked_false_negatives=getattr(mnrl, "masked", 0), use_judgments=cfg.use_judgments,
         processes=distributed.world_size(), budget=plan.record if plan else None, copied_member=copied,
+        memory=step.record,
         **(record_extra or {}),
     )
     distributed.barrier()  # the others wait until the model and the record are written

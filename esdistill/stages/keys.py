@@ -97,9 +97,9 @@ LATER_DEFAULTS = {"suspect_negatives": "keep", "embedding_passes": 0.0}
 
 
 def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:
-    """A student's training settings as its key reads them (``save_steps`` changes nothing learned; the time
-    budget is :func:`budget_key`'s)."""
-    out = train.model_dump(exclude={"save_steps", "budget_minutes", *exclude})
+    """A student's training settings as its key reads them (``save_steps``, ``mini_batch`` and ``memory_gb`` change
+    nothing learned; the time budget is :func:`budget_key`'s)."""
+    out = train.model_dump(exclude={"save_steps", "budget_minutes", "mini_batch", "memory_gb", *exclude})
     return {k: v for k, v in out.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
