@@ -529,6 +529,8 @@ def train_student(
         copied = json.loads(cache.path("copy.json").read_text())
     width = 2 + len(examples[0][2]) if not judgments_only else 0  # a list's query, first document and the rest
     step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available())
+    if not resume and main:  # a plan kept by a run killed before its first checkpoint holds nothing trained
+        cache.path("budget.json").unlink(missing_ok=True)
     plan = None
     if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
         plan = plan_training(model, budget_cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
