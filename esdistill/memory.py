@@ -58,9 +58,10 @@ def bytes_per_text(model, max_length: int, half_precision: bool = False) -> int:
     return out // 2 if half_precision else out
 
 
-def available_bytes() -> int:
-    """The memory a training step can have now: the free memory of the GPU when training runs on one, else the
-    system's available memory (psutil)."""
+def available_bytes(processes: int = 1) -> int:
+    """The memory a training step can have now: the free memory of the GPU when training runs on one (each process
+    has its own), else the system's available memory (psutil) shared by the ``processes`` training side by side
+    (torchrun on CPUs)."""
     import torch
 
     if torch.cuda.is_available():
@@ -68,7 +69,7 @@ def available_bytes() -> int:
         return int(free)
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    return int(psutil.virtual_memory().available) // max(1, processes)
 
 
 def _gb(n: float) -> str:
@@ -85,13 +86,14 @@ class StepPlan:
 
 
 def plan_step(cfg, model, width: int, judged: bool, half_precision: bool = False,
-              available: int | None = None) -> StepPlan:
+              available: int | None = None, processes: int = 1) -> StepPlan:
     """Check that one training step fits in memory, before any trains, and choose the distillation loss's
     mini-batch.
 
     A distillation step encodes ``cfg.batch_size * width`` texts (``width``: a list's query and documents; 0 when
     no list trains), an MNRL step (``judged``) ``cfg.batch_size * 3``; each text costs :func:`bytes_per_text`. The
-    limit is ``cfg.memory_gb`` or :data:`MEMORY_SHARE` of ``available`` (default :func:`available_bytes`).
+    limit is ``cfg.memory_gb`` or :data:`MEMORY_SHARE` of ``available`` (default :func:`available_bytes` for
+    ``processes`` training side by side).
     ``cfg.mini_batch``: ``auto`` — the whole step when it fits, else the most rows a mini-batch can hold;
     ``off`` — always the whole step (an error when it does not fit); a number — that many rows, whatever fits.
     Raises :class:`~esdistill.errors.ConfigError` naming what to lower when even one row's texts, or an MNRL step
@@ -100,7 +102,7 @@ def plan_step(cfg, model, width: int, judged: bool, half_precision: bool = False
     if cfg.memory_gb is not None:
         limit, whence = int(cfg.memory_gb * 1e9), f"train.memory_gb = {cfg.memory_gb:g}"
     else:
-        have = available if available is not None else available_bytes()
+        have = available if available is not None else available_bytes(processes)
         limit, whence = int(MEMORY_SHARE * have), f"{MEMORY_SHARE:.0%} of the {_gb(have)} available"
     bs = cfg.batch_size
     distill_step = bs * width * per_text

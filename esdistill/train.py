@@ -528,7 +528,8 @@ def train_student(
     elif copy_docs and cache.path("copy.json").exists():
         copied = json.loads(cache.path("copy.json").read_text())
     width = 2 + len(examples[0][2]) if not judgments_only else 0  # a list's query, first document and the rest
-    step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available())
+    step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available(),
+                     processes=distributed.world_size())
     if not resume and main:  # a plan kept by a run killed before its first checkpoint holds nothing trained
         cache.path("budget.json").unlink(missing_ok=True)
     plan = None

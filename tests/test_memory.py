@@ -126,3 +126,20 @@ def test_training_runs_mini_batched_when_a_step_exceeds_its_memory(tmp_path, tin
                           lambda ids: {i: docs[i] for i in ids}, StageCache(tmp_path, "train", {"t": 2}),
                           log=lambda m: None)
     assert plain["memory"]["mini_batch"] is None
+
+
+def test_a_plan_left_by_a_run_killed_before_its_first_checkpoint_is_made_anew(tmp_path, tiny_models):
+    """The kept plan is for resuming from a checkpoint (its rows must match what was trained); with no checkpoint,
+    the step may have changed (here: mini-batched, at 4/3 the price a text), so the budget is measured again."""
+    import json
+
+    queries, docs, scores = synthetic(n_q=6, n_d=8)
+    cfg = TrainConfig(base_model=tiny_models["bi"], epochs=1, batch_size=4, max_length=32, dev_fraction=0.0,
+                      list_size=4, use_judgments=False, budget_minutes=5.0, mini_batch=2)
+    cache = StageCache(tmp_path, "train", {"t": 1})
+    stale = {"kept": [[1, 0]], "estimate_seconds": 1.0, "sampled_down": True, "passes_kept": 0.17, "passes": 1,
+             "seconds_per_text": 123.0}
+    cache.path("budget.json").write_text(json.dumps(stale))
+    info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids}, cache, log=lambda m: None)
+    assert info["budget"]["seconds_per_text"] != 123.0 and info["examples"] == 6 and info["steps"] == 2
+    assert info["budget"]["distill_cost"] == pytest.approx(4 / 3) and info["memory"]["mini_batch"] == 2
