@@ -97,7 +97,7 @@ def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, ca
     start = float(((own - targets[fit]) ** 2).sum(-1).mean())
     rows = list(range(len(texts))) * math.ceil(cfg.embedding_passes)
     rows = rows[: round(cfg.embedding_passes * len(texts))]
-    note = ""
+    note, per_text = "", None
     if seconds is not None:
         per_text = measure_seconds_per_text(model, docs[:64] or texts[:64], cfg.batch_size)
         left = seconds - (time.perf_counter() - t0)
@@ -114,7 +114,8 @@ def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, ca
     args = training_args(cfg.model_copy(update={"epochs": 1.0, "learning_rate": LEARNING_RATE}), cache / "copy",
                          mnrl=False, batches_per_epoch=-(-len(rows) // cfg.batch_size))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=MSELoss(model))
-    attach_progress(trainer, progress, f"train (copying {member})")
+    attach_progress(trainer, progress, f"train (copying {member})",
+                    estimate=per_text * len(rows) if per_text else None)  # without a budget: timed on its first steps
     trainer.train()
     with inference_context():
         after = model.encode([texts[i] for i in fit], batch_size=64, normalize_embeddings=True,
