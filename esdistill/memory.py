@@ -25,7 +25,7 @@ from typing import Any
 from .errors import ConfigError
 
 #: a step may use at most this share of the memory available when training starts (the rest: the weights, their
-#: gradients and the optimiser's state, the datasets, the allocator's slack)
+#: gradients and the optimiser's state, the texts and datasets, the allocator's slack)
 MEMORY_SHARE = 0.7
 #: bytes a text holds per layer and token: ``A * hidden + B * heads * tokens`` (float32). Fitted to the peak
 #: resident memory of forward + backward of all-MiniLM-L6-v2 on 2 CPU cores (6 layers, 384 wide, 12 heads), divided
@@ -59,17 +59,22 @@ def bytes_per_text(model, max_length: int, half_precision: bool = False) -> int:
 
 
 def available_bytes(processes: int = 1) -> int:
-    """The memory a training step can have now: the free memory of the GPU when training runs on one (each process
-    has its own), else the system's available memory (psutil) shared by the ``processes`` training side by side
-    (torchrun on CPUs)."""
+    """The memory a training step can have now. On a GPU (each process has its own): its free memory, after
+    PyTorch's cache of freed blocks is emptied. On CPUs: the system's available memory (psutil), shared by the
+    ``processes`` training side by side (torchrun), plus what this process holds already — memory an earlier
+    training in the same process freed stays with the process (the allocator keeps it for reuse) and is not
+    "available" to the system, yet the next step reuses it: without it a second training in one process (the
+    bench's seeds, a notebook) saw 10 GB of 24 and was mini-batched for nothing. What the process truly keeps
+    (weights, texts, datasets) is left to the share a step is not given (:data:`MEMORY_SHARE`)."""
     import torch
 
     if torch.cuda.is_available():
+        torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info()
         return int(free)
     import psutil
 
-    return int(psutil.virtual_memory().available) // max(1, processes)
+    return int(psutil.virtual_memory().available) // max(1, processes) + int(psutil.Process().memory_info().rss)
 
 
 def _gb(n: float) -> str:

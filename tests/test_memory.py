@@ -10,7 +10,7 @@ import torch
 from esdistill.cache import StageCache
 from esdistill.config import TrainConfig
 from esdistill.errors import ConfigError
-from esdistill.memory import bytes_per_text, cached_distill_loss, plan_step
+from esdistill.memory import available_bytes, bytes_per_text, cached_distill_loss, plan_step
 from esdistill.models import load_bi_encoder
 from esdistill.train import train_student
 
@@ -143,3 +143,13 @@ def test_a_plan_left_by_a_run_killed_before_its_first_checkpoint_is_made_anew(tm
     info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids}, cache, log=lambda m: None)
     assert info["budget"]["seconds_per_text"] != 123.0 and info["examples"] == 6 and info["steps"] == 2
     assert info["budget"]["distill_cost"] == pytest.approx(4 / 3) and info["memory"]["mini_batch"] == 2
+
+
+def test_memory_an_earlier_step_freed_is_still_counted_as_the_next_one_s():
+    """About 2 GB in small blocks, held and freed: the allocator keeps most of it in the process, out of the
+    system's available memory; a second training in the same process (the bench's seeds) must not see that memory
+    as gone, or every later step is mini-batched for nothing."""
+    before = available_bytes()
+    held = [torch.ones(16, 1024) for _ in range(30_000)]
+    del held
+    assert available_bytes() > before - 0.5e9, (before, available_bytes())
