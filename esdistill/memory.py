@@ -29,8 +29,8 @@ from .errors import ConfigError
 MEMORY_SHARE = 0.7
 #: bytes a text holds per layer and token: ``A * hidden + B * heads * tokens`` (float32). Fitted to the peak
 #: resident memory of forward + backward of all-MiniLM-L6-v2 on 2 CPU cores (6 layers, 384 wide, 12 heads), divided
-#: by the texts of the step, in the worse of the two modes the same step shows from run to run (measured 2026-12-06,
-#: 16 to 256 texts a step; at 128 tokens 64 texts hold 37 or 51 MB a text): 21 MB a text at 64 tokens, 51 MB at
+#: by the texts of the step, in the worst of the modes the same step shows from run to run (measured 2026-12-06,
+#: 16 to 256 texts a step; at 128 tokens 64 texts hold 29, 37 or 51 MB a text): 21 MB a text at 64 tokens, 51 MB at
 #: 128, 123 MB at 256, 314 MB at 512 (estimated 24, 52, 123, 320 MB)
 A, B = 144, 8
 #: a mini-batch's cached step encodes every text twice forward and once backward: the distillation rows cost this
