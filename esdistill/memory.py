@@ -1,16 +1,17 @@
 """Keeping a training step within this machine's memory.
 
 A distillation step encodes ``batch_size`` lists of ``list_size`` documents and their queries at once, forward and
-backward; its activations grow with batch × list × tokens, and ``train.list_size = "all"`` (16 lists of 31
-documents at 128 tokens: ~19 GB measured on 2 CPU cores) had the kernel kill the process with no word from esdistill.
+backward; its activations grow with batch × list × tokens, and ``train.list_size = "all"`` (16 lists of a query and
+32 documents at 128 tokens) had the kernel kill the process at 23 GB resident, with no word from esdistill.
 
 * :func:`bytes_per_text` — the memory one text's forward and backward pass holds, estimated from the transformer's
   shape (layers, width, heads) and the sequence length.
-* :func:`available_bytes` — what this machine can give a step now (a GPU's free memory, else the system's).
+* :func:`available_bytes` — what this machine can give a step now (a GPU's free memory, else the system's and
+  what this process holds already).
 * :func:`plan_step` — before training: whether a step fits (``train.memory_gb``, default
   :data:`MEMORY_SHARE` of what is available), and if it does not, the mini-batch the distillation loss encodes at
   a time (``train.mini_batch``); a clear error naming the settings when nothing fits.
-* :class:`CachedDistillLoss` — the distillation loss (KL or MarginMSE) computed with GradCache
+* :func:`cached_distill_loss` — the distillation loss (KL or MarginMSE) computed with GradCache
   (sentence-transformers' ``CachedLossMixin``): every text is embedded without gradients in mini-batches, the loss
   is computed on all the embeddings, and each mini-batch is embedded again with gradients to pass its share back.
   The gradients are those of the whole step (dropout is replayed), at the cost of one more forward pass; only one
