@@ -24,8 +24,8 @@ import numpy as np
 import typer
 
 from common import (
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ensure_cluster, BatchSizeOpt, ConfigOpt, DepthOpt, MaxLengthOpt,
-    OutOpt, WorkdirOpt, hardware_label, open_project, write_result,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, BatchSizeOpt, ConfigOpt, DepthOpt, MaxLengthOpt, OutOpt, WorkdirOpt,
+    ensure_cluster, hardware_label, open_project, write_result,
 )
 
 WEIGHTS = (0.5, 0.6, 0.7, 0.8, 0.9)

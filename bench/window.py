@@ -26,7 +26,7 @@ import statistics
 import typer
 
 from common import (
-    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ensure_cluster, ConfigOpt, MaxLengthOpt, OutOpt, WorkdirOpt,
+    DEFAULT_CONFIG, DEFAULT_OUT, DEFAULT_WORKDIR, ConfigOpt, MaxLengthOpt, OutOpt, WorkdirOpt, ensure_cluster,
     hardware_label, open_project, write_result,
 )
 

@@ -119,6 +119,12 @@ def _subset(rows: list, keep: int, seed: int, p: int) -> list:
     return [rows[i] for i in idx]
 
 
+def list_width(examples_by_pass: list[list], distill: bool = True) -> int:
+    """The texts a distilling row encodes: its query, its first document and the others (0 for the judgments-only
+    control, which trains no list)."""
+    return 2 + len(examples_by_pass[0][0][2]) if distill and examples_by_pass and examples_by_pass[0] else 0
+
+
 def plan_training(
     model,
     cfg,
@@ -165,8 +171,7 @@ def plan_training(
             + (f", sampled down to {record['passes_kept']:.2f} of {record['passes']} passes" if record["sampled_down"]
                else ""))
         return TrainingPlan(examples, judged, record)
-    # a distilling row encodes its query, its first document and the others; 0 for the control (no list trains)
-    width = 2 + len(examples_by_pass[0][0][2]) if distill and examples_by_pass and examples_by_pass[0] else 0
+    width = list_width(examples_by_pass, distill)
     doc_sample = [texts[d].full_text for _, p, negs, _ in examples_by_pass[0][:64] for d in [p, *negs] if d in texts]
     doc_sample += [texts[d].full_text for rows in judged_by_pass[:1] for _, p, n in rows[:64] for d in (p, n)
                    if d in texts]

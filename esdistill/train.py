@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from . import distributed
-from .budget import plan_training
+from .budget import list_width, plan_training
 from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
@@ -527,7 +527,7 @@ def train_student(
             budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - copied["seconds"] / 60, 0.5)})
     elif copy_docs and cache.path("copy.json").exists():
         copied = json.loads(cache.path("copy.json").read_text())
-    width = 2 + len(examples[0][2]) if not judgments_only else 0  # a list's query, first document and the rest
+    width = list_width(examples_by_pass, distill=not judgments_only)
     step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available(),
                      processes=distributed.world_size())
     if not resume and main:  # a plan kept by a run killed before its first checkpoint holds nothing trained
