@@ -169,6 +169,15 @@ class EnsembleReranker:
     def describe(self) -> str:
         return " + ".join(f"{w:g}·{m.spec}" for (m, _), w in zip(self.scorers, self.weights, strict=True) if w)
 
+    def memoized(self) -> EnsembleReranker | None:
+        """The same reranker with each bi-encoder member's document vectors kept across queries
+        (:class:`DocumentMemo`): the same scores, each document encoded once over a run of many queries. None when
+        no member is a bi-encoder (a cross-encoder scores pairs: nothing to keep)."""
+        if not any(m.kind == "bi_encoder" for m, _ in self.scorers):
+            return None
+        return EnsembleReranker([(m, DocumentMemo(model) if m.kind == "bi_encoder" else model)
+                                 for m, model in self.scorers], self.weights)
+
     def fused(self, text: str, docs: list, bm25: list[float], batch_size: int = 64) -> np.ndarray:
         import torch
 
@@ -188,3 +197,21 @@ class EnsembleReranker:
                                                      activation_fn=torch.nn.Identity(), show_progress_bar=False),
                                        dtype=float).reshape(-1))
         return fuse_many(cols, self.weights)
+
+
+class DocumentMemo:
+    """A bi-encoder whose document vectors are kept by text: ``encode_document`` encodes only texts it has not
+    seen, so a run over many queries whose candidates overlap encodes each document once. Queries pass through.
+    For measuring a pipeline's quality over many queries (its latency is timed on the model itself)."""
+
+    def __init__(self, model):
+        self.model, self.vectors = model, {}
+
+    def encode_query(self, texts, **kwargs):
+        return self.model.encode_query(texts, **kwargs)
+
+    def encode_document(self, texts, **kwargs):
+        todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if todo:
+            self.vectors.update(zip(todo, self.model.encode_document(todo, **kwargs), strict=True))
+        return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)

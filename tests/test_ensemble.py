@@ -165,3 +165,60 @@ def test_pipeline_reranks_with_the_same_members_and_weights(ensemble_project):
         assert got == expect
         checked += 1
     assert checked
+
+
+def test_the_pipeline_ranked_with_documents_encoded_once_is_the_live_pipeline(ensemble_project):
+    """``evaluate.pipeline_latency_queries``: every test query ranked with the bi-encoder member's document vectors
+    kept across queries gives the live pipeline's ranking; the live pipeline is timed on a stable sample only."""
+    import copy
+
+    from esdistill import evaluate as eval_mod
+
+    project, _ = ensemble_project
+    pipe = project.systems()["pipeline"]()
+    fast = copy.copy(pipe)
+    fast.reranker = pipe.reranker.memoized()
+    queries = project.eval_queries()
+    timed = eval_mod.latency_sample(queries, 3)
+    assert len(timed) == 3 and timed == eval_mod.latency_sample(list(reversed(list(queries))), 3)
+    live = eval_mod.run_system(pipe, queries)
+    sampled = eval_mod.run_system_sampled(pipe, fast, queries, timed)
+    for qid in queries:
+        got, want = sampled["run"][qid], live["run"][qid]
+        assert list(got)[:10] == list(want)[:10], qid
+        assert max(abs(got[d] - want[d]) for d in want) < 1e-4
+    assert sampled["check"]["timed"] == 3 and not sampled["check"]["top10_differ"]
+    # each reranked document was encoded once, over all the queries
+    memo = next(model for member, model in fast.reranker.scorers if member.kind == "bi_encoder")
+    heads = {d.id for text in queries.values() for d in pipe.retrieve(text)[0]}
+    assert len(memo.vectors) == len(heads)
+    # latencies only where the live pipeline ran, aligned to the sorted queries
+    measured = [q for q, ms in zip(sorted(queries), sampled["wall_ms"], strict=True) if ms == ms]
+    assert measured == timed
+    summary = eval_mod.summarize({q: project.dataset.test_qrels[q] for q in queries},
+                                 {"pipeline": sampled, "bm25": live | {"run": live["run"]}})
+    assert summary["systems"]["pipeline"]["latency_ms"]["timed"] == 3
+    assert summary["systems"]["pipeline"]["ndcg@10"] == pytest.approx(
+        eval_mod.summarize({q: project.dataset.test_qrels[q] for q in queries},
+                           {"pipeline": live})["systems"]["pipeline"]["ndcg@10"], abs=1e-6)
+    assert "Latency timed on a stable sample" in eval_mod.markdown(summary)
+
+
+def test_the_evaluate_stage_times_the_pipeline_on_its_sample(ensemble_project):
+    project, _ = ensemble_project
+    queries = project.eval_queries()
+    cfg = project.cfg.model_copy(update={"evaluate": project.cfg.evaluate.model_copy(
+        update={"pipeline_latency_queries": 2})})
+    other = Project(cfg, client=project.client)
+    assert other._system_cache("pipeline").key != project._system_cache("pipeline").key
+    assert other._train_cache().key == project._train_cache().key  # nothing of training is redone
+    report = json.loads(Path(other.evaluate()["json"]).read_text())
+    assert report["systems"]["pipeline"]["latency_ms"]["timed"] == 2
+    assert f"timed live on 2 of {len(queries)} queries" in report["measured"]["pipeline"]
+    assert report["systems"]["bm25"]["latency_ms"]["timed"] == len(queries)
+
+
+def test_a_reranker_without_a_bi_encoder_keeps_nothing():
+    from esdistill.ensemble import EnsembleReranker
+
+    assert EnsembleReranker([(parse("fit"), object()), (parse("bm25"), None)], [0.5, 0.5]).memoized() is None

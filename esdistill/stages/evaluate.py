@@ -3,6 +3,7 @@ offline, from the recorded BM25 answers), the side-by-side report and the result
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -189,6 +190,33 @@ class EvaluateStage(StageWork):
                                                                **CLUSTER_HYBRID),
         }
 
+    def run_pipeline(self, system, queries: dict[str, str]) -> dict[str, Any]:
+        """The pipeline over the test queries. With ``evaluate.pipeline_latency_queries`` (fewer than the queries)
+        and a bi-encoder member, every query is ranked by the same pipeline with that member's document vectors
+        kept across queries (:meth:`esdistill.ensemble.EnsembleReranker.memoized`), and the pipeline itself —
+        every document encoded for its query, as it serves — is timed on a stable sample of that many queries.
+        Otherwise every query runs live. Either way its BM25 request runs for every query."""
+        n = self.cfg.evaluate.pipeline_latency_queries
+        reranker = getattr(system, "reranker", None)
+        memo = reranker.memoized() if n and n < len(queries) and hasattr(reranker, "memoized") else None
+        if memo is None:
+            return eval_mod.run_system(system, queries, self.p.progress)
+        fast = copy.copy(system)
+        fast.reranker = memo
+        out = eval_mod.run_system_sampled(system, fast, queries, eval_mod.latency_sample(queries, n),
+                                          self.p.progress)
+        check = out["check"]
+        out["measured"] = {
+            "latency": f"timed live on {check['timed']} of {len(queries)} queries (a stable sample)",
+            "quality": f"every query, each document encoded once a run; on the timed queries the live ranking's top "
+                       f"10 differs on {len(check['top10_differ'])}, scores by at most {check['max_score_diff']:.1e}"}
+        if check["top10_differ"]:
+            self.p.log(f"evaluate: the pipeline with document vectors kept ranks {len(check['top10_differ'])} of "
+                       f"{check['timed']} timed queries' top 10 differently from the live pipeline (largest score "
+                       f"difference {check['max_score_diff']:.1e}): ties or float noise if small — "
+                       "set evaluate.pipeline_latency_queries unset to run every query live")
+        return out
+
     def cluster_model(self) -> str:
         """The model the cluster encodes queries with for ``neural``/``hybrid_cluster``: the uploaded student
         (``deploy.model_id``, else the id ``esdistill export --upload`` gives it), refused clearly unless the
@@ -238,7 +266,8 @@ class EvaluateStage(StageWork):
                 cache = self._system_cache(name)
                 if not cache.done:
                     system = builders[name]()
-                    run = eval_mod.run_system(system, queries, self.p.progress)
+                    run = (self.run_pipeline(system, queries) if name == "pipeline"
+                           else eval_mod.run_system(system, queries, self.p.progress))
                     encoder = getattr(getattr(system, "student", system), "model", None)
                     if getattr(system, "measured", None):  # the cluster encodes (neural, hybrid_cluster)
                         run["measured"] = dict(system.measured)
@@ -320,6 +349,8 @@ class EvaluateStage(StageWork):
         if name == "pipeline":
             out.update(reranker=self.p.scorer(), depth=ev.rerank_depth, max_length=self.cfg.teacher.max_length,
                        bm25_weight=self.p.pipeline_weight())
+            if ev.pipeline_latency_queries:  # which queries are timed (the ranking is the same either way)
+                out["latency_queries"] = ev.pipeline_latency_queries
             if self.cfg.teacher.kind == "ensemble":
                 out["ensemble_weights"] = self.p.ensemble_weights(self.p.pipeline_depth())
         elif name == "hybrid":
