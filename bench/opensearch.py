@@ -13,7 +13,7 @@ On the OpenSearch run's cache (its trained student, the same cache keys as the d
    own deploy and both versions deleted after;
 3. every system over the test queries, ``neural`` (the query encoded in the cluster) and ``hybrid_cluster`` (the
    cluster's ``hybrid`` query, min-max normalised) next to ``student`` (encoded here, kNN) and ``hybrid``
-   (client-side RRF): NDCG@10, Recall@100, p50/p95 latency, paired t-tests;
+   (client-side fusion): NDCG@10, Recall@100, p50/p95 latency, paired t-tests;
 4. the Elasticsearch rows of the same systems from ``--es-result`` (the headline run on the test build, whose BM25
    has no stemming) beside them.
 

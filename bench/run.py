@@ -32,7 +32,7 @@ SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", 
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
           "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
           "log_only": "student from the log alone, no judgments (kNN)",
-          "hybrid": "hybrid (student + BM25, RRF)"}
+          "hybrid": "hybrid (student + BM25)"}
 
 
 def stage_times(project) -> dict[str, float | None]:

@@ -446,7 +446,13 @@ class EvaluateConfig(_Strict):
     rerank_depth: int = Field(100, ge=1, description="pipeline: BM25 top-N rescored by the teacher")
     k: int = Field(100, ge=10, description="documents retrieved per query and system")
     num_candidates: int = Field(200, ge=10, description="kNN candidates per shard")
-    rrf_k: int = Field(60, ge=1, description="hybrid: reciprocal rank fusion constant")
+    hybrid_fusion: Literal["minmax", "rrf"] = Field(
+        "minmax", description="how the hybrid fuses BM25 and the student: minmax = each ranking's scores min-max "
+        "normalised over its hits, weighted sum (the engines' own hybrid: OpenSearch's normalization-processor, "
+        "Elasticsearch's linear retriever); rrf = reciprocal rank fusion")
+    hybrid_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid_fusion = minmax: the student's weight "
+                                 "(BM25's is 1 - it)")
+    rrf_k: int = Field(60, ge=1, description="hybrid_fusion = rrf: reciprocal rank fusion constant")
     pipeline_latency_queries: int | None = Field(
         None, ge=1, description="time the pipeline live on this many test queries (a stable sample; None: every "
         "query) and rank the rest with each bi-encoder member's document vectors encoded once, not once a query: "

@@ -233,14 +233,16 @@ VECTOR_PLACEHOLDER = "{{vector}}"
 
 def manifest_for(*, deploy_key: str, alias: str, index: str, vector_field: str, similarity: str, model: str,
                  knn: dict[str, int], bm25_index: str, bm25_query: dict[str, Any], rrf_k: int,
-                 engine: str = "elasticsearch", knn_request: dict[str, Any] | None = None) -> dict[str, Any]:
+                 engine: str = "elasticsearch", knn_request: dict[str, Any] | None = None,
+                 fusion: str = "minmax", weight: float = 0.5) -> dict[str, Any]:
     """Where and how a client sends the vectors: the engine (``elasticsearch`` or ``opensearch``: which client
     library speaks to it), the alias and the versioned index behind it, the vector field and its similarity, the kNN
     defaults, the kNN search body as esdistill itself sends it (``knn_request``, the engine's own form, with
     :data:`VECTOR_PLACEHOLDER` where the query's vector goes), and the BM25 half of the hybrid (``bm25_query`` with
-    the placeholder ``{{query}}`` where the query text goes; the client fuses the two rankings by RRF with
-    ``rrf_k``)."""
+    the placeholder ``{{query}}`` where the query text goes; the client fuses the two rankings as ``fusion`` says:
+    ``minmax`` with the student's ``weight``, or RRF with ``rrf_k``; :class:`esdistill.search.Hybrid`)."""
     return {"deploy_key": deploy_key, "engine": engine, "alias": alias, "index": index,
             "vector_field": vector_field, "similarity": similarity, "model": model, "knn": knn,
             "knn_request": knn_request,
-            "hybrid": {"bm25_index": bm25_index, "bm25_query": bm25_query, "rrf_k": rrf_k}}
+            "hybrid": {"bm25_index": bm25_index, "bm25_query": bm25_query, "fusion": fusion, "weight": weight,
+                       "rrf_k": rrf_k}}

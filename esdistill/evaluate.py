@@ -22,7 +22,7 @@ METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 LABELS = {"bm25": "BM25", "pipeline": "pipeline (BM25 → teacher)", "student": "student (kNN)",
           "zero_shot": "zero-shot base bi-encoder", "judgments": "student on judgments only (kNN)",
           "log_only": "student from the log alone, no judgments (kNN)",
-          "hybrid": "hybrid (student + BM25, RRF)", "neural": "student, query encoded in the cluster (neural)",
+          "hybrid": "hybrid (student + BM25)", "neural": "student, query encoded in the cluster (neural)",
           "hybrid_cluster": "hybrid in the cluster (student + BM25, normalized)"}
 
 

@@ -48,6 +48,24 @@ def rrf(rankings: list[list[str]], k: int = 60, size: int | None = None) -> list
     return fused[:size] if size else fused
 
 
+def minmax(rankings: list[list[tuple[str, float]]], weights: list[float],
+           size: int | None = None) -> list[tuple[str, float]]:
+    """Convex combination of min-max normalised scores, as the engines' own hybrid queries fuse (OpenSearch's
+    ``normalization-processor`` min_max + arithmetic_mean, Elasticsearch's ``linear`` retriever with the ``minmax``
+    normalizer): score(d) = sum over rankings of w_i (s_i(d) - min_i) / (max_i - min_i), over each ranking's own
+    hits; a ranking that did not return d adds 0 (its minimum), one whose hits all score alike gives each 1.
+    Ties broken by id."""
+    scores: dict[str, float] = {}
+    for ranking, w in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        lo, hi = min(x for _, x in ranking), max(x for _, x in ranking)
+        for doc, x in ranking:
+            scores[doc] = scores.get(doc, 0.0) + w * ((x - lo) / (hi - lo) if hi > lo else 1.0)
+    fused = sorted(scores.items(), key=lambda x: (-x[1], x[0]))
+    return fused[:size] if size else fused
+
+
 def knn_body(vector: list[float], k: int, num_candidates: int, filter: dict | None = None,
              oversample: float | None = None, backend=None) -> dict[str, Any]:
     """A kNN search of the dense index's vector field (Elasticsearch: top-level ``knn``). ``filter`` is any query
@@ -237,18 +255,32 @@ class Student:
 
 
 class Hybrid:
-    """Student kNN + BM25 in one ``_msearch``, fused by RRF on the client."""
+    """Student kNN + BM25 in one ``_msearch``, fused on the client: ``minmax`` (default; :func:`minmax`, the
+    student's ``weight`` and BM25's ``1 - weight``) or ``rrf`` (:func:`rrf` with ``rrf_k``)."""
 
     name = "hybrid"
 
     def __init__(self, client, bm25_index: str, fields: list[str], dense_index: str, model, k: int = 100,
                  num_candidates: int = 200, rrf_k: int = 60, oversample: float | None = None,
-                 expect_index: str | None = None):
+                 expect_index: str | None = None, fusion: str = "minmax", weight: float = 0.5):
         self.client, self.bm25_index, self.fields, self.dense_index = client, bm25_index, fields, dense_index
         self.student = Student(client, dense_index, model, k, num_candidates, oversample=oversample,
                                expect_index=expect_index)
         self.k, self.num_candidates, self.rrf_k = k, num_candidates, rrf_k
+        self.fusion, self.weight = fusion, weight
         self.backend = self.student.backend
+
+    def fuse(self, lexical: list[tuple[str, float]], dense: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """BM25's and the student's hits, fused as configured, ``k`` in all."""
+        if self.fusion == "rrf":
+            return rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
+        return minmax([lexical, dense], [1.0 - self.weight, self.weight], size=self.k)
+
+    def describe(self) -> str:
+        if self.fusion == "rrf":
+            return f"reciprocal rank fusion, score = sum of 1 / ({self.rrf_k} + rank)"
+        return (f"min-max normalise each ranking's scores over its own hits (a document it did not return: 0), "
+                f"score = {self.weight:g} × the student's + {1 - self.weight:g} × BM25's")
 
     def _pairs(self, text: str, vec: list[float]) -> list[tuple[str, dict[str, Any]]]:
         return [(self.bm25_index, self.backend.bm25_body(text, self.fields, self.k)),
@@ -259,7 +291,7 @@ class Hybrid:
 
     def request(self, text: str) -> dict[str, Any]:
         return {"method": "POST", "path": "/_msearch", "ndjson": self._searches(text, self.student.encode(text)),
-                "then": f"fuse the two rankings by reciprocal rank fusion, score = sum of 1 / ({self.rrf_k} + rank)"}
+                "then": f"fuse the two rankings: {self.describe()}"}
 
     def search(self, text: str) -> Result:
         t0 = time.perf_counter()
@@ -269,7 +301,7 @@ class Hybrid:
         self.student.check_index(resp["responses"][1])
         lexical, dense = (_hits(r, f"hybrid search on {i!r}") for r, i in
                           zip(resp["responses"], (self.bm25_index, self.dense_index), strict=True))
-        fused = rrf([[d for d, _ in lexical], [d for d, _ in dense]], k=self.rrf_k, size=self.k)
+        fused = self.fuse(lexical, dense)
         took = float(resp.get("took", max(r["took"] for r in resp["responses"])))
         return Result(fused, (time.perf_counter() - t0) * 1e3, took, {"encode_ms": (t1 - t0) * 1e3})
 

@@ -36,6 +36,22 @@ def test_rrf_matches_ranx_fusion():
         assert s == pytest.approx(theirs[d])
 
 
+def test_minmax_matches_ranx_weighted_sum_of_min_max_scores():
+    from ranx import Run, fuse
+
+    from esdistill.search import minmax
+
+    r1 = {"q": {"a": 3.0, "b": 2.0, "c": 1.0, "e": 0.5}}
+    r2 = {"q": {"c": 9.0, "d": 8.0, "a": 6.0}}
+    ours = minmax([list(r1["q"].items()), list(r2["q"].items())], [0.3, 0.7])
+    theirs = fuse([Run(r1), Run(r2)], norm="min-max", method="wsum", params={"weights": [0.3, 0.7]}).to_dict()["q"]
+    assert [d for d, _ in ours] == sorted(theirs, key=lambda d: (-theirs[d], d))
+    for d, s in ours:
+        assert s == pytest.approx(theirs[d])
+    assert dict(ours)["c"] == pytest.approx(0.3 * (1 - 0.5) / 2.5 + 0.7)  # in both: each normalised, weighted
+    assert minmax([[("x", 2.0)], []], [0.5, 0.5]) == [("x", 0.5)]  # one hit: it is that ranking's best
+
+
 def test_summary_share_of_gain_and_table():
     qrels = {f"q{i}": {"a": 1} for i in range(4)}
     def res(rank_of_a):

@@ -8,7 +8,7 @@ def test_run_writes_report_with_all_systems(tiny_project):
     project, report = tiny_project
     md = Path(report["markdown"]).read_text()
     data = json.loads(Path(report["json"]).read_text())
-    for label in ("BM25", "pipeline (BM25 → teacher)", "student (kNN)", "hybrid (student + BM25, RRF)"):
+    for label in ("BM25", "pipeline (BM25 → teacher)", "student (kNN)", "hybrid (student + BM25)"):
         assert f"| {label} |" in md
     systems = data["systems"]
     assert set(systems) == {"bm25", "pipeline", "student", "hybrid"}
@@ -221,10 +221,12 @@ def test_show_request_prints_what_an_application_can_send_as_it_is(tiny_project,
         if path == "/_msearch":
             lines = [json.loads(x) for x in payload.splitlines() if x.strip()]
             resp = es.msearch(searches=lines).body["responses"]
-            got = [[h["_id"] for h in r["hits"]["hits"]] for r in resp]
-            from esdistill.search import rrf
+            got = [[(h["_id"], h["_score"]) for h in r["hits"]["hits"]] for r in resp]
+            from esdistill.search import minmax
 
-            got = [d for d, _ in rrf(got, k=project.cfg.evaluate.rrf_k, size=project.cfg.evaluate.k)]
+            ev = project.cfg.evaluate
+            assert ev.hybrid_fusion == "minmax" and "min-max" in engine.request(text)["then"]
+            got = [d for d, _ in minmax(got, [1 - ev.hybrid_weight, ev.hybrid_weight], size=ev.k)]
         else:
             body = json.loads(payload)
             import requests

@@ -182,7 +182,8 @@ class EvaluateStage(StageWork):
             "hybrid": lambda: search_mod.Hybrid(c, self.cfg.bm25_index, self.p.text_fields,
                                                 self._dense_target("student", served), dense_model("student"), ev.k,
                                                 ev.num_candidates, ev.rrf_k, oversample=ev.oversample,
-                                                expect_index=expect("student")),
+                                                expect_index=expect("student"), fusion=ev.hybrid_fusion,
+                                                weight=ev.hybrid_weight),
             "neural": lambda: search_mod.Neural(c, self._dense_target("student", served), self.cluster_model(),
                                                 ev.k, ev.num_candidates),
             "hybrid_cluster": lambda: search_mod.ClusterHybrid(c, self._dense_target("student", served),
@@ -354,7 +355,9 @@ class EvaluateStage(StageWork):
             if self.cfg.teacher.kind == "ensemble":
                 out["ensemble_weights"] = self.p.ensemble_weights(self.p.pipeline_depth())
         elif name == "hybrid":
-            out.update(deploy=self.p._deploy_key("student"), rrf_k=ev.rrf_k, **dense)
+            out.update(deploy=self.p._deploy_key("student"), **dense,
+                       **({"rrf_k": ev.rrf_k} if ev.hybrid_fusion == "rrf"
+                          else {"fusion": ev.hybrid_fusion, "weight": ev.hybrid_weight}))
         elif name in CLUSTER_SYSTEMS:  # the cluster's model encodes: no client-side encoder
             out.update(deploy=self.p._deploy_key("student"), num_candidates=ev.num_candidates,
                        model=self.p.student_model_id())

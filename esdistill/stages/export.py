@@ -73,6 +73,7 @@ class ExportStage(StageWork):
                 model=ee.read_manifest(out)["model"] if complete else model_fingerprint(self.p.student_path()),
                 knn={"k": ev.k, "num_candidates": ev.num_candidates}, bm25_index=self.cfg.bm25_index,
                 bm25_query=cand_mod.bm25_query("{{query}}", self.p.text_fields), rrf_k=ev.rrf_k,
+                fusion=ev.hybrid_fusion, weight=ev.hybrid_weight,
                 engine=self.p.backend.name, knn_request=self.p.backend.knn_body(
                     ee.VECTOR_PLACEHOLDER, ev.k, ev.num_candidates, field=VECTOR_FIELD, oversample=ev.oversample))
             if complete:  # the graphs are this deploy's; the settings are the config's now

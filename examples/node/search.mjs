@@ -146,6 +146,33 @@ export function rrf(rankings, rrfK, size) {
     .slice(0, size);
 }
 
+/** Min-max fusion, as esdistill's hybrid (esdistill/search.py minmax): each ranking's scores min-max normalised
+ * over its own hits (a document it did not return adds 0; hits that all score alike get 1), weighted sum, ties
+ * broken by id. rankings: lists of [id, score]. */
+export function minmax(rankings, weights, size) {
+  const scores = new Map();
+  rankings.forEach((ranking, r) => {
+    if (!ranking.length) return;
+    const values = ranking.map(([, x]) => x);
+    const lo = Math.min(...values);
+    const hi = Math.max(...values);
+    for (const [id, x] of ranking) {
+      scores.set(id, (scores.get(id) ?? 0) + weights[r] * (hi > lo ? (x - lo) / (hi - lo) : 1));
+    }
+  });
+  return [...scores.entries()]
+    .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+    .slice(0, size);
+}
+
+/** The hybrid's fusion as the manifest says (esdistill's evaluate.hybrid_fusion): minmax or rrf. */
+export function fuse(hybrid, lexical, dense, size) {
+  if ((hybrid.fusion ?? "rrf") === "minmax") {
+    return minmax([lexical, dense], [1 - hybrid.weight, hybrid.weight], size);
+  }
+  return rrf([lexical.map(([id]) => id), dense.map(([id]) => id)], hybrid.rrf_k, size);
+}
+
 function hitsOf(resp, what, manifest = null) {
   if (resp.error) throw new Error(`${what}: ${JSON.stringify(resp.error)}`);
   if (resp._shards?.failed) throw new Error(`${what}: ${resp._shards.failed} shard(s) failed`);
@@ -181,7 +208,7 @@ export async function search(engine, encoder, text, system = "student") {
       [{ index: m.hybrid.bm25_index }, bm25Body(m, text), { index: m.alias }, knnBody(m, vector)],
     );
     const [lexical, dense] = resp.responses.map((r, i) => hitsOf(r, `hybrid search ${i}`, i === 1 ? m : null));
-    hits = rrf([lexical.map(([id]) => id), dense.map(([id]) => id)], m.hybrid.rrf_k, m.knn.k);
+    hits = fuse(m.hybrid, lexical, dense, m.knn.k);
     took = resp.took ?? Math.max(...resp.responses.map((r) => r.took));
   } else {
     throw new Error(`unknown system ${system}: student or hybrid`);

@@ -153,11 +153,11 @@ final class OpenSearchEngine implements AutoCloseable {
       JsonNode r = call("hybrid search", Requests.builder().endpoint("/_msearch").method("POST")
           .body(Body.from(nd.toByteArray(), "application/x-ndjson")).build());
       String[] what = {"hybrid search: BM25 on " + bm25Index, "hybrid search: kNN on " + alias};
-      List<List<String>> rankings = new ArrayList<>();
+      List<List<Map.Entry<String, Double>>> rankings = new ArrayList<>();
       for (int i = 0; i < 2; i++) {
-        rankings.add(hits(r.get("responses").get(i), what[i], i == 1 ? m : null).stream().map(Map.Entry::getKey).toList());
+        rankings.add(hits(r.get("responses").get(i), what[i], i == 1 ? m : null));
       }
-      for (Map.Entry<String, Double> e : Search.rrf(rankings, hybrid.get("rrf_k").asInt(), k)) {
+      for (Map.Entry<String, Double> e : Search.fuse(hybrid, rankings, k)) {
         ids.add(e.getKey());
         scores.add(e.getValue());
       }

@@ -194,6 +194,43 @@ public final class Search {
     return fused.subList(0, Math.min(size, fused.size()));
   }
 
+  /**
+   * Min-max fusion, as esdistill's hybrid (esdistill/search.py minmax): each ranking's scores min-max normalised
+   * over its own hits (a document it did not return adds 0; hits that all score alike get 1), weighted sum, ties
+   * broken by id. Rankings: (id, score) lists.
+   */
+  static List<Map.Entry<String, Double>> minmax(List<List<Map.Entry<String, Double>>> rankings, double[] weights,
+      int size) {
+    Map<String, Double> scores = new HashMap<>();
+    for (int r = 0; r < rankings.size(); r++) {
+      List<Map.Entry<String, Double>> ranking = rankings.get(r);
+      if (ranking.isEmpty()) {
+        continue;
+      }
+      double lo = ranking.stream().mapToDouble(Map.Entry::getValue).min().getAsDouble();
+      double hi = ranking.stream().mapToDouble(Map.Entry::getValue).max().getAsDouble();
+      for (Map.Entry<String, Double> e : ranking) {
+        double x = e.getValue();
+        scores.merge(e.getKey(), weights[r] * (hi > lo ? (x - lo) / (hi - lo) : 1.0), Double::sum);
+      }
+    }
+    List<Map.Entry<String, Double>> fused = new ArrayList<>(scores.entrySet());
+    fused.sort((a, b) -> a.getValue().equals(b.getValue()) ? a.getKey().compareTo(b.getKey())
+        : Double.compare(b.getValue(), a.getValue()));
+    return fused.subList(0, Math.min(size, fused.size()));
+  }
+
+  /** The hybrid's fusion as the manifest says (esdistill's evaluate.hybrid_fusion): minmax or rrf. */
+  static List<Map.Entry<String, Double>> fuse(JsonNode hybrid, List<List<Map.Entry<String, Double>>> rankings,
+      int size) {
+    if ("minmax".equals(hybrid.path("fusion").asText("rrf"))) {
+      double w = hybrid.get("weight").asDouble();
+      return minmax(rankings, new double[] {1.0 - w, w}, size);
+    }
+    List<List<String>> ids = rankings.stream().map(r -> r.stream().map(Map.Entry::getKey).toList()).toList();
+    return rrf(ids, hybrid.get("rrf_k").asInt(), size);
+  }
+
   static void check(SearchResponse<Void> r, String what) {
     checkShards(r.shards(), what);
   }
@@ -253,7 +290,7 @@ public final class Search {
           .searches(s -> s.header(h -> h.index(alias))
               .body(b -> b.knn(kn -> kn.field(field).queryVector(qv).k(k).numCandidates(numCandidates))
                   .size(k).source(src -> src.fetch(false)))), Void.class);
-      List<List<String>> rankings = new ArrayList<>();
+      List<List<Map.Entry<String, Double>>> rankings = new ArrayList<>();
       String[] what = {"hybrid search: BM25 on " + hybrid.get("bm25_index").asText(), "hybrid search: kNN on " + alias};
       for (int i = 0; i < r.responses().size(); i++) {
         MultiSearchResponseItem<Void> item = r.responses().get(i);
@@ -264,9 +301,10 @@ public final class Search {
         if (i == 1) {
           checkHitsIndex(item.result().hits().hits(), m);
         }
-        rankings.add(item.result().hits().hits().stream().map(Hit::id).toList());
+        rankings.add(item.result().hits().hits().stream()
+            .map(h -> Map.entry(h.id(), h.score() == null ? 0.0 : h.score())).toList());
       }
-      for (Map.Entry<String, Double> e : rrf(rankings, hybrid.get("rrf_k").asInt(), k)) {
+      for (Map.Entry<String, Double> e : fuse(hybrid, rankings, k)) {
         ids.add(e.getKey());
         scores.add(e.getValue());
       }
