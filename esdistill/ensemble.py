@@ -210,6 +210,16 @@ class DocumentMemo:
     def encode_query(self, texts, **kwargs):
         return self.model.encode_query(texts, **kwargs)
 
+    def prefill(self, texts, batch_size: int = 32, advance=None, chunk: int = 256) -> None:
+        """Encode the ``texts`` not kept yet, ``chunk`` at a time, calling ``advance(n)`` after each (a progress
+        bar over documents: like work, so its estimate holds)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        for i in range(0, len(todo), chunk):
+            self.encode_document(todo[i:i + chunk], batch_size=batch_size, normalize_embeddings=True,
+                                 show_progress_bar=False)
+            if advance:
+                advance(len(todo[i:i + chunk]))
+
     def encode_document(self, texts, **kwargs):
         todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
         if todo:

@@ -54,31 +54,38 @@ def latency_sample(qids, n: int) -> list[str]:
 
 def run_system_sampled(system, fast, queries: dict[str, str], timed: list[str], progress=None) -> dict[str, Any]:
     """Like :func:`run_system`, for a system with a faster twin that ranks the same (``fast``: the pipeline with
-    its bi-encoder members' document vectors kept across queries): ``fast`` answers every query (the run), and
-    ``system`` itself answers the ``timed`` queries one at a time, as :func:`run_system` times them. The latency
-    lists stay aligned to the sorted queries, NaN where a query was not timed. ``check`` says how the timed
-    answers compare with the run's: queries whose top 10 differ, and the largest score difference of a document
-    both ranked (float noise of encoding in other batches; a real difference means the twin is not the same)."""
-    qids, timed_set = sorted(queries), set(timed)
-    run: dict[str, dict[str, float]] = {}
-    wall, took, extra = [], [], {}
+    its bi-encoder members' document vectors kept across queries): ``system`` itself answers the ``timed`` queries
+    one at a time, as :func:`run_system` times them, then ``fast`` answers every query (the run). Two passes, so
+    that each progress bar's estimate is of like work. The latency lists stay aligned to the sorted queries, NaN
+    where a query was not timed. ``check`` says how the timed answers compare with the run's: queries whose top 10
+    differ, and the largest score difference of a document both ranked (float noise of encoding in other batches;
+    a real difference means the twin is not the same)."""
+    qids = sorted(queries)
+    live: dict[str, Any] = {}
     if timed:
         system.search(queries[sorted(timed)[0]])  # warm-up: model load, JIT, caches
+        task = progress.add_task(f"evaluate: {system.name}, timed on {len(timed)} queries", total=len(timed)) \
+            if progress else None
+        for qid in sorted(timed):
+            live[qid] = system.search(queries[qid])
+            if progress:
+                progress.advance(task)
+    run: dict[str, dict[str, float]] = {}
+    wall, took, extra = [], [], {}
     differ, worst = [], 0.0
-    task = progress.add_task(f"evaluate: {system.name} ({len(timed)} of {len(qids)} queries timed)",
-                             total=len(qids)) if progress else None
+    task = progress.add_task(f"evaluate: {system.name}, every query", total=len(qids)) if progress else None
     for qid in qids:
         res = fast.search(queries[qid])
         run[qid] = {d: s for d, s in res.hits}
-        live = system.search(queries[qid]) if qid in timed_set else None
-        wall.append(live.wall_ms if live else float("nan"))
-        took.append(live.took_ms if live else float("nan"))
-        for k in (live.extra if live else res.extra):
-            extra.setdefault(k, []).append(live.extra[k] if live else float("nan"))
-        if live:
-            mine = dict(live.hits)
-            worst = max([worst] + [abs(mine[d] - s) for d, s in run[qid].items() if d in mine])
-            if [d for d, _ in live.hits[:10]] != [d for d, _ in res.hits[:10]]:
+        mine = live.get(qid)
+        wall.append(mine.wall_ms if mine else float("nan"))
+        took.append(mine.took_ms if mine else float("nan"))
+        for k in (mine.extra if mine else res.extra):
+            extra.setdefault(k, []).append(mine.extra[k] if mine else float("nan"))
+        if mine:
+            scores = dict(mine.hits)
+            worst = max([worst] + [abs(scores[d] - s) for d, s in run[qid].items() if d in scores])
+            if [d for d, _ in mine.hits[:10]] != [d for d, _ in res.hits[:10]]:
                 differ.append(qid)
         if progress:
             progress.advance(task)

@@ -204,6 +204,7 @@ class EvaluateStage(StageWork):
             return eval_mod.run_system(system, queries, self.p.progress)
         fast = copy.copy(system)
         fast.reranker = memo
+        self.prefill(system, memo, queries)
         out = eval_mod.run_system_sampled(system, fast, queries, eval_mod.latency_sample(queries, n),
                                           self.p.progress)
         check = out["check"]
@@ -217,6 +218,26 @@ class EvaluateStage(StageWork):
                        f"difference {check['max_score_diff']:.1e}): ties or float noise if small — "
                        "set evaluate.pipeline_latency_queries unset to run every query live")
         return out
+
+    def prefill(self, system, memo, queries: dict[str, str]) -> None:
+        """Each bi-encoder member of ``memo`` encodes every document the pipeline reranks for ``queries`` (BM25's
+        head of each, fetched here), once, with a progress bar over documents."""
+        from ..encoding import inference_context
+
+        texts = []
+        task = self.p.progress.add_task("pipeline: BM25's head of every query", total=len(queries))
+        for text in queries.values():
+            texts.extend(d.full_text for d in system.retrieve(text)[0])
+            self.p.progress.advance(task)
+        unique = list(dict.fromkeys(texts))
+        for member, model in memo.scorers:
+            if member.kind != "bi_encoder":
+                continue
+            task = self.p.progress.add_task(f"pipeline: encode {len(unique)} documents once ({member.spec})",
+                                            total=len(unique))
+            with inference_context():
+                model.prefill(unique, self.cfg.teacher.batch_size,
+                              advance=lambda n, task=task: self.p.progress.advance(task, n))
 
     def cluster_model(self) -> str:
         """The model the cluster encodes queries with for ``neural``/``hybrid_cluster``: the uploaded student
