@@ -29,8 +29,8 @@ from .base import StageWork, model_available
 
 #: systems served by the cluster's own model (the uploaded student): they search the student's dense index
 CLUSTER_SYSTEMS = ("neural", "hybrid_cluster")
-#: how ``hybrid_cluster`` fuses (the cluster's normalization search pipeline): BM25 and kNN weighed equally
-CLUSTER_HYBRID = {"weights": (0.5, 0.5), "normalization": "min_max", "combination": "arithmetic_mean"}
+#: how ``hybrid_cluster`` fuses (the cluster's normalization search pipeline): min-max, as the client-side hybrid
+CLUSTER_FUSION = {"normalization": "min_max", "combination": "arithmetic_mean"}
 
 
 class EvaluateStage(StageWork):
@@ -188,7 +188,7 @@ class EvaluateStage(StageWork):
                                                 ev.k, ev.num_candidates),
             "hybrid_cluster": lambda: search_mod.ClusterHybrid(c, self._dense_target("student", served),
                                                                self.cluster_model(), ev.k, ev.num_candidates,
-                                                               **CLUSTER_HYBRID),
+                                                               **self.cluster_hybrid()),
         }
 
     def run_pipeline(self, system, queries: dict[str, str]) -> dict[str, Any]:
@@ -239,6 +239,12 @@ class EvaluateStage(StageWork):
                 model.prefill(unique, self.cfg.teacher.batch_size,
                               advance=lambda n, task=task: self.p.progress.advance(task, n))
 
+    def cluster_hybrid(self) -> dict[str, Any]:
+        """How ``hybrid_cluster`` fuses: the client-side hybrid's min-max with its weights (BM25 ``1 -
+        evaluate.hybrid_weight``, kNN ``hybrid_weight``), done by the cluster's normalization search pipeline."""
+        w = self.cfg.evaluate.hybrid_weight
+        return {"weights": (1.0 - w, w), **CLUSTER_FUSION}
+
     def cluster_model(self) -> str:
         """The model the cluster encodes queries with for ``neural``/``hybrid_cluster``: the uploaded student
         (``deploy.model_id``, else the id ``esdistill export --upload`` gives it), refused clearly unless the
@@ -249,7 +255,7 @@ class EvaluateStage(StageWork):
         model_id = self.p.student_model_id()
         require_deployed(self.p.client, model_id)
         if "hybrid_cluster" in self.cfg.evaluate.systems:
-            self.p.backend.hybrid_text_body("", ["text"], model_id, 1, 1, CLUSTER_HYBRID["weights"])
+            self.p.backend.hybrid_text_body("", ["text"], model_id, 1, 1, self.cluster_hybrid()["weights"])
         return model_id
 
     def served_deploy(self, which: str = "student") -> served_mod.ServedDeploy:
@@ -383,7 +389,7 @@ class EvaluateStage(StageWork):
             out.update(deploy=self.p._deploy_key("student"), num_candidates=ev.num_candidates,
                        model=self.p.student_model_id())
             if name == "hybrid_cluster":
-                out.update(fusion={k: list(v) if isinstance(v, tuple) else v for k, v in CLUSTER_HYBRID.items()})
+                out.update(fusion={k: list(v) if isinstance(v, tuple) else v for k, v in self.cluster_hybrid().items()})
         elif name != "bm25":
             out.update(deploy=self.p._deploy_key(name), **dense)
         return out
