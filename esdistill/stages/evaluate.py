@@ -216,7 +216,7 @@ class EvaluateStage(StageWork):
             self.p.log(f"evaluate: the pipeline with document vectors kept ranks {len(check['top10_differ'])} of "
                        f"{check['timed']} timed queries' top 10 differently from the live pipeline (largest score "
                        f"difference {check['max_score_diff']:.1e}): ties or float noise if small — "
-                       "set evaluate.pipeline_latency_queries unset to run every query live")
+                       "leave evaluate.pipeline_latency_queries unset to run every query live")
         return out
 
     def prefill(self, system, memo, queries: dict[str, str]) -> None:
