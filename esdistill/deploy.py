@@ -239,6 +239,15 @@ def deploy_student(
     client = backend_for(client)
     index = versioned_index(alias, key)
     existing = client.index_meta(index)
+    if (existing and existing.get("key") == key and existing.get("weights") and meta.get("weights")
+            and existing["weights"] != meta["weights"]):
+        raise ClusterError(
+            f"{index} holds the vectors of another model trained from the same inputs (deploy key {key}; its weights "
+            f"{existing['weights']}, this model's {meta['weights']}: a training within a time budget takes as many "
+            f"steps as its machine allows, so two runs of one config can differ). Searching it with this model would "
+            "encode queries with one model against the other's vectors",
+            hint=f"serve the model that embedded it (its folder: {existing.get('model')}), or delete {index} (move "
+                 f"{alias!r} off it first if it serves it) and deploy again")
     if existing and existing.get("key") == key and not move_alias and in_use(client, index, existing):
         client.refresh(index)
         n = client.count(index)

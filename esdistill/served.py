@@ -106,6 +106,10 @@ def deploy_record(project: Project, which: str, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": local_path(path), "model_key": project.dense_models()[which][1](),
                            "query_max_length": project.cfg.train.max_length, "dataset": project.cfg.data.name,
                            "system": which}
+    if Path(path).is_dir():  # the weights themselves: one key's trainings may differ (a time budget's steps)
+        from .models import model_fingerprint
+
+        out["weights"] = model_fingerprint(str(path))
     if which == "student":
         out["teacher"] = project._teacher_cache().key
         try:

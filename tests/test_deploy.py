@@ -78,3 +78,26 @@ def test_replicas_follow_the_cluster_size(es, index_name, minilm):
     info = deploy_student(es, minilm, docs, 2, alias=index_name, key="rep2", cfg=DeployConfig(replicas=1), meta={})
     settings = es.indices.get_settings(index=info["index"]).body[info["index"]]["settings"]["index"]
     assert info["replicas"] == 1 and settings["number_of_replicas"] == "1"
+
+
+def test_an_index_of_the_same_key_embedded_by_other_weights_is_refused(es, index_name, minilm):
+    """One config's trainings can differ (a time budget's steps): the deploy key names the inputs, so the index
+    records the weights too, and another model of the same key is refused — by evaluation and by deploy alike —
+    naming both, instead of searching one model's vectors with the other's queries."""
+    from esdistill.errors import ClusterError
+
+    docs = [Doc("a", "", "one"), Doc("b", "", "two")]
+    first = deploy_student(es, minilm, docs, 2, alias=index_name, key="w1", cfg=DeployConfig(),
+                           meta={"model": "/runs/a/model", "weights": "aaa"})
+    assert first["embedded_now"] == 2
+    same = deploy_student(es, minilm, docs, 2, alias=index_name, key="w1", cfg=DeployConfig(),
+                          meta={"model": "/runs/a/model", "weights": "aaa"})
+    assert same["embedded_now"] == 0
+    for move_alias in (True, False):
+        with pytest.raises(ClusterError, match=r"another model trained from the same inputs.*aaa.*bbb") as err:
+            deploy_student(es, minilm, docs, 2, alias=index_name, key="w1", cfg=DeployConfig(),
+                           meta={"model": "/runs/b/model", "weights": "bbb"}, move_alias=move_alias)
+        assert "/runs/a/model" in err.value.hint
+    # an index from before weights were recorded is read as it was
+    legacy = deploy_student(es, minilm, docs, 2, alias=index_name, key="w1", cfg=DeployConfig(), meta={})
+    assert legacy["embedded_now"] == 0
