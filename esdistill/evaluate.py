@@ -144,18 +144,18 @@ def significance(qrels: Qrels, runs: dict[str, dict], baseline: str) -> dict[str
     return {n: {m: float(p) for m, p in rep[n]["comparisons"].get(baseline, {}).items()} for n in runs if n != baseline}
 
 
-def timed(values: list) -> list[float]:
+def measured(values: list) -> list[float]:
     """The latencies that were measured: a sampled run's untimed queries are NaN (``null`` read back)."""
     return [float(v) for v in values if v is not None and v == v]
 
 
 def mean_ms(values: list) -> float:
-    values = timed(values)
+    values = measured(values)
     return float(np.mean(values)) if values else float("nan")
 
 
 def pct(values: list[float], q: float) -> float:
-    values = timed(values)
+    values = measured(values)
     return float(np.percentile(values, q)) if values else float("nan")
 
 
@@ -168,7 +168,7 @@ def summarize(qrels: Qrels, results: dict[str, dict[str, Any]]) -> dict[str, Any
         systems[name] = {
             **{m: float(np.mean(v)) for m, v in per_query.items()},
             "latency_ms": {"p50": pct(r["wall_ms"], 50), "p95": pct(r["wall_ms"], 95), "mean": mean_ms(r["wall_ms"]),
-                           "timed": len(timed(r["wall_ms"]))},
+                           "timed": len(measured(r["wall_ms"]))},
             "took_ms": {"p50": pct(r["took_ms"], 50), "p95": pct(r["took_ms"], 95)},
             "extra_ms": {k: {"p50": pct(v, 50), "p95": pct(v, 95)} for k, v in r["extra_ms"].items()},
             "per_query": {"qids": sorted(qrels), **per_query},
