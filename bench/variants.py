@@ -3,6 +3,9 @@
     .venv/bin/python bench/variants.py --config examples/scifact.toml --seed 42 --seed 1 --seed 2 \\
         --variant train.list_size=16 --variant train.list_size=4 --variant "train.max_length=256"
 
+``--student log_only`` reads the log-only student instead (no judgment read in its training; evaluated with BM25
+and the pipeline, no hybrid): ``--variant train.teacher_positives=1 --student log_only``.
+
 The baseline (the config and profile as they are) and each variant (``section.field=value``, several joined by
 ``;``; a value is read as JSON where it parses, else as a string) train one student per seed (``train.seed``) on
 the same cache: index, candidates, teacher, BM25 and the pipeline are computed once and shared, and only what a
@@ -35,6 +38,8 @@ from common import (  # noqa: E402
 )
 
 SYSTEMS = ["bm25", "pipeline", "student", "hybrid"]
+#: ``--student``: which trained student the table reads, the train cache it is in, the systems evaluated
+STUDENTS = {"student": ("_train_cache", SYSTEMS), "log_only": ("_log_only_cache", ["bm25", "pipeline", "log_only"])}
 KEEP_VERSIONS = 50
 
 
@@ -57,23 +62,25 @@ def parse_variant(spec: str) -> dict[str, Any]:
     return out
 
 
-def one_run(config: Path, profile: str, overrides: dict) -> dict[str, Any]:
-    """The loop with these overrides; what the table needs from its report and its train record."""
+def one_run(config: Path, profile: str, overrides: dict, student: str = "student") -> dict[str, Any]:
+    """The loop with these overrides; what the table needs from its report and its train record. ``student``
+    (``log_only``): the log-only student is the one read, under the name ``student``."""
     from esdistill import load_config
     from esdistill.pipeline import Project
 
     cfg = load_config(config, profile, **overrides)
     project = Project(cfg)
     report = json.loads(Path(project.run()["json"]).read_text())
-    train = project._train_cache().info()
+    train = getattr(project, STUDENTS[student][0])().info()
     budget = train.get("budget") or {}
-    sysd = report["systems"]
+    sysd = dict(report["systems"])
+    sysd["student"] = sysd.get(student)
     return {
         "seed": cfg.train.seed, "evaluate_key": report.get("evaluate_key"),
-        "ndcg@10": {n: sysd[n]["ndcg@10"] for n in SYSTEMS if n in sysd},
+        "ndcg@10": {n: sysd[n]["ndcg@10"] for n in SYSTEMS if sysd.get(n)},
         "per_query": {n: dict(zip(sysd[n]["per_query"]["qids"], sysd[n]["per_query"]["ndcg@10"]))
-                      for n in ("student", "pipeline") if n in sysd},
-        "agreement": (report.get("agreement_with_pipeline") or {}).get("student", {}).get("ndcg@10"),
+                      for n in ("student", "pipeline") if sysd.get(n)},
+        "agreement": (report.get("agreement_with_pipeline") or {}).get(student, {}).get("ndcg@10"),
         "steps": train.get("steps"), "passes": budget.get("passes"), "passes_kept": budget.get("passes_kept"),
         "train_seconds": train.get("seconds"), "estimate_seconds": budget.get("estimate_seconds"),
         "dev_agreement": [train.get("agreement_before", {}).get("ndcg@10"),
@@ -99,6 +106,8 @@ def main(
     workdir: ConfigWorkdirOpt = None,
     out: OutOpt = DEFAULT_OUT,
     start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True,
+    student: Annotated[str, typer.Option(help="the student the table reads: student (the default's) or log_only "
+                                              "(no judgment read in training; evaluated without the hybrid)")] = "student",
 ):
     prepare_env()
     from scipy.stats import ttest_rel
@@ -107,7 +116,9 @@ def main(
     from esdistill.config import _deep_merge as merge
 
     # every run's student index stays behind the alias (not in any key), so a rerun reports without deploying again
-    base: dict[str, Any] = {"evaluate": {"systems": SYSTEMS}, "deploy": {"keep_versions": KEEP_VERSIONS}}
+    if student not in STUDENTS:
+        raise typer.BadParameter(f"--student {student!r}: one of {', '.join(STUDENTS)}")
+    base: dict[str, Any] = {"evaluate": {"systems": STUDENTS[student][1]}, "deploy": {"keep_versions": KEEP_VERSIONS}}
     if workdir:
         base["workdir"] = str(workdir.resolve())
     specs = {"baseline": {}} | {v: parse_variant(v) for v in variant}
@@ -121,13 +132,15 @@ def main(
     for spec, ov in specs.items():
         for s in seeds:
             print(f"── {spec}, seed {s}", flush=True)
-            results.setdefault(spec, []).append(one_run(config, profile, merge(merge(base, ov), {"train": {"seed": s}})))
+            results.setdefault(spec, []).append(one_run(config, profile, merge(merge(base, ov), {"train": {"seed": s}}),
+                                                         student))
 
     base_runs = results["baseline"]
     base_q = _per_query_mean(base_runs, "student")
     rows = []
     for spec, runs in results.items():
-        st, hy = _mean_sd([r["ndcg@10"]["student"] for r in runs]), _mean_sd([r["ndcg@10"]["hybrid"] for r in runs])
+        st = _mean_sd([r["ndcg@10"]["student"] for r in runs])
+        hy = _mean_sd([r["ndcg@10"]["hybrid"] for r in runs]) if all("hybrid" in r["ndcg@10"] for r in runs) else None
         ag = [r["agreement"] for r in runs if r["agreement"] is not None]
         q = _per_query_mean(runs, "student")
         common_q = sorted(set(q) & set(base_q))
@@ -146,7 +159,8 @@ def main(
     def f(ms):
         return "—" if ms is None else (f"{ms[0]:.3f}" if ms[1] != ms[1] else f"{ms[0]:.3f} ± {ms[1]:.3f}")
 
-    print(f"\n{cfg.data.name}, {profile} profile: BM25 {bm25:.3f}, pipeline {pipeline:.3f}; seeds {seeds}\n")
+    print(f"\n{cfg.data.name}, {profile} profile: BM25 {bm25:.3f}, pipeline {pipeline:.3f}; seeds {seeds}; "
+          f"the student read: {student}\n")
     print("| variant | student NDCG@10 | p vs baseline | hybrid NDCG@10 | agreement with the pipeline | steps "
           "| train s |\n|---|---|---|---|---|---|---|")
     for r in rows:
@@ -156,9 +170,11 @@ def main(
         print(f"| {r['variant']} | {f(r['student'])} | {p} | {f(r['hybrid'])} | {f(r['agreement'])} | {steps} | "
               f"{secs:.0f} |")
     print(f"\nbaseline student vs the pipeline (per-query NDCG@10 over the seeds, paired t-test): p = {p_pipe:.2g}")
-    stem = f"variants-{cfg.data.name}-{profile}-{hardware_label()}" + (f"-{name}" if name else "")
+    stem = (f"variants-{cfg.data.name}-{profile}-{hardware_label()}" + ("-log-only" if student == "log_only" else "")
+            + (f"-{name}" if name else ""))
     write_result(out, stem, {"dataset": cfg.data.name, "profile": profile, "seeds": seeds, "bm25": bm25,
-                             "pipeline": pipeline, "p_baseline_student_vs_pipeline": p_pipe, "rows": rows})
+                             "pipeline": pipeline, "student": student, "p_baseline_student_vs_pipeline": p_pipe,
+                             "rows": rows})
 
 
 if __name__ == "__main__":

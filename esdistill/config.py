@@ -385,6 +385,12 @@ class TrainConfig(_Strict):
         True, description="false: the training queries are an unjudged log — labels from the teacher only, no MNRL "
         "on judged pairs, no judged positive, and teacher weights fixed (teacher.ensemble_weights, else equal); "
         "judgments only evaluate")
+    teacher_positives: int = Field(
+        0, ge=0, description="MNRL rows whose positive is the teacher's top-ranked candidate, for every training "
+        "query without a judged positive (with use_judgments = false: every query, so the log-only student gets "
+        "the in-batch contrast the judged rows give the default student, from the teacher alone): N rows a query, "
+        "the positives its top N, each with a hard negative drawn from the teacher's ranks below 2N; the teacher's "
+        "top 2N of a row's query are never its in-batch negatives. 0: off")
     embedding_passes: float = Field(
         0.0, ge=0, description="before the ranking losses, passes in which the student copies the teacher's "
         "bi-encoder member (a bi_encoder:<model> in teacher.ensemble): its embeddings of the training queries and "

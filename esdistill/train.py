@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .console import attach_progress
 from .data import Doc, Qrels, relevant
 from .memory import CACHED_COST, cached_distill_loss, plan_step, step_log
-from .models import bf16_available, embedding_info, load_bi_encoder, st_modules
+from .models import bf16_available, embedding_info, load_bi_encoder, model_fingerprint, st_modules
 from .training_args import training_args  # noqa: F401 - re-exported
 
 
@@ -233,9 +233,36 @@ def judged_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: TrainC
     return out
 
 
-def masked_mnrl(model, scale: float, rows: list[tuple[str, str, str]], qrels: Qrels):
+def teacher_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: TrainConfig,
+                 epoch: int = 0) -> tuple[list[tuple[str, str, str]], dict[str, set[str]]]:
+    """(qid, one of the teacher's top ``cfg.teacher_positives`` candidates, hard negative) for every query of
+    ``qids`` without a judged positive, and the documents each such query's MNRL never takes as a negative (the
+    teacher's top 2N: likely relevant, so another row's positive among them is masked like a judged one).
+
+    The pseudo-positives are the teacher's own choice, so the log-only student (no judgment read) gets MNRL's
+    in-batch contrast — the part of the default student's loss that judged pairs give it — from the teacher alone.
+    The hard negative is drawn anew each ``epoch`` from the teacher's ranks 2N+1 .. ``cfg.negative_depth`` (all
+    where unset), skipping the ranks just below the positives, where an unjudged relevant document is likeliest."""
+    n = cfg.teacher_positives
+    rng = np.random.default_rng([cfg.seed, epoch, 2])
+    out, likely = [], {}
+    for qid, g in scores[scores.qid.isin(qids)].groupby("qid", sort=True):
+        if any(grade > 0 for grade in qrels.get(qid, {}).values()):
+            continue
+        ranked = list(g.sort_values("teacher", ascending=False, kind="stable").docid)
+        pool = ranked[2 * n: cfg.negative_depth or len(ranked)]
+        if not pool:
+            continue
+        likely[qid] = set(ranked[: 2 * n])
+        out += [(qid, pos, pool[int(rng.integers(len(pool)))]) for pos in ranked[:n]]
+    return out, likely
+
+
+def masked_mnrl(model, scale: float, rows: list[tuple[str, str, str]], qrels: Qrels,
+                likely: dict[str, set[str]] | None = None):
     """:class:`MultipleNegativesRankingLoss` whose in-batch negatives skip documents judged relevant to the row's
-    query: another row's positive (or hard negative) that the judgments call relevant to this query is a false
+    query (and, for a query without judgments, those in ``likely``: the teacher's top of :func:`teacher_rows`):
+    another row's positive (or hard negative) that the judgments call relevant to this query is a false
     negative, masked out of the softmax. Each row's index into ``rows`` (qid, positive, negative) travels in the
     dataset's ``label`` column; the loss counts what it masked in ``.masked``."""
     import torch
@@ -245,7 +272,8 @@ def masked_mnrl(model, scale: float, rows: list[tuple[str, str, str]], qrels: Qr
     except ImportError:  # sentence-transformers < 5.7
         from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    relevant_to = {q: {d for d, g in qrels.get(q, {}).items() if g > 0} for q in {r[0] for r in rows}}
+    relevant_to = {q: {d for d, g in qrels.get(q, {}).items() if g > 0} | (likely or {}).get(q, set())
+                   for q in {r[0] for r in rows}}
 
     class MaskedMNRL(MultipleNegativesRankingLoss):
         def __init__(self, *a, **kw):
@@ -398,12 +426,15 @@ def _examples_for(cfg: TrainConfig, scores: pd.DataFrame, train_q: list[str], qr
     supervised = cfg.judged_loss or cfg.loss == "judgments"
     if cfg.lists == "per_positive":
         examples = build_examples(scores, train_q, qrels, cfg, max_positives, suspects)
-        judged = judged_triplets(examples, qrels, cfg.seed) if supervised else []
-        return [examples] * passes, [judged] * passes
-    examples = [build_lists(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
-    judged = ([judged_rows(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
-              if supervised else [[] for _ in range(passes)])
-    return examples, judged
+        examples_by_pass = [examples] * passes
+        judged = [judged_triplets(examples, qrels, cfg.seed) if supervised else []] * passes
+    else:
+        examples_by_pass = [build_lists(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
+        judged = ([judged_rows(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
+                  if supervised else [[] for _ in range(passes)])
+    if cfg.teacher_positives and cfg.loss != "judgments":  # the teacher's own positives, where no judgment is
+        judged = [rows + teacher_rows(scores, train_q, qrels, cfg, epoch=e)[0] for e, rows in enumerate(judged)]
+    return examples_by_pass, judged
 
 
 def train_student(
@@ -475,6 +506,8 @@ def train_student(
     if not examples:
         raise ValueError("no training examples: every query needs at least two scored candidates")
     judged = judged_by_pass[0]
+    # the queries whose MNRL rows take the teacher's top as their positives (train.teacher_positives)
+    likely = teacher_rows(scores, train_q, qrels, cfg)[1] if cfg.teacher_positives and not judgments_only else {}
     needed = {d for ex in examples_by_pass for _, p, negs, _ in ex for d in [p, *negs]}
     needed |= {d for rows in judged_by_pass for _, p, n in rows for d in (p, n)}
     needed |= set(scores[scores.qid.isin(dev_q)].docid) | {d for q in dev_q for d in qrels.get(q, {})}
@@ -554,7 +587,7 @@ def train_student(
             "anchor": [queries[q] for q, _, _ in rows], "positive": [texts[p].full_text for _, p, _ in rows],
             "negative": [texts[n].full_text for _, _, n in rows],
             **({"label": list(range(len(rows)))} if cfg.mask_judged_negatives else {})})
-        mnrl = (masked_mnrl(model, cfg.score_scale, rows, qrels) if cfg.mask_judged_negatives
+        mnrl = (masked_mnrl(model, cfg.score_scale, rows, qrels, likely) if cfg.mask_judged_negatives
                 else MultipleNegativesRankingLoss(model, scale=cfg.score_scale))
         if judgments_only:
             train_data, train_loss = judged_data, mnrl
@@ -587,6 +620,7 @@ def train_student(
         log(f"train: {skipped} training queries give no example (fewer than two scored candidates)")
     if not main:
         log = _silent
+    taught = sum(q in likely for q, _, _ in judged)
     shape = (f"{len(examples)} lists of {len(examples[0][2]) + 1} (drawn anew in each of {passes} passes)"
              if cfg.lists == "per_query" else f"{len(examples)} examples")
     log(f"train: {shape} from {len(train_q) - skipped} queries, dev {len(dev_q)} queries, "
@@ -594,7 +628,9 @@ def train_student(
            f"loss {cfg.loss}, labels "
            + ("raw" if cfg.label_scale == "raw" else f"z-scored x {scale:.2f}"
               + (" (the base model's spread)" if cfg.label_scale == "auto" else ""))
-           + (f" + MNRL on {len(judged)} judged pairs" if judged else "")
+           + (f" + MNRL on {len(judged) - taught} judged pairs" if len(judged) > taught else "")
+           + (f" + MNRL on {taught} pairs of the teacher's top {cfg.teacher_positives} (train.teacher_positives)"
+              if taught else "")
            + ("" if cfg.use_judgments else "; judgments unused (an unjudged query log)"))
         + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=str(found[-1]) if resume else None)
@@ -616,7 +652,9 @@ def train_student(
     shutil.rmtree(ckpt, ignore_errors=True)
     used = {q for q, *_ in examples}
     record = cache.finish(
-        model=str(out), examples=len(examples), judged_pairs=len(judged), train_queries=len(train_q),
+        model=str(out), weights=model_fingerprint(str(out)), examples=len(examples),
+        judged_pairs=len(judged) - taught, teacher_pairs=taught,
+        train_queries=len(train_q),
         dev_queries=len(dev_q),
         queries_without_examples=len(set(train_q) - used),
         resumed_from=found[-1].name if found else None, steps=trainer.state.global_step,

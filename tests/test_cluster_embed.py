@@ -40,6 +40,7 @@ def test_reindex_request_is_a_sliced_task_through_the_pipeline():
 
 def test_deploy_in_the_cluster_is_refused_on_the_test_build_and_moves_nothing(tiny_project, es):
     from esdistill.pipeline import Project
+    from esdistill.stages.keys import trained_key
 
     project, _ = tiny_project
     alias = project.cfg.dense_alias
@@ -53,4 +54,7 @@ def test_deploy_in_the_cluster_is_refused_on_the_test_build_and_moves_nothing(ti
     assert "docker" in e.value.hint
     assert set(es.indices.get_alias(name=alias).body) == before
     assert set(es.indices.get(index="esdistill-*").body) == indices_before
-    assert other.student_model_id() == f"esdistill-{cfg.data.name}-{project._train_cache().key[:8]}"
+    # the model id names the trained student: its training and the weights it wrote
+    trained = project._train_cache()
+    assert trained.info()["weights"] and trained_key(trained) != trained.key
+    assert other.student_model_id() == f"esdistill-{cfg.data.name}-{trained_key(trained)[:8]}"

@@ -156,3 +156,74 @@ def test_the_served_pipeline_of_a_teacher_ensemble_is_the_deployed_one(es, es_ur
             assert served.search(query).hits == own.search(query).hits
     finally:
         es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)
+
+
+def test_one_config_trained_twice_into_other_weights_deploys_two_indices_each_searched_by_its_own_model(
+        es, es_url, tmp_path, tiny_models):
+    """Two work dirs of one config on one cluster whose trainings wrote different weights (a wall-clock budget
+    trains as many steps as each machine allows: one train key, other weights) get two dense indices — each
+    embedded and searched by its own student — instead of one index that serves one student's vectors to the
+    other's queries (or a refusal)."""
+    import json
+    import shutil
+
+    import torch
+
+    from esdistill.deploy import versions
+    from esdistill.indexing import index_meta
+    from esdistill.models import load_bi_encoder, model_fingerprint
+    from esdistill.pipeline import Project
+    from esdistill.search import knn_body
+
+    name = f"w{uuid.uuid4().hex[:8]}"
+    config = dict(evaluate={"query_encoder": "torch"})
+    try:
+        a = Project(tiny_config(tmp_path / "a", es_url, tiny_models, name, **config), client=es)
+        info_a = a.deploy()
+        meta_a = index_meta(es, info_a["index"])
+        assert meta_a["weights"] == model_fingerprint(a.student_path())
+
+        # the same config in another work dir: the same upstream stages, and a training of the same key that
+        # wrote other weights (here: A's student moved by a small step, recorded as its training records them)
+        shutil.copytree(a.workdir, tmp_path / "b" / "work", ignore=shutil.ignore_patterns("deploy", "evaluate*"))
+        b = Project(tiny_config(tmp_path / "b", es_url, tiny_models, name, **config), client=es)
+        cache = b._train_cache()
+        assert cache.key == a._train_cache().key and cache.done
+        model = load_bi_encoder(b.student_path(), max_length=b.cfg.train.max_length)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02, alpha=1.0)
+        model.save(b.student_path())
+        record = cache.info()
+        record["weights"] = model_fingerprint(b.student_path())
+        (cache.dir / "done.json").write_text(json.dumps(record))
+        assert b._deploy_key() != a._deploy_key()
+
+        info_b = b.deploy()  # neither refused nor "up to date": its own index, embedded by its own weights
+        assert info_b["index"] != info_a["index"] and info_b["embedded_now"] == info_b["docs"] > 0
+        assert index_meta(es, info_b["index"])["weights"] == record["weights"] != meta_a["weights"]
+        # A's index untouched but for its served history (the alias moved to B's)
+        assert {k: v for k, v in index_meta(es, info_a["index"]).items() if k != "served"} == {
+            k: v for k, v in meta_a.items() if k != "served"}
+        assert {v["index"] for v in versions(es, a.cfg.dense_alias)} == {info_a["index"], info_b["index"]}
+
+        # each index holds its own model's vectors: a document's own vector finds it first in its own index only
+        doc_id, doc = next(iter(a.dataset.corpus.items()))
+        vecs = {}
+        for project, info in ((a, info_a), (b, info_b)):
+            m = load_bi_encoder(project.student_path(), max_length=project.cfg.deploy.effective_max_length(
+                project.cfg.train))
+            vecs[info["index"]] = vec = m.encode(doc.full_text, normalize_embeddings=True).tolist()
+            hit = es.search(index=info["index"], **knn_body(vec, 1, 20)).body["hits"]["hits"][0]
+            assert hit["_id"] == doc_id and hit["_score"] > 0.999  # dot_product score (1 + cos) / 2 of itself
+        assert _cos(vecs[info_a["index"]], vecs[info_b["index"]]) < 0.999  # the two students differ
+        # and evaluation searches each index with its own student
+        for project, info in ((a, info_a), (b, info_b)):
+            student = project.systems()["student"]()
+            query = next(iter(project.eval_queries().values()))
+            vec = load_bi_encoder(project.student_path(), max_length=project.cfg.train.max_length).encode(
+                query, normalize_embeddings=True).tolist()
+            direct = es.search(index=info["index"], **knn_body(vec, student.k, student.num_candidates)).body
+            assert [d for d, _ in student.search(query).hits] == [h["_id"] for h in direct["hits"]["hits"]]
+    finally:
+        es.indices.delete(index=f"esdistill-{name}-*", ignore_unavailable=True, allow_no_indices=True)

@@ -213,6 +213,37 @@ def test_training_records_agreement_after_each_pass_and_can_ignore_judgments(tmp
     assert log_only["judged_pairs"] == 0 and log_only["use_judgments"] is False
 
 
+def test_teacher_positives_are_its_top_with_negatives_below_twice_that_for_unjudged_queries_only():
+    from esdistill.train import teacher_rows
+
+    queries, docs, scores = synthetic(n_q=3, n_d=8)
+    cfg = TrainConfig(teacher_positives=2, negative_depth=6)
+    qrels = {"q0": {"q0d1": 1}, "q1": {"q1d4": 0}}  # q0 judged; q1's only judgment is not relevant
+    rows, likely = teacher_rows(scores, list(queries), qrels, cfg)
+    assert {q for q, *_ in rows} == set(likely) == {"q1", "q2"}
+    for q in ("q1", "q2"):
+        order = list(scores[scores.qid == q].sort_values("teacher", ascending=False, kind="stable").docid)
+        mine = [r for r in rows if r[0] == q]
+        assert [p for _, p, _ in mine] == order[:2] and likely[q] == set(order[:4])
+        assert all(n in order[4:6] for *_, n in mine)  # ranks 2N+1 .. negative_depth
+    drawn = {tuple(teacher_rows(scores, list(queries), qrels, cfg, epoch=e)[0]) for e in range(6)}
+    assert len(drawn) > 1  # negatives drawn anew each pass
+
+
+def test_the_log_only_student_trains_mnrl_on_the_teacher_s_top_and_reads_no_judgment(tmp_path, tiny_models):
+    queries, docs, scores = synthetic(n_q=6, n_d=8)
+    qrels = {q: {f"{q}d3": 1} for q in queries}
+    cfg = TrainConfig(base_model=tiny_models["bi"], epochs=1, batch_size=4, max_length=32, dev_fraction=0.34,
+                      list_size=4, use_judgments=False, teacher_positives=1)
+    info = train_student(cfg, scores, queries, qrels, lambda ids: {i: docs[i] for i in ids},
+                         StageCache(tmp_path, "train", {"t": 3}), log=lambda m: None)
+    assert info["judged_pairs"] == 0 and info["teacher_pairs"] == info["train_queries"] == 4
+    judged = train_student(cfg.model_copy(update={"use_judgments": True}), scores, queries, qrels,
+                           lambda ids: {i: docs[i] for i in ids}, StageCache(tmp_path, "train", {"t": 4}),
+                           log=lambda m: None)
+    assert judged["teacher_pairs"] == 0 and judged["judged_pairs"] == 4  # every query is judged: no teacher row
+
+
 def test_rotation_recovers_an_orthogonal_map_and_keeps_cosines():
     import numpy as np
 

@@ -11,6 +11,7 @@ from ..errors import ClusterError
 from ..indexing import index_meta
 from ..models import load_bi_encoder, model_fingerprint
 from .base import StageWork
+from .keys import trained_key
 
 
 class ExportStage(StageWork):
@@ -21,7 +22,7 @@ class ExportStage(StageWork):
         from .. import eland_export as ex
 
         path = self.p.student_path()
-        cache = self.p._cache("export", {"student": self.p._train_cache().key})
+        cache = self.p._cache("export", {"student": trained_key(self.p._train_cache())})
         with self.p.stage("export"):
             name = self.student_model_id()
             export = ex.trace_student(path, cache.dir, self.cfg.deploy.effective_max_length(self.cfg.train),
@@ -45,7 +46,7 @@ class ExportStage(StageWork):
 
     def student_model_id(self) -> str:
         """The id ``esdistill export`` uploads the student under (``deploy.model_id`` overrides it)."""
-        return self.cfg.deploy.model_id or f"esdistill-{self.cfg.data.name}-{self.p._train_cache().key[:8]}"
+        return self.cfg.deploy.model_id or f"esdistill-{self.cfg.data.name}-{trained_key(self.p._train_cache())[:8]}"
 
     def export_encoder(self, out: Path | None = None) -> dict[str, Any]:
         """The deployed student as a portable query encoder (ONNX fp32 + int8, ``tokenizer.json``, a manifest

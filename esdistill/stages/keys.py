@@ -21,6 +21,7 @@ import pandas as pd
 from ..config import PROFILES, fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..cache import StageCache
     from ..pipeline import Project
 
 
@@ -93,7 +94,7 @@ def pairs_fingerprint(frame: pd.DataFrame) -> str:
 
 #: Settings added after caches were made: left out of a key while they hold their default (the old behaviour),
 #: so an upgrade does not retrain what it would train the same way.
-LATER_DEFAULTS = {"suspect_negatives": "keep", "embedding_passes": 0.0}
+LATER_DEFAULTS = {"suspect_negatives": "keep", "embedding_passes": 0.0, "teacher_positives": 0}
 
 
 def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:
@@ -193,3 +194,16 @@ class StageKeys:
 
     def sweep_vectors(self) -> dict[str, Any]:
         return self.p.sweep_vectors_inputs()
+
+
+def trained_key(cache: StageCache) -> str:
+    """A trained model's identity, which every key downstream of it reads (its deploy, the dense index's name, its
+    embeddings, its evaluation): the training's key and, once trained, the fingerprint of the weights it wrote.
+
+    A training's inputs do not fix its weights: under a wall-clock budget (``train.budget_minutes``) the same
+    inputs train as many steps as the machine allows (145 steps in one work dir, 134 in a fresh clone of the
+    same config), so two work dirs on one cluster would otherwise share a deploy key and search one student's
+    vectors with the other's queries. Before training (nothing to fingerprint yet), and for a record written
+    before weights were recorded, the key is the training's key alone — the key such a deploy already has."""
+    weights = cache.info().get("weights") if cache.done else None
+    return fingerprint({"train": cache.key, "weights": weights}) if weights else cache.key

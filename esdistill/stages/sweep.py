@@ -11,6 +11,7 @@ from ..indexing import iter_index_docs
 from ..jsonutil import dumps
 from ..models import load_bi_encoder
 from .base import StageWork
+from .keys import trained_key
 
 
 class SweepStage(StageWork):
@@ -57,7 +58,7 @@ class SweepStage(StageWork):
 
     # -- the key: what this stage reads --------------------------------------------------------------
     def sweep_vectors_inputs(self) -> dict[str, Any]:
-        return {"student": self.p._train_cache().key, "corpus": self.p.corpus_identity(),
+        return {"student": trained_key(self.p._train_cache()), "corpus": self.p.corpus_identity(),
                 "index_key": self.p.index_key, "fields": self.p.text_fields,
                 "max_length": self.cfg.deploy.effective_max_length(self.cfg.train),
                 "queries": fingerprint(self.p.dataset.test_queries)}

@@ -11,7 +11,7 @@ from ..config import fingerprint
 from ..models import model_fingerprint
 from ..train import train_student
 from .base import StageWork
-from .keys import budget_key, pairs_fingerprint, train_settings
+from .keys import budget_key, pairs_fingerprint, train_settings, trained_key
 
 
 class TrainStage(StageWork):
@@ -133,12 +133,13 @@ class TrainStage(StageWork):
         """Every bi-encoder that can be served: name -> (model path, its cache key, alias)."""
         base = self.cfg.train.base_model
         return {
-            "student": (self.student_path, lambda: self._train_cache().key, self.cfg.dense_alias),
+            "student": (self.student_path, lambda: trained_key(self._train_cache()), self.cfg.dense_alias),
             "zero_shot": (lambda: base, lambda: fingerprint({"base": model_fingerprint(base)}),
                           f"{self.cfg.dense_alias}-zero-shot"),
-            "judgments": (self.judgments_path, lambda: self._control_cache().key,
+            "judgments": (self.judgments_path, lambda: trained_key(self._control_cache()),
                           f"{self.cfg.dense_alias}-judgments"),
-            "log_only": (self.log_only_path, lambda: self._log_only_cache().key, f"{self.cfg.dense_alias}-log-only"),
+            "log_only": (self.log_only_path, lambda: trained_key(self._log_only_cache()),
+                         f"{self.cfg.dense_alias}-log-only"),
         }
 
     # -- the key: what this stage reads --------------------------------------------------------------
