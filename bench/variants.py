@@ -4,7 +4,8 @@
         --variant train.list_size=16 --variant train.list_size=4 --variant "train.max_length=256"
 
 ``--student log_only`` reads the log-only student instead (no judgment read in its training; evaluated with BM25
-and the pipeline, no hybrid): ``--variant train.teacher_positives=1 --student log_only``.
+and the pipeline, no hybrid): ``--variant train.teacher_positives=1 --student log_only``; ``--student judgments``
+the judgments-only control.
 
 The baseline (the config and profile as they are) and each variant (``section.field=value``, several joined by
 ``;``; a value is read as JSON where it parses, else as a string) train one student per seed (``train.seed``) on
@@ -39,7 +40,8 @@ from common import (  # noqa: E402
 
 SYSTEMS = ["bm25", "pipeline", "student", "hybrid"]
 #: ``--student``: which trained student the table reads, the train cache it is in, the systems evaluated
-STUDENTS = {"student": ("_train_cache", SYSTEMS), "log_only": ("_log_only_cache", ["bm25", "pipeline", "log_only"])}
+STUDENTS = {"student": ("_train_cache", SYSTEMS), "log_only": ("_log_only_cache", ["bm25", "pipeline", "log_only"]),
+            "judgments": ("_control_cache", ["bm25", "pipeline", "judgments"])}
 KEEP_VERSIONS = 50
 
 
@@ -70,7 +72,9 @@ def one_run(config: Path, profile: str, overrides: dict, student: str = "student
 
     cfg = load_config(config, profile, **overrides)
     project = Project(cfg)
-    report = json.loads(Path(project.run()["json"]).read_text())
+    # the log-only student (or the control) alone: evaluation builds what it measures (index, BM25, the pipeline,
+    # that student and its index) and nothing else — the loop would also train and deploy the default student
+    report = json.loads(Path((project.run() if student == "student" else project.evaluate())["json"]).read_text())
     train = getattr(project, STUDENTS[student][0])().info()
     budget = train.get("budget") or {}
     sysd = dict(report["systems"])
@@ -106,8 +110,9 @@ def main(
     workdir: ConfigWorkdirOpt = None,
     out: OutOpt = DEFAULT_OUT,
     start_cluster: Annotated[bool, typer.Option(help="start the local test cluster if no URL is set")] = True,
-    student: Annotated[str, typer.Option(help="the student the table reads: student (the default's) or log_only "
-                                              "(no judgment read in training; evaluated without the hybrid)")] = "student",
+    student: Annotated[str, typer.Option(help="the student the table reads: student (the default's), log_only "
+                                              "(no judgment read in training) or judgments (the control); the last "
+                                              "two are evaluated without the hybrid")] = "student",
 ):
     prepare_env()
     from scipy.stats import ttest_rel
@@ -170,7 +175,8 @@ def main(
         print(f"| {r['variant']} | {f(r['student'])} | {p} | {f(r['hybrid'])} | {f(r['agreement'])} | {steps} | "
               f"{secs:.0f} |")
     print(f"\nbaseline student vs the pipeline (per-query NDCG@10 over the seeds, paired t-test): p = {p_pipe:.2g}")
-    stem = (f"variants-{cfg.data.name}-{profile}-{hardware_label()}" + ("-log-only" if student == "log_only" else "")
+    stem = (f"variants-{cfg.data.name}-{profile}-{hardware_label()}"
+            + {"log_only": "-log-only", "judgments": "-control"}.get(student, "")
             + (f"-{name}" if name else ""))
     write_result(out, stem, {"dataset": cfg.data.name, "profile": profile, "seeds": seeds, "bm25": bm25,
                              "pipeline": pipeline, "student": student, "p_baseline_student_vs_pipeline": p_pipe,
