@@ -422,7 +422,8 @@ def _examples_for(cfg: TrainConfig, scores: pd.DataFrame, train_q: list[str], qr
                   max_positives: int | None, passes: int, suspects: dict[str, int]):
     """The distilling rows of every pass and the judged (MNRL) rows: per-query lists drawn anew for each pass, or
     the per-positive examples of before (the same each pass). The judged rows are MNRL's: next to the teacher
-    (``judged_loss``) or alone (``loss = judgments``, the control)."""
+    (``judged_loss``) or alone (``loss = judgments``, the control); with ``teacher_positives`` they include the
+    teacher's rows (:func:`teacher_rows`), whose likely-relevant documents per query come third."""
     supervised = cfg.judged_loss or cfg.loss == "judgments"
     if cfg.lists == "per_positive":
         examples = build_examples(scores, train_q, qrels, cfg, max_positives, suspects)
@@ -432,9 +433,12 @@ def _examples_for(cfg: TrainConfig, scores: pd.DataFrame, train_q: list[str], qr
         examples_by_pass = [build_lists(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
         judged = ([judged_rows(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
                   if supervised else [[] for _ in range(passes)])
+    likely: dict[str, set[str]] = {}  # the queries whose MNRL rows take the teacher's top as their positives
     if cfg.teacher_positives and cfg.loss != "judgments":  # the teacher's own positives, where no judgment is
-        judged = [rows + teacher_rows(scores, train_q, qrels, cfg, epoch=e)[0] for e, rows in enumerate(judged)]
-    return examples_by_pass, judged
+        for e, rows in enumerate(judged):
+            taught, likely = teacher_rows(scores, train_q, qrels, cfg, epoch=e)
+            judged[e] = rows + taught
+    return examples_by_pass, judged, likely
 
 
 def train_student(
@@ -501,13 +505,12 @@ def train_student(
         scores = standardize(scores)
     passes = max(1, math.ceil(cfg.epochs)) if cfg.lists == "per_query" else 1
     suspects: dict[str, int] = {}
-    examples_by_pass, judged_by_pass = _examples_for(cfg, scores, train_q, qrels, max_positives, passes, suspects)
+    examples_by_pass, judged_by_pass, likely = _examples_for(cfg, scores, train_q, qrels, max_positives, passes,
+                                                             suspects)
     examples = examples_by_pass[0]
     if not examples:
         raise ValueError("no training examples: every query needs at least two scored candidates")
     judged = judged_by_pass[0]
-    # the queries whose MNRL rows take the teacher's top as their positives (train.teacher_positives)
-    likely = teacher_rows(scores, train_q, qrels, cfg)[1] if cfg.teacher_positives and not judgments_only else {}
     needed = {d for ex in examples_by_pass for _, p, negs, _ in ex for d in [p, *negs]}
     needed |= {d for rows in judged_by_pass for _, p, n in rows for d in (p, n)}
     needed |= set(scores[scores.qid.isin(dev_q)].docid) | {d for q in dev_q for d in qrels.get(q, {})}
