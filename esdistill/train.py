@@ -243,7 +243,7 @@ def teacher_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: Train
     in-batch contrast — the part of the default student's loss that judged pairs give it — from the teacher alone.
     The hard negative is drawn anew each ``epoch`` from the teacher's ranks 2N+1 .. ``cfg.negative_depth`` (all
     where unset), skipping the ranks just below the positives, where an unjudged relevant document is likeliest."""
-    n = cfg.teacher_positives
+    n = cfg.teacher_positive_count
     rng = np.random.default_rng([cfg.seed, epoch, 2])
     out, likely = [], {}
     for qid, g in scores[scores.qid.isin(qids)].groupby("qid", sort=True):
@@ -434,7 +434,7 @@ def _examples_for(cfg: TrainConfig, scores: pd.DataFrame, train_q: list[str], qr
         judged = ([judged_rows(scores, train_q, qrels, cfg, max_positives, epoch=e) for e in range(passes)]
                   if supervised else [[] for _ in range(passes)])
     likely: dict[str, set[str]] = {}  # the queries whose MNRL rows take the teacher's top as their positives
-    if cfg.teacher_positives and cfg.loss != "judgments":  # the teacher's own positives, where no judgment is
+    if cfg.teacher_positive_count and cfg.loss != "judgments":  # the teacher's own positives, where no judgment is
         for e, rows in enumerate(judged):
             taught, likely = teacher_rows(scores, train_q, qrels, cfg, epoch=e)
             judged[e] = rows + taught
@@ -632,7 +632,7 @@ def train_student(
            + ("raw" if cfg.label_scale == "raw" else f"z-scored x {scale:.2f}"
               + (" (the base model's spread)" if cfg.label_scale == "auto" else ""))
            + (f" + MNRL on {len(judged) - taught} judged pairs" if len(judged) > taught else "")
-           + (f" + MNRL on {taught} pairs of the teacher's top {cfg.teacher_positives} (train.teacher_positives)"
+           + (f" + MNRL on {taught} pairs of the teacher's top {cfg.teacher_positive_count} (train.teacher_positives)"
               if taught else "")
            + ("" if cfg.use_judgments else "; judgments unused (an unjudged query log)"))
         + (" (resuming from checkpoint)" if resume else ""))

@@ -231,10 +231,11 @@ def test_teacher_positives_are_its_top_with_negatives_below_twice_that_for_unjud
 
 
 def test_the_log_only_student_trains_mnrl_on_the_teacher_s_top_and_reads_no_judgment(tmp_path, tiny_models):
+    """teacher_positives = auto (the default): the log-only student's MNRL rows are the teacher's rank 1."""
     queries, docs, scores = synthetic(n_q=6, n_d=8)
     qrels = {q: {f"{q}d3": 1} for q in queries}
     cfg = TrainConfig(base_model=tiny_models["bi"], epochs=1, batch_size=4, max_length=32, dev_fraction=0.34,
-                      list_size=4, use_judgments=False, teacher_positives=1)
+                      list_size=4, use_judgments=False)
     info = train_student(cfg, scores, queries, qrels, lambda ids: {i: docs[i] for i in ids},
                          StageCache(tmp_path, "train", {"t": 3}), log=lambda m: None)
     assert info["judged_pairs"] == 0 and info["teacher_pairs"] == info["train_queries"] == 4
@@ -242,6 +243,20 @@ def test_the_log_only_student_trains_mnrl_on_the_teacher_s_top_and_reads_no_judg
                            lambda ids: {i: docs[i] for i in ids}, StageCache(tmp_path, "train", {"t": 4}),
                            log=lambda m: None)
     assert judged["teacher_pairs"] == 0 and judged["judged_pairs"] == 4  # every query is judged: no teacher row
+
+
+def test_teacher_positives_auto_is_one_for_the_log_only_student_and_keyed_as_that_number():
+    from esdistill.stages.keys import train_settings
+
+    assert TrainConfig().teacher_positive_count == 0 and TrainConfig(teacher_positives=2).teacher_positive_count == 2
+    log = TrainConfig(use_judgments=False)
+    assert log.teacher_positive_count == 1 and TrainConfig(use_judgments=False, teacher_positives=0).teacher_positive_count == 0
+    # keyed as the number it means: auto's log-only student is the one trained with 1, and the default student's
+    # key is the one of before the setting (0 is left out of it)
+    assert train_settings(log) == train_settings(TrainConfig(use_judgments=False, teacher_positives=1))
+    assert "teacher_positives" not in train_settings(TrainConfig())
+    assert train_settings(TrainConfig()) == train_settings(TrainConfig(teacher_positives=0))
+    assert train_settings(TrainConfig(use_judgments=False, teacher_positives=0)) != train_settings(log)
 
 
 def test_rotation_recovers_an_orthogonal_map_and_keeps_cosines():
