@@ -387,7 +387,7 @@ class TrainConfig(_Strict):
         "judgments only evaluate")
     teacher_positives: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="MNRL rows whose positive is the teacher's top-ranked candidate, for every training "
-        "query without a judged positive (with use_judgments = false: every query, so the log-only student gets "
+        "query without a judged MNRL row (no judged positive, or judged_loss = false; with use_judgments = false: every query, so the log-only student gets "
         "the in-batch contrast the judged rows give the default student, from the teacher alone): N rows a query, "
         "the positives its top N, each with a hard negative drawn from the teacher's ranks below 2N; the teacher's "
         "top 2N of a row's query are never its in-batch negatives. 0: off. auto: 1 for a student trained without "
@@ -428,7 +428,8 @@ class TrainConfig(_Strict):
     @property
     def teacher_positive_count(self) -> int:
         """``teacher_positives`` as a number: ``auto`` is 1 for a student trained without judgments (the log-only
-        student: the teacher's rank 1 as its MNRL positive, SciFact 0.624 -> 0.648 NDCG@10), else 0."""
+        student: the teacher's rank 1 as its MNRL positive; SciFact quick, 3 seeds: 0.640 ± 0.007 NDCG@10 against 0.624
+        without, above the zero-shot base's 0.617, p = 0.037), else 0 (the default student's is unmeasured)."""
         if self.teacher_positives == "auto":
             return 0 if self.use_judgments else 1
         return self.teacher_positives

@@ -236,8 +236,9 @@ def judged_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: TrainC
 def teacher_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: TrainConfig,
                  epoch: int = 0) -> tuple[list[tuple[str, str, str]], dict[str, set[str]]]:
     """(qid, one of the teacher's top ``cfg.teacher_positives`` candidates, hard negative) for every query of
-    ``qids`` without a judged positive, and the documents each such query's MNRL never takes as a negative (the
-    teacher's top 2N: likely relevant, so another row's positive among them is masked like a judged one).
+    ``qids`` that has no judged MNRL row (no judged positive, or ``judged_loss`` off), and the documents each such
+    query's MNRL never takes as a negative (the teacher's top 2N: likely relevant, so another row's positive among
+    them is masked like a judged one).
 
     The pseudo-positives are the teacher's own choice, so the log-only student (no judgment read) gets MNRL's
     in-batch contrast — the part of the default student's loss that judged pairs give it — from the teacher alone.
@@ -247,8 +248,8 @@ def teacher_rows(scores: pd.DataFrame, qids: list[str], qrels: Qrels, cfg: Train
     rng = np.random.default_rng([cfg.seed, epoch, 2])
     out, likely = [], {}
     for qid, g in scores[scores.qid.isin(qids)].groupby("qid", sort=True):
-        if any(grade > 0 for grade in qrels.get(qid, {}).values()):
-            continue
+        if cfg.judged_loss and any(grade > 0 for grade in qrels.get(qid, {}).values()):
+            continue  # its judged pairs are its MNRL rows
         ranked = list(g.sort_values("teacher", ascending=False, kind="stable").docid)
         pool = ranked[2 * n: cfg.negative_depth or len(ranked)]
         if not pool:

@@ -228,6 +228,9 @@ def test_teacher_positives_are_its_top_with_negatives_below_twice_that_for_unjud
         assert all(n in order[4:6] for *_, n in mine)  # ranks 2N+1 .. negative_depth
     drawn = {tuple(teacher_rows(scores, list(queries), qrels, cfg, epoch=e)[0]) for e in range(6)}
     assert len(drawn) > 1  # negatives drawn anew each pass
+    # without MNRL on judged pairs (judged_loss = false) a judged query gets the teacher's rows too
+    rows, likely = teacher_rows(scores, list(queries), qrels, cfg.model_copy(update={"judged_loss": False}))
+    assert {q for q, *_ in rows} == set(likely) == {"q0", "q1", "q2"}
 
 
 def test_the_log_only_student_trains_mnrl_on_the_teacher_s_top_and_reads_no_judgment(tmp_path, tiny_models):
