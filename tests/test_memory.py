@@ -111,12 +111,13 @@ def test_a_step_that_cannot_fit_stops_before_training_naming_what_to_lower(minil
 
 
 def test_training_runs_mini_batched_when_a_step_exceeds_its_memory(tmp_path, tiny_models):
-    """A log-only student (no MNRL step) whose steps may hold two texts: it trains, a mini-batch at a time, and
-    its record and log say so."""
+    """A log-only student without the teacher's MNRL rows (teacher_positives = 0: no MNRL step) whose steps may
+    hold two texts: it trains, a mini-batch at a time, and its record and log say so."""
     queries, docs, scores = synthetic(n_q=6, n_d=8)
     model = load_bi_encoder(tiny_models["bi"], max_length=32)
     cfg = TrainConfig(base_model=tiny_models["bi"], epochs=1, batch_size=4, max_length=32, dev_fraction=0.0,
-                      list_size=4, use_judgments=False, memory_gb=2.5 * bytes_per_text(model, 32) / 1e9)
+                      list_size=4, use_judgments=False, teacher_positives=0,
+                      memory_gb=2.5 * bytes_per_text(model, 32) / 1e9)
     lines: list[str] = []
     info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids},
                          StageCache(tmp_path, "train", {"t": 1}), log=lines.append)
@@ -135,7 +136,8 @@ def test_a_plan_left_by_a_run_killed_before_its_first_checkpoint_is_made_anew(tm
 
     queries, docs, scores = synthetic(n_q=6, n_d=8)
     cfg = TrainConfig(base_model=tiny_models["bi"], epochs=1, batch_size=4, max_length=32, dev_fraction=0.0,
-                      list_size=4, use_judgments=False, budget_minutes=5.0, mini_batch=2)
+                      list_size=4, use_judgments=False, teacher_positives=0, budget_minutes=5.0,
+                      mini_batch=2)
     cache = StageCache(tmp_path, "train", {"t": 1})
     stale = {"kept": [[1, 0]], "estimate_seconds": 1.0, "sampled_down": True, "passes_kept": 0.17, "passes": 1,
              "seconds_per_text": 123.0}

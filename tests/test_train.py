@@ -253,7 +253,8 @@ def test_teacher_positives_auto_is_one_for_the_log_only_student_and_keyed_as_tha
 
     assert TrainConfig().teacher_positive_count == 0 and TrainConfig(teacher_positives=2).teacher_positive_count == 2
     log = TrainConfig(use_judgments=False)
-    assert log.teacher_positive_count == 1 and TrainConfig(use_judgments=False, teacher_positives=0).teacher_positive_count == 0
+    assert log.teacher_positive_count == 1
+    assert TrainConfig(use_judgments=False, teacher_positives=0).teacher_positive_count == 0
     # keyed as the number it means: auto's log-only student is the one trained with 1, and the default student's
     # key is the one of before the setting (0 is left out of it)
     assert train_settings(log) == train_settings(TrainConfig(use_judgments=False, teacher_positives=1))
