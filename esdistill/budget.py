@@ -237,7 +237,7 @@ def plan_training(
         log(f"train: the data would train {fmt_seconds(whole)} on this machine ({where}); the "
             f"{profile or 'configured'} budget is {fmt_seconds(allowed)}: sampled down to {kept_passes:.2f} of "
             f"{len(examples_by_pass)} passes — {record['lists'][0]:,} of {record['lists'][1]:,} lists, "
-            f"{record['judged_rows'][0]:,} of {record['judged_rows'][1]:,} judged rows, "
+            f"{record['judged_rows'][0]:,} of {record['judged_rows'][1]:,} MNRL rows, "
             f"{record['steps_allowed']:,} of {record['steps_whole']:,} steps. To train it all: {lift}")
     log(f"train: estimated {fmt_seconds(spent)} on this machine ({where}"
         + (f"; budget {fmt_seconds(allowed)}" if budget else "") + ")")
