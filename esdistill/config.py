@@ -388,12 +388,11 @@ class TrainConfig(_Strict):
     teacher_positives: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="MNRL rows whose positive is the teacher's top-ranked candidate, for every training "
         "query without a judged MNRL row (no judged positive, or judged_loss = false; with use_judgments = false: "
-        "every query, so the log-only student gets "
-        "the in-batch contrast the judged rows give the default student, from the teacher alone): N rows a query, "
-        "the positives its top N, each with a hard negative drawn from the teacher's ranks below 2N; the teacher's "
-        "top 2N of a row's query are never its in-batch negatives. 0: off. auto: 1 for a student trained without "
-        "judgments (use_judgments = false, the log-only student), 0 otherwise (bench/README.md, 'The log-only "
-        "student with the teacher's own positives')")
+        "every query, so the log-only student gets the in-batch contrast the judged rows give the default student, "
+        "from the teacher alone): N rows a query, the positives its top N, each with a hard negative drawn from the "
+        "teacher's ranks below 2N; the teacher's top 2N of a row's query are never its in-batch negatives. 0: off. "
+        "auto: 1 for a student trained without judgments (use_judgments = false, the log-only student), 0 otherwise "
+        "(bench/README.md, 'The log-only student with the teacher's own positives')")
     embedding_passes: float = Field(
         0.0, ge=0, description="before the ranking losses, passes in which the student copies the teacher's "
         "bi-encoder member (a bi_encoder:<model> in teacher.ensemble): its embeddings of the training queries and "
