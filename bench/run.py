@@ -28,7 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     DEFAULT_CONFIG, DEFAULT_OUT, ConfigOpt, ConfigWorkdirOpt, OutOpt, ProfileOpt, ensure_cluster, hardware, prepare_env,
 )
-SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]
+
+from esdistill.evaluate import HEADLINE_SYSTEMS  # noqa: E402
+
+SYSTEMS = HEADLINE_SYSTEMS
 LABELS = {"bm25": "BM25", "zero_shot": "zero-shot base bi-encoder", "pipeline": "pipeline (BM25 → teacher)",
           "student": "distilled student (kNN)", "judgments": "student on judgments only (kNN)",
           "log_only": "student from the log alone, no judgments (kNN)",

@@ -19,6 +19,9 @@ from .jsonutil import dumps
 from .redact import redact
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
+#: every system README's headline table compares (bench/run.py; ``--systems headline`` on run, demo, evaluate):
+#: the log-only student and the judgments-only control are trained on the way
+HEADLINE_SYSTEMS = ["bm25", "zero_shot", "pipeline", "student", "log_only", "judgments", "hybrid"]
 LABELS = {"bm25": "BM25", "pipeline": "pipeline (BM25 → teacher)", "student": "student (kNN)",
           "zero_shot": "zero-shot base bi-encoder", "judgments": "student on judgments only (kNN)",
           "log_only": "student from the log alone, no judgments (kNN)",

@@ -9,4 +9,5 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 if [ -z "${ESDISTILL_ES_URL:-}" ]; then
   .venv/bin/esdistill cluster start
 fi
-exec .venv/bin/esdistill demo --profile "${PROFILE:-quick}"   # examples/scifact.toml on datasets/scifact.tar.xz
+# SYSTEMS=headline: the report also holds the zero-shot base, the log-only student and the judgments-only control
+exec .venv/bin/esdistill demo --profile "${PROFILE:-quick}" ${SYSTEMS:+--systems "$SYSTEMS"}   # examples/scifact.toml on datasets/scifact.tar.xz

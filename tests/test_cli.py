@@ -22,12 +22,19 @@ def test_the_console_holds_no_library_noise(tmp_path, es, es_url, tiny_models):
     env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="120")
     env.pop("ESDISTILL_VERBOSE", None)
     try:
-        proc = subprocess.run([sys.executable, "-m", "esdistill", "run", "-c", str(cfg)], capture_output=True,
-                              text=True, env=env)
+        bad = subprocess.run([sys.executable, "-m", "esdistill", "run", "-c", str(cfg), "--systems", "bm25,bogus"],
+                             capture_output=True, text=True, env=env)
+        assert bad.returncode != 0 and "--systems 'bm25,bogus'" in bad.stderr and "Traceback" not in bad.stderr
+        assert not list((tmp_path / "work").glob("*/*/done.json"))  # refused before any stage ran
+        # --systems on run (and demo): the zero-shot base beside the trained student, in the same report
+        proc = subprocess.run([sys.executable, "-m", "esdistill", "run", "-c", str(cfg), "--systems",
+                               "bm25,zero_shot,pipeline,student,hybrid"], capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         out = proc.stdout + proc.stderr
         assert "teacher fit [full]: 8 queries" in out  # our own lines, as written (not eaten as rich markup)
         assert "| BM25 |" in proc.stdout  # the report's table
+        assert "| zero-shot base bi-encoder |" in proc.stdout
+        assert list((tmp_path / "work").glob("*/*/done.json"))  # what the refused run above did not write
         assert "of 809 training queries are test queries" in out  # esdistill's own warning, one readable line
         for noise in (r"\d+it/s|s/it\]", r"\d+%\|", r"Warning:", r"warnings\.warn", r"\{'(train_)?loss'",
                       r"'train_runtime'", r"Some weights of", r"LOAD REPORT", r"You should probably TRAIN",
