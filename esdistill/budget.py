@@ -144,9 +144,11 @@ def plan_training(
     """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
 
     The cost is counted in text encodings (each distilling row: its query and ``list_size`` documents; each MNRL
-    row: query, positive, hard negative), priced at the seconds per text measured on the first batches of the
-    rows' own documents (:func:`measure_seconds_per_text`; queries are counted as documents, so the estimate
-    leans long). When the whole would take longer than the budget, passes are kept in order while they fit and
+    row: query, positive, hard negative), documents priced at the seconds per text measured on the first batches
+    of the rows' own documents and queries at those measured on the rows' own queries
+    (:func:`measure_seconds_per_text`: the losses encode each column of a batch apart, so a batch of queries is
+    padded to the longest query, not to a document's length; queries were priced as documents before 2026-12-06,
+    and the estimate came out 9–25% above the training it planned). When the whole would take longer than the budget, passes are kept in order while they fit and
     a stable sample of the next one fills the rest (lists and MNRL rows alike; at least one batch of lists is
     kept); the log says what was sampled down and how to lift it. Without a budget only the estimate is made.
     ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
@@ -176,9 +178,14 @@ def plan_training(
     doc_sample += [texts[d].full_text for rows in judged_by_pass[:1] for _, p, n in rows[:64] for d in (p, n)
                    if d in texts]
     per_text = measure(model, doc_sample or list(queries.values())[:bs], bs)
-    list_price = width * per_text * distill_cost
-    cost = [len(ex) * list_price + len(jd) * 3 * per_text for ex, jd in zip(examples_by_pass, judged_by_pass,
-                                                                            strict=True)]
+    query_sample = [queries[r[0]] for rows in (*examples_by_pass[:1], *judged_by_pass[:1]) for r in rows[:64]
+                    if r[0] in queries]
+    # no query text to measure (or the documents were not found): a query costs what a document does
+    per_query = measure(model, query_sample, bs) if query_sample and doc_sample else per_text
+    list_price = (per_query + (width - 1) * per_text) * distill_cost if width else 0.0
+    row_price = per_query + 2 * per_text  # an MNRL row: query, positive, hard negative
+    cost = [len(ex) * list_price + len(jd) * row_price for ex, jd in zip(examples_by_pass, judged_by_pass,
+                                                                        strict=True)]
     budget = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
     allowed = budget * 60 if budget else math.inf
     between = (eval_texts + pass_eval_texts) * per_text / 3 <= EVAL_SHARE * allowed
@@ -203,7 +210,7 @@ def plan_training(
         if keep_ex or keep_jd:
             examples.append(_subset(ex, keep_ex, cfg.seed, p))
             judged.append(_subset(jd, keep_jd, cfg.seed, p))
-            spent += keep_ex * list_price + keep_jd * 3 * per_text
+            spent += keep_ex * list_price + keep_jd * row_price
             kept_passes += (keep_ex / len(ex) if distill and ex else keep_jd / len(jd) if jd else 0.0)
         break
 
@@ -213,7 +220,8 @@ def plan_training(
 
     sampled = spent < whole
     record = {
-        "minutes": budget, "profile": profile, "seconds_per_text": per_text, "evaluation_seconds": fixed,
+        "minutes": budget, "profile": profile, "seconds_per_text": per_text, "seconds_per_query": per_query,
+        "evaluation_seconds": fixed,
         **({"distill_cost": distill_cost} if distill_cost != 1.0 else {}),
         "evaluate_between_passes": between,
         "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
@@ -227,7 +235,8 @@ def plan_training(
     }
     if saved is not None:
         saved.write_text(json.dumps(record, indent=2))
-    where = f"{per_text * 1000:.0f} ms a text, measured on the first batches of training texts"
+    where = (f"{per_text * 1000:.0f} ms a document, {per_query * 1000:.0f} ms a query, measured on the first "
+             "batches of training texts")
     if pass_eval_texts and not between:
         log(f"train: the dev evaluations between passes would take more than {EVAL_SHARE:.0%} of the "
             f"{fmt_seconds(allowed)} budget: left out (the dev slice is measured before and after training)")

@@ -144,6 +144,34 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     assert free.examples == ex and not free.record["sampled_down"] and free.record["minutes"] is None
 
 
+def test_queries_are_priced_at_their_own_measurement():
+    """Each column of a batch is encoded apart, so a query costs what a query batch measures, not a document's
+    price: at 10 ms a document and 2 ms a query, a pass of 100 lists (1 query + 8 documents) and 50 MNRL rows
+    (1 query + 2 documents) costs 9.3 s, and the rows a document's price sampled down to 2.85 passes fit whole in
+    30 s. Without query texts to measure, a query is priced as a document (the conservative estimate)."""
+    from esdistill.budget import plan_training
+    from esdistill.config import TrainConfig
+
+    ex, jd, texts = _rows()
+    queries = {f"q{i}": f"query {i}" for i in range(100)}
+    measured: list[list[str]] = []
+
+    def measure(model, sample, bs):
+        measured.append(sample)
+        return 0.002 if all(t.startswith("query ") for t in sample) else 0.01
+
+    cfg = TrainConfig(batch_size=16, budget_minutes=0.5)
+    lines: list[str] = []
+    plan = plan_training(None, cfg, ex, jd, queries, texts, "quick", lines.append, measure=measure)
+    assert len(measured) == 2 and set(measured[1]) <= set(queries.values())  # documents, then the rows' queries
+    r = plan.record
+    assert r["seconds_per_text"] == 0.01 and r["seconds_per_query"] == 0.002
+    assert r["estimate_seconds_whole"] == pytest.approx(27.9) and not r["sampled_down"]
+    assert [len(x) for x in plan.examples] == [100, 100, 100] and "10 ms a document, 2 ms a query" in lines[-1]
+    unknown = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=measure)
+    assert unknown.record["seconds_per_query"] == 0.01 and unknown.record["estimate_seconds_whole"] == pytest.approx(31.5)
+
+
 # ------------------------------------------------------------------------------------ the quick budget, end to end
 def many_judgments(root: Path, queries: int = 30, positives: int = 40) -> Path:
     """A small BEIR folder judged like NFCorpus: ``queries`` training queries with ``positives`` judged documents
