@@ -149,9 +149,10 @@ def plan_training(
     (:func:`measure_seconds_per_text`: the losses encode each column of a batch apart, so a batch of queries is
     padded to the longest query, not to a document's length: MiniLM at 128 tokens on 2 cores, 16 ms a SciFact query
     against 63 ms a document). Until 2026-12-06 queries were priced as documents, and the estimate came out 9–25%
-    above the training it planned; pricing them apart takes about half of that off (bench/README.md). When the whole would take longer than the budget, passes are kept in order while they fit and
-    a stable sample of the next one fills the rest (lists and MNRL rows alike; at least one batch of lists is
-    kept); the log says what was sampled down and how to lift it. Without a budget only the estimate is made.
+    above the training it planned; pricing them apart takes about half of that off (bench/README.md). When the
+    whole would take longer than the budget, passes are kept in order while they fit and a stable sample of the
+    next one fills the rest (lists and MNRL rows alike; at least one batch of lists is kept); the log says what was
+    sampled down and how to lift it. Without a budget only the estimate is made.
     ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
     ``eval_texts``: the texts the dev evaluations before and after training encode, priced at a third of a training
     text (a forward pass alone): a fixed cost, in the estimate and taken off the budget first. ``pass_eval_texts``:
