@@ -10,7 +10,9 @@ test build unless the config names another; started here when it is not running)
 does; the fusion is the ensemble's (:func:`esdistill.ensemble.fuse_many`: per-query z-scores, weighted sum) at
 fixed model weights 0.5..0.9 — fixed, not chosen on the test queries. With two models from the mirror, their
 equal-weight mix fused with BM25 is reported too. Prints NDCG@10 and MRR@10 with paired t-test p-values against
-BM25; writes bench/results/models-<dataset>-<hardware>.json. Cosines are cached in the workdir per model. ``--cut N`` (repeat) reports the same rows for BM25's top N of
+BM25; writes bench/results/models-<dataset>-<hardware>.json. ``--split train`` measures the judged training
+queries the profile labels instead (models-<dataset>-train-…-<max length>.json): a teacher setting such as its token
+length chosen there leaves the test queries to the evaluation. Cosines are cached in the workdir per model. ``--cut N`` (repeat) reports the same rows for BM25's top N of
 the same lists too (the fusion's z-scores over those N), so one encoding measures several rerank depths.
 """
 
@@ -73,6 +75,8 @@ def main(
     cut: Annotated[list[int], typer.Option(help="also rerank only BM25's top N of the --depth list (repeat)")] = [],  # noqa: B006
     max_length: MaxLengthOpt = 256,
     batch_size: BatchSizeOpt = 32,
+    split: Annotated[str, typer.Option(help="test: the evaluated test queries; train: the judged training queries "
+                                            "the profile labels (to choose a teacher setting without the test)")] = "test",
     out: OutOpt = DEFAULT_OUT,
 ):
     project = open_project(config, "quick", workdir)
@@ -83,8 +87,15 @@ def main(
     from esdistill.model_source import known
 
     project.index()
-    queries = project.eval_queries()
-    qrels = {q: project.dataset.test_qrels[q] for q in queries}
+    if split == "train":  # the judged training queries the profile labels: choosing on them leaves the test alone
+        judged = project.judged_qids
+        queries = {q: t for q, t in project.dataset.train_queries.items() if q in judged}
+        qrels = {q: project.dataset.train_qrels[q] for q in queries}
+    elif split == "test":
+        queries = project.eval_queries()
+        qrels = {q: project.dataset.test_qrels[q] for q in queries}
+    else:
+        raise typer.BadParameter(f"--split: 'train' or 'test', not {split!r}")
     hits = cand_mod.msearch_bm25(project.client, project.cfg.bm25_index, queries, project.text_fields, depth)
     docs = project.docs(sorted({d for h in hits.values() for d, _ in h}))
     bm25 = {q: np.array([s for _, s in hits[q]], dtype=float) for q in queries}
@@ -142,16 +153,17 @@ def main(
     else:
         paired = None
 
-    print(f"\nSciFact-style test: {len(queries)} queries, BM25 top {depth}, {max_length} tokens\n")
+    print(f"\n{project.cfg.data.name} {split}: {len(queries)} queries, BM25 top {depth}, {max_length} tokens\n")
     print("| system | NDCG@10 | MRR@10 | p vs BM25 |\n|---|---|---|---|")
     for r in rows:
         p = "—" if r["p_vs_bm25"] is None else f"{r['p_vs_bm25']:.3g}"
         print(f"| {r['system']} | {r['ndcg@10']:.4f} | {r['mrr@10']:.4f} | {p} |")
     if paired:
         print(f"\np ({mirror[0]} + BM25 vs minilm + BM25, same weight): {paired}")
-    name = f"models-{project.cfg.data.name}-{hardware_label()}" + ("" if depth == 30 else f"-depth{depth}")
+    name = (f"models-{project.cfg.data.name}" + ("" if split == "test" else f"-{split}") + f"-{hardware_label()}"
+            + ("" if depth == 30 else f"-depth{depth}") + ("" if split == "test" else f"-{max_length}"))
     write_result(out, name, {
-        "dataset": project.cfg.data.name, "queries": len(queries), "depth": depth, "cuts": cuts,
+        "dataset": project.cfg.data.name, "split": split, "queries": len(queries), "depth": depth, "cuts": cuts,
         "max_length": max_length,
         "weights_fixed": list(WEIGHTS), "rows": rows, "models": infos, "p_mirror_vs_minilm_fused": paired,
         "index": project.cfg.bm25_index})
