@@ -10,10 +10,11 @@ test build unless the config names another; started here when it is not running)
 does; the fusion is the ensemble's (:func:`esdistill.ensemble.fuse_many`: per-query z-scores, weighted sum) at
 fixed model weights 0.5..0.9 — fixed, not chosen on the test queries. With two models from the mirror, their
 equal-weight mix fused with BM25 is reported too. Prints NDCG@10 and MRR@10 with paired t-test p-values against
-BM25; writes bench/results/models-<dataset>-<hardware>.json. ``--split train`` measures the judged training
-queries the profile labels instead (models-<dataset>-train-…-<max length>.json): a teacher setting such as its token
-length chosen there leaves the test queries to the evaluation. Cosines are cached in the workdir per model. ``--cut N`` (repeat) reports the same rows for BM25's top N of
-the same lists too (the fusion's z-scores over those N), so one encoding measures several rerank depths.
+BM25; writes bench/results/models-<dataset>-<hardware>.json. ``--split train`` measures the judged training queries
+the profile labels instead (models-<dataset>-train-…-<max length>.json): a teacher setting such as its token length
+chosen there leaves the test queries to the evaluation. Cosines are cached in the workdir per model. ``--cut N``
+(repeat) reports the same rows for BM25's top N of the same lists too (the fusion's z-scores over those N), so one
+encoding measures several rerank depths.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main(
                                             "the profile labels (to choose a teacher setting without the test)")] = "test",
     out: OutOpt = DEFAULT_OUT,
 ):
+    if split not in ("train", "test"):  # refused before any cluster or model is touched
+        raise typer.BadParameter(f"'train' or 'test', not {split!r}", param_hint="--split")
     project = open_project(config, "quick", workdir)
     ensure_cluster(project.cfg)  # the local test build unless the config names a cluster
     from esdistill import candidates as cand_mod
@@ -91,11 +94,9 @@ def main(
         judged = project.judged_qids
         queries = {q: t for q, t in project.dataset.train_queries.items() if q in judged}
         qrels = {q: project.dataset.train_qrels[q] for q in queries}
-    elif split == "test":
+    else:
         queries = project.eval_queries()
         qrels = {q: project.dataset.test_qrels[q] for q in queries}
-    else:
-        raise typer.BadParameter(f"--split: 'train' or 'test', not {split!r}")
     hits = cand_mod.msearch_bm25(project.client, project.cfg.bm25_index, queries, project.text_fields, depth)
     docs = project.docs(sorted({d for h in hits.values() for d, _ in h}))
     bm25 = {q: np.array([s for _, s in hits[q]], dtype=float) for q in queries}
