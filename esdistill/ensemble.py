@@ -165,6 +165,8 @@ class EnsembleReranker:
 
     def __init__(self, scorers: list[tuple[Member, Any]], weights: list[float]):
         self.scorers, self.weights = scorers, weights
+        #: when a dict: :meth:`fused` keeps each query's members' scores there (text -> (document ids, columns))
+        self.record: dict[str, tuple[list[str], list[np.ndarray]]] | None = None
 
     def describe(self) -> str:
         return " + ".join(f"{w:g}·{m.spec}" for (m, _), w in zip(self.scorers, self.weights, strict=True) if w)
@@ -179,6 +181,16 @@ class EnsembleReranker:
                                  for m, model in self.scorers], self.weights)
 
     def fused(self, text: str, docs: list, bm25: list[float], batch_size: int = 64) -> np.ndarray:
+        """The pipeline's score of each of ``docs``: the members' :meth:`columns` fused with the weights (and kept
+        in :attr:`record` when it is a dict)."""
+        cols = self.columns(text, docs, bm25, batch_size)
+        if self.record is not None:
+            self.record[text] = ([x.id for x in docs], cols)
+        return fuse_many(cols, self.weights)
+
+    def columns(self, text: str, docs: list, bm25: list[float], batch_size: int = 64) -> list[np.ndarray]:
+        """Each member's own score of each of ``docs`` for ``text``, in member order: what :meth:`fused` fuses,
+        and each member's ranking alone (the report's "the pipeline's members alone")."""
         import torch
 
         cols = []
@@ -196,7 +208,7 @@ class EnsembleReranker:
                 cols.append(np.asarray(model.predict([(text, x.full_text) for x in docs], batch_size=batch_size,
                                                      activation_fn=torch.nn.Identity(), show_progress_bar=False),
                                        dtype=float).reshape(-1))
-        return fuse_many(cols, self.weights)
+        return cols
 
 
 class DocumentMemo:

@@ -181,8 +181,42 @@ def summarize(qrels: Qrels, results: dict[str, dict[str, Any]]) -> dict[str, Any
         for s in systems.values():
             # a share of a loss is meaningless: undefined unless the pipeline beats BM25
             s["share_of_gain"] = (s["ndcg@10"] - base) / (top - base) if top > base else float("nan")
-    return {"systems": systems, "p_vs_bm25": significance(qrels, runs, "bm25"),
-            "p_vs_pipeline": significance(qrels, runs, "pipeline"), "queries": len(qrels)}
+    out = {"systems": systems, "p_vs_bm25": significance(qrels, runs, "bm25"),
+           "p_vs_pipeline": significance(qrels, runs, "pipeline"), "queries": len(qrels)}
+    if members := results.get("pipeline", {}).get("members"):
+        out["pipeline_members"] = pipeline_members(qrels, members, runs["pipeline"])
+    return out
+
+
+def pipeline_members(qrels: Qrels, members: dict[str, dict[str, dict[str, float]]],
+                     pipeline: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each member of an ensemble pipeline ranking the pipeline's BM25 head alone: NDCG@10, MRR@10 and the paired
+    t-test against the pipeline (a member named like a system gets its own key, so nothing is overwritten)."""
+    named = {f"member:{m}": run for m, run in members.items()}
+    pv = significance(qrels, {"pipeline": pipeline, **named}, "pipeline")
+    out = {}
+    for name, run in named.items():
+        per_query = metrics(qrels, run, per_query=True)
+        out[name.removeprefix("member:")] = {"ndcg@10": float(np.mean(per_query["ndcg@10"])),
+                                             "mrr@10": float(np.mean(per_query["mrr@10"])),
+                                             "p_vs_pipeline": p_value(pv, name)}
+    return out
+
+
+def members_note(summary: dict[str, Any]) -> str | None:
+    """One sentence on the pipeline's members alone beside the student, or None without them."""
+    members = summary.get("pipeline_members")
+    if not members:
+        return None
+    parts = ", ".join(f"{m} {v['ndcg@10']:.3f}" for m, v in members.items())
+    note = f"The pipeline's members alone, each ranking the pipeline's BM25 head: {parts} (NDCG@10)."
+    student = summary["systems"].get("student")
+    models = {m: v["ndcg@10"] for m, v in members.items() if m != "bm25"}
+    if student and models and "bm25" in members and "hybrid" in summary["systems"]:
+        best = max(models, key=models.get)
+        note += (f" The hybrid fuses the student ({student['ndcg@10']:.3f}) with BM25 as the pipeline fuses {best} "
+                 f"({models[best]:.3f}) with it: it passes the pipeline about when the student passes that member.")
+    return note
 
 
 def p_value(pvalues: dict[str, dict[str, float | None]], system: str, metric: str = "ndcg@10") -> float:
@@ -227,6 +261,8 @@ def markdown(summary: dict[str, Any], title: str = "") -> str:
         )
     if why_not:
         lines += ["", why_not]
+    if note := members_note(summary):
+        lines += ["", note]
     lines += ["", f"{summary['queries']} test queries. † NDCG@10 differs from BM25 at p < 0.05 (paired t-test, ranx). "
               "Latency: one query at a time, client wall time incl. query encoding / reranking."]
     sampled = [f"{LABELS.get(n, n)} on {s['latency_ms']['timed']}" for n, s in summary["systems"].items()

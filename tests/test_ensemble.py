@@ -216,6 +216,30 @@ def test_the_evaluate_stage_times_the_pipeline_on_its_sample(ensemble_project):
     assert report["systems"]["pipeline"]["latency_ms"]["timed"] == 2
     assert f"timed live on 2 of {len(queries)} queries" in report["measured"]["pipeline"]
     assert report["systems"]["bm25"]["latency_ms"]["timed"] == len(queries)
+    # the members' own rankings of the same heads, beside the student: BM25's are its scores, the bi-encoder's its
+    # cosine, and the pipeline is their fusion
+    members = json.loads(other._system_cache("pipeline").path("run.json").read_text())["members"]
+    assert list(members) == project.cfg.teacher.ensemble == list(report["pipeline_members"])
+    bm25 = json.loads(other._system_cache("bm25").path("run.json").read_text())["run"]
+    compared = 0
+    for qid, scores in members["bm25"].items():
+        assert set(scores) == set(members["fit"][qid]) == set(members[project.members()[2].spec][qid])
+        for doc, score in scores.items():
+            if doc in bm25.get(qid, {}):
+                assert score == pytest.approx(bm25[qid][doc], rel=1e-5)
+                compared += 1
+    assert compared
+    from esdistill.models import load_bi_encoder
+
+    spec = project.members()[2].spec
+    qid = next(q for q, s in members[spec].items() if s)
+    doc = next(iter(members[spec][qid]))
+    bi = load_bi_encoder(project.members()[2].model, max_length=project.cfg.teacher.max_length)
+    q, d = bi.encode_query([queries[qid]], normalize_embeddings=True)[0], bi.encode_document(
+        [project.docs([doc])[doc].full_text], normalize_embeddings=True)[0]
+    assert members[spec][qid][doc] == pytest.approx(float(q @ d), abs=1e-4)
+    markdown = Path(other.evaluate()["markdown"]).read_text()
+    assert "The pipeline's members alone" in markdown and "The hybrid fuses" not in markdown  # no hybrid here
 
 
 def test_a_reranker_without_a_bi_encoder_keeps_nothing():

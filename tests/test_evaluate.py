@@ -66,6 +66,32 @@ def test_summary_share_of_gain_and_table():
     assert "| student (kNN) |" in table and f"{expected * 100:.0f}%" in table
 
 
+def test_the_pipeline_members_alone_beside_the_student():
+    """An ensemble pipeline's members, each ranking its head alone, are scored like systems; the report names the
+    best model member next to the student when the hybrid fuses the student with BM25 as the pipeline does."""
+    qrels = {f"q{i}": {"a": 1} for i in range(4)}
+    def res(rank_of_a):
+        return {q: {d: -i for i, d in enumerate([f"z{j}" for j in range(rank_of_a)] + ["a"])} for q in qrels}
+    def system(rank_of_a, **extra):
+        return {"run": res(rank_of_a), "wall_ms": [1.0] * 4, "took_ms": [1] * 4, "extra_ms": {}, **extra}
+    members = {"bi_encoder:m": res(1), "cross_encoder:c": res(2), "bm25": res(3)}
+    s = summarize(qrels, {"bm25": system(3), "pipeline": system(0, members=members), "student": system(1),
+                          "hybrid": system(0)})
+    got = s["pipeline_members"]
+    assert list(got) == list(members)
+    assert got["bm25"]["ndcg@10"] == pytest.approx(s["systems"]["bm25"]["ndcg@10"])
+    assert got["bi_encoder:m"]["ndcg@10"] == pytest.approx(1 / math.log2(3))
+    assert got["bi_encoder:m"]["p_vs_pipeline"] < 0.05
+    table = markdown(s)
+    assert "bi_encoder:m 0.631, cross_encoder:c 0.500, bm25 0.431" in table
+    assert "fuses bi_encoder:m (0.631) with it" in table
+    # no BM25 member (or no hybrid): the pipeline is not fused like the hybrid, so no such sentence
+    del members["bm25"]
+    s = summarize(qrels, {"pipeline": system(0, members=members), "student": system(1), "hybrid": system(0)})
+    assert "members alone" in markdown(s) and "The hybrid fuses" not in markdown(s)
+    assert "members alone" not in markdown(summarize(qrels, {"pipeline": system(0), "student": system(1)}))
+
+
 def test_share_of_gain_is_undefined_when_the_pipeline_loses():
     qrels = {f"q{i}": {"a": 1} for i in range(3)}
     def res(rank_of_a):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .. import ensemble as ensemble_mod
@@ -196,7 +197,12 @@ class EvaluateStage(StageWork):
         and a bi-encoder member, every query is ranked by the same pipeline with that member's document vectors
         kept across queries (:meth:`esdistill.ensemble.EnsembleReranker.memoized`), and the pipeline itself —
         every document encoded for its query, as it serves — is timed on a stable sample of that many queries.
-        Otherwise every query runs live. Either way its BM25 request runs for every query."""
+        Otherwise every query runs live. Either way its BM25 request runs for every query.
+
+        The memoized run also keeps each member's own ranking of the same documents (``members`` in the run: member
+        → query → document → score), which the report sets beside the student: the hybrid fuses the student with
+        BM25 as the pipeline fuses its model member with BM25, so it passes the pipeline about when the student
+        passes that member (bench/README.md, "what holds its hybrid at the pipeline")."""
         n = self.cfg.evaluate.pipeline_latency_queries
         reranker = getattr(system, "reranker", None)
         memo = reranker.memoized() if n and n < len(queries) and hasattr(reranker, "memoized") else None
@@ -205,8 +211,15 @@ class EvaluateStage(StageWork):
         fast = copy.copy(system)
         fast.reranker = memo
         self.prefill(system, memo, queries)
+        memo.record = {}
         out = eval_mod.run_system_sampled(system, fast, queries, eval_mod.latency_sample(queries, n),
                                           self.p.progress)
+        out["members"] = {m.spec: {} for m, _ in memo.scorers}
+        for qid, text in queries.items():
+            ids, cols = memo.record.get(text, ([], [np.zeros(0)] * len(memo.scorers)))
+            for (m, _), col in zip(memo.scorers, cols, strict=True):
+                out["members"][m.spec][qid] = {d: float(x) for d, x in zip(ids, col, strict=True)}
+        memo.record = None
         check = out["check"]
         out["measured"] = {
             "latency": f"timed live on {check['timed']} of {len(queries)} queries (a stable sample)",
