@@ -212,7 +212,8 @@ def test_the_evaluate_stage_times_the_pipeline_on_its_sample(ensemble_project):
     other = Project(cfg, client=project.client)
     assert other._system_cache("pipeline").key != project._system_cache("pipeline").key
     assert other._train_cache().key == project._train_cache().key  # nothing of training is redone
-    report = json.loads(Path(other.evaluate()["json"]).read_text())
+    written = other.evaluate()
+    report = json.loads(Path(written["json"]).read_text())
     assert report["systems"]["pipeline"]["latency_ms"]["timed"] == 2
     assert f"timed live on 2 of {len(queries)} queries" in report["measured"]["pipeline"]
     assert report["systems"]["bm25"]["latency_ms"]["timed"] == len(queries)
@@ -238,7 +239,7 @@ def test_the_evaluate_stage_times_the_pipeline_on_its_sample(ensemble_project):
     q, d = bi.encode_query([queries[qid]], normalize_embeddings=True)[0], bi.encode_document(
         [project.docs([doc])[doc].full_text], normalize_embeddings=True)[0]
     assert members[spec][qid][doc] == pytest.approx(float(q @ d), abs=1e-4)
-    markdown = Path(other.evaluate()["markdown"]).read_text()
+    markdown = Path(written["markdown"]).read_text()
     assert "The pipeline's members alone" in markdown and "The hybrid fuses" not in markdown  # no hybrid here
 
 

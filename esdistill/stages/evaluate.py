@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .. import ensemble as ensemble_mod
@@ -216,7 +215,7 @@ class EvaluateStage(StageWork):
                                           self.p.progress)
         out["members"] = {m.spec: {} for m, _ in memo.scorers}
         for qid, text in queries.items():
-            ids, cols = memo.record.get(text, ([], [np.zeros(0)] * len(memo.scorers)))
+            ids, cols = memo.record.get(text, ([], [()] * len(memo.scorers)))  # no BM25 hit: nothing reranked
             for (m, _), col in zip(memo.scorers, cols, strict=True):
                 out["members"][m.spec][qid] = {d: float(x) for d, x in zip(ids, col, strict=True)}
         memo.record = None
