@@ -362,7 +362,9 @@ class TrainConfig(_Strict):
     use_judged_positives: bool = Field(True, description="a judged relevant doc is the positive where known")
     judged_loss: bool = Field(True, description="also train MNRL on judged (query, positive, hard negative) triplets")
     judged_above_teacher: bool = Field(
-        True, description="raise a judged positive's label above its sampled negatives where the teacher disagrees")
+        True, description="raise a judged positive's label above its sampled negatives where the teacher disagrees; "
+        "false keeps the teacher's order (agreement with the pipeline rises, relevance falls: bench/README.md, "
+        "'SciFact's student: what costs its agreement')")
     suspect_negatives: Literal["keep", "drop"] = Field(
         "keep", description="candidates the teacher scores at or above a judged positive (likely relevant, unjudged): "
         "keep them among that positive's sampled negatives, or drop them (bench/README.md, 'Suspect negatives')")
