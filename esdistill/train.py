@@ -368,6 +368,29 @@ def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], text
             "pair_accuracy": float(np.mean(acc)) if acc else float("nan"), "queries": len(acc)}
 
 
+def agreement_summary(before: dict, after: dict, cfg: TrainConfig) -> str | None:
+    """One console sentence on whether training moved the student toward its teacher on the dev slice: the
+    agreement's NDCG@10 against the teacher's order before and after, with the after's 95% interval; where it
+    fell and the judgments overruled the teacher in training (``cfg.judged_above_teacher`` with judged
+    positives heading the lists), the sentence names that setting, which is what costs the agreement (on
+    SciFact: 0.813 -> 0.783 with it, 0.813 -> 0.822 without; bench/README.md). None when either side is
+    missing (no dev slice, or the judgments-only control, which has no teacher)."""
+    b, a = before.get("ndcg@10"), after.get("ndcg@10")
+    if b is None or a is None or np.isnan(b) or np.isnan(a):
+        return None
+    lo, hi = (after.get("ndcg@10_ci95") or [float("nan")] * 2)[:2]
+    n = after.get("queries")
+    line = (f"train: agreement with the teacher on the dev slice's candidates (NDCG@10 against its order"
+            f"{f', {n} queries' if n else ''}) {b:.3f} → {a:.3f} [{lo:.3f}, {hi:.3f}]")
+    if a >= b:
+        return line
+    if cfg.use_judgments and cfg.use_judged_positives and cfg.judged_above_teacher:
+        return (f"{line}: the student follows its teacher less after training — the judged positives were raised "
+                "above the teacher's order (train.judged_above_teacher = true); false keeps the teacher's order "
+                "(more agreement, often less relevance: bench/README.md)")
+    return f"{line}: the student follows its teacher less after training"
+
+
 def agreement_evaluator(scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc]):
     """A sentence-transformers evaluator of :func:`teacher_agreement` on ``scores`` (the dev slice), so the
     trainer measures the student's agreement with its teacher after every epoch (``agreement_*`` metrics)."""

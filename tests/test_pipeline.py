@@ -60,7 +60,7 @@ def test_evaluate_writes_results_for_kibana(tiny_project, es):
     assert re.fullmatch(r"\d{8}T\d{6}-" + key[:8], hit["_source"]["run_id"])
 
 
-def test_bench_systems_fusion_and_unjudged_queries(tmp_path, es, es_url, tiny_models):
+def test_bench_systems_fusion_and_unjudged_queries(tmp_path, es, es_url, tiny_models, capsys):
     """Every bench system on one tiny run: zero-shot base, judgments-only control, a teacher fused with BM25
     (weight 1: the pipeline must rank exactly as BM25), a listwise teacher fit, a query log and pseudo-queries
     that the full teacher model labels."""
@@ -81,6 +81,11 @@ def test_bench_systems_fusion_and_unjudged_queries(tmp_path, es, es_url, tiny_mo
     project = Project(cfg, client=es)
     try:
         report = project.run()
+        printed = " ".join(capsys.readouterr().err.split())
+        record = project._train_cache().info()
+        before, after = record["agreement_before"]["ndcg@10"], record["agreement_after"]["ndcg@10"]
+        assert "agreement with the teacher on the dev slice's candidates" in printed  # item 7 on the console
+        assert f"{before:.3f} → {after:.3f}" in printed
         ds = project.dataset
         assert len(project.train_queries) == len(ds.train_queries) + 2 + 5
         scores = project.scores_frame()

@@ -7,7 +7,8 @@ from esdistill.cache import StageCache
 from esdistill.config import TrainConfig
 from esdistill.data import Doc
 from esdistill.models import load_bi_encoder
-from esdistill.train import build_examples, split_dev, teacher_agreement, train_student
+from esdistill.agreement import agreement
+from esdistill.train import agreement_summary, build_examples, split_dev, teacher_agreement, train_student
 
 
 def synthetic(n_q=6, n_d=8):
@@ -52,6 +53,23 @@ def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path, loss
     after = teacher_agreement(load_bi_encoder(info["model"], 48), scores, queries, docs)
     assert after["spearman"] > before["spearman"] + 0.1, (before, after)
     assert after["pair_accuracy"] > before["pair_accuracy"]
+
+
+def test_agreement_summary_says_when_training_moved_the_student_away_from_its_teacher_and_why():
+    teacher = {f"q{i}": {f"d{j}": float(12 - j) for j in range(12)} for i in range(20)}
+    reversed_ = {q: {d: -s for d, s in docs.items()} for q, docs in teacher.items()}
+    far, near = agreement(teacher, reversed_), agreement(teacher, teacher)
+
+    rose = agreement_summary(far, near, TrainConfig())
+    assert f"{far['ndcg@10']:.3f} → 1.000" in rose and "20 queries" in rose and "less" not in rose
+
+    fell = agreement_summary(near, far, TrainConfig())
+    assert f"1.000 → {far['ndcg@10']:.3f}" in fell and "train.judged_above_teacher = true" in fell
+    kept = agreement_summary(near, far, TrainConfig(judged_above_teacher=False))
+    assert "follows its teacher less" in kept and "judged_above_teacher" not in kept
+    log_only = agreement_summary(near, far, TrainConfig(use_judgments=False))
+    assert "judged_above_teacher" not in log_only
+    assert agreement_summary({}, near, TrainConfig()) is None  # no dev slice, or the control (no teacher)
 
 
 def test_judged_positive_label_tops_its_list_when_the_teacher_disagrees():

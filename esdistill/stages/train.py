@@ -9,7 +9,7 @@ from typing import Any
 from ..cache import StageCache
 from ..config import fingerprint
 from ..models import model_fingerprint
-from ..train import train_student
+from ..train import agreement_summary, train_student
 from .base import StageWork
 from .keys import budget_key, pairs_fingerprint, train_settings, trained_key
 
@@ -40,6 +40,10 @@ class TrainStage(StageWork):
                     self.p.log(f"train: dev NDCG@10 {b:.3f} → {a:.3f}; teacher agreement (Spearman) "
                                f"{info['agreement_before'].get('spearman', float('nan')):.3f} → "
                                f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
+            line = agreement_summary(info.get("agreement_before") or {}, info.get("agreement_after") or {},
+                                     self.cfg.train)
+            if line:
+                self.p.log(line)
             return info
 
     def run_offline(self) -> dict[str, Any]:
@@ -114,8 +118,13 @@ class TrainStage(StageWork):
             return {**cache.info(), "cached": True}
         scores = self.p.scores_frame(log_only=True)
         with self.p.stage("train (log only)"):
-            return train_student(self._log_only_config(), scores, self.p.train_queries, {}, self.p.docs, cache,
+            info = train_student(self._log_only_config(), scores, self.p.train_queries, {}, self.p.docs, cache,
                                  self.p.log, None, self.p.progress, self.cfg.profile, member=self.bi_encoder_member())
+            line = agreement_summary(info.get("agreement_before") or {}, info.get("agreement_after") or {},
+                                     self._log_only_config())
+            if line:
+                self.p.log(line.replace("train:", "train (log only):", 1))
+            return info
 
     def log_only_path(self) -> str:
         cache = self._log_only_cache()
