@@ -365,6 +365,9 @@ class TrainConfig(_Strict):
         True, description="raise a judged positive's label above its sampled negatives where the teacher disagrees; "
         "false keeps the teacher's order (agreement with the pipeline rises, relevance falls: bench/README.md, "
         "'SciFact's student: what costs its agreement')")
+    judged_margin: float = Field(
+        1.0, ge=0.0, description="judged_above_teacher: how far above the best drawn document a judged positive's "
+        "label is raised, in standard deviations of the query's teacher scores (1: one spread above; 0: tied with it)")
     suspect_negatives: Literal["keep", "drop"] = Field(
         "keep", description="candidates the teacher scores at or above a judged positive (likely relevant, unjudged): "
         "keep them among that positive's sampled negatives, or drop them (bench/README.md, 'Suspect negatives')")

@@ -89,7 +89,7 @@ def build_examples(
         pool = [(d, s) for d, s in ranked[1:depth] if d not in judged and d != positives[0][0]]
         if not pool:
             continue
-        spread = float(np.std([s for _, s in ranked])) if cfg.judged_above_teacher else 0.0
+        spread = cfg.judged_margin * float(np.std([s for _, s in ranked])) if cfg.judged_above_teacher else 0.0
         for pos, pos_score in positives:
             candidates = pool
             if pos in judged:
@@ -105,7 +105,8 @@ def build_examples(
                 negs.append(rng.choice(candidates))
             best_neg = max(s for _, s in negs)
             if cfg.judged_above_teacher and pos in judged and pos_score <= best_neg:
-                # the judgment wins where the teacher disagrees: the positive's label tops its list by one spread
+                # the judgment wins where the teacher disagrees: the positive's label tops its list by
+                # judged_margin spreads (0: tied with the best)
                 pos_score = best_neg + spread
             out.append((qid, pos, [d for d, _ in negs], [float(pos_score)] + [float(s) for _, s in negs]))
     return out
@@ -180,7 +181,8 @@ def build_lists(
     for each ``epoch``. Judged documents other than the list's positive are never drawn (under
     ``max_positives`` the capped ones are still relevant). Lists shorter than the width are padded by repeating
     their own documents. Labels are the ``teacher`` column; with ``cfg.judged_above_teacher`` a judged positive
-    the teacher ranks below a drawn document is raised one standard deviation of the query's labels above it."""
+    the teacher ranks below a drawn document is raised ``cfg.judged_margin`` standard deviations of the query's
+    labels above it (0: tied with it)."""
     rng = np.random.default_rng([cfg.seed, epoch])
     grouped = {q: g.sort_values("teacher", ascending=False, kind="stable")
                for q, g in scores[scores.qid.isin(qids)].groupby("qid")}
@@ -204,7 +206,7 @@ def build_lists(
         label = first[1]
         best = max(s for _, s in drawn)
         if cfg.judged_above_teacher and first[0] in judged and label <= best:
-            label = best + float(np.std([s for _, s in ranked]))
+            label = best + cfg.judged_margin * float(np.std([s for _, s in ranked]))
         out.append((qid, first[0], [d for d, _ in drawn], [float(label)] + [float(s) for _, s in drawn]))
     return out
 

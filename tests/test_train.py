@@ -81,6 +81,10 @@ def test_judged_positive_label_tops_its_list_when_the_teacher_disagrees():
     ex = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3))
     labels = ex[0][3]
     assert labels[0] == max(labels[1:]) + np.std(g.teacher.to_numpy())
+    tied = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3, judged_margin=0.0))[0][3]
+    assert tied[0] == max(tied[1:]) > float(g.teacher.min())  # margin 0: raised to the best drawn, not above it
+    half = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3, judged_margin=0.5))[0][3]
+    assert half[0] == pytest.approx(max(half[1:]) + 0.5 * np.std(g.teacher.to_numpy()))
     kept = build_examples(scores, ["q0"], {"q0": {low: 1}}, TrainConfig(negatives=3, judged_above_teacher=False))
     assert kept[0][3][0] == float(g.teacher.min())  # switched off: the teacher's own score
     top = g.sort_values("teacher").docid.iloc[-1]  # agreement: the teacher's score is kept as it is
