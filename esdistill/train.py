@@ -387,8 +387,9 @@ def agreement_summary(before: dict, after: dict, cfg: TrainConfig) -> str | None
     if a >= b:
         return line
     if cfg.use_judgments and cfg.use_judged_positives and cfg.judged_above_teacher:
+        raised = "to the teacher's best" if cfg.judged_margin == 0 else "above the teacher's order"
         return (f"{line}: the student follows its teacher less after training — the judged positives were raised "
-                "above the teacher's order (train.judged_above_teacher = true); false keeps the teacher's order "
+                f"{raised} (train.judged_above_teacher = true); false keeps the teacher's order "
                 "(more agreement, often less relevance: bench/README.md)")
     return f"{line}: the student follows its teacher less after training"
 
