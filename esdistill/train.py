@@ -370,19 +370,19 @@ def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], text
             "pair_accuracy": float(np.mean(acc)) if acc else float("nan"), "queries": len(acc)}
 
 
-def agreement_summary(before: dict, after: dict, cfg: TrainConfig) -> str | None:
+def agreement_summary(before: dict, after: dict, cfg: TrainConfig, stage: str = "train") -> str | None:
     """One console sentence on whether training moved the student toward its teacher on the dev slice: the
     agreement's NDCG@10 against the teacher's order before and after, with the after's 95% interval; where it
     fell and the judgments overruled the teacher in training (``cfg.judged_above_teacher`` with judged
     positives heading the lists), the sentence names that setting, which is what costs the agreement (on
     SciFact: 0.813 -> 0.783 with it, 0.813 -> 0.822 without; bench/README.md). None when either side is
-    missing (no dev slice, or the judgments-only control, which has no teacher)."""
+    missing (no dev slice, or the judgments-only control, which has no teacher). ``stage`` heads the line."""
     b, a = before.get("ndcg@10"), after.get("ndcg@10")
     if b is None or a is None or np.isnan(b) or np.isnan(a):
         return None
     lo, hi = (after.get("ndcg@10_ci95") or [float("nan")] * 2)[:2]
     n = after.get("queries")
-    line = (f"train: agreement with the teacher on the dev slice's candidates (NDCG@10 against its order"
+    line = (f"{stage}: agreement with the teacher on the dev slice's candidates (NDCG@10 against its order"
             f"{f', {n} queries' if n else ''}) {b:.3f} → {a:.3f} [{lo:.3f}, {hi:.3f}]")
     if a >= b:
         return line

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
+from esdistill.agreement import agreement
 from esdistill.cache import StageCache
 from esdistill.config import TrainConfig
 from esdistill.data import Doc
 from esdistill.models import load_bi_encoder
-from esdistill.agreement import agreement
 from esdistill.train import agreement_summary, build_examples, split_dev, teacher_agreement, train_student
 
 
@@ -69,6 +69,7 @@ def test_agreement_summary_says_when_training_moved_the_student_away_from_its_te
     assert "follows its teacher less" in kept and "judged_above_teacher" not in kept
     log_only = agreement_summary(near, far, TrainConfig(use_judgments=False))
     assert "judged_above_teacher" not in log_only
+    assert agreement_summary(near, far, TrainConfig(), "train (log only)").startswith("train (log only): agreement")
     assert agreement_summary({}, near, TrainConfig()) is None  # no dev slice, or the control (no teacher)
 
 

@@ -40,10 +40,7 @@ class TrainStage(StageWork):
                     self.p.log(f"train: dev NDCG@10 {b:.3f} → {a:.3f}; teacher agreement (Spearman) "
                                f"{info['agreement_before'].get('spearman', float('nan')):.3f} → "
                                f"{info['agreement_after'].get('spearman', float('nan')):.3f}")
-            line = agreement_summary(info.get("agreement_before") or {}, info.get("agreement_after") or {},
-                                     self.cfg.train)
-            if line:
-                self.p.log(line)
+            self._log_agreement(info, self.cfg.train, "train")
             return info
 
     def run_offline(self) -> dict[str, Any]:
@@ -117,14 +114,18 @@ class TrainStage(StageWork):
         if cache.done:
             return {**cache.info(), "cached": True}
         scores = self.p.scores_frame(log_only=True)
+        cfg = self._log_only_config()
         with self.p.stage("train (log only)"):
-            info = train_student(self._log_only_config(), scores, self.p.train_queries, {}, self.p.docs, cache,
+            info = train_student(cfg, scores, self.p.train_queries, {}, self.p.docs, cache,
                                  self.p.log, None, self.p.progress, self.cfg.profile, member=self.bi_encoder_member())
-            line = agreement_summary(info.get("agreement_before") or {}, info.get("agreement_after") or {},
-                                     self._log_only_config())
-            if line:
-                self.p.log(line.replace("train:", "train (log only):", 1))
+            self._log_agreement(info, cfg, "train (log only)")
             return info
+
+    def _log_agreement(self, info: dict[str, Any], cfg, stage: str) -> None:
+        """The console line of :func:`esdistill.train.agreement_summary` for a student just trained."""
+        line = agreement_summary(info.get("agreement_before") or {}, info.get("agreement_after") or {}, cfg, stage)
+        if line:
+            self.p.log(line)
 
     def log_only_path(self) -> str:
         cache = self._log_only_cache()
