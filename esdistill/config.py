@@ -399,10 +399,17 @@ class TrainConfig(_Strict):
         "auto: 1 for a student trained without judgments (use_judgments = false, the log-only student), 0 otherwise "
         "(bench/README.md, 'The log-only student with the teacher's own positives')")
     embedding_passes: float = Field(
-        0.0, ge=0, description="before the ranking losses, passes in which the student copies the teacher's "
-        "bi-encoder member (a bi_encoder:<model> in teacher.ensemble): its embeddings of the training queries and "
-        "their candidates, rotated onto the student's space (MSE; esdistill/embedding_distill.py), within 60% of "
-        "the budget. 0: off. The log-only student copies too; the judgments-only control never")
+        0.0, ge=0, description="passes in which the student copies the teacher's bi-encoder member (a "
+        "bi_encoder:<model> in teacher.ensemble): its embeddings of the training queries and their candidates, "
+        "rotated onto the student's space (MSE; esdistill/embedding_distill.py), within embedding_share of the "
+        "budget. 0: off. The log-only student copies too; the judgments-only control never")
+    embedding_copy: Literal["before", "mixed"] = Field(
+        "before", description="when the copy (embedding_passes) trains: before the ranking losses (its own "
+        "learning rate, 1e-4), or mixed into their batches (one optimiser; the loss is the squared distance per "
+        "text)")
+    embedding_share: float = Field(
+        0.6, gt=0, lt=1, description="the share of budget_minutes the copy may take (the member's encoding "
+        "included); the ranking losses get the rest and what the copy left")
     score_scale: float = Field(20.0, gt=0, description="student cosine is multiplied by this before the loss")
     temperature: float = Field(1.0, gt=0, description="KL only: softmax temperature on teacher and student")
     epochs: float = Field(3.0, gt=0)

@@ -1,4 +1,5 @@
-"""The student copies its teacher's bi-encoder member, text by text (``train.embedding_passes``).
+"""The student copies its teacher's bi-encoder member, text by text (``train.embedding_passes``), before the
+ranking losses (``train.embedding_copy = "before"``) or in their batches (``"mixed"``).
 
 A ranking of a query's 30 candidates is little signal: on SciFact a student fitted to 362 queries' orders agrees
 with its teacher on those queries and on no others (bench/README.md, "Why the log-only student does not move").
@@ -31,8 +32,6 @@ import numpy as np
 #: the copy's learning rate: the rotated targets start at a squared distance of ~0.67 from the student's own
 #: embeddings, and 1e-4 closes it within passes where 2e-5 (the ranking losses') barely moves (embedding probe)
 LEARNING_RATE = 1e-4
-#: the share of a training budget the copy may take; the ranking losses get the rest (and the time it left)
-BUDGET_SHARE = 0.6
 #: texts the rotation is fitted on (and the distances measured on), at most
 FIT_TEXTS = 2048
 
@@ -66,62 +65,129 @@ def member_embeddings(member: str, queries: list[str], docs: list[str], max_leng
     return out
 
 
+class Copy:
+    """What the student copies: the texts (queries, then documents), the member's embeddings of them rotated onto
+    the student's zero-shot space (:func:`rotation`), the rows a training takes (text indices, every text once a
+    pass in a seeded order, cut to the time allowed) and the squared distance the student starts at."""
+
+    def __init__(self, model, member: str, queries: list[str], docs: list[str], cfg, cache: Path,
+                 seconds: float | None = None, rows: int | None = None):
+        """Encode (or read back) the member's embeddings and fit the rotation. With ``seconds`` (the share of a
+        training budget the copy may take, the member's encoding included) the rows are cut to what fits by the
+        speed measured on the first batches; ``rows`` (a resumed run's record) fixes their number instead."""
+        import math
+
+        from .budget import measure_seconds_per_text
+        from .encoding import inference_context
+
+        t0 = time.perf_counter()
+        self.member, self.queries, self.docs = member, len(queries), len(docs)
+        self.texts = queries + docs
+        targets_raw = member_embeddings(member, queries, docs, cfg.max_length, cache)
+        self.fit = np.sort(np.random.default_rng(cfg.seed).permutation(len(self.texts))[:FIT_TEXTS])
+        with inference_context():  # a 384-d rotation: 2k texts
+            own = model.encode([self.texts[i] for i in self.fit], batch_size=64, normalize_embeddings=True,
+                               show_progress_bar=False)
+        self.targets = (targets_raw @ rotation(targets_raw[self.fit], own)).astype(np.float32)
+        self.distance_before = float(((own - self.targets[self.fit]) ** 2).sum(-1).mean())
+        wanted = list(range(len(self.texts))) * math.ceil(cfg.embedding_passes)
+        wanted = wanted[: round(cfg.embedding_passes * len(self.texts))]
+        self.note, self.per_text = "", None
+        if rows is not None:
+            wanted = wanted[:rows]
+        elif seconds is not None:
+            self.per_text = measure_seconds_per_text(model, docs[:64] or self.texts[:64], cfg.batch_size)
+            left = seconds - (time.perf_counter() - t0)
+            fits = max(cfg.batch_size, int(left / self.per_text)) if left > 0 else cfg.batch_size
+            if fits < len(wanted):
+                self.note = (f" — {fits / len(self.texts):.2f} of {cfg.embedding_passes:g} passes fit its "
+                             f"{_fmt(seconds)} share of the budget")
+                wanted = wanted[:fits]
+        order = np.random.default_rng(cfg.seed).permutation(len(wanted))  # every text once a pass, seeded order
+        self.rows = [wanted[i] for i in order]
+        self.prepare_seconds = time.perf_counter() - t0
+
+    @property
+    def passes(self) -> float:
+        return round(len(self.rows) / len(self.texts), 3)
+
+    @property
+    def estimate_seconds(self) -> float | None:
+        """The rows' training time at the measured speed (None where it was not measured)."""
+        return self.per_text * len(self.rows) if self.per_text else None
+
+    def dataset(self):
+        """The rows as sentence-transformers' distillation data: ``text`` and its target embedding, ``label``."""
+        from datasets import Dataset as HFDataset
+
+        return HFDataset.from_dict({"text": [self.texts[i] for i in self.rows],
+                                    "label": self.targets[self.rows].tolist()})
+
+    def describe(self, how: str) -> str:
+        return (f"train: copying {self.member}'s embeddings of {self.queries} queries and {self.docs} documents "
+                f"(rotated onto the student's space; squared distance {self.distance_before:.3f}) for "
+                f"{self.passes:.2f} passes {how}{self.note}")
+
+    def record(self, model, steps: int, seconds: float) -> dict[str, Any]:
+        """What the train stage keeps: texts, passes, steps, the squared distance to the targets before and now
+        (on the rotation's texts), seconds."""
+        from .encoding import inference_context
+
+        with inference_context():
+            now = model.encode([self.texts[i] for i in self.fit], batch_size=64, normalize_embeddings=True,
+                               show_progress_bar=False)
+        return {"member": self.member, "queries": self.queries, "documents": self.docs, "passes": self.passes,
+                "rows": len(self.rows), "steps": steps, "distance_before": self.distance_before,
+                "distance_after": float(((now - self.targets[self.fit]) ** 2).sum(-1).mean()),
+                "seconds": round(seconds, 1)}
+
+
+def _fmt(seconds: float) -> str:
+    from .budget import fmt_seconds
+
+    return fmt_seconds(seconds)
+
+
+def distance_loss(model):
+    """The copy's loss among the ranking losses (``embedding_copy = "mixed"``): sentence-transformers' ``MSELoss``
+    times the embedding's dimensions, i.e. the squared distance to the target per text. A mean over 384 dimensions
+    is ~0.002 at the start where the ranking losses are ~1: one optimiser (Adam) shares them, and its step for the
+    copy would be a few hundredths of theirs."""
+    try:
+        from sentence_transformers.sentence_transformer.losses import MSELoss
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers.losses import MSELoss
+
+    class SquaredDistanceLoss(MSELoss):
+        def forward(self, sentence_features, labels):
+            return super().forward(sentence_features, labels) * labels.shape[-1]
+
+    return SquaredDistanceLoss(model)
+
+
 def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, cache: Path,
                 seconds: float | None = None, log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
     """Train ``model`` (in place) for ``cfg.embedding_passes`` passes to reproduce ``member``'s embeddings of
-    ``queries`` and ``docs``, rotated onto its own space (:func:`rotation`). With ``seconds`` (the share of a
-    training budget this copy may take, the member's encoding included), the passes are cut to what fits by the
-    speed measured on the first batches, and the log says so. Returns the record the train stage keeps: texts,
-    passes kept, the squared distance to the targets before and after (on the rotation's texts), seconds."""
-    import math
-
-    from datasets import Dataset as HFDataset
+    ``queries`` and ``docs``, rotated onto its own space (:class:`Copy`), before the ranking losses. With
+    ``seconds`` the passes are cut to what fits (the log says so). Returns the record the train stage keeps
+    (:meth:`Copy.record`)."""
     from sentence_transformers import SentenceTransformerTrainer
     try:
         from sentence_transformers.sentence_transformer.losses import MSELoss
     except ImportError:  # sentence-transformers < 5.7
         from sentence_transformers.losses import MSELoss
 
-    from .budget import fmt_seconds, measure_seconds_per_text
     from .console import attach_progress
-    from .encoding import inference_context
     from .training_args import training_args
 
     t0 = time.perf_counter()
-    texts = queries + docs
-    targets_raw = member_embeddings(member, queries, docs, cfg.max_length, cache)
-    fit = np.sort(np.random.default_rng(cfg.seed).permutation(len(texts))[:FIT_TEXTS])  # a 384-d rotation: 2k texts
-    with inference_context():
-        own = model.encode([texts[i] for i in fit], batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-    targets = (targets_raw @ rotation(targets_raw[fit], own)).astype(np.float32)
-    start = float(((own - targets[fit]) ** 2).sum(-1).mean())
-    rows = list(range(len(texts))) * math.ceil(cfg.embedding_passes)
-    rows = rows[: round(cfg.embedding_passes * len(texts))]
-    note, per_text = "", None
-    if seconds is not None:
-        per_text = measure_seconds_per_text(model, docs[:64] or texts[:64], cfg.batch_size)
-        left = seconds - (time.perf_counter() - t0)
-        fits = max(cfg.batch_size, int(left / per_text)) if left > 0 else cfg.batch_size
-        if fits < len(rows):
-            note = (f" — {fits / len(texts):.2f} of {cfg.embedding_passes:g} passes fit its "
-                    f"{fmt_seconds(seconds)} share of the budget")
-            rows = rows[:fits]
-    order = np.random.default_rng(cfg.seed).permutation(len(rows))  # every text once a pass, in a seeded order
-    rows = [rows[i] for i in order]
-    data = HFDataset.from_dict({"text": [texts[i] for i in rows], "label": targets[rows].tolist()})
-    log(f"train: copying {member}'s embeddings of {len(queries)} queries and {len(docs)} documents (rotated onto "
-        f"the student's space; squared distance {start:.3f}) for {len(rows) / len(texts):.2f} passes{note}")
+    copy = Copy(model, member, queries, docs, cfg, cache, seconds)
+    log(copy.describe("before the ranking losses"))
     args = training_args(cfg.model_copy(update={"epochs": 1.0, "learning_rate": LEARNING_RATE}), cache / "copy",
-                         mnrl=False, batches_per_epoch=-(-len(rows) // cfg.batch_size))
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=MSELoss(model))
+                         mnrl=False, batches_per_epoch=-(-len(copy.rows) // cfg.batch_size))
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=copy.dataset(), loss=MSELoss(model))
     attach_progress(trainer, progress, f"train (copying {member})",
-                    estimate=per_text * len(rows) if per_text else None)  # without a budget: timed on its first steps
+                    estimate=copy.estimate_seconds)  # without a budget: timed on its first steps
     trainer.train()
-    with inference_context():
-        after = model.encode([texts[i] for i in fit], batch_size=64, normalize_embeddings=True,
-                             show_progress_bar=False)
-    end = float(((after - targets[fit]) ** 2).sum(-1).mean())
     shutil.rmtree(cache / "copy", ignore_errors=True)
-    return {"member": member, "queries": len(queries), "documents": len(docs),
-            "passes": round(len(rows) / len(texts), 3), "steps": trainer.state.global_step,
-            "distance_before": start, "distance_after": end, "seconds": round(time.perf_counter() - t0, 1)}
+    return copy.record(model, trainer.state.global_step, time.perf_counter() - t0)

@@ -494,10 +494,11 @@ def train_student(
     agreement with the teacher is measured before training and after every pass. With ``cfg.use_judgments``
     off, no judgment is read: the training queries are an unjudged log.
 
-    ``cfg.embedding_passes`` > 0: before the ranking losses, the student copies ``member`` (the teacher's
-    bi-encoder member) — its embeddings of the training queries and their scored candidates
-    (:func:`esdistill.embedding_distill.copy_member`), within :data:`~esdistill.embedding_distill.BUDGET_SHARE` of
-    the budget; the ranking losses get the budget that is left."""
+    ``cfg.embedding_passes`` > 0: the student copies ``member`` (the teacher's bi-encoder member) — its embeddings
+    of the training queries and their scored candidates (:class:`esdistill.embedding_distill.Copy`), within
+    ``cfg.embedding_share`` of the budget — before the ranking losses (``embedding_copy = "before"``,
+    :func:`~esdistill.embedding_distill.copy_member`) or as a third dataset in their batches (``"mixed"``, the
+    squared distance as its loss); the ranking losses get the budget that is left."""
     if cache.done:
         return {**cache.info(), "cached": True}
     import math
@@ -576,14 +577,26 @@ def train_student(
             shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
         found.remove(partial)
     resume = bool(found)
-    copied, budget_cfg = None, cfg
-    if copy_docs and not resume:  # a resumed run's checkpoint holds the copy already
-        from .embedding_distill import BUDGET_SHARE, copy_member
+    copied, budget_cfg, mixed = None, cfg, None
+    minutes = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
+    share = cfg.embedding_share * minutes * 60 if minutes else None
+    copy_args = (member, [queries[q] for q in train_q], [texts[d].full_text for d in copy_docs])
+    if copy_docs and cfg.embedding_copy == "mixed":  # the copy's rows join the ranking losses' batches
+        from .embedding_distill import Copy
 
-        minutes = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
-        copied = copy_member(model, member, [queries[q] for q in train_q], [texts[d].full_text for d in copy_docs],
-                             cfg, cache.path("member"), BUDGET_SHARE * minutes * 60 if minutes else None,
-                             log if main else _silent, progress)
+        kept = json.loads(cache.path("copy.json").read_text()) if resume and cache.path("copy.json").exists() else {}
+        mixed = Copy(model, *copy_args, cfg, cache.path("member"), share, rows=kept.get("rows"))
+        copied = {"rows": len(mixed.rows), "prepare_seconds": round(mixed.prepare_seconds, 1),
+                  "estimate_seconds": mixed.estimate_seconds}
+        if main and not resume:
+            cache.path("copy.json").write_text(json.dumps(copied, indent=2))
+        if minutes and mixed.estimate_seconds is not None:
+            spent = mixed.prepare_seconds + mixed.estimate_seconds
+            budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - spent / 60, 0.5)})
+    elif copy_docs and not resume:  # a resumed run's checkpoint holds the copy already
+        from .embedding_distill import copy_member
+
+        copied = copy_member(model, *copy_args, cfg, cache.path("member"), share, log if main else _silent, progress)
         if main:
             cache.path("copy.json").write_text(json.dumps(copied, indent=2))
         if minutes:
@@ -626,6 +639,14 @@ def train_student(
             train_loss = {"distill": loss, "judged": mnrl}
     elif judgments_only:
         raise ValueError("loss 'judgments' needs judged training queries (qrels) with a BM25 candidate each")
+    if mixed is not None:
+        from .embedding_distill import distance_loss
+
+        if not isinstance(train_data, dict):
+            train_data, train_loss = {"distill": train_data}, {"distill": train_loss}
+        train_data["copy"], train_loss["copy"] = mixed.dataset(), distance_loss(model)
+        if main:
+            log(mixed.describe("in the ranking losses' batches"))
     between = cfg.epochs > 1 and (plan is None or plan.record.get("evaluate_between_passes", True))
 
     parts = train_data.values() if isinstance(train_data, dict) else [train_data]
@@ -637,8 +658,10 @@ def train_student(
                          eval_steps=per_pass if evaluator is not None and between else None)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_data, loss=train_loss,
                                          evaluator=evaluator if between else None)
-    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train",
-                    estimate=plan.record["estimate_seconds"] if plan else None)
+    estimate = plan.record["estimate_seconds"] if plan else None
+    if estimate is not None and mixed is not None and mixed.estimate_seconds is not None:
+        estimate += mixed.estimate_seconds
+    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train", estimate=estimate)
     if step.mini_batch and main:
         log(step_log(step, cfg, width))
     if suspects.get("suspect") and not judgments_only and main:
@@ -668,6 +691,9 @@ def train_student(
         distributed.barrier()
         return {"rank": distributed.rank(), "steps": trainer.state.global_step}
 
+    if mixed is not None:  # its steps are its batches in the mix; its seconds the member's encoding and the fit
+        copied = {**mixed.record(model, -(-len(mixed.rows) // cfg.batch_size), mixed.prepare_seconds),
+                  "mixed": True, "estimate_seconds": mixed.estimate_seconds}
     after = ir_eval(model) if ir_eval else {}
     agree_after = teacher_agreement(model, dev_scores, queries, texts) if agree_eval else {}
     by_pass = [{k.removeprefix("eval_"): v for k, v in h.items() if "agreement_" in k or "ndcg@10" in k}

@@ -95,7 +95,7 @@ def pairs_fingerprint(frame: pd.DataFrame) -> str:
 #: Settings added after caches were made: left out of a key while they hold their default (the old behaviour),
 #: so an upgrade does not retrain what it would train the same way.
 LATER_DEFAULTS = {"suspect_negatives": "keep", "embedding_passes": 0.0, "teacher_positives": 0,
-                  "judged_margin": 1.0}
+                  "judged_margin": 1.0, "embedding_copy": "before", "embedding_share": 0.6}
 
 
 def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:

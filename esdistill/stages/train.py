@@ -184,6 +184,7 @@ class TrainStage(StageWork):
                 "queries": fingerprint(self.p.dataset.train_queries),
                 "qrels": fingerprint(self.p.dataset.train_qrels), **self.p.cap_inputs(),
                 "index_key": self.p.index_key, "fields": self.p.text_fields,
-                "train": train_settings(control, exclude={"judged_above_teacher", "embedding_passes"}),
+                "train": train_settings(control, exclude={"judged_above_teacher", "embedding_passes",
+                                                          "embedding_copy", "embedding_share"}),
                 **budget_key(self.cfg),
                 "base": model_fingerprint(self.cfg.train.base_model)}
