@@ -72,9 +72,9 @@ class Copy:
 
     def __init__(self, model, member: str, queries: list[str], docs: list[str], cfg, cache: Path,
                  seconds: float | None = None, rows: int | None = None):
-        """Encode (or read back) the member's embeddings and fit the rotation. With ``seconds`` (the share of a
-        training budget the copy may take, the member's encoding included) the rows are cut to what fits by the
-        speed measured on the first batches; ``rows`` (a resumed run's record) fixes their number instead."""
+        """Encode (or read back) the member's embeddings, fit the rotation and measure the speed a text trains at.
+        With ``seconds`` (the share of a training budget the copy may take, the member's encoding included) the rows
+        are cut to what fits at that speed; ``rows`` (a resumed run's record) fixes their number instead."""
         import math
 
         from .budget import measure_seconds_per_text
@@ -95,8 +95,9 @@ class Copy:
         self.note, self.per_text = "", None
         if rows is not None:
             wanted = wanted[:rows]
-        elif seconds is not None:
+        else:  # measured with or without a budget: the training's estimate (and its progress bar) includes the copy
             self.per_text = measure_seconds_per_text(model, docs[:64] or self.texts[:64], cfg.batch_size)
+        if rows is None and seconds is not None:
             left = seconds - (time.perf_counter() - t0)
             fits = max(cfg.batch_size, int(left / self.per_text)) if left > 0 else cfg.batch_size
             if fits < len(wanted):
@@ -126,7 +127,8 @@ class Copy:
     def describe(self, how: str) -> str:
         return (f"train: copying {self.member}'s embeddings of {self.queries} queries and {self.docs} documents "
                 f"(rotated onto the student's space; squared distance {self.distance_before:.3f}) for "
-                f"{self.passes:.2f} passes {how}{self.note}")
+                f"{self.passes:.2f} passes {how}"
+                + (f", ≈ {_fmt(self.estimate_seconds)} of training" if self.estimate_seconds else "") + self.note)
 
     def record(self, model, steps: int, seconds: float) -> dict[str, Any]:
         """What the train stage keeps: texts, passes, steps, the squared distance to the targets before and now

@@ -320,8 +320,9 @@ def test_student_copies_the_teacher_member_before_the_ranking_losses(tmp_path, m
 
 def test_student_copies_the_teacher_member_inside_the_ranking_batches(tmp_path, minilm_path, tiny_models):
     """train.embedding_copy = "mixed": the copy's rows join the ranking losses' batches (one trainer, one
-    optimiser) and still move the student toward the member's rotated embeddings; the log says so and the record
-    keeps its rows and batches."""
+    optimiser) and still move the student toward the member's rotated embeddings; the log says so with the copy's
+    measured training time (no budget here: the estimate still counts it), and the record keeps its rows and
+    batches."""
     queries, docs, scores = synthetic(n_q=6, n_d=8)
     cfg = TrainConfig(base_model=minilm_path, epochs=1, batch_size=8, max_length=32, dev_fraction=0.0,
                       use_judged_positives=False, embedding_passes=4, embedding_copy="mixed")
@@ -332,5 +333,5 @@ def test_student_copies_the_teacher_member_inside_the_ranking_batches(tmp_path, 
     assert copied["mixed"] and copied["rows"] == 4 * (6 + 48) and copied["steps"] == -(-copied["rows"] // 8)
     assert info["steps"] > copied["steps"]  # the ranking batches trained beside the copy's
     assert copied["distance_after"] < 0.8 * copied["distance_before"], copied
-    assert any("in the ranking losses' batches" in line for line in lines), lines
+    assert any("in the ranking losses' batches, ≈ " in line and "of training" in line for line in lines), lines
 
