@@ -579,7 +579,8 @@ def train_student(
     resume = bool(found)
     copied, budget_cfg, mixed = None, cfg, None
     minutes = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
-    share = cfg.embedding_share * minutes * 60 if minutes else None
+    # under torchrun every rank would measure its own speed and cut the copy's rows differently: all of them there
+    share = cfg.embedding_share * minutes * 60 if minutes and distributed.world_size() == 1 else None
     copy_args = (member, [queries[q] for q in train_q], [texts[d].full_text for d in copy_docs]) if copy_docs else ()
     if copy_docs and cfg.embedding_copy == "mixed":  # the copy's rows join the ranking losses' batches
         from .embedding_distill import Copy
