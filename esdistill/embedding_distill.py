@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from .budget import fmt_seconds, measure_seconds_per_text
+from .st_compat import st_losses
+
 #: the copy's learning rate: the rotated targets start at a squared distance of ~0.67 from the student's own
 #: embeddings, and 1e-4 closes it within passes where 2e-5 (the ranking losses') barely moves (embedding probe)
 LEARNING_RATE = 1e-4
@@ -77,19 +80,14 @@ class Copy:
         are cut to what fits at that speed; ``rows`` (a resumed run's record) fixes their number instead."""
         import math
 
-        from .budget import measure_seconds_per_text
-        from .encoding import inference_context
-
         t0 = time.perf_counter()
         self.member, self.queries, self.docs = member, len(queries), len(docs)
         self.texts = queries + docs
         targets_raw = member_embeddings(member, queries, docs, cfg.max_length, cache)
-        self.fit = np.sort(np.random.default_rng(cfg.seed).permutation(len(self.texts))[:FIT_TEXTS])
-        with inference_context():  # a 384-d rotation: 2k texts
-            own = model.encode([self.texts[i] for i in self.fit], batch_size=64, normalize_embeddings=True,
-                               show_progress_bar=False)
+        self.fit = np.sort(np.random.default_rng(cfg.seed).permutation(len(self.texts))[:FIT_TEXTS])  # 2k texts
+        own = self._encode_fit(model)  # a 384-d rotation
         self.targets = (targets_raw @ rotation(targets_raw[self.fit], own)).astype(np.float32)
-        self.distance_before = float(((own - self.targets[self.fit]) ** 2).sum(-1).mean())
+        self.distance_before = self._distance(own)
         wanted = list(range(len(self.texts))) * math.ceil(cfg.embedding_passes)
         wanted = wanted[: round(cfg.embedding_passes * len(self.texts))]
         self.note, self.per_text = "", None
@@ -102,11 +100,23 @@ class Copy:
             fits = max(cfg.batch_size, int(left / self.per_text)) if left > 0 else cfg.batch_size
             if fits < len(wanted):
                 self.note = (f" — {fits / len(self.texts):.2f} of {cfg.embedding_passes:g} passes fit its "
-                             f"{_fmt(seconds)} share of the budget")
+                             f"{fmt_seconds(seconds)} share of the budget")
                 wanted = wanted[:fits]
         order = np.random.default_rng(cfg.seed).permutation(len(wanted))  # every text once a pass, seeded order
         self.rows = [wanted[i] for i in order]
         self.prepare_seconds = time.perf_counter() - t0
+
+    def _encode_fit(self, model) -> np.ndarray:
+        """The student's unit embeddings of the texts the rotation is fitted (and the distance measured) on."""
+        from .encoding import inference_context
+
+        with inference_context():
+            return model.encode([self.texts[i] for i in self.fit], batch_size=64, normalize_embeddings=True,
+                                show_progress_bar=False)
+
+    def _distance(self, own: np.ndarray) -> float:
+        """The mean squared distance of the student's embeddings of the fit texts to their targets."""
+        return float(((own - self.targets[self.fit]) ** 2).sum(-1).mean())
 
     @property
     def passes(self) -> float:
@@ -128,26 +138,15 @@ class Copy:
         return (f"train: copying {self.member}'s embeddings of {self.queries} queries and {self.docs} documents "
                 f"(rotated onto the student's space; squared distance {self.distance_before:.3f}) for "
                 f"{self.passes:.2f} passes {how}"
-                + (f", ≈ {_fmt(self.estimate_seconds)} of training" if self.estimate_seconds else "") + self.note)
+                + (f", ≈ {fmt_seconds(self.estimate_seconds)} of training" if self.estimate_seconds else "") + self.note)
 
     def record(self, model, steps: int, seconds: float) -> dict[str, Any]:
         """What the train stage keeps: texts, passes, steps, the squared distance to the targets before and now
         (on the rotation's texts), seconds."""
-        from .encoding import inference_context
-
-        with inference_context():
-            now = model.encode([self.texts[i] for i in self.fit], batch_size=64, normalize_embeddings=True,
-                               show_progress_bar=False)
         return {"member": self.member, "queries": self.queries, "documents": self.docs, "passes": self.passes,
                 "rows": len(self.rows), "steps": steps, "distance_before": self.distance_before,
-                "distance_after": float(((now - self.targets[self.fit]) ** 2).sum(-1).mean()),
+                "distance_after": self._distance(self._encode_fit(model)),
                 "seconds": round(seconds, 1)}
-
-
-def _fmt(seconds: float) -> str:
-    from .budget import fmt_seconds
-
-    return fmt_seconds(seconds)
 
 
 def distance_loss(model):
@@ -155,10 +154,7 @@ def distance_loss(model):
     times the embedding's dimensions, i.e. the squared distance to the target per text. A mean over 384 dimensions
     is ~0.002 at the start where the ranking losses are ~1: one optimiser (Adam) shares them, and its step for the
     copy would be a few hundredths of theirs."""
-    try:
-        from sentence_transformers.sentence_transformer.losses import MSELoss
-    except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers.losses import MSELoss
+    (MSELoss,) = st_losses("MSELoss")
 
     class SquaredDistanceLoss(MSELoss):
         def forward(self, sentence_features, labels):
@@ -174,10 +170,6 @@ def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, ca
     ``seconds`` the passes are cut to what fits (the log says so). Returns the record the train stage keeps
     (:meth:`Copy.record`)."""
     from sentence_transformers import SentenceTransformerTrainer
-    try:
-        from sentence_transformers.sentence_transformer.losses import MSELoss
-    except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers.losses import MSELoss
 
     from .console import attach_progress
     from .training_args import training_args
@@ -187,9 +179,9 @@ def copy_member(model, member: str, queries: list[str], docs: list[str], cfg, ca
     log(copy.describe("before the ranking losses"))
     args = training_args(cfg.model_copy(update={"epochs": 1.0, "learning_rate": LEARNING_RATE}), cache / "copy",
                          mnrl=False, batches_per_epoch=-(-len(copy.rows) // cfg.batch_size))
+    (MSELoss,) = st_losses("MSELoss")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=copy.dataset(), loss=MSELoss(model))
-    attach_progress(trainer, progress, f"train (copying {member})",
-                    estimate=copy.estimate_seconds)  # without a budget: timed on its first steps
+    attach_progress(trainer, progress, f"train (copying {member})", estimate=copy.estimate_seconds)
     trainer.train()
     shutil.rmtree(cache / "copy", ignore_errors=True)
     return copy.record(model, trainer.state.global_step, time.perf_counter() - t0)

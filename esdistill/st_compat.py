@@ -1,5 +1,5 @@
-"""Saved sentence-transformers models across its versions: where its module classes are (:func:`st_modules`),
-and :func:`make_loadable`. A leaf that :mod:`esdistill.models` and :mod:`esdistill.model_source` both use."""
+"""Saved sentence-transformers models across its versions: where its module and loss classes are
+(:func:`st_modules`, :func:`st_losses`), and :func:`make_loadable`. A leaf that :mod:`esdistill.models` and :mod:`esdistill.model_source` both use."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ def st_modules(*names: str):
         from sentence_transformers.sentence_transformer import modules as mod
     except ImportError:  # sentence-transformers < 5.7
         from sentence_transformers import models as mod
+    return tuple(getattr(mod, n) for n in names)
+
+
+def st_losses(*names: str):
+    """sentence-transformers loss classes by name, from where this version keeps them (5.7 moved them)."""
+    try:
+        from sentence_transformers.sentence_transformer import losses as mod
+    except ImportError:  # sentence-transformers < 5.7
+        from sentence_transformers import losses as mod
     return tuple(getattr(mod, n) for n in names)
 
 

@@ -42,6 +42,7 @@ from .console import attach_progress
 from .data import Doc, Qrels, relevant
 from .memory import CACHED_COST, cached_distill_loss, plan_step, step_log
 from .models import bf16_available, embedding_info, load_bi_encoder, model_fingerprint, st_modules
+from .st_compat import st_losses
 from .training_args import training_args  # noqa: F401 - re-exported
 
 
@@ -270,10 +271,7 @@ def masked_mnrl(model, scale: float, rows: list[tuple[str, str, str]], qrels: Qr
     dataset's ``label`` column; the loss counts what it masked in ``.masked``."""
     import torch
 
-    try:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
+    (MultipleNegativesRankingLoss,) = st_losses("MultipleNegativesRankingLoss")
 
     relevant_to = {q: {d for d, g in qrels.get(q, {}).items() if g > 0} | (likely or {}).get(q, set())
                    for q in {r[0] for r in rows}}
@@ -508,14 +506,10 @@ def train_student(
     from sentence_transformers import SentenceTransformerTrainer
     try:
         from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
-        from sentence_transformers.sentence_transformer.losses import (
-            DistillKLDivLoss,
-            MarginMSELoss,
-            MultipleNegativesRankingLoss,
-        )
     except ImportError:  # sentence-transformers < 5.7
         from sentence_transformers.evaluation import SequentialEvaluator
-        from sentence_transformers.losses import DistillKLDivLoss, MarginMSELoss, MultipleNegativesRankingLoss
+    DistillKLDivLoss, MarginMSELoss, MultipleNegativesRankingLoss = st_losses(
+        "DistillKLDivLoss", "MarginMSELoss", "MultipleNegativesRankingLoss")
     (Normalize,) = st_modules("Normalize")
 
     judgments_only = cfg.loss == "judgments"
@@ -577,7 +571,7 @@ def train_student(
             shutil.rmtree(partial)  # killed while it was being written: trainer_state.json comes last
         found.remove(partial)
     resume = bool(found)
-    copied, budget_cfg, mixed = None, cfg, None
+    copied, budget_cfg, mixed, spent = None, cfg, None, None  # spent: the copy's seconds, out of the budget
     minutes = cfg.budget_minutes if isinstance(cfg.budget_minutes, (int, float)) else None
     # under torchrun every rank would measure its own speed and cut the copy's rows differently: all of them there
     share = cfg.embedding_share * minutes * 60 if minutes and distributed.world_size() == 1 else None
@@ -587,23 +581,23 @@ def train_student(
 
         kept = json.loads(cache.path("copy.json").read_text()) if resume and cache.path("copy.json").exists() else {}
         mixed = Copy(model, *copy_args, cfg, cache.path("member"), share, rows=kept.get("rows"))
-        copied = {"rows": len(mixed.rows), "prepare_seconds": round(mixed.prepare_seconds, 1),
-                  "estimate_seconds": mixed.estimate_seconds}
-        if main and not resume:
-            cache.path("copy.json").write_text(json.dumps(copied, indent=2))
-        if minutes and mixed.estimate_seconds is not None:
+        if main and not resume:  # what a resumed run rebuilds the same rows from
+            cache.path("copy.json").write_text(json.dumps(
+                {"rows": len(mixed.rows), "prepare_seconds": round(mixed.prepare_seconds, 1),
+                 "estimate_seconds": mixed.estimate_seconds}, indent=2))
+        if mixed.estimate_seconds is not None:
             spent = mixed.prepare_seconds + mixed.estimate_seconds
-            budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - spent / 60, 0.5)})
     elif copy_docs and not resume:  # a resumed run's checkpoint holds the copy already
         from .embedding_distill import copy_member
 
         copied = copy_member(model, *copy_args, cfg, cache.path("member"), share, log if main else _silent, progress)
         if main:
             cache.path("copy.json").write_text(json.dumps(copied, indent=2))
-        if minutes:
-            budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - copied["seconds"] / 60, 0.5)})
+        spent = copied["seconds"]
     elif copy_docs and cache.path("copy.json").exists():
         copied = json.loads(cache.path("copy.json").read_text())
+    if minutes and spent is not None:
+        budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - spent / 60, 0.5)})
     width = list_width(examples_by_pass, distill=not judgments_only)
     step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available(),
                      processes=distributed.world_size())
