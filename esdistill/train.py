@@ -329,13 +329,21 @@ class ScaledCosine:
 def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
                    batch_size: int = 32) -> dict[str, dict[str, float]]:
     """``{qid: {docid: cosine}}``: ``model`` scoring each query's candidates in ``scores`` (its own reranking of
-    the teacher's candidates)."""
-    out = {}
-    for qid, g in scores.groupby("qid"):
-        q = model.encode([queries[qid]], normalize_embeddings=True, show_progress_bar=False)
-        d = model.encode([texts[x].full_text for x in g.docid], batch_size=batch_size, normalize_embeddings=True,
-                         show_progress_bar=False)
-        out[qid] = dict(zip(g.docid, (d @ q[0]).astype(float).tolist(), strict=True))
+    the teacher's candidates). A bi-encoder's vector of a text does not depend on the query beside it, so each
+    query and each document is encoded once, however many queries share the document: NFCorpus's dev slice of its
+    whole training split is 6,400 pairs over fewer than 3,000 documents, and encoding it pair by pair took the
+    quick budget's dev measurements to 8 of its 15 minutes."""
+    qids, docids = list(dict.fromkeys(scores.qid)), list(dict.fromkeys(scores.docid))
+    q = model.encode([queries[x] for x in qids], batch_size=batch_size, normalize_embeddings=True,
+                     show_progress_bar=False)
+    d = model.encode([texts[x].full_text for x in docids], batch_size=batch_size, normalize_embeddings=True,
+                     show_progress_bar=False)
+    q_row, d_row = {x: i for i, x in enumerate(qids)}, {x: i for i, x in enumerate(docids)}
+    qi, di = scores.qid.map(q_row).to_numpy(), scores.docid.map(d_row).to_numpy()
+    sims = np.einsum("ij,ij->i", q[qi], d[di]).astype(float)
+    out: dict[str, dict[str, float]] = {}
+    for qid, docid, sim in zip(scores.qid, scores.docid, sims.tolist(), strict=True):
+        out.setdefault(qid, {})[docid] = sim
     return out
 
 
@@ -561,6 +569,9 @@ def train_student(
     agree_eval = (agreement_evaluator(dev_scores, queries, texts) if len(dev_q) and not judgments_only else None)
     evaluators = [e for e in (ir_eval, agree_eval) if e is not None]
     evaluator = SequentialEvaluator(evaluators) if evaluators else None
+    # what one measurement of the dev slice encodes (the plan prices it): each evaluator encodes the dev queries and
+    # their candidates' documents once
+    dev_encodings = (len(dev_q) + dev_scores.docid.nunique()) * len(evaluators)
     before = ir_eval(model) if ir_eval and main else {}
     agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
 
@@ -607,8 +618,8 @@ def train_student(
     if distributed.world_size() == 1:  # one process: under torchrun every rank would measure its own speed
         plan = plan_training(model, budget_cfg, examples_by_pass, judged_by_pass, queries, texts, profile,
                              log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
-                             eval_texts=2 * len(dev_scores) * 2,
-                             pass_eval_texts=2 * len(dev_scores) * (passes if cfg.epochs > 1 else 0),
+                             eval_texts=2 * dev_encodings,
+                             pass_eval_texts=dev_encodings * (passes if cfg.epochs > 1 else 0),
                              distill_cost=CACHED_COST if step.mini_batch else 1.0)
         examples_by_pass, judged_by_pass = plan.examples, plan.judged
         judged = judged_by_pass[0]

@@ -8,7 +8,9 @@ from esdistill.cache import StageCache
 from esdistill.config import TrainConfig
 from esdistill.data import Doc
 from esdistill.models import load_bi_encoder
-from esdistill.train import agreement_summary, build_examples, split_dev, teacher_agreement, train_student
+from esdistill.train import (
+    agreement_summary, build_examples, split_dev, student_scores, teacher_agreement, train_student,
+)
 
 
 def synthetic(n_q=6, n_d=8):
@@ -40,6 +42,22 @@ def test_split_dev_is_stable():
     tr, dev = split_dev(q, 0.1)
     assert not set(tr) & set(dev) and len(tr) + len(dev) == 200 and 5 < len(dev) < 40
     assert split_dev(list(reversed(q)), 0.1) == (tr, dev)
+
+
+def test_student_scores_encode_a_shared_document_once_with_the_scores_of_each_pair(minilm_path):
+    queries, docs, scores = synthetic(n_q=3, n_d=5)
+    shared = scores.assign(docid=scores.docid.str.replace(r"^q\d", "q0", regex=True))  # every query: q0's documents
+    model = load_bi_encoder(minilm_path, 48)
+    encoded = []
+    encode = model.encode
+    model.encode = lambda texts, **kw: (encoded.extend(texts), encode(texts, **kw))[1]
+    got = student_scores(model, shared, queries, docs)
+    assert len(encoded) == 3 + 5  # three queries and q0's five documents, not 15 pairs
+    for qid, g in shared.groupby("qid"):
+        q = encode([queries[qid]], normalize_embeddings=True)
+        d = encode([docs[x].full_text for x in g.docid], normalize_embeddings=True)
+        assert list(got[qid]) == list(g.docid)
+        assert got[qid] == pytest.approx(dict(zip(g.docid, (d @ q[0]).tolist(), strict=True)), abs=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["kl", "margin_mse"])
