@@ -247,8 +247,10 @@ def plan_training(
             + "train.budget_minutes = N (minutes; 'none': no budget)"
         log(f"train: the data would train {fmt_seconds(whole)} on this machine ({where}); the "
             f"{profile or 'configured'} budget is {fmt_seconds(allowed)}: sampled down to {kept_passes:.2f} of "
-            f"{len(examples_by_pass)} passes — {record['lists'][0]:,} of {record['lists'][1]:,} lists, "
-            f"{record['judged_rows'][0]:,} of {record['judged_rows'][1]:,} MNRL rows, "
+            f"{len(examples_by_pass)} passes — "
+            # the control trains no list: its lists are kept whole and untrained, not worth a mention
+            + (f"{record['lists'][0]:,} of {record['lists'][1]:,} lists, " if distill else "")
+            + f"{record['judged_rows'][0]:,} of {record['judged_rows'][1]:,} MNRL rows, "
             f"{record['steps_allowed']:,} of {record['steps_whole']:,} steps. To train it all: {lift}")
     log(f"train: estimated {fmt_seconds(spent)} on this machine ({where}"
         + (f"; budget {fmt_seconds(allowed)}" if budget else "") + ")")

@@ -138,6 +138,14 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     assert not dropped.record["evaluate_between_passes"] and dropped.record["evaluation_seconds"] == pytest.approx(3.0)
     assert dropped.examples == evaluated.examples and dropped.judged == evaluated.judged
     assert any("between passes" in line and "left out" in line for line in lines)
+    # the judgments-only control trains the MNRL rows alone: they are what is sampled, and all its line names
+    lines.clear()
+    # (a pass of its 50 rows costs 1.5 s: 2.4 s keep pass 1 and 30 rows of pass 2)
+    control = plan_training(None, cfg.model_copy(update={"budget_minutes": 0.04}), ex, jd, {}, texts, "quick",
+                            lines.append, measure=lambda m, t, bs: 0.01, distill=False)
+    assert [len(x) for x in control.judged] == [50, 30] and control.record["sampled_down"]
+    said = [line for line in lines if "sampled down" in line]
+    assert len(said) == 1 and "80 of 150 MNRL rows" in said[0] and "lists" not in said[0]
     # without a budget: only the estimate
     free = plan_training(None, TrainConfig(batch_size=16), ex, jd, {}, texts, None, lines.append,
                          measure=lambda m, t, bs: 0.01)
