@@ -84,7 +84,7 @@ def test_qrels_bad_row(tmp_path):
 def test_the_corpus_fingerprint_ignores_queries_and_judgments(tmp_path):
     """The BM25 index is keyed on the corpus alone: switching profile (how many train or test queries) must
     not rebuild it."""
-    quick = build_config({"data": {"name": "s", "beir": str(SCIFACT)}}, profile="quick")
+    quick = build_config({"data": {"name": "s", "beir": str(SCIFACT), "max_train_queries": 100}}, profile="quick")
     full = build_config({"data": {"name": "s", "beir": str(SCIFACT), "max_test_queries": 50}}, profile="full")
     a, b = load_dataset(quick.data, tmp_path), load_dataset(full.data, tmp_path)
     assert len(a.train_queries) != len(b.train_queries) and len(a.test_queries) != len(b.test_queries)
