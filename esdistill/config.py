@@ -590,7 +590,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # bounds the teacher's scoring alone (at most 3,000 x candidates.k pairs; SciFact's 809 queries: 2 min 19 s,
         # NFCorpus's 2,590: 4 min, documents encoded once). Measured against the 400 it was until 2026-12-07
         # (bench/README.md, "The whole training split"): SciFact's student 0.711 -> 0.756 +- 0.006 over 3 seeds
-        # (p = 7e-4), the hybrid 0.762 +- 0.007 (above the pipeline, p = 2e-4); NFCorpus's unmoved (0.328)
+        # (p = 7e-4), the hybrid 0.762 +- 0.007 (above the pipeline, p = 2e-4); NFCorpus's unmoved (0.326, 2 seeds)
         "data": {"max_train_queries": 3000},
         "candidates": {"k": 30},
         "teacher": {

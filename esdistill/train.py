@@ -331,8 +331,8 @@ def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: 
     """``{qid: {docid: cosine}}``: ``model`` scoring each query's candidates in ``scores`` (its own reranking of
     the teacher's candidates). A bi-encoder's vector of a text does not depend on the query beside it, so each
     query and each document is encoded once, however many queries share the document: NFCorpus's dev slice of its
-    whole training split is 6,400 pairs over fewer than 3,000 documents, and encoding it pair by pair took the
-    quick budget's dev measurements to 8 of its 15 minutes."""
+    whole training split is 6,400 pairs over fewer than 3,000 documents, and priced pair by pair its measurements
+    took 8 of the quick budget's 15 minutes from training."""
     qids, docids = list(dict.fromkeys(scores.qid)), list(dict.fromkeys(scores.docid))
     q = model.encode([queries[x] for x in qids], batch_size=batch_size, normalize_embeddings=True,
                      show_progress_bar=False)
