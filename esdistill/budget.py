@@ -71,12 +71,14 @@ def fmt_seconds(s: float) -> str:
 
 # ----------------------------------------------------------------------------------------------- training
 def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: int = 5,
-                             enough: float = 3.0) -> float:
+                             enough: float = 3.0, bf16: bool = False) -> float:
     """Seconds one text costs a training step of ``model`` on this machine: tokenizing, forward and backward
     passes over batches of ``texts``, after one warm-up batch (not counted) — up to ``batches`` of them, fewer once
     ``enough`` seconds are spent (at least two); the median batch, so one stalled by another process does not
-    decide. Gradients are cleared afterwards and no optimiser steps, so the model's weights are untouched (the
-    trainer seeds its own randomness later)."""
+    decide. ``bf16``: under the autocast training runs in (``train.precision``). Gradients are cleared afterwards
+    and no optimiser steps, so the model's weights are untouched (the trainer seeds its own randomness later)."""
+    from .models import autocast
+
     prepare = getattr(model, "preprocess", None) or model.tokenize  # tokenize: sentence-transformers < 5.7
     was_training = model.training
     model.train()
@@ -86,7 +88,8 @@ def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: 
             batch = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
             t0 = time.perf_counter()
             feats = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in prepare(batch).items()}
-            emb = model(feats)["sentence_embedding"]
+            with autocast(bf16):
+                emb = model(feats)["sentence_embedding"]
             emb.float().pow(2).sum().backward()
             if i:  # the first batch warms up (allocations, kernels)
                 times.append(time.perf_counter() - t0)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .budget import fmt_seconds, measure_seconds_per_text
+from .models import training_bf16
 from .st_compat import st_losses
 
 #: the copy's learning rate: the rotated targets start at a squared distance of ~0.67 from the student's own
@@ -94,7 +95,8 @@ class Copy:
         if rows is not None:
             wanted = wanted[:rows]
         else:  # measured with or without a budget: the training's estimate (and its progress bar) includes the copy
-            self.per_text = measure_seconds_per_text(model, docs[:64] or self.texts[:64], cfg.batch_size)
+            self.per_text = measure_seconds_per_text(model, docs[:64] or self.texts[:64], cfg.batch_size,
+                                                     bf16=training_bf16(cfg.precision))
         if rows is None and seconds is not None:
             left = seconds - (time.perf_counter() - t0)
             fits = max(cfg.batch_size, int(left / self.per_text)) if left > 0 else cfg.batch_size

@@ -24,6 +24,7 @@ dev slice of the training queries (never trained on) is evaluated before and aft
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -35,13 +36,13 @@ import numpy as np
 import pandas as pd
 
 from . import distributed
-from .budget import list_width, plan_training
+from .budget import list_width, measure_seconds_per_text, plan_training
 from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
 from .data import Doc, Qrels, relevant
 from .memory import CACHED_COST, cached_distill_loss, plan_step, step_log
-from .models import bf16_available, embedding_info, load_bi_encoder, model_fingerprint, st_modules
+from .models import embedding_info, load_bi_encoder, model_fingerprint, st_modules, training_bf16
 from .st_compat import st_losses
 from .training_args import training_args  # noqa: F401 - re-exported
 
@@ -284,7 +285,8 @@ def masked_mnrl(model, scale: float, rows: list[tuple[str, str, str]], qrels: Qr
         def forward(self, sentence_features, labels):
             reps = [self.model(f)["sentence_embedding"] for f in sentence_features]
             anchors, cands = reps[0], torch.cat(reps[1:])
-            logits = self.similarity_fct(anchors, cands) * self.scale
+            with torch.autocast(anchors.device.type, enabled=False):  # bf16 training: the logits in float32
+                logits = self.similarity_fct(anchors.float(), cands.float()) * self.scale
             idx = labels.long().tolist()
             docs = [rows[i][1] for i in idx] + [rows[i][2] for i in idx]
             mask = torch.tensor([[j != a and d in relevant_to[rows[i][0]] for j, d in enumerate(docs)]
@@ -323,7 +325,7 @@ class ScaledCosine:
     def __call__(self, a, b):
         import torch.nn.functional as F
 
-        return self.scale * (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+        return self.scale * (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
 
 
 def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
@@ -610,7 +612,8 @@ def train_student(
     if minutes and spent is not None:
         budget_cfg = cfg.model_copy(update={"budget_minutes": max(minutes - spent / 60, 0.5)})
     width = list_width(examples_by_pass, distill=not judgments_only)
-    step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16_available(),
+    bf16 = training_bf16(cfg.precision)
+    step = plan_step(cfg, model, width, judged=bool(judged), half_precision=bf16,
                      processes=distributed.world_size())
     if not resume and main:  # a plan kept by a run killed before its first checkpoint holds nothing trained
         cache.path("budget.json").unlink(missing_ok=True)
@@ -620,7 +623,8 @@ def train_student(
                              log if main else _silent, distill=not judgments_only, saved=cache.path("budget.json"),
                              eval_texts=2 * dev_encodings,
                              pass_eval_texts=dev_encodings * (passes if cfg.epochs > 1 else 0),
-                             distill_cost=CACHED_COST if step.mini_batch else 1.0)
+                             distill_cost=CACHED_COST if step.mini_batch else 1.0,
+                             measure=functools.partial(measure_seconds_per_text, bf16=bf16))
         examples_by_pass, judged_by_pass = plan.examples, plan.judged
         judged = judged_by_pass[0]
     data = concatenate_datasets([to_hf_dataset(ex, queries, texts, cfg.loss, scale) for ex in examples_by_pass])
@@ -691,6 +695,7 @@ def train_student(
            + (f" + MNRL on {taught} pairs of the teacher's top {cfg.teacher_positive_count} (train.teacher_positives)"
               if taught else "")
            + ("" if cfg.use_judgments else "; judgments unused (an unjudged query log)"))
+        + ("; bf16 mixed precision" if bf16 else "")
         + (" (resuming from checkpoint)" if resume else ""))
     trainer.train(resume_from_checkpoint=str(found[-1]) if resume else None)
     if not distributed.is_main():  # data parallel (torchrun): rank 0 writes the model and the record
@@ -725,7 +730,7 @@ def train_student(
         suspect_negatives=suspects, lists=cfg.lists, passes=passes, label_scale=scale,
         masked_false_negatives=getattr(mnrl, "masked", 0), use_judgments=cfg.use_judgments,
         processes=distributed.world_size(), budget=plan.record if plan else None, copied_member=copied,
-        memory=step.record,
+        memory=step.record, precision="bf16" if bf16 else "fp32",
         **(record_extra or {}),
     )
     distributed.barrier()  # the others wait until the model and the record are written

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import distributed
 from .config import TrainConfig
-from .models import bf16_available, warmup
+from .models import training_bf16, warmup
 
 
 def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = False, mnrl: bool = True,
@@ -15,8 +15,13 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
     """The trainer's arguments. With MNRL in the mix (``mnrl``) and ``cfg.no_duplicates``, batches never hold
     two rows that share a text: MNRL takes the other rows' documents as negatives, and a second row of the same
     query would hand it one of its own relevant documents as a negative."""
+    import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
 
+    bf16 = training_bf16(cfg.precision)
+    launch = distributed.trainer_kwargs()
+    if bf16 and not torch.cuda.is_available():
+        launch["use_cpu"] = True  # the trainer's bf16 on a CPU: autocast there (it refuses bf16 without a GPU else)
     return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -32,8 +37,8 @@ def training_args(cfg: TrainConfig, output_dir: Path, evaluate_epochs: bool = Fa
         batch_sampler="no_duplicates" if cfg.no_duplicates and mnrl else "batch_sampler",
         eval_strategy="steps" if eval_steps else "epoch" if evaluate_epochs else "no",
         **({"eval_steps": eval_steps} if eval_steps else {}),
-        bf16=bf16_available(),  # mixed precision on a GPU; float32 on a CPU
+        bf16=bf16,  # mixed precision where the hardware computes bfloat16 (train.precision)
         disable_tqdm=True,  # progress is one rich bar (esdistill.console.attach_progress)
-        **distributed.trainer_kwargs(),  # torchrun on CPUs: data-parallel over gloo
+        **launch,  # torchrun on CPUs: data-parallel over gloo
         **distributed.max_steps(batches_per_epoch, cfg.epochs),
     )

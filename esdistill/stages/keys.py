@@ -100,8 +100,9 @@ LATER_DEFAULTS = {"suspect_negatives": "keep", "embedding_passes": 0.0, "teacher
 
 def train_settings(train, exclude: set[str] = frozenset()) -> dict[str, Any]:
     """A student's training settings as its key reads them (``save_steps``, ``mini_batch`` and ``memory_gb`` change
-    nothing learned; the time budget is :func:`budget_key`'s)."""
-    out = train.model_dump(exclude={"save_steps", "budget_minutes", "mini_batch", "memory_gb", *exclude})
+    nothing learned; ``precision``, like the machine's speed, how many steps a budget holds; the time budget is
+    :func:`budget_key`'s)."""
+    out = train.model_dump(exclude={"save_steps", "budget_minutes", "mini_batch", "memory_gb", "precision", *exclude})
     if out.get("teacher_positives") == "auto":  # keyed as the number it means: auto's 0 is the old behaviour
         out["teacher_positives"] = train.teacher_positive_count
     return {k: v for k, v in out.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
