@@ -19,7 +19,8 @@ seeds), the student's agreement with the pipeline on its own candidates (NDCG@10
 training steps each seed took within the budget, and the training seconds; then paired t-tests over the test queries (each
 query's NDCG@10 averaged over the seeds; scipy's ``ttest_rel``) of each variant's student against the baseline's,
 and of the baseline's student against the pipeline. Writes
-``bench/results/variants-<dataset>-<profile>-<hardware>[-<name>].json``.
+``bench/results/variants-<dataset>-<profile>-<hardware>[-<name>].json`` after every run (``finished`` of ``planned``),
+so a comparison stopped part way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -115,8 +116,6 @@ def main(
                                               "two are evaluated without the hybrid")] = "student",
 ):
     prepare_env()
-    from scipy.stats import ttest_rel
-
     from esdistill import load_config
     from esdistill.config import _deep_merge as merge
 
@@ -133,12 +132,42 @@ def main(
     if start_cluster:
         ensure_cluster(cfg)
     seeds = seed or [cfg.train.seed]
+    stem = (f"variants-{cfg.data.name}-{profile}-{hardware_label()}"
+            + {"log_only": "-log-only", "judgments": "-control"}.get(student, "")
+            + (f"-{name}" if name else ""))
     results: dict[str, list[dict]] = {}
     for spec, ov in specs.items():
         for s in seeds:
             print(f"── {spec}, seed {s}", flush=True)
             results.setdefault(spec, []).append(one_run(config, profile, merge(merge(base, ov), {"train": {"seed": s}}),
                                                          student))
+            # after every run, not only the last: a long comparison stopped part way keeps what it measured
+            write_result(out, stem, summarise(results, specs, seeds, cfg.data.name, profile, student))
+    summary = summarise(results, specs, seeds, cfg.data.name, profile, student)
+
+    def f(ms):
+        return "—" if ms is None else (f"{ms[0]:.3f}" if ms[1] != ms[1] else f"{ms[0]:.3f} ± {ms[1]:.3f}")
+
+    print(f"\n{cfg.data.name}, {profile} profile: BM25 {summary['bm25']:.3f}, pipeline {summary['pipeline']:.3f}; "
+          f"seeds {seeds}; the student read: {student}\n")
+    print("| variant | student NDCG@10 | p vs baseline | hybrid NDCG@10 | agreement with the pipeline | steps "
+          "| train s |\n|---|---|---|---|---|---|---|")
+    for r in summary["rows"]:
+        steps = ", ".join(f"{x['steps']}" for x in r["runs"])
+        secs = statistics.fmean(x["train_seconds"] or 0 for x in r["runs"])
+        p = "—" if r["p_student_vs_baseline"] is None else f"{r['p_student_vs_baseline']:.2g}"
+        print(f"| {r['variant']} | {f(r['student'])} | {p} | {f(r['hybrid'])} | {f(r['agreement'])} | {steps} | "
+              f"{secs:.0f} |")
+    print("\nbaseline student vs the pipeline (per-query NDCG@10 over the seeds, paired t-test): "
+          f"p = {summary['p_baseline_student_vs_pipeline']:.2g}")
+
+
+def summarise(results: dict[str, list[dict]], specs: dict[str, dict], seeds: list[int], dataset: str,
+              profile: str, student: str) -> dict[str, Any]:
+    """The result file's payload from the runs finished so far: per variant the student's and the hybrid's
+    NDCG@10 (mean ± sd over its seeds), the agreement, paired t-tests of each variant's student against the
+    baseline's and of the baseline's against the pipeline (per-query NDCG@10 averaged over the seeds)."""
+    from scipy.stats import ttest_rel
 
     base_runs = results["baseline"]
     base_q = _per_query_mean(base_runs, "student")
@@ -158,30 +187,11 @@ def main(
     pipe_q = _per_query_mean(base_runs, "pipeline")
     common_q = sorted(set(pipe_q) & set(base_q))
     p_pipe = float(ttest_rel([base_q[k] for k in common_q], [pipe_q[k] for k in common_q]).pvalue)
-    pipeline = statistics.fmean(r["ndcg@10"]["pipeline"] for r in base_runs)
-    bm25 = statistics.fmean(r["ndcg@10"]["bm25"] for r in base_runs)
-
-    def f(ms):
-        return "—" if ms is None else (f"{ms[0]:.3f}" if ms[1] != ms[1] else f"{ms[0]:.3f} ± {ms[1]:.3f}")
-
-    print(f"\n{cfg.data.name}, {profile} profile: BM25 {bm25:.3f}, pipeline {pipeline:.3f}; seeds {seeds}; "
-          f"the student read: {student}\n")
-    print("| variant | student NDCG@10 | p vs baseline | hybrid NDCG@10 | agreement with the pipeline | steps "
-          "| train s |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        steps = ", ".join(f"{x['steps']}" for x in r["runs"])
-        secs = statistics.fmean(x["train_seconds"] or 0 for x in r["runs"])
-        p = "—" if r["p_student_vs_baseline"] is None else f"{r['p_student_vs_baseline']:.2g}"
-        print(f"| {r['variant']} | {f(r['student'])} | {p} | {f(r['hybrid'])} | {f(r['agreement'])} | {steps} | "
-              f"{secs:.0f} |")
-    print(f"\nbaseline student vs the pipeline (per-query NDCG@10 over the seeds, paired t-test): p = {p_pipe:.2g}")
-    stem = (f"variants-{cfg.data.name}-{profile}-{hardware_label()}"
-            + {"log_only": "-log-only", "judgments": "-control"}.get(student, "")
-            + (f"-{name}" if name else ""))
-    write_result(out, stem, {"dataset": cfg.data.name, "profile": profile, "seeds": seeds, "bm25": bm25,
-                             "pipeline": pipeline, "student": student, "p_baseline_student_vs_pipeline": p_pipe,
-                             "rows": rows})
-
+    return {"dataset": dataset, "profile": profile, "seeds": seeds,
+            "bm25": statistics.fmean(r["ndcg@10"]["bm25"] for r in base_runs),
+            "pipeline": statistics.fmean(r["ndcg@10"]["pipeline"] for r in base_runs), "student": student,
+            "p_baseline_student_vs_pipeline": p_pipe, "finished": sum(len(r) for r in results.values()),
+            "planned": len(specs) * len(seeds), "rows": rows}
 
 if __name__ == "__main__":
     typer.run(main)

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 
 from esdistill.agreement import agreement
 from esdistill.cache import StageCache
@@ -60,17 +61,47 @@ def test_student_scores_encode_a_shared_document_once_with_the_scores_of_each_pa
         assert got[qid] == pytest.approx(dict(zip(g.docid, (d @ q[0]).tolist(), strict=True)), abs=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["kl", "margin_mse"])
-def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path, loss):
+@pytest.mark.parametrize("loss,precision", [("kl", "fp32"), ("kl", "bf16"), ("margin_mse", "auto")])
+def test_short_training_moves_student_toward_teacher(tmp_path, minilm_path, loss, precision):
+    """In float32 and in bf16 mixed precision alike (``train.precision``: autocast on a CPU too, the weights
+    kept and saved in float32)."""
     queries, docs, scores = synthetic()
     cfg = TrainConfig(base_model=minilm_path, negatives=7, epochs=6, learning_rate=1e-4, batch_size=8,
-                      max_length=48, dev_fraction=0.0, use_judged_positives=False, loss=loss)
+                      max_length=48, dev_fraction=0.0, use_judged_positives=False, loss=loss, precision=precision)
     before = teacher_agreement(load_bi_encoder(minilm_path, 48), scores, queries, docs)
     cache = StageCache(tmp_path, "train", {"t": 1})
     info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids}, cache, log=lambda m: None)
-    after = teacher_agreement(load_bi_encoder(info["model"], 48), scores, queries, docs)
+    student = load_bi_encoder(info["model"], 48)
+    after = teacher_agreement(student, scores, queries, docs)
     assert after["spearman"] > before["spearman"] + 0.1, (before, after)
     assert after["pair_accuracy"] > before["pair_accuracy"]
+    if precision != "auto":
+        assert info["precision"] == precision
+    assert {p.dtype for p in student.parameters()} == {torch.float32}
+
+
+def test_bf16_training_runs_under_the_trainer_s_autocast_and_the_plan_measures_it(tmp_path, minilm_path):
+    """``train.precision = "bf16"`` on a CPU: the trainer's arguments ask for bf16 on the CPU (the trainer's
+    CPU autocast), and the plan's speed measurement runs its batches under the same autocast."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from esdistill.budget import measure_seconds_per_text
+    from esdistill.training_args import training_args
+
+    args = training_args(TrainConfig(precision="bf16"), tmp_path)
+    assert args.bf16 and (args.use_cpu or torch.cuda.is_available())
+    assert not training_args(TrainConfig(precision="fp32"), tmp_path).bf16
+    model = load_bi_encoder(minilm_path, 32)
+    trainer = SentenceTransformerTrainer(model=model, args=args)
+    if not torch.cuda.is_available():
+        assert trainer.use_cpu_amp and trainer.amp_dtype == torch.bfloat16
+    seen, device = [], "cuda" if torch.cuda.is_available() else "cpu"
+    hook = model[0].register_forward_hook(lambda m, i, o: seen.append(torch.is_autocast_enabled(device)))
+    measure_seconds_per_text(model, ["a short text"] * 4, 2, batches=2, enough=0.0, bf16=True)
+    measure_seconds_per_text(model, ["a short text"] * 4, 2, batches=2, enough=0.0)
+    hook.remove()
+    assert seen[:3] == [True] * 3 and seen[3:] == [False] * 3
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_agreement_summary_says_when_training_moved_the_student_away_from_its_teacher_and_why():
