@@ -151,8 +151,9 @@ def bf16_available() -> bool:
 
 def cpu_bf16() -> bool:
     """A CPU that computes bfloat16 in hardware: Intel AMX or AVX-512 BF16 (Sapphire Rapids and later, AMD Zen 4
-    and later). On this project's 2-core Sapphire Rapids machine a MiniLM training step at 128 tokens costs 40 ms a
-    text under bf16 autocast against 65 in float32 (bench/README.md, "bf16 on the CPU")."""
+    and later). On this project's 2-core Sapphire Rapids machine a MiniLM training step at 128 tokens costs 42-49 ms a
+    document under bf16 autocast against 56-57 in float32 (the budget's measurement, batches of 16; bench/README.md,
+    "bf16 on the CPU")."""
     import torch
 
     probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
