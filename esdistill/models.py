@@ -151,7 +151,7 @@ def bf16_available() -> bool:
 
 def cpu_bf16() -> bool:
     """A CPU that computes bfloat16 in hardware: Intel AMX or AVX-512 BF16 (Sapphire Rapids and later, AMD Zen 4
-    and later). On this project's 2-core Sapphire Rapids machine a MiniLM training step at 128 tokens costs 42-49 ms a
+    and later). On this project's 2-core Xeon with AMX a MiniLM training step at 128 tokens costs 42-49 ms a
     document under bf16 autocast against 56-57 in float32 (the budget's measurement, batches of 16; bench/README.md,
     "bf16 on the CPU")."""
     import torch
