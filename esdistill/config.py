@@ -429,10 +429,11 @@ class TrainConfig(_Strict):
         "lower")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 mixed precision (float32 weights, bf16 matrix products) where the hardware "
-        "computes bfloat16 — a CUDA GPU that supports it, or a CPU with AMX / AVX-512 BF16 (Intel Sapphire Rapids and "
-        "later, AMD Zen 4 and later) — else float32. On this project's 2 Xeon cores with AMX a MiniLM student's document costs a "
-        "training step 42-49 ms against 56-57 in float32, so the 15 minutes train 1.2-1.5x the steps (bench/README.md, 'bf16 on the CPU'). How fast, not what is learnt: not in "
-        "the student's key, like the machine's speed; the train record says which ran")
+        "computes bfloat16 — a CUDA GPU that supports it, or a CPU with AMX / AVX-512 BF16 (Intel Sapphire Rapids "
+        "and later, AMD Zen 4 and later) — else float32. On this project's 2 Xeon cores with AMX a MiniLM student's "
+        "document costs a training step 42-49 ms against 56-57 in float32, so the 15 minutes train 1.2-1.5x the "
+        "steps (bench/README.md, 'bf16 on the CPU'). How fast, not what is learnt: not in the student's key, like "
+        "the machine's speed; the train record says which ran")
     no_duplicates: bool = Field(
         True, description="MNRL: never batch two rows of one query (or one document) together, so another relevant "
         "document of a query is never its in-batch negative (sentence-transformers' NO_DUPLICATES sampler)")

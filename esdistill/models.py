@@ -156,7 +156,7 @@ def cpu_bf16() -> bool:
     "bf16 on the CPU")."""
     import torch
 
-    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return any(bool(probe()) for probe in probes if probe is not None)
 
 
