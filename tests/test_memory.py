@@ -11,7 +11,7 @@ from esdistill.cache import StageCache
 from esdistill.config import TrainConfig
 from esdistill.errors import ConfigError
 from esdistill.memory import available_bytes, bytes_per_text, cached_distill_loss, plan_step
-from esdistill.models import load_bi_encoder
+from esdistill.models import load_bi_encoder, training_bf16
 from esdistill.train import train_student
 
 from .test_train import synthetic
@@ -115,9 +115,10 @@ def test_training_runs_mini_batched_when_a_step_exceeds_its_memory(tmp_path, tin
     hold two texts: it trains, a mini-batch at a time, and its record and log say so."""
     queries, docs, scores = synthetic(n_q=6, n_d=8)
     model = load_bi_encoder(tiny_models["bi"], max_length=32)
+    half = training_bf16()  # bf16 training (a GPU, or a CPU with AMX) holds half the activations a text
     cfg = TrainConfig(base_model=tiny_models["bi"], epochs=1, batch_size=4, max_length=32, dev_fraction=0.0,
                       list_size=4, use_judgments=False, teacher_positives=0,
-                      memory_gb=2.5 * bytes_per_text(model, 32) / 1e9)
+                      memory_gb=2.5 * bytes_per_text(model, 32, half_precision=half) / 1e9)
     lines: list[str] = []
     info = train_student(cfg, scores, queries, {}, lambda ids: {i: docs[i] for i in ids},
                          StageCache(tmp_path, "train", {"t": 1}), log=lines.append)
