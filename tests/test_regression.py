@@ -36,8 +36,10 @@ def slice_values(workdir: Path, es_url: str, name: str) -> dict:
         "teacher": {"max_length": 128, "batch_size": 64,
                     "fit": {"folds": 2, "negatives": 3, "negative_depth": 20, "epochs": 1.0, "max_length": 128,
                             "batch_size": 16}},
-        # no time budget: the expected scores must not depend on how loaded the machine is when it trains
-        "train": {"negatives": 3, "epochs": 1.0, "max_length": 128, "batch_size": 16, "budget_minutes": "none"},
+        # no time budget: the expected scores must not depend on how loaded the machine is when it trains; float32:
+        # nor on whether its CPU computes bfloat16 (train.precision = "auto" trains in bf16 where it does)
+        "train": {"negatives": 3, "epochs": 1.0, "max_length": 128, "batch_size": 16, "budget_minutes": "none",
+                  "precision": "fp32"},
         "deploy": {"encode_batch_size": 64},
         "evaluate": {"rerank_depth": 20, "k": 100,
                      "systems": ["bm25", "zero_shot", "pipeline", "student", "judgments", "hybrid"]},
