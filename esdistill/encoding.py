@@ -1,16 +1,19 @@
 """A bi-encoder encoding documents, as every caller does it (the deploy, the ``embed`` stage, the engine's jobs):
 :class:`ModelEmbedder` (vectors and which documents were truncated) under :func:`inference_context` (bf16
-autocast on a GPU). Below :mod:`esdistill.embed`, :mod:`esdistill.deploy` and :mod:`esdistill.engine`, which
-all import it."""
+autocast on a GPU), and :func:`open_store` (a model's document vectors kept in a work dir). Below
+:mod:`esdistill.embed`, :mod:`esdistill.deploy` and :mod:`esdistill.engine`, which all import it."""
 
 from __future__ import annotations
 
 import contextlib
+import re
+from pathlib import Path
 
 import numpy as np
 
 from .data import Doc
-from .models import bf16_available, embedding_info
+from .models import bf16_available, embedding_info, model_fingerprint
+from .vectors import DocumentVectors
 
 
 def inference_context():
@@ -18,6 +21,17 @@ def inference_context():
     import torch
 
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16_available() else contextlib.nullcontext()
+
+
+def open_store(root: Path | None, name: str, max_length: int | None) -> DocumentVectors:
+    """The document vectors kept of model ``name`` (a registered name, a hub id or a folder: its fingerprint names
+    the store) at ``max_length`` tokens in the precision :func:`inference_context` encodes in here (bf16 on a CUDA
+    GPU), below ``root`` (a work dir's ``vectors/``; None: in memory only). :mod:`esdistill.vectors`."""
+    if root is None:
+        return DocumentVectors()
+    precision = "bf16" if bf16_available() else "fp32"
+    fingerprint = re.sub(r"[^\w.@-]+", "_", model_fingerprint(name))  # a hub id's "/" is not a folder
+    return DocumentVectors(Path(root) / f"{fingerprint}-{max_length}-{precision}")
 
 
 class ModelEmbedder:

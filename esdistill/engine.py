@@ -26,8 +26,10 @@ from .errors import InputError
 Job = tuple[str, str, int | None, int, list]
 
 
-def run_job(models: dict, job: Job):
-    """One chunk's model work, with ``models`` as the caller's cache of loaded models (by kind and name)."""
+def run_job(models: dict, job: Job, vectors: Path | None = None):
+    """One chunk's model work, with ``models`` as the caller's cache of loaded models (by kind and name).
+    ``vectors``: a folder of document vectors kept on disk (:mod:`esdistill.vectors`; a work dir's ``vectors/``)
+    that a bi-encoder's cosines read and extend — else they are kept in memory for this process."""
     import numpy as np
     import torch
 
@@ -41,7 +43,11 @@ def run_job(models: dict, job: Job):
                        else load_bi_encoder(name, max_length=max_length))
     model = models[key]
     if kind == "cosine":  # a bi-encoder as a teacher (an ensemble member): cosine of query and document
-        return _cosines(model, models.setdefault(key + ("vectors",), {}), payload, batch_size)
+        if key + ("vectors",) not in models:
+            from .encoding import open_store
+
+            models[key + ("vectors",)] = open_store(vectors, name, model.max_seq_length)
+        return _cosines(model, models[key + ("vectors",)], payload, batch_size)
     if kind == "embed":  # as the deploy embeds: the same class, vectors and truncation flags
         from .encoding import ModelEmbedder
 
@@ -60,22 +66,19 @@ VECTOR_CACHE = 200_000
 
 def _cosines(model, cache: dict, payload: list, batch_size: int):
     """The cosine of each (query, document) pair. Each distinct text is encoded once; document vectors are kept
-    in ``cache`` (one per process and model) across jobs, since BM25's candidates of different queries overlap
-    (SciFact's 400 training queries: 12k pairs, at most 5,183 documents).
+    in ``cache`` (one per process and model, or a work dir's :class:`esdistill.vectors.DocumentVectors`) across
+    jobs, since BM25's candidates of different queries overlap (SciFact's 400 training queries: 12k pairs, at most
+    5,183 documents).
 
     Queries go through ``encode_query`` and documents through ``encode_document``, so a model's own prompts apply
     (bge-small's query instruction, e5's ``query: `` / ``passage: ``); for a model without prompts (MiniLM) both
     equal plain ``encode``."""
-    import hashlib
-
     import numpy as np
 
     from .encoding import inference_context
+    from .vectors import text_digest
 
-    def digest(text: str) -> bytes:
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-    keys = [digest(d) for _, d in payload]
+    keys = [text_digest(d) for _, d in payload]
     todo = {k: d for k, (_, d) in zip(keys, payload, strict=True) if k not in cache}
     if len(cache) + len(todo) > VECTOR_CACHE:
         cache.clear()
@@ -97,8 +100,9 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self):
+    def __init__(self, vectors: Path | None = None):
         self.models: dict = {}
+        self.vectors = vectors  #: a work dir's ``vectors/`` (:mod:`esdistill.vectors`): None keeps them in memory
 
     def prepare(self, names: Iterable[str]) -> None:
         """Nothing to do: this process loads the models it resolves."""
@@ -107,7 +111,7 @@ class LocalEngine:
         for tag, job in jobs:
             if (job[0], job[1], job[2]) not in self.models:
                 self.models.clear()  # one model in memory at a time (the jobs come grouped by model)
-            yield tag, run_job(self.models, job)
+            yield tag, run_job(self.models, job, self.vectors)
 
     def close(self) -> None:
         self.models.clear()
@@ -288,10 +292,12 @@ class RayEngine:
             self._ray.shutdown()
 
 
-def make_engine(cfg) -> LocalEngine | RayEngine:
-    """The engine ``[engine]`` asks for (:class:`esdistill.config.EngineConfig`)."""
+def make_engine(cfg, vectors: Path | None = None) -> LocalEngine | RayEngine:
+    """The engine ``[engine]`` asks for (:class:`esdistill.config.EngineConfig`). ``vectors``: the work dir's
+    document vectors (:mod:`esdistill.vectors`), which this process's engine keeps on disk; Ray's workers keep
+    theirs in memory (a worker may be on another machine)."""
     if cfg.kind == "ray":
         return RayEngine(cfg.workers, cfg.address, cfg.gpus_per_worker, cfg.cpus_per_worker,
                          ship_models=cfg.ship_models)
-    return LocalEngine()
+    return LocalEngine(vectors)
 

@@ -22,6 +22,7 @@ The pipeline at evaluation fuses the same members with the same weights over its
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,14 +172,15 @@ class EnsembleReranker:
     def describe(self) -> str:
         return " + ".join(f"{w:g}·{m.spec}" for (m, _), w in zip(self.scorers, self.weights, strict=True) if w)
 
-    def memoized(self) -> EnsembleReranker | None:
+    def memoized(self, vectors_for: Callable[[Member, Any], dict] | None = None) -> EnsembleReranker | None:
         """The same reranker with each bi-encoder member's document vectors kept across queries
-        (:class:`DocumentMemo`): the same scores, each document encoded once over a run of many queries. None when
-        no member is a bi-encoder (a cross-encoder scores pairs: nothing to keep)."""
+        (:class:`DocumentMemo`; ``vectors_for(member, model)``: where, e.g. the work dir's store the teacher's
+        scoring filled): the same scores, each document encoded once over a run of many queries. None when no
+        member is a bi-encoder (a cross-encoder scores pairs: nothing to keep)."""
         if not any(m.kind == "bi_encoder" for m, _ in self.scorers):
             return None
-        return EnsembleReranker([(m, DocumentMemo(model) if m.kind == "bi_encoder" else model)
-                                 for m, model in self.scorers], self.weights)
+        return EnsembleReranker([(m, DocumentMemo(model, vectors_for(m, model) if vectors_for else None)
+                                  if m.kind == "bi_encoder" else model) for m, model in self.scorers], self.weights)
 
     def fused(self, text: str, docs: list, bm25: list[float], batch_size: int = 64) -> np.ndarray:
         """The pipeline's score of each of ``docs``: the members' :meth:`columns` fused with the weights (and kept
@@ -214,18 +216,26 @@ class EnsembleReranker:
 class DocumentMemo:
     """A bi-encoder whose document vectors are kept by text: ``encode_document`` encodes only texts it has not
     seen, so a run over many queries whose candidates overlap encodes each document once. Queries pass through.
-    For measuring a pipeline's quality over many queries (its latency is timed on the model itself)."""
+    For measuring a pipeline's quality over many queries (its latency is timed on the model itself). ``vectors``:
+    where they are kept (text digest -> unit vector; a work dir's :class:`esdistill.vectors.DocumentVectors`,
+    which the teacher's scoring of the same model fills) — else in memory."""
 
-    def __init__(self, model):
-        self.model, self.vectors = model, {}
+    def __init__(self, model, vectors: dict | None = None):
+        self.model, self.vectors = model, ({} if vectors is None else vectors)
 
     def encode_query(self, texts, **kwargs):
         return self.model.encode_query(texts, **kwargs)
 
+    def missing(self, texts) -> list[str]:
+        """The distinct ``texts`` with no vector kept yet, in order."""
+        from .vectors import text_digest
+
+        return [t for t in dict.fromkeys(texts) if text_digest(t) not in self.vectors]
+
     def prefill(self, texts, batch_size: int = 32, advance=None, chunk: int = 256) -> None:
         """Encode the ``texts`` not kept yet, ``chunk`` at a time, calling ``advance(n)`` after each (a progress
-        bar over documents: like work, so its estimate holds)."""
-        todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        bar over :meth:`missing`: like work, so its estimate holds)."""
+        todo = self.missing(texts)
         for i in range(0, len(todo), chunk):
             self.encode_document(todo[i:i + chunk], batch_size=batch_size, normalize_embeddings=True,
                                  show_progress_bar=False)
@@ -233,7 +243,12 @@ class DocumentMemo:
                 advance(len(todo[i:i + chunk]))
 
     def encode_document(self, texts, **kwargs):
-        todo = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        """Unit vectors of ``texts`` (every caller normalises: the vectors kept are unit length)."""
+        from .vectors import text_digest
+
+        keys = [text_digest(t) for t in texts]
+        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}
         if todo:
-            self.vectors.update(zip(todo, self.model.encode_document(todo, **kwargs), strict=True))
-        return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
+            kwargs["normalize_embeddings"] = True
+            self.vectors.update(zip(todo, self.model.encode_document(list(todo.values()), **kwargs), strict=True))
+        return np.stack([self.vectors[k] for k in keys]) if texts else np.zeros((0, 0), dtype=np.float32)

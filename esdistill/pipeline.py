@@ -208,11 +208,16 @@ class Project:
         """The engine of the model-heavy stages (``[engine]``: this process, or Ray workers), closed after."""
         from .engine import make_engine
 
-        eng = make_engine(self.cfg.engine)
+        eng = make_engine(self.cfg.engine, self.vectors_dir)
         try:
             yield eng
         finally:
             eng.close()
+
+    @property
+    def vectors_dir(self) -> Path:
+        """Document vectors kept across stages and runs, per model (:mod:`esdistill.vectors`)."""
+        return self.workdir / "vectors"
 
     def _parallel_inputs(self, what: str, caches: list[StageCache], first: str) -> None:
         """Under torchrun every process reads the same cached inputs; computing them in each would do the work

@@ -204,7 +204,8 @@ class EvaluateStage(StageWork):
         passes that member (bench/README.md, "what holds its hybrid at the pipeline")."""
         n = self.cfg.evaluate.pipeline_latency_queries
         reranker = getattr(system, "reranker", None)
-        memo = reranker.memoized() if n and n < len(queries) and hasattr(reranker, "memoized") else None
+        memo = (reranker.memoized(self.member_vectors) if n and n < len(queries) and hasattr(reranker, "memoized")
+                else None)
         if memo is None:
             return eval_mod.run_system(system, queries, self.p.progress)
         fast = copy.copy(system)
@@ -231,6 +232,14 @@ class EvaluateStage(StageWork):
                        "leave evaluate.pipeline_latency_queries unset to run every query live")
         return out
 
+    def member_vectors(self, member, model) -> dict:
+        """A bi-encoder member's document vectors: the work dir's store of that model at the teacher's length
+        (:mod:`esdistill.vectors`), which the teacher's scoring of the training candidates filled — the test
+        queries' BM25 head is mostly the same documents."""
+        from ..encoding import open_store
+
+        return open_store(self.p.vectors_dir, member.model, model.max_seq_length)
+
     def prefill(self, system, memo, queries: dict[str, str]) -> None:
         """Each bi-encoder member of ``memo`` encodes every document the pipeline reranks for ``queries`` (BM25's
         head of each, fetched here), once, with a progress bar over documents."""
@@ -245,8 +254,10 @@ class EvaluateStage(StageWork):
         for member, model in memo.scorers:
             if member.kind != "bi_encoder":
                 continue
-            task = self.p.progress.add_task(f"pipeline: encode {len(unique)} documents once ({member.spec})",
-                                            total=len(unique))
+            todo = model.missing(unique)
+            kept = f", {len(unique) - len(todo)} kept in the work dir" if len(todo) < len(unique) else ""
+            task = self.p.progress.add_task(f"pipeline: encode {len(todo)} of {len(unique)} documents once "
+                                            f"({member.spec}{kept})", total=len(todo))
             with inference_context():
                 model.prefill(unique, self.cfg.teacher.batch_size,
                               advance=lambda n, task=task: self.p.progress.advance(task, n))
