@@ -104,6 +104,36 @@ def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: 
 #: the most of a training budget the dev evaluations may take before those between passes are left out
 EVAL_SHARE = 0.25
 
+#: how far past their share of the budget the training steps may run before :func:`budget_guard` stops them
+OVERRUN = 0.05
+
+
+def budget_guard(seconds: float):
+    """A trainer callback that stops the training once its steps have run ``seconds`` (wall time from the first
+    step): the plan's measurement of the first batches can be optimistic — on a 2-core AMD EPYC (AVX2, no AVX-512)
+    the steps ran 1.33x the time it measured, and the quick profile's 15-minute training took 18 (bench/README.md,
+    "The demo on a 2-core AMD EPYC") — so a budget would otherwise be a plan, not a limit. ``stopped_at``: the
+    step it stopped after (None: the training ended on its own); ``seconds_run``: the steps' wall time."""
+    from transformers import TrainerCallback
+
+    class BudgetGuard(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.t0, self.stopped_at, self.seconds_run = seconds, None, None, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.t0 is None:
+                return control
+            self.seconds_run = time.perf_counter() - self.t0
+            if self.seconds_run > self.seconds and state.global_step < state.max_steps:
+                control.should_training_stop = True
+                self.stopped_at = state.global_step
+            return control
+
+    return BudgetGuard()
+
 
 @dataclass
 class TrainingPlan:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import distributed
-from .budget import list_width, measure_seconds_per_text, plan_training
+from .budget import OVERRUN, budget_guard, fmt_seconds, list_width, measure_seconds_per_text, plan_training
 from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
@@ -672,6 +672,13 @@ def train_student(
     if estimate is not None and mixed is not None and mixed.estimate_seconds is not None:
         estimate += mixed.estimate_seconds
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train", estimate=estimate)
+    guard = None
+    if plan and plan.record.get("minutes"):  # the budget is a limit: steps past their share (+5%) are not run
+        steps_share = plan.record["minutes"] * 60 - plan.record["evaluation_seconds"]
+        if mixed is not None and mixed.estimate_seconds is not None:
+            steps_share += mixed.estimate_seconds  # the copy's rows train in the same steps
+        guard = budget_guard(steps_share * (1 + OVERRUN))
+        trainer.add_callback(guard)
     if step.mini_batch and main:
         log(step_log(step, cfg, width))
     if suspects.get("suspect") and not judgments_only and main:
@@ -702,6 +709,13 @@ def train_student(
         distributed.barrier()
         return {"rank": distributed.rank(), "steps": trainer.state.global_step}
 
+    if guard is not None:
+        plan.record.update(steps_seconds=guard.seconds_run, stopped_at_step=guard.stopped_at)
+        if guard.stopped_at is not None:
+            planned = plan.record["estimate_seconds"] - plan.record["evaluation_seconds"]
+            log(f"train: the budget ran out after {guard.stopped_at} of {plan.record['steps_allowed']} planned steps "
+                f"({fmt_seconds(guard.seconds_run)}; the plan priced them at {fmt_seconds(planned)} from the first "
+                "batches): stopped there — train.budget_minutes is a limit, not an estimate")
     if mixed is not None:  # its steps are its batches in the mix; its seconds the member's encoding and the fit
         copied = {**mixed.record(model, -(-len(mixed.rows) // cfg.batch_size), mixed.prepare_seconds),
                   "mixed": True, "estimate_seconds": mixed.estimate_seconds}

@@ -252,6 +252,7 @@ def test_training_stays_within_the_quick_budget(judged_project):
     assert b["estimate_seconds"] <= quick * 60 and b["passes"] == 3
     assert info["steps"] <= b["steps_allowed"]
     assert any(m.startswith("train: estimated") for m in lines)
+    assert b["steps_seconds"] <= quick * 60 * 1.05 or b["stopped_at_step"] is not None
 
 
 def test_a_budget_the_data_exceeds_samples_it_down_and_says_how_to_lift_it(judged_project):
@@ -272,6 +273,37 @@ def test_a_budget_the_data_exceeds_samples_it_down_and_says_how_to_lift_it(judge
     assert b["lists"][0] < b["lists"][1] and b["passes_kept"] < 3
     said = [m for m in lines if "sampled down" in m]
     assert len(said) == 1 and "--profile full" in said[0] and "train.budget_minutes" in said[0]
+    # a budget of 0.03 s is spent by the first step: the guard stops there (the plan keeps at least one batch a
+    # loss, so it planned more) and says so; the steps' wall time is recorded either way
+    assert b["steps_seconds"] > 0 and info["steps"] == (b["stopped_at_step"] or b["steps_allowed"])
+    if b["steps_allowed"] > 1:
+        assert b["stopped_at_step"] == 1
+        assert any("budget ran out after 1 of" in m for m in lines)
+
+
+def test_the_guard_stops_the_steps_that_run_past_their_share_of_the_budget():
+    """``train.budget_minutes`` is a limit: once the steps have run their share, the training stops after the step
+    under way (never before the first one, nor at the last, which ends it anyway)."""
+    import time
+
+    from transformers import TrainerControl, TrainerState
+
+    from esdistill.budget import budget_guard
+
+    guard = budget_guard(0.05)
+    state, control = TrainerState(max_steps=10, global_step=1), TrainerControl()
+    guard.on_train_begin(None, state, control)
+    guard.on_step_end(None, state, control)
+    assert not control.should_training_stop and guard.stopped_at is None
+    time.sleep(0.06)
+    state.global_step = 4
+    guard.on_step_end(None, state, control)
+    assert control.should_training_stop and guard.stopped_at == 4 and guard.seconds_run > 0.05
+    last = budget_guard(0.0)
+    state, control = TrainerState(max_steps=3, global_step=3), TrainerControl()
+    last.on_train_begin(None, state, control)
+    last.on_step_end(None, state, control)
+    assert not control.should_training_stop and last.stopped_at is None
 
 
 # ------------------------------------------------------------------------------------- estimates before spending
