@@ -10,7 +10,7 @@ def test_profile_defaults_and_user_override():
     cfg = build_config({"data": {"name": "s", "beir": "x"}, "candidates": {"k": 12}}, profile="quick")
     assert cfg.candidates.k == 12  # the user's value wins
     assert cfg.teacher.fit.folds == 2 and cfg.evaluate.rerank_depth == 100  # quick defaults
-    assert cfg.evaluate.pipeline_latency_queries == 30 and cfg.evaluate.hybrid_fusion == "minmax"
+    assert cfg.evaluate.pipeline_latency_queries == 10 and cfg.evaluate.hybrid_fusion == "minmax"
     full = build_config({"data": {"name": "s", "beir": "x"}}, profile="full")
     assert full.candidates.k == 100 and full.evaluate.rerank_depth == 100
 
