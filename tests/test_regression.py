@@ -93,7 +93,8 @@ def test_scifact_slice_scores_match_the_expected_file(regression):
     # learning itself, independent of the stored values
     margin = expected["learning_margin"]  # learning itself: the control beats the untrained base model
     assert got["judgments.ndcg@10"] >= got["zero_shot.ndcg@10"] + margin, got
-    # the distilled student follows the slice's fitted teacher, which ranks below zero-shot here: not below it
+    # the distilled student follows the slice's fitted teacher, which ranks below zero-shot here: at zero-shot
+    # within noise, not student_margin (-0.01) below it
     assert got["student.ndcg@10"] >= got["zero_shot.ndcg@10"] + expected.get("student_margin", margin), got
 
 
