@@ -43,22 +43,21 @@ class DocumentVectors(dict):
         self.persist = folder is not None
         if folder is None or not folder.is_dir():
             return
-        chunks = sorted(folder.glob("*.npz"))
-        stored = sum(_count(p) for p in chunks)
-        if stored > limit:
-            self.persist = False
-            return
-        for path in chunks:
+        for path in sorted(folder.glob("*.npz")):
             try:
                 with np.load(path, allow_pickle=False) as data:
                     digests, vectors = data["digests"], data["vectors"]
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 continue  # a chunk cut short (a full disk, a killed writer): its documents are encoded again
             super().update(zip((bytes(d) for d in digests), vectors.astype(np.float32, copy=False), strict=True))
+            if len(self) > limit:  # over the limit: neither loaded nor extended
+                super().clear()
+                self.persist = False
+                return
         self.loaded = len(self)
 
     def update(self, items: Iterable[tuple[bytes, np.ndarray]] = (), **kwargs) -> None:  # noqa: D102
-        new = [(k, np.asarray(v, dtype=np.float32)) for k, v in dict(items).items() if k not in self]
+        new = [(k, np.asarray(v, dtype=np.float32)) for k, v in dict(items, **kwargs).items() if k not in self]
         super().update(new)
         if not (self.persist and new) or len(self) > self.limit:
             return
@@ -69,16 +68,7 @@ class DocumentVectors(dict):
             np.savez(f, digests=np.array([k for k, _ in new], dtype="S16"), vectors=np.stack([v for _, v in new]))
         tmp.replace(self.folder / f"{name}.npz")
 
-
     def clear(self) -> None:
         """Empty the memory (a caller's bound on it); what is on disk stays, and nothing more is written."""
         super().clear()
         self.persist = False
-
-
-def _count(path: Path) -> int:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return int(data["digests"].shape[0])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return 0
