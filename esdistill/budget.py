@@ -104,32 +104,70 @@ def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: 
 #: the most of a training budget the dev evaluations may take before those between passes are left out
 EVAL_SHARE = 0.25
 
-#: how far past their share of the budget the training steps may run before :func:`budget_guard` stops them
-OVERRUN = 0.05
-
-
 def budget_guard(seconds: float):
-    """A trainer callback that stops the training once its steps have run ``seconds`` (wall time from the first
-    step): the plan's measurement of the first batches can be optimistic — on a 2-core AMD EPYC (AVX2, no AVX-512)
-    the steps ran 1.33x the time it measured, and the quick profile's 15-minute training took 18 (bench/README.md,
-    "The demo on a 2-core AMD EPYC") — so a budget would otherwise be a plan, not a limit. ``stopped_at``: the
-    step it stopped after (None: the training ended on its own); ``seconds_run``: the steps' wall time."""
+    """A trainer callback that keeps the training steps within ``seconds`` (their share of ``train.budget_minutes``)
+    and lets the learning rate's schedule run out with them.
+
+    The plan's measurement of the first batches can be optimistic — on a 2-core AMD EPYC (AVX2, no AVX-512) the
+    steps ran 1.14–1.33x the time it priced (bench/README.md, "The demo on a 2-core AMD EPYC"): a training step
+    holds a whole batch of lists in memory where the measurement holds one batch of texts. So the budget is kept by
+    the clock, not by the plan:
+
+    * **the schedule follows the clock**: the linear warm-up and decay read the training's progress as the larger
+      of its steps (``global_step / max_steps``) and its time (the steps' seconds / ``seconds``). Where the steps
+      are as fast as planned, or faster, nothing changes; where they are slower, the decay runs ahead of the steps
+      and the learning rate reaches zero when the time does — not cut off mid-decay at a step the plan did not
+      foresee (until 2026-12-07 such a run stopped with the rate still at 8–20% of its peak);
+    * **the steps stop when the time is spent**, after the step under way (never at the last step, which ends the
+      training anyway).
+
+    Time spent in the dev evaluations between passes is not the steps' (the plan prices it apart): it is left out
+    of the clock. A resumed run counts the steps it resumes from as their planned share of the time. ``stopped_at``:
+    the step it stopped after (None: the training ended on its own); ``seconds_run``: the steps' seconds;
+    ``paced_from``: the first step whose learning rate the clock set (None: the steps kept ahead of it)."""
     from transformers import TrainerCallback
 
     class BudgetGuard(TrainerCallback):
         def __init__(self):
             self.seconds, self.t0, self.stopped_at, self.seconds_run = seconds, None, None, None
+            self.paced_from, self.evaluating, self.start, self.max_steps, self.last = None, 0.0, 0.0, 0, None
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def progress(self) -> float:
+            """The share of the steps' time spent (a resumed run's earlier steps at their planned share)."""
+            if self.t0 is None:
+                return 0.0
+            run = time.perf_counter() - self.t0 - self.evaluating
+            return self.start + run / self.seconds if self.seconds > 0 else math.inf
+
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
             self.t0 = time.perf_counter()
+            self.max_steps = state.max_steps
+            self.start = state.global_step / state.max_steps if state.max_steps else 0.0
+            for i, schedule in enumerate(getattr(lr_scheduler, "lr_lambdas", None) or []):
+                lr_scheduler.lr_lambdas[i] = self._paced(schedule)
+
+        def _paced(self, schedule):
+            def paced(step):  # a function, not an object: torch leaves it out of the scheduler's saved state
+                by_time = self.progress() * self.max_steps
+                if by_time > step and self.paced_from is None:
+                    self.paced_from = int(step)
+                return schedule(max(step, min(by_time, self.max_steps)))
+            return paced
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.t0 is None:
                 return control
-            self.seconds_run = time.perf_counter() - self.t0
-            if self.seconds_run > self.seconds and state.global_step < state.max_steps:
+            self.last = time.perf_counter()
+            self.seconds_run = self.last - self.t0 - self.evaluating
+            if self.progress() >= 1.0 and state.global_step < state.max_steps:
                 control.should_training_stop = True
                 self.stopped_at = state.global_step
+            return control
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            if self.last is not None:  # the evaluation ran since the step that just ended
+                self.evaluating += time.perf_counter() - self.last
+                self.last = time.perf_counter()
             return control
 
     return BudgetGuard()

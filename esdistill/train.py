@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import distributed
-from .budget import OVERRUN, budget_guard, fmt_seconds, list_width, measure_seconds_per_text, plan_training
+from .budget import budget_guard, fmt_seconds, list_width, measure_seconds_per_text, plan_training
 from .cache import StageCache
 from .config import TrainConfig
 from .console import attach_progress
@@ -673,11 +673,11 @@ def train_student(
         estimate += mixed.estimate_seconds
     attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train", estimate=estimate)
     guard = None
-    if plan and plan.record.get("minutes"):  # the budget is a limit: steps past their share (+5%) are not run
+    if plan and plan.record.get("minutes"):  # the budget is a limit: the schedule runs out with it, then the steps
         steps_share = plan.record["minutes"] * 60 - plan.record["evaluation_seconds"]
         if mixed is not None and mixed.estimate_seconds is not None:
             steps_share += mixed.estimate_seconds  # the copy's rows train in the same steps
-        guard = budget_guard(steps_share * (1 + OVERRUN))
+        guard = budget_guard(steps_share)
         trainer.add_callback(guard)
     if step.mini_batch and main:
         log(step_log(step, cfg, width))
@@ -710,12 +710,16 @@ def train_student(
         return {"rank": distributed.rank(), "steps": trainer.state.global_step}
 
     if guard is not None:
-        plan.record.update(steps_seconds=guard.seconds_run, stopped_at_step=guard.stopped_at)
+        plan.record.update(steps_seconds=guard.seconds_run, stopped_at_step=guard.stopped_at,
+                           paced_from_step=guard.paced_from)
         if guard.stopped_at is not None:
             planned = plan.record["estimate_seconds"] - plan.record["evaluation_seconds"]
             log(f"train: the budget ran out after {guard.stopped_at} of {plan.record['steps_allowed']} planned steps "
                 f"({fmt_seconds(guard.seconds_run)}; the plan priced them at {fmt_seconds(planned)} from the first "
-                "batches): stopped there — train.budget_minutes is a limit, not an estimate")
+                "batches): stopped there"
+                + (f", the learning rate's decay paced by the clock from step {guard.paced_from} so that it ran out "
+                   "with the time" if guard.paced_from is not None else "")
+                + " — train.budget_minutes is a limit, not an estimate")
     if mixed is not None:  # its steps are its batches in the mix; its seconds the member's encoding and the fit
         copied = {**mixed.record(model, -(-len(mixed.rows) // cfg.batch_size), mixed.prepare_seconds),
                   "mixed": True, "estimate_seconds": mixed.estimate_seconds}

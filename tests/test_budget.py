@@ -278,12 +278,15 @@ def test_a_budget_the_data_exceeds_samples_it_down_and_says_how_to_lift_it(judge
     assert b["steps_seconds"] > 0 and info["steps"] == (b["stopped_at_step"] or b["steps_allowed"])
     if b["steps_allowed"] > 1:
         assert b["stopped_at_step"] == 1
-        assert any("budget ran out after 1 of" in m for m in lines)
+        # the trainer's own schedule was paced by the clock: its learning rate ran out with the time
+        assert b["paced_from_step"] is not None
+        assert any("budget ran out after 1 of" in m and "paced by the clock" in m for m in lines)
 
 
 def test_the_guard_stops_the_steps_that_run_past_their_share_of_the_budget():
     """``train.budget_minutes`` is a limit: once the steps have run their share, the training stops after the step
-    under way (never before the first one, nor at the last, which ends it anyway)."""
+    under way (never before the first one, nor at the last, which ends it anyway); time spent evaluating between
+    passes is not the steps'."""
     import time
 
     from transformers import TrainerControl, TrainerState
@@ -295,6 +298,11 @@ def test_the_guard_stops_the_steps_that_run_past_their_share_of_the_budget():
     guard.on_train_begin(None, state, control)
     guard.on_step_end(None, state, control)
     assert not control.should_training_stop and guard.stopped_at is None
+    time.sleep(0.03)
+    guard.on_evaluate(None, state, control)  # 30 ms of evaluation: not the steps' time
+    state.global_step = 2
+    guard.on_step_end(None, state, control)
+    assert not control.should_training_stop and guard.seconds_run < 0.03
     time.sleep(0.06)
     state.global_step = 4
     guard.on_step_end(None, state, control)
@@ -304,6 +312,61 @@ def test_the_guard_stops_the_steps_that_run_past_their_share_of_the_budget():
     last.on_train_begin(None, state, control)
     last.on_step_end(None, state, control)
     assert not control.should_training_stop and last.stopped_at is None
+
+
+def _linear_schedule(steps: int):
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, num_warmup_steps=steps // 10,
+                                                      num_training_steps=steps)
+
+
+def test_the_learning_rate_runs_out_with_the_time_when_the_steps_are_slower_than_planned():
+    """Steps slower than the plan priced: the linear decay follows the clock, so the learning rate is at zero when
+    the time is spent (not cut off mid-decay); steps as fast as planned, or faster, keep the trainer's own
+    schedule step for step."""
+    import time
+
+    from transformers import TrainerControl, TrainerState
+
+    from esdistill.budget import budget_guard
+
+    # fast: a budget the steps never reach — the same learning rates as the unpaced schedule
+    optimizer, paced = _linear_schedule(20)
+    plain_optimizer, plain = _linear_schedule(20)
+    guard = budget_guard(3600.0)
+    state, control = TrainerState(max_steps=20, global_step=0), TrainerControl()
+    guard.on_train_begin(None, state, control, lr_scheduler=paced)
+    for step in range(1, 12):
+        optimizer.step()
+        plain_optimizer.step()
+        paced.step()
+        plain.step()
+        assert paced.get_last_lr() == plain.get_last_lr()
+    assert guard.paced_from is None
+
+    # slow: 100 planned steps, the time spent after 10 of them — the schedule is past its peak and decays with the
+    # clock; at the end of the time the rate is zero and the guard stops the steps
+    optimizer, paced = _linear_schedule(100)
+    guard = budget_guard(0.2)
+    state, control = TrainerState(max_steps=100, global_step=0), TrainerControl()
+    guard.on_train_begin(None, state, control, lr_scheduler=paced)
+    rates = []
+    for step in range(1, 101):
+        time.sleep(0.02)
+        optimizer.step()
+        paced.step()
+        rates.append(paced.get_last_lr()[0])
+        state.global_step = step
+        guard.on_step_end(None, state, control)
+        if control.should_training_stop:
+            break
+    assert guard.stopped_at is not None and guard.stopped_at < 20 and guard.paced_from is not None
+    assert max(rates) > 0.5 and rates[-1] < 0.15  # warmed up, then decayed to about nothing with the time
+    after_peak = rates[rates.index(max(rates)):]
+    assert after_peak == sorted(after_peak, reverse=True)
 
 
 # ------------------------------------------------------------------------------------- estimates before spending
