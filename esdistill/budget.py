@@ -104,6 +104,14 @@ def measure_seconds_per_text(model, texts: list[str], batch_size: int, batches: 
 #: the most of a training budget the dev evaluations may take before those between passes are left out
 EVAL_SHARE = 0.25
 
+#: a budget keeps the rows its steps would take this multiple of their time to train at the first batches' speed:
+#: that measurement varies between fresh processes (85–109 ms a document on one 2-core AMD EPYC) and came out 3–33%
+#: below the steps' real speed there (bench/README.md, "The demo on a 2-core AMD EPYC"). The clock
+#: (:func:`budget_guard`) stops the steps and runs the learning rate's schedule out when the time is spent, so rows
+#: planned past it are not reached — where a plan sized exactly would leave the budget unspent whenever the
+#: measurement came out slow
+PLAN_MARGIN = 1.25
+
 def budget_guard(seconds: float):
     """A trainer callback that keeps the training steps within ``seconds`` (their share of ``train.budget_minutes``)
     and lets the learning rate's schedule run out with them.
@@ -138,6 +146,14 @@ def budget_guard(seconds: float):
                 return 0.0
             run = time.perf_counter() - self.t0 - self.evaluating
             return self.start + run / self.seconds if self.seconds > 0 else math.inf
+
+        def expected_steps(self, state) -> int:
+            """The steps the training is now expected to run: all of them while they keep ahead of the clock,
+            else those the time left holds at the pace so far."""
+            done = self.progress()
+            if state.global_step and done > state.global_step / max(state.max_steps, 1):
+                return min(state.max_steps, max(state.global_step, round(state.global_step / done)))
+            return state.max_steps
 
         def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
             self.t0 = time.perf_counter()
@@ -211,6 +227,7 @@ def plan_training(
     eval_texts: int = 0,
     pass_eval_texts: int = 0,
     distill_cost: float = 1.0,
+    margin: float = PLAN_MARGIN,
 ) -> TrainingPlan:
     """Estimate the student's training time on this machine and keep it within ``cfg.budget_minutes``.
 
@@ -223,7 +240,11 @@ def plan_training(
     above the training it planned; pricing them apart takes about half of that off (bench/README.md). When the
     whole would take longer than the budget, passes are kept in order while they fit and a stable sample of the
     next one fills the rest (lists and MNRL rows alike; at least one batch of lists is kept); the log says what was
-    sampled down and how to lift it. Without a budget only the estimate is made.
+    sampled down and how to lift it. The rows kept are those of ``margin`` times the steps' share of the budget
+    (:data:`PLAN_MARGIN`): the clock, not this estimate, ends the training (:func:`budget_guard`), so the steps
+    use the whole budget even where the first batches measured slow. ``record["estimate_seconds"]`` is what the
+    training is expected to take (at most the budget), ``planned_seconds`` the price of the rows kept. Without a
+    budget only the estimate is made.
     ``distill`` off (the judgments-only control): only the MNRL rows train, so only they count and are sampled.
     ``eval_texts``: the texts the dev evaluations before and after training encode, priced at a third of a training
     text (a forward pass alone): a fixed cost, in the estimate and taken off the budget first. ``pass_eval_texts``:
@@ -264,15 +285,16 @@ def plan_training(
     between = (eval_texts + pass_eval_texts) * per_text / 3 <= EVAL_SHARE * allowed
     fixed = (eval_texts + (pass_eval_texts if between else 0)) * per_text / 3
     whole = fixed + sum(cost)
+    room = fixed + max(0.0, allowed - fixed) * margin  # the rows' time kept: the steps' share, with the margin
     examples, judged, spent, kept_passes = [], [], fixed, 0.0
     for p, (ex, jd) in enumerate(zip(examples_by_pass, judged_by_pass, strict=True)):
-        if spent + cost[p] <= allowed:
+        if spent + cost[p] <= room:
             examples.append(ex)
             judged.append(jd)
             spent += cost[p]
             kept_passes += 1
             continue
-        share = max(0.0, (allowed - spent) / cost[p]) if cost[p] else 0.0
+        share = max(0.0, (room - spent) / cost[p]) if cost[p] else 0.0
         keep_ex = int(len(ex) * share) if distill else len(ex)  # the control trains no list: keep them as they are
         keep_jd = int(len(jd) * share)
         if not examples:  # at least one batch, whatever the budget
@@ -297,7 +319,8 @@ def plan_training(
         "evaluation_seconds": fixed,
         **({"distill_cost": distill_cost} if distill_cost != 1.0 else {}),
         "evaluate_between_passes": between,
-        "estimate_seconds": spent, "estimate_seconds_whole": whole, "sampled_down": sampled,
+        "estimate_seconds": min(spent, allowed), "estimate_seconds_whole": whole, "sampled_down": sampled,
+        **({"planned_seconds": spent, "margin": margin} if budget else {}),
         "passes": len(examples_by_pass), "passes_kept": round(kept_passes, 3),
         "lists": [sum(len(x) for x in examples), sum(len(x) for x in examples_by_pass)],
         "judged_rows": [sum(len(x) for x in judged), sum(len(x) for x in judged_by_pass)],
@@ -322,7 +345,11 @@ def plan_training(
             # the control trains no list: its lists are kept whole and untrained, not worth a mention
             + (f"{record['lists'][0]:,} of {record['lists'][1]:,} lists, " if distill else "")
             + f"{record['judged_rows'][0]:,} of {record['judged_rows'][1]:,} MNRL rows, "
-            f"{record['steps_allowed']:,} of {record['steps_whole']:,} steps. To train it all: {lift}")
-    log(f"train: estimated {fmt_seconds(spent)} on this machine ({where}"
+            f"{record['steps_allowed']:,} of {record['steps_whole']:,} steps (those of {margin:g}x the budget at "
+            f"that speed: the steps stop when it is spent). To train it all: {lift}")
+    elif whole > allowed:
+        log(f"train: the data would train {fmt_seconds(whole)} at the first batches' speed, over the "
+            f"{fmt_seconds(allowed)} budget: the steps stop when it is spent")
+    log(f"train: estimated {fmt_seconds(min(spent, allowed))} on this machine ({where}"
         + (f"; budget {fmt_seconds(allowed)}" if budget else "") + ")")
     return TrainingPlan(examples, judged, record)

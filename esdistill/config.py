@@ -441,8 +441,9 @@ class TrainConfig(_Strict):
     budget_minutes: Annotated[float, Field(gt=0)] | Literal["none"] | None = Field(
         None, description="the student's training time on this machine, at most: estimated before training from the "
         "measured speed of its first batches, the rows sampled down (later passes first) when the data would take "
-        "longer, and the log says what was left out (esdistill/budget.py). The judgments-only control keeps it "
-        "too. Default: the profile's (quick: 15 minutes; full: none, everything trains)")
+        "longer, and the log says what was left out; then kept by the clock: the learning rate's decay runs out "
+        "with the time and the steps stop there (esdistill/budget.py). The judgments-only control keeps it too. "
+        "Default: the profile's (quick: 15 minutes; full: none, everything trains)")
 
     @property
     def teacher_positive_count(self) -> int:

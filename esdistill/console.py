@@ -63,11 +63,13 @@ def quiet_libraries(console: Console | None = None) -> None:
     warnings.showwarning = show
 
 
-def trainer_progress(progress, description: str, estimate: float | None = None):
+def trainer_progress(progress, description: str, estimate: float | None = None, steps=None):
     """A Hugging Face ``TrainerCallback`` that advances one rich progress task, step by step, and keeps the
     trainer's own progress output (tqdm, loss dicts) away: pass it to the trainer with ``disable_tqdm=True``
     and remove its ``PrinterCallback``. None without a progress display. ``estimate``: the seconds the training is
-    expected to take (an :class:`EstimatingProgress` shows it with the bar)."""
+    expected to take (an :class:`EstimatingProgress` shows it with the bar). ``steps(state)``: the steps the
+    training is now expected to run (a budget's clock: :func:`esdistill.budget.budget_guard`), the bar's total
+    while it runs; it ends at the step the training ended at."""
     if progress is None:
         return None
     from transformers import TrainerCallback
@@ -80,19 +82,24 @@ def trainer_progress(progress, description: str, estimate: float | None = None):
             self.task = progress.add_task(description, total=state.max_steps, completed=state.global_step, **extra)
 
         def on_step_end(self, args, state, control, **kwargs):
-            progress.update(self.task, completed=state.global_step)
+            total = steps(state) if steps is not None else state.max_steps
+            progress.update(self.task, completed=state.global_step, total=max(total, state.global_step))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.task is not None:
+                progress.update(self.task, completed=state.global_step, total=state.global_step)
 
     return TrainerProgress()
 
 
-def attach_progress(trainer, progress, description: str, estimate: float | None = None) -> None:
+def attach_progress(trainer, progress, description: str, estimate: float | None = None, steps=None) -> None:
     """Route ``trainer``'s progress to ``progress`` (a rich Progress) and drop its printed log dicts.
-    ``estimate``: the training's expected seconds, said with the bar."""
+    ``estimate``: the training's expected seconds, said with the bar; ``steps``: see :func:`trainer_progress`."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    callback = trainer_progress(progress, description, estimate)
+    callback = trainer_progress(progress, description, estimate, steps)
     if callback is not None:
         trainer.add_callback(callback)
 

@@ -671,7 +671,6 @@ def train_student(
     estimate = plan.record["estimate_seconds"] if plan else None
     if estimate is not None and mixed is not None and mixed.estimate_seconds is not None:
         estimate += mixed.estimate_seconds
-    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train", estimate=estimate)
     guard = None
     if plan and plan.record.get("minutes"):  # the budget is a limit: the schedule runs out with it, then the steps
         steps_share = plan.record["minutes"] * 60 - plan.record["evaluation_seconds"]
@@ -679,6 +678,8 @@ def train_student(
             steps_share += mixed.estimate_seconds  # the copy's rows train in the same steps
         guard = budget_guard(steps_share)
         trainer.add_callback(guard)
+    attach_progress(trainer, progress, "train (judgments only)" if judgments_only else "train", estimate=estimate,
+                    steps=guard.expected_steps if guard is not None else None)
     if step.mini_batch and main:
         log(step_log(step, cfg, width))
     if suspects.get("suspect") and not judgments_only and main:
@@ -713,10 +714,12 @@ def train_student(
         plan.record.update(steps_seconds=guard.seconds_run, stopped_at_step=guard.stopped_at,
                            paced_from_step=guard.paced_from)
         if guard.stopped_at is not None:
-            planned = plan.record["estimate_seconds"] - plan.record["evaluation_seconds"]
-            log(f"train: the budget ran out after {guard.stopped_at} of {plan.record['steps_allowed']} planned steps "
-                f"({fmt_seconds(guard.seconds_run)}; the plan priced them at {fmt_seconds(planned)} from the first "
-                "batches): stopped there"
+            r = plan.record
+            priced = (r.get("planned_seconds", r["estimate_seconds"]) - r["evaluation_seconds"]) / r["steps_allowed"]
+            ran = guard.seconds_run / guard.stopped_at
+            log(f"train: the budget's time was spent after {guard.stopped_at} of {r['steps_allowed']} steps planned "
+                f"({fmt_seconds(guard.seconds_run)}; {ran:.1f} s a step where the first batches priced "
+                f"{priced:.1f}): stopped there"
                 + (f", the learning rate's decay paced by the clock from step {guard.paced_from} so that it ran out "
                    "with the time" if guard.paced_from is not None else "")
                 + " — train.budget_minutes is a limit, not an estimate")

@@ -98,7 +98,7 @@ def _rows(passes=3, lists=100, judged=50, negs=7):
 
 def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run_keeps_the_plan(tmp_path):
     """At 10 ms a text, a pass of 100 lists of 9 texts and 50 MNRL rows of 3 costs 10.5 s; 30 s keep passes 1
-    and 2 and 6/7 of pass 3 (85 lists, 42 rows). Written to the stage's folder, the plan is what a resumed run
+    and 2 and 6/7 of pass 3 (85 lists, 42 rows) — without the margin (``margin=1.0``; the next test has it). Written to the stage's folder, the plan is what a resumed run
     trains on, whatever its own measurement would say."""
     from esdistill.budget import plan_training
     from esdistill.config import TrainConfig
@@ -108,7 +108,7 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     lines: list[str] = []
     saved = tmp_path / "budget.json"
     plan = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
-                         saved=saved)
+                         saved=saved, margin=1.0)
     assert [len(x) for x in plan.examples] == [100, 100, 85] and [len(x) for x in plan.judged] == [50, 50, 42]
     r = plan.record
     assert r["sampled_down"] and r["passes_kept"] == pytest.approx(2.85) and r["estimate_seconds"] <= 30
@@ -123,18 +123,18 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     assert again.examples == plan.examples and again.judged == plan.judged
     # the dev evaluations' 900 texts (a forward pass each: 3 ms) come off the budget first: 27 s left for rows
     evaluated = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
-                              eval_texts=900)
+                              eval_texts=900, margin=1.0)
     assert [len(x) for x in evaluated.examples] == [100, 100, 57] and [len(x) for x in evaluated.judged] == [50, 50, 28]
     assert evaluated.record["evaluation_seconds"] == pytest.approx(3.0)
     assert evaluated.record["estimate_seconds_whole"] == pytest.approx(34.5)
     # evaluations between passes are kept while all evaluations stay within a quarter of the budget (7.5 s here)...
     kept = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
-                         eval_texts=900, pass_eval_texts=600)
+                         eval_texts=900, pass_eval_texts=600, margin=1.0)
     assert kept.record["evaluate_between_passes"] and kept.record["evaluation_seconds"] == pytest.approx(5.0)
     # ... and left out beyond it: the rows get back what they would have cost, and the log says so
     lines.clear()
     dropped = plan_training(None, cfg, ex, jd, {}, texts, "quick", lines.append, measure=lambda m, t, bs: 0.01,
-                            eval_texts=900, pass_eval_texts=2000)
+                            eval_texts=900, pass_eval_texts=2000, margin=1.0)
     assert not dropped.record["evaluate_between_passes"] and dropped.record["evaluation_seconds"] == pytest.approx(3.0)
     assert dropped.examples == evaluated.examples and dropped.judged == evaluated.judged
     assert any("between passes" in line and "left out" in line for line in lines)
@@ -142,7 +142,7 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     lines.clear()
     # (a pass of its 50 rows costs 1.5 s: 2.4 s keep pass 1 and 30 rows of pass 2)
     control = plan_training(None, cfg.model_copy(update={"budget_minutes": 0.04}), ex, jd, {}, texts, "quick",
-                            lines.append, measure=lambda m, t, bs: 0.01, distill=False)
+                            lines.append, measure=lambda m, t, bs: 0.01, distill=False, margin=1.0)
     assert [len(x) for x in control.judged] == [50, 30] and control.record["sampled_down"]
     said = [line for line in lines if "sampled down" in line]
     assert len(said) == 1 and "80 of 150 MNRL rows" in said[0] and "lists" not in said[0]
@@ -150,6 +150,34 @@ def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run
     free = plan_training(None, TrainConfig(batch_size=16), ex, jd, {}, texts, None, lines.append,
                          measure=lambda m, t, bs: 0.01)
     assert free.examples == ex and not free.record["sampled_down"] and free.record["minutes"] is None
+
+
+def test_a_budget_keeps_the_rows_of_its_margin_and_expects_no_more_than_the_budget():
+    """The rows kept are those of 1.25x the budget at the first batches' speed — the clock stops the steps — so a
+    24 s budget keeps what 30 s kept without the margin; the training is expected to take the budget, not more,
+    and the log says the steps stop when it is spent."""
+    from esdistill.budget import PLAN_MARGIN, plan_training
+    from esdistill.config import TrainConfig
+
+    assert PLAN_MARGIN == 1.25
+    ex, jd, texts = _rows()
+    lines: list[str] = []
+    plan = plan_training(None, TrainConfig(batch_size=16, budget_minutes=0.4), ex, jd, {}, texts, "quick",
+                         lines.append, measure=lambda m, t, bs: 0.01)
+    exact = plan_training(None, TrainConfig(batch_size=16, budget_minutes=0.5), ex, jd, {}, texts, "quick",
+                          lines.append, measure=lambda m, t, bs: 0.01, margin=1.0)
+    assert plan.examples == exact.examples and plan.judged == exact.judged
+    r = plan.record
+    assert r["estimate_seconds"] == pytest.approx(24.0) and r["planned_seconds"] == pytest.approx(29.91)
+    assert r["margin"] == 1.25 and r["sampled_down"]
+    assert "(those of 1.25x the budget at that speed: the steps stop when it is spent)" in lines[0]
+    assert lines[1].startswith("train: estimated 24 s")
+    # data that fits the margin but not the budget: every row kept, and the log says the clock will stop it
+    lines.clear()
+    fits = plan_training(None, TrainConfig(batch_size=16, budget_minutes=0.45), ex, jd, {}, texts, "quick",
+                         lines.append, measure=lambda m, t, bs: 0.01)
+    assert fits.examples == ex and not fits.record["sampled_down"] and fits.record["estimate_seconds"] == 27.0
+    assert any("over the 27 s budget: the steps stop when it is spent" in line for line in lines)
 
 
 def test_queries_are_priced_at_their_own_measurement():
@@ -280,7 +308,7 @@ def test_a_budget_the_data_exceeds_samples_it_down_and_says_how_to_lift_it(judge
         assert b["stopped_at_step"] == 1
         # the trainer's own schedule was paced by the clock: its learning rate ran out with the time
         assert b["paced_from_step"] is not None
-        assert any("budget ran out after 1 of" in m and "paced by the clock" in m for m in lines)
+        assert any("time was spent after 1 of" in m and "paced by the clock" in m for m in lines)
 
 
 def test_the_guard_stops_the_steps_that_run_past_their_share_of_the_budget():
@@ -345,7 +373,7 @@ def test_the_learning_rate_runs_out_with_the_time_when_the_steps_are_slower_than
         paced.step()
         plain.step()
         assert paced.get_last_lr() == plain.get_last_lr()
-    assert guard.paced_from is None
+    assert guard.paced_from is None and guard.expected_steps(state) == 20  # the bar's total: every step
 
     # slow: 100 planned steps, the time spent after 10 of them — the schedule is past its peak and decays with the
     # clock; at the end of the time the rate is zero and the guard stops the steps
@@ -364,9 +392,31 @@ def test_the_learning_rate_runs_out_with_the_time_when_the_steps_are_slower_than
         if control.should_training_stop:
             break
     assert guard.stopped_at is not None and guard.stopped_at < 20 and guard.paced_from is not None
+    assert guard.expected_steps(state) == state.global_step  # the bar's total follows the clock down to the stop
     assert max(rates) > 0.5 and rates[-1] < 0.15  # warmed up, then decayed to about nothing with the time
     after_peak = rates[rates.index(max(rates)):]
     assert after_peak == sorted(after_peak, reverse=True)
+
+
+def test_the_training_bar_counts_the_steps_the_clock_leaves_and_ends_where_the_training_did():
+    """Under a budget the bar's total is the steps the time left holds (not the plan's, which has a margin), and
+    the bar ends at the step the training stopped at."""
+    from transformers import TrainerControl, TrainerState
+
+    from esdistill.console import trainer_progress
+
+    progress = EstimatingProgress(disable=True)
+    bar = trainer_progress(progress, "train", estimate=60.0, steps=lambda state: 7)
+    state, control = TrainerState(max_steps=10, global_step=0), TrainerControl()
+    bar.on_train_begin(None, state, control)
+    task = progress.tasks[0]
+    assert task.total == 10
+    state.global_step = 3
+    bar.on_step_end(None, state, control)
+    assert (task.completed, task.total) == (3, 7)
+    state.global_step = 6
+    bar.on_train_end(None, state, control)
+    assert (task.completed, task.total) == (6, 6) and task.finished
 
 
 # ------------------------------------------------------------------------------------- estimates before spending
