@@ -138,19 +138,19 @@ def standardize(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def base_spread(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc], score_scale: float,
-                batch_size: int = 32) -> float:
+                batch_size: int = 32, cosines: dict[str, dict[str, float]] | None = None) -> float:
     """The mean within-query standard deviation of ``score_scale * cosine`` that ``model`` gives the queries'
     candidates in ``scores``: the spread of the student's own logits before training, so standardized labels
     times it start the listwise loss on the student's scale (not at a temperature mismatch it could only fix by
-    flattening every cosine)."""
+    flattening every cosine). ``cosines``: ``model``'s cosines of these pairs, measured already
+    (:func:`student_scores`; the dev slice's measurement before training), instead of encoding them again."""
+    if cosines is None:
+        cosines = student_scores(model, scores, queries, texts, batch_size=batch_size)
     sds = []
     for qid, g in scores.groupby("qid"):
         if len(g) < 2:
             continue
-        q = model.encode([queries[qid]], normalize_embeddings=True, show_progress_bar=False)
-        d = model.encode([texts[x].full_text for x in g.docid], batch_size=batch_size, normalize_embeddings=True,
-                         show_progress_bar=False)
-        sds.append(float(np.std(score_scale * (d @ q[0]))))
+        sds.append(float(np.std(score_scale * np.array([cosines[qid][d] for d in g.docid]))))
     if not sds:
         raise ValueError("train.label_scale = 'auto' needs queries with at least two scored candidates")
     return float(np.mean(sds))
@@ -329,17 +329,21 @@ class ScaledCosine:
 
 
 def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
-                   batch_size: int = 32) -> dict[str, dict[str, float]]:
+                   batch_size: int = 32, doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """``{qid: {docid: cosine}}``: ``model`` scoring each query's candidates in ``scores`` (its own reranking of
     the teacher's candidates). A bi-encoder's vector of a text does not depend on the query beside it, so each
     query and each document is encoded once, however many queries share the document: NFCorpus's dev slice of its
     whole training split is 6,400 pairs over fewer than 3,000 documents, and priced pair by pair its measurements
-    took 8 of the quick budget's 15 minutes from training."""
+    took 8 of the quick budget's 15 minutes from training. ``doc_vectors``: the documents' unit vectors by this
+    model, encoded already (:class:`DevSlice`), instead of encoding them here."""
     qids, docids = list(dict.fromkeys(scores.qid)), list(dict.fromkeys(scores.docid))
     q = model.encode([queries[x] for x in qids], batch_size=batch_size, normalize_embeddings=True,
                      show_progress_bar=False)
-    d = model.encode([texts[x].full_text for x in docids], batch_size=batch_size, normalize_embeddings=True,
-                     show_progress_bar=False)
+    if doc_vectors is not None:
+        d = np.stack([doc_vectors[x] for x in docids])
+    else:
+        d = model.encode([texts[x].full_text for x in docids], batch_size=batch_size, normalize_embeddings=True,
+                         show_progress_bar=False)
     q_row, d_row = {x: i for i, x in enumerate(qids)}, {x: i for i, x in enumerate(docids)}
     qi, di = scores.qid.map(q_row).to_numpy(), scores.docid.map(d_row).to_numpy()
     sims = np.einsum("ij,ij->i", q[qi], d[di]).astype(float)
@@ -349,8 +353,11 @@ def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: 
     return out
 
 
-def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc]) -> dict:
-    """How closely the student's ranking of each query's candidates follows the teacher's.
+def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
+                      doc_vectors: dict[str, np.ndarray] | None = None,
+                      cosines: dict[str, dict[str, float]] | None = None) -> dict:
+    """How closely the student's ranking of each query's candidates follows the teacher's (``doc_vectors``: see
+    :func:`student_scores`; ``cosines``: its result, computed already).
 
     Returns the rank agreement of :func:`esdistill.agreement.agreement` (NDCG@10 graded by the teacher's order,
     overlap@10, rank-biased overlap, each with a bootstrap 95% interval), the mean per-query Spearman
@@ -359,7 +366,8 @@ def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], text
 
     from .agreement import agreement
 
-    student = student_scores(model, scores, queries, texts)
+    student = cosines if cosines is not None else student_scores(model, scores, queries, texts,
+                                                                  doc_vectors=doc_vectors)
     teacher = {q: dict(zip(g.docid, g.teacher.astype(float), strict=True)) for q, g in scores.groupby("qid")}
     rhos, acc = [], []
     for qid, g in scores.groupby("qid"):
@@ -402,24 +410,63 @@ def agreement_summary(before: dict, after: dict, cfg: TrainConfig, stage: str = 
     return f"{line}: the student follows its teacher less after training"
 
 
-def agreement_evaluator(scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc]):
-    """A sentence-transformers evaluator of :func:`teacher_agreement` on ``scores`` (the dev slice), so the
-    trainer measures the student's agreement with its teacher after every epoch (``agreement_*`` metrics)."""
-    try:
-        from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
-    except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers.evaluation import SentenceEvaluator
+class DevSlice:
+    """The dev slice's measurements of a student from one encoding of its documents: the IR metrics against the
+    judgments (``ir``, :func:`dev_evaluator`'s, or None) and the agreement with the teacher on the candidates in
+    ``scores`` (:func:`teacher_agreement`; None: not measured). Both read the same candidates: measured apart, each
+    encoded them — twice the dev slice's cost before and after training and between passes (on a 2-core AMD EPYC,
+    ~105 of the quick profile's 900 s taken from the training steps)."""
 
-    class AgreementEvaluator(SentenceEvaluator):
-        def __init__(self):
-            super().__init__()
-            self.primary_metric = "agreement_ndcg@10"
+    def __init__(self, ir, scores: pd.DataFrame | None, queries: dict[str, str], texts: dict[str, Doc]):
+        self.ir, self.scores, self.queries, self.texts = ir, scores, queries, texts
+        ids = list(ir.corpus_ids) if ir is not None else []
+        if scores is not None:
+            ids += [d for d in dict.fromkeys(scores.docid) if d not in set(ids)]
+        self.docids = ids
+        self.cosines: dict[str, dict[str, float]] | None = None  #: the last measurement's student cosines
 
-        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
-            a = teacher_agreement(model, scores, queries, texts)
-            return {f"agreement_{k}": float(v) for k, v in a.items() if isinstance(v, (int, float))}
+    @property
+    def encodings(self) -> int:
+        """The texts one measurement encodes: each document once, the queries once a metric."""
+        queries = (len(self.ir.queries) if self.ir is not None else 0) + \
+            (self.scores.qid.nunique() if self.scores is not None else 0)
+        return len(self.docids) + queries
 
-    return AgreementEvaluator()
+    def measure(self, model) -> tuple[dict, dict]:
+        """``(ir metrics, agreement)`` of ``model`` (each ``{}`` when not measured)."""
+        if not self.docids:
+            return {}, {}
+        emb = model.encode([self.texts[d].full_text for d in self.docids], batch_size=32, normalize_embeddings=True,
+                           convert_to_tensor=True, show_progress_bar=False)
+        ir = self.ir(model, corpus_embeddings=emb[: len(self.ir.corpus_ids)]) if self.ir is not None else {}
+        agree = {}
+        if self.scores is not None:
+            vectors = dict(zip(self.docids, emb.float().cpu().numpy(), strict=True))
+            self.cosines = student_scores(model, self.scores, self.queries, self.texts, doc_vectors=vectors)
+            agree = teacher_agreement(model, self.scores, self.queries, self.texts, cosines=self.cosines)
+        return ir, agree
+
+    def evaluator(self):
+        """A sentence-transformers evaluator of both, so the trainer measures them between passes (the IR
+        evaluator's ``dev_*`` metrics and ``agreement_*``)."""
+        try:
+            from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+        except ImportError:  # sentence-transformers < 5.7
+            from sentence_transformers.evaluation import SentenceEvaluator
+        dev = self
+
+        class DevSliceEvaluator(SentenceEvaluator):
+            def __init__(self):
+                super().__init__()
+                self.primary_metric = "agreement_ndcg@10" if dev.ir is None else None
+
+            def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+                ir, agree = dev.measure(model)
+                if dev.ir is not None:
+                    self.primary_metric = dev.ir.primary_metric
+                return {**ir, **{f"agreement_{k}": float(v) for k, v in agree.items() if isinstance(v, (int, float))}}
+
+        return DevSliceEvaluator()
 
 
 def dev_evaluator(dev: list[str], queries, qrels: Qrels, scores: pd.DataFrame, texts: dict[str, Doc]):
@@ -514,10 +561,6 @@ def train_student(
     from datasets import Dataset as HFDataset
     from datasets import concatenate_datasets
     from sentence_transformers import SentenceTransformerTrainer
-    try:
-        from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
-    except ImportError:  # sentence-transformers < 5.7
-        from sentence_transformers.evaluation import SequentialEvaluator
     DistillKLDivLoss, MarginMSELoss, MultipleNegativesRankingLoss = st_losses(
         "DistillKLDivLoss", "MarginMSELoss", "MultipleNegativesRankingLoss")
     (Normalize,) = st_modules("Normalize")
@@ -563,19 +606,19 @@ def train_student(
         model.append(Normalize())  # unit vectors: dot_product in Elasticsearch == the cosine trained here
     main = distributed.is_main()  # under torchrun only rank 0 measures and writes
     dev_scores = scores[scores.qid.isin(dev_q)]
+    ir_eval = dev_evaluator(dev_q, queries, qrels, scores, texts) if cfg.use_judgments else None
+    dev = DevSlice(ir_eval, dev_scores if len(dev_q) and not judgments_only else None, queries, texts)
+    evaluator = dev.evaluator() if dev.docids else None
+    dev_encodings = dev.encodings  # what one measurement of the dev slice encodes (the plan prices it)
+    before, agree_before = dev.measure(model) if main else ({}, {})
     if cfg.label_scale == "auto" and not judgments_only:
-        scale = base_spread(model, scores[scores.qid.isin(spread_q)], queries, texts, cfg.score_scale)
+        # the base model's cosines of the dev slice's candidates were just measured (one process: under torchrun
+        # every rank computes the scale the same way, from its own encoding)
+        known = dev.cosines if dev_q and distributed.world_size() == 1 else None
+        scale = base_spread(model, scores[scores.qid.isin(spread_q)], queries, texts, cfg.score_scale,
+                            cosines=known)
     else:
         scale = 1.0 if isinstance(cfg.label_scale, str) else float(cfg.label_scale)  # MNRL alone reads no label
-    ir_eval = dev_evaluator(dev_q, queries, qrels, scores, texts) if cfg.use_judgments else None
-    agree_eval = (agreement_evaluator(dev_scores, queries, texts) if len(dev_q) and not judgments_only else None)
-    evaluators = [e for e in (ir_eval, agree_eval) if e is not None]
-    evaluator = SequentialEvaluator(evaluators) if evaluators else None
-    # what one measurement of the dev slice encodes (the plan prices it): each evaluator encodes the dev queries and
-    # their candidates' documents once
-    dev_encodings = (len(dev_q) + dev_scores.docid.nunique()) * len(evaluators)
-    before = ir_eval(model) if ir_eval and main else {}
-    agree_before = teacher_agreement(model, dev_scores, queries, texts) if main and agree_eval else {}
 
     ckpt = cache.path("checkpoints")
     found = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.exists() else []
@@ -726,8 +769,7 @@ def train_student(
     if mixed is not None:  # its steps are its batches in the mix; its seconds the member's encoding and the fit
         copied = {**mixed.record(model, -(-len(mixed.rows) // cfg.batch_size), mixed.prepare_seconds),
                   "mixed": True, "estimate_seconds": mixed.estimate_seconds}
-    after = ir_eval(model) if ir_eval else {}
-    agree_after = teacher_agreement(model, dev_scores, queries, texts) if agree_eval else {}
+    after, agree_after = dev.measure(model)
     by_pass = [{k.removeprefix("eval_"): v for k, v in h.items() if "agreement_" in k or "ndcg@10" in k}
                | {"epoch": h.get("epoch"), "step": h.get("step")}
                for h in trainer.state.log_history if any("agreement_" in k for k in h)]

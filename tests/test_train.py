@@ -10,7 +10,8 @@ from esdistill.config import TrainConfig
 from esdistill.data import Doc
 from esdistill.models import load_bi_encoder
 from esdistill.train import (
-    agreement_summary, build_examples, split_dev, student_scores, teacher_agreement, train_student,
+    DevSlice, agreement_summary, base_spread, build_examples, dev_evaluator, split_dev, student_scores,
+    teacher_agreement, train_student,
 )
 
 
@@ -59,6 +60,47 @@ def test_student_scores_encode_a_shared_document_once_with_the_scores_of_each_pa
         d = encode([docs[x].full_text for x in g.docid], normalize_embeddings=True)
         assert list(got[qid]) == list(g.docid)
         assert got[qid] == pytest.approx(dict(zip(g.docid, (d @ q[0]).tolist(), strict=True)), abs=1e-5)
+
+
+def test_the_dev_slice_encodes_its_documents_once_for_both_measurements(minilm_path):
+    """The IR metrics against the judgments and the agreement with the teacher read the same candidates: one
+    measurement encodes each document once (the queries once a metric), with the figures each gives alone."""
+    queries, docs, scores = synthetic(n_q=4, n_d=6)
+    qrels = {"q0": {"q0d3": 1}, "q1": {"q1d0": 1, "q1d5": 2}}
+    dev_q = ["q0", "q1", "q2"]
+    dev_scores = scores[scores.qid.isin(dev_q)]
+    model = load_bi_encoder(minilm_path, 48)
+    ir = dev_evaluator(dev_q, queries, qrels, scores, docs)
+    alone_ir, alone_agree = ir(model), teacher_agreement(model, dev_scores, queries, docs)
+    dev = DevSlice(ir, dev_scores, queries, docs)
+    assert dev.encodings == 18 + 3 + 3  # 18 documents once, the 3 queries for each metric
+    encoded = []
+    encode = model.encode
+
+    def counting(*args, **kw):  # the IR evaluator passes its texts by keyword (sentence-transformers 5.7: inputs)
+        texts = args[0] if args else next(kw[k] for k in ("inputs", "sentences") if k in kw)
+        encoded.extend([texts] if isinstance(texts, str) else texts)
+        return encode(*args, **kw)
+
+    model.encode = counting
+    got_ir, got_agree = dev.measure(model)
+    assert len(encoded) == dev.encodings and sorted(t for t in encoded if t.startswith("study")) == sorted(
+        docs[d].full_text for d in dev_scores.docid)
+    assert got_ir.keys() == alone_ir.keys() and got_agree.keys() == alone_agree.keys()
+    for k, v in alone_ir.items():
+        assert got_ir[k] == pytest.approx(v, abs=1e-6), k
+    for k in ("ndcg@10", "overlap@10", "rbo", "spearman", "pair_accuracy"):
+        assert got_agree[k] == pytest.approx(alone_agree[k], abs=1e-6), k
+    # the label scale's spread of the base model reads the same measurement's cosines, not a third encoding
+    model.encode = encode
+    assert base_spread(model, dev_scores, queries, docs, 20.0, cosines=dev.cosines) == pytest.approx(
+        base_spread(model, dev_scores, queries, docs, 20.0), abs=1e-5)
+    # the evaluator the trainer runs between passes reports both under their names
+    metrics = dev.evaluator()(model)
+    assert metrics["agreement_ndcg@10"] == pytest.approx(alone_agree["ndcg@10"], abs=1e-6)
+    assert metrics["dev_cosine_ndcg@10"] == pytest.approx(alone_ir["dev_cosine_ndcg@10"], abs=1e-6)
+    # without judgments (a log-only student): the agreement alone
+    assert DevSlice(None, dev_scores, queries, docs).measure(model)[0] == {}
 
 
 @pytest.mark.parametrize("loss,precision", [("kl", "fp32"), ("kl", "bf16"), ("margin_mse", "auto")])
