@@ -329,7 +329,8 @@ class ScaledCosine:
 
 
 def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
-                   batch_size: int = 32, doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+                   batch_size: int = 32,
+                   doc_vectors: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """``{qid: {docid: cosine}}``: ``model`` scoring each query's candidates in ``scores`` (its own reranking of
     the teacher's candidates). A bi-encoder's vector of a text does not depend on the query beside it, so each
     query and each document is encoded once, however many queries share the document: NFCorpus's dev slice of its
@@ -414,14 +415,15 @@ class DevSlice:
     """The dev slice's measurements of a student from one encoding of its documents: the IR metrics against the
     judgments (``ir``, :func:`dev_evaluator`'s, or None) and the agreement with the teacher on the candidates in
     ``scores`` (:func:`teacher_agreement`; None: not measured). Both read the same candidates: measured apart, each
-    encoded them — twice the dev slice's cost before and after training and between passes (on a 2-core AMD EPYC,
-    ~105 of the quick profile's 900 s taken from the training steps)."""
+    encoded them — twice the dev slice's cost before and after training and between passes (SciFact's quick dev
+    slice: the plan priced the two measurements at 236 s of the 900 on a 2-core AMD EPYC, 114 since)."""
 
     def __init__(self, ir, scores: pd.DataFrame | None, queries: dict[str, str], texts: dict[str, Doc]):
         self.ir, self.scores, self.queries, self.texts = ir, scores, queries, texts
         ids = list(ir.corpus_ids) if ir is not None else []
         if scores is not None:
-            ids += [d for d in dict.fromkeys(scores.docid) if d not in set(ids)]
+            seen = set(ids)
+            ids += [d for d in dict.fromkeys(scores.docid) if d not in seen]
         self.docids = ids
         self.cosines: dict[str, dict[str, float]] | None = None  #: the last measurement's student cosines
 

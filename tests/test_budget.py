@@ -98,8 +98,8 @@ def _rows(passes=3, lists=100, judged=50, negs=7):
 
 def test_the_plan_keeps_whole_passes_then_a_sample_of_the_next_and_a_resumed_run_keeps_the_plan(tmp_path):
     """At 10 ms a text, a pass of 100 lists of 9 texts and 50 MNRL rows of 3 costs 10.5 s; 30 s keep passes 1
-    and 2 and 6/7 of pass 3 (85 lists, 42 rows) — without the margin (``margin=1.0``; the next test has it). Written to the stage's folder, the plan is what a resumed run
-    trains on, whatever its own measurement would say."""
+    and 2 and 6/7 of pass 3 (85 lists, 42 rows) — without the margin (``margin=1.0``; the next test has it).
+    Written to the stage's folder, the plan is what a resumed run trains on, whatever its own measurement would say."""
     from esdistill.budget import plan_training
     from esdistill.config import TrainConfig
 
