@@ -355,10 +355,9 @@ def student_scores(model, scores: pd.DataFrame, queries: dict[str, str], texts: 
 
 
 def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], texts: dict[str, Doc],
-                      doc_vectors: dict[str, np.ndarray] | None = None,
                       cosines: dict[str, dict[str, float]] | None = None) -> dict:
-    """How closely the student's ranking of each query's candidates follows the teacher's (``doc_vectors``: see
-    :func:`student_scores`; ``cosines``: its result, computed already).
+    """How closely the student's ranking of each query's candidates follows the teacher's (``cosines``: the
+    student's scores of these pairs, :func:`student_scores`, computed already).
 
     Returns the rank agreement of :func:`esdistill.agreement.agreement` (NDCG@10 graded by the teacher's order,
     overlap@10, rank-biased overlap, each with a bootstrap 95% interval), the mean per-query Spearman
@@ -367,8 +366,7 @@ def teacher_agreement(model, scores: pd.DataFrame, queries: dict[str, str], text
 
     from .agreement import agreement
 
-    student = cosines if cosines is not None else student_scores(model, scores, queries, texts,
-                                                                  doc_vectors=doc_vectors)
+    student = cosines if cosines is not None else student_scores(model, scores, queries, texts)
     teacher = {q: dict(zip(g.docid, g.teacher.astype(float), strict=True)) for q, g in scores.groupby("qid")}
     rhos, acc = [], []
     for qid, g in scores.groupby("qid"):
